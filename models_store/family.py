@@ -1,0 +1,212 @@
+"""The family contract (DESIGN 3.2) and its math.
+
+theta(pref)[P] = base[P] + A_P (sum_k pref_k G_P[k]) B_P^T   for every adapted P,
+theta(pref)[P] = base[P]                                     otherwise.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+from pydantic import BaseModel, Field, field_validator
+
+from . import StoreError
+from .atomic import TMP_PREFIX, atomic_dir
+from .checkpoint import StateDict, load_state_dict, save_state_dict, sha256_file
+from .preference import Preference, parse_preference
+from .preprocess import Preprocess
+from .zoo import Head, TaskInfo, read_manifest
+
+FAMILY_FORMAT = 1
+MANIFEST = "manifest.json"
+BASE = "base.safetensors"
+LOWRANK = "lowrank.safetensors"
+HEADS = "heads.safetensors"
+FILES = (BASE, LOWRANK, HEADS)
+
+
+class FamilyManifest(BaseModel):
+    format: int = FAMILY_FORMAT
+    family_id: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+    created: str
+    method: str
+    hyperparameters: dict[str, Any] = {}
+    architecture: dict[str, Any]
+    preprocess: Preprocess
+    tasks: list[TaskInfo] = Field(min_length=1)
+    rank: int = Field(ge=0)
+    targets: list[str]
+    files: dict[str, str] = {}
+    metrics: dict[str, Any] = {}
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: int) -> int:
+        if v != FAMILY_FORMAT:
+            raise ValueError(f"unknown family format {v} (this pmerge reads format {FAMILY_FORMAT})")
+        return v
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """One adapted parameter's factors: A [d_out, r], B [d_in, r], G [K, r, r]."""
+    A: torch.Tensor
+    B: torch.Tensor
+    G: torch.Tensor
+
+    def core(self, pref: torch.Tensor) -> torch.Tensor:
+        """M = sum_k pref_k G_k; pref [K] -> [r, r], or [N, K] -> [N, r, r]."""
+        return torch.einsum("...k,kij->...ij", pref.to(self.G.dtype), self.G)
+
+    def delta(self, pref: torch.Tensor) -> torch.Tensor:
+        return self.A @ self.core(pref) @ self.B.T
+
+
+def lowrank_to_state(lowrank: dict[str, LowRank]) -> StateDict:
+    out: StateDict = {}
+    for name, f in lowrank.items():
+        out |= {f"{name}.A": f.A, f"{name}.B": f.B, f"{name}.G": f.G}
+    return out
+
+
+def lowrank_from_state(state: StateDict, targets: list[str]) -> dict[str, LowRank]:
+    missing = [f"{t}.{x}" for t in targets for x in "ABG" if f"{t}.{x}" not in state]
+    if missing:
+        raise StoreError(f"{LOWRANK} lacks tensors {missing[:3]}{'...' if len(missing) > 3 else ''}")
+    return {t: LowRank(state[f"{t}.A"], state[f"{t}.B"], state[f"{t}.G"]) for t in targets}
+
+
+class Family:
+    """A verified family, loaded in memory (base, low-rank factors, heads)."""
+
+    def __init__(self, path: str | Path, verify: bool = True):
+        self.path = Path(path)
+        self.manifest: FamilyManifest = read_manifest(self.path / MANIFEST, FamilyManifest)
+        if verify:
+            self.verify()
+        self.base: StateDict = load_state_dict(self.path / BASE)
+        self.lowrank = lowrank_from_state(load_state_dict(self.path / LOWRANK), self.manifest.targets)
+        heads = load_state_dict(self.path / HEADS)
+        self.heads = {t: Head(weight=heads[f"{t}.weight"], bias=heads.get(f"{t}.bias")) for t in self.tasks}
+        self._check_shapes()
+
+    @property
+    def family_id(self) -> str:
+        return self.manifest.family_id
+
+    @property
+    def tasks(self) -> list[str]:
+        return self.manifest.task_names
+
+    def verify(self) -> None:
+        """Refuse a family whose files are missing or do not match the manifest's sha256."""
+        for name in FILES:
+            f = self.path / name
+            if not f.is_file():
+                raise StoreError(f"family {self.path.name}: missing file {name}")
+            expected = self.manifest.files.get(name)
+            if expected is None:
+                raise StoreError(f"family {self.path.name}: manifest has no sha256 for {name}")
+            if sha256_file(f) != expected:
+                raise StoreError(f"family {self.path.name}: {name} does not match its sha256 (tampered or corrupt)")
+
+    def _check_shapes(self) -> None:
+        k = len(self.tasks)
+        for name, f in self.lowrank.items():
+            if name not in self.base:
+                raise StoreError(f"family {self.family_id}: target {name} is not a base parameter")
+            w = self.base[name]
+            r = self.manifest.rank
+            if f.A.shape != (w.shape[0], r) or f.B.shape != (w.shape[1], r) or f.G.shape != (k, r, r):
+                raise StoreError(f"family {self.family_id}: factors of {name} have shapes "
+                                 f"{tuple(f.A.shape)}, {tuple(f.B.shape)}, {tuple(f.G.shape)}; "
+                                 f"expected ({w.shape[0]}, {r}), ({w.shape[1]}, {r}), ({k}, {r}, {r})")
+
+    def preference(self, text: str | None) -> Preference:
+        return parse_preference(text, self.tasks)
+
+    def materialize(self, pref: Preference) -> StateDict:
+        """The full tower state dict for one preference (a new tensor only for adapted parameters)."""
+        return dict(self.iter_materialized(pref))
+
+    def iter_materialized(self, pref: Preference) -> Iterator[tuple[str, torch.Tensor]]:
+        """Lazily, one tensor at a time, so a writer holds at most one extra tensor."""
+        p = pref.tensor()
+        for name, w in self.base.items():
+            f = self.lowrank.get(name)
+            yield name, w if f is None else (w.float() + f.delta(p)).to(w.dtype)
+
+
+def publish_family(store: str | Path, manifest: FamilyManifest, base: StateDict,
+                   lowrank: dict[str, LowRank], heads: dict[str, Head]) -> Path:
+    """Write a family atomically into STORE/<family_id>; hashes go into the manifest."""
+    target = Path(store) / manifest.family_id
+    head_state: StateDict = {}
+    for t, h in heads.items():
+        head_state[f"{t}.weight"] = h.weight
+        if h.bias is not None:
+            head_state[f"{t}.bias"] = h.bias
+    with atomic_dir(target) as tmp:
+        save_state_dict(tmp / BASE, base)
+        save_state_dict(tmp / LOWRANK, lowrank_to_state(lowrank))
+        save_state_dict(tmp / HEADS, head_state)
+        manifest = manifest.model_copy(update={"files": {n: sha256_file(tmp / n) for n in FILES}})
+        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+    return target
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --- the store: a directory of families -------------------------------------------------------
+
+def list_families(store: str | Path) -> list[FamilyManifest]:
+    """Manifests of the published families, newest first (temporary siblings are ignored)."""
+    store = Path(store)
+    if not store.is_dir():
+        return []
+    out = []
+    for d in store.iterdir():
+        if d.is_dir() and not d.name.startswith(TMP_PREFIX) and (d / MANIFEST).is_file():
+            out.append(read_manifest(d / MANIFEST, FamilyManifest))
+    return sorted(out, key=lambda m: (m.created, m.family_id), reverse=True)
+
+
+def family_path(store: str | Path, family_id: Optional[str] = None) -> Path:
+    """The path of a family by id, or of the newest one when no id is given."""
+    store = Path(store)
+    if family_id is None:
+        families = list_families(store)
+        if not families:
+            raise StoreError(f"store {store} holds no family; train one with `pmerge train`")
+        family_id = families[0].family_id
+    path = store / family_id
+    if "/" in family_id or family_id.startswith(".") or not (path / MANIFEST).is_file():
+        raise StoreError(f"store {store} has no family {family_id!r}")
+    return path
+
+
+def open_family(store: str | Path, family_id: Optional[str] = None) -> Family:
+    return Family(family_path(store, family_id))
+
+
+def remove_family(store: str | Path, family_id: str) -> None:
+    path = family_path(store, family_id)
+    # rename first so a reader never sees a half-deleted family
+    doomed = path.with_name(TMP_PREFIX + "rm-" + path.name)
+    path.rename(doomed)
+    shutil.rmtree(doomed)
+
+
+def manifest_json(m: FamilyManifest) -> str:
+    return json.dumps(m.model_dump(), indent=2)

@@ -1,0 +1,83 @@
+"""Vision towers: one registry (open_clip's model configs) plus custom configs for tiny models.
+
+An architecture is either `{"open_clip": "ViT-B-32"}` (any open_clip model name with a ViT vision
+tower) or `{"custom": {"embed_dim": 64, "vision_cfg": {...}, "quick_gelu": false}}`. Both rebuild
+the tower with no network; weights always come from local safetensors files.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.model import _build_vision_tower
+from open_clip.transformer import VisionTransformer
+
+from . import StoreError
+
+Architecture = dict[str, Any]
+
+# The tiny tower of the demo zoo and of the tests: ~1M parameters, 32x32 input, 16 patches.
+TINY = {"custom": {"embed_dim": 64, "quick_gelu": False,
+                   "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32}}}
+# The micro tower of end-to-end tests: a few seconds for a whole pipeline.
+MICRO = {"custom": {"embed_dim": 16, "quick_gelu": False,
+                    "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 2, "head_width": 16}}}
+PRESETS: dict[str, Architecture] = {"tiny": TINY, "micro": MICRO}
+
+
+def resolve_architecture(name_or_arch: str | Architecture) -> Architecture:
+    """`tiny`, `micro`, an open_clip model name, or an architecture dict -> architecture dict."""
+    if isinstance(name_or_arch, dict):
+        return name_or_arch
+    if name_or_arch in PRESETS:
+        return PRESETS[name_or_arch]
+    if open_clip.get_model_config(name_or_arch) is None:
+        raise StoreError(f"unknown architecture {name_or_arch!r}: not a preset ({', '.join(PRESETS)}) "
+                         f"nor an open_clip model name (see open_clip.list_models())")
+    return {"open_clip": name_or_arch}
+
+
+def _tower_config(arch: Architecture) -> tuple[int, dict, bool]:
+    if "open_clip" in arch:
+        name = arch["open_clip"]
+        cfg = open_clip.get_model_config(name)
+        if cfg is None:
+            raise StoreError(f"unknown open_clip model {name!r}")
+        return cfg["embed_dim"], dict(cfg["vision_cfg"]), bool(cfg.get("quick_gelu", False))
+    if "custom" in arch:
+        c = arch["custom"]
+        return int(c["embed_dim"]), dict(c["vision_cfg"]), bool(c.get("quick_gelu", False))
+    raise StoreError(f"architecture must have an 'open_clip' or a 'custom' key, got {sorted(arch)}")
+
+
+def build_tower(arch: Architecture) -> VisionTransformer:
+    """A randomly initialised open_clip vision tower (`model.visual`), in eval mode."""
+    embed_dim, vision_cfg, quick_gelu = _tower_config(arch)
+    tower = _build_vision_tower(embed_dim, vision_cfg, quick_gelu=quick_gelu)
+    if not isinstance(tower, VisionTransformer):
+        raise StoreError(f"only ViT vision towers are supported, {arch} builds {type(tower).__name__}")
+    return tower.eval()
+
+
+def image_size(arch: Architecture) -> int:
+    size = _tower_config(arch)[1].get("image_size", 224)
+    return size if isinstance(size, int) else int(size[0])
+
+
+def load_tower(arch: Architecture, state: dict[str, torch.Tensor]) -> VisionTransformer:
+    tower = build_tower(arch)
+    tower.load_state_dict(state, strict=True)
+    return tower
+
+
+def head_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of one task (DESIGN 3.1): normalize(features) @ weight^T (+ bias); scale folded in weight."""
+    logits = F.normalize(features, dim=-1) @ weight.to(features.dtype).T
+    return logits if bias is None else logits + bias.to(features.dtype)
+
+
+def float_keys(state: dict[str, torch.Tensor]) -> list[str]:
+    """The parameters that merging touches: every floating-point tensor of the tower."""
+    return [k for k, v in state.items() if v.is_floating_point()]

@@ -1,0 +1,122 @@
+"""The zoo contract (DESIGN 3.1): a pretrained tower, K fine-tuned towers and their heads."""
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from . import StoreError
+from .atomic import write_text
+from .checkpoint import StateDict, load_state_dict, save_state_dict
+from .preprocess import Preprocess
+
+ZOO_FORMAT = 1
+MANIFEST = "zoo.json"
+PRETRAINED = "pretrained.safetensors"
+FINETUNED = "finetuned.safetensors"
+HEAD = "head.safetensors"
+
+
+class TaskInfo(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    classes: list[str] = Field(min_length=2)
+    data: Optional[str] = None  # dataset spec the task was built from (trainer.data), or null
+
+
+class ZooManifest(BaseModel):
+    format: int = ZOO_FORMAT
+    architecture: dict[str, Any]
+    preprocess: Preprocess
+    tasks: list[TaskInfo] = Field(min_length=1)
+    metrics: dict[str, Any] = {}
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: int) -> int:
+        if v != ZOO_FORMAT:
+            raise ValueError(f"unknown zoo format {v} (this pmerge reads format {ZOO_FORMAT})")
+        return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique(cls, tasks: list[TaskInfo]) -> list[TaskInfo]:
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        return tasks
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+
+class Head(BaseModel, arbitrary_types_allowed=True):
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor] = None
+
+
+def read_manifest(path: Path, model: type[BaseModel]) -> Any:
+    if not path.is_file():
+        raise StoreError(f"missing manifest: {path}")
+    try:
+        return model.model_validate(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{path} is not valid JSON: {e}") from e
+    except ValidationError as e:
+        raise StoreError(f"{path} is invalid: {e}") from e
+
+
+class Zoo:
+    """A zoo on disk. Tensors are read lazily, one file at a time."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.manifest: ZooManifest = read_manifest(self.root / MANIFEST, ZooManifest)
+
+    @property
+    def tasks(self) -> list[str]:
+        return self.manifest.task_names
+
+    def task(self, name: str) -> TaskInfo:
+        for t in self.manifest.tasks:
+            if t.name == name:
+                return t
+        raise StoreError(f"zoo {self.root} has no task {name!r}; tasks are: {', '.join(self.tasks)}")
+
+    def pretrained(self) -> StateDict:
+        return load_state_dict(self.root / PRETRAINED)
+
+    def finetuned(self, task: str) -> StateDict:
+        self.task(task)
+        return load_state_dict(self.root / task / FINETUNED)
+
+    def head(self, task: str) -> Head:
+        self.task(task)
+        state = load_state_dict(self.root / task / HEAD)
+        if "weight" not in state:
+            raise StoreError(f"{self.root / task / HEAD} has no 'weight' tensor")
+        return Head(weight=state["weight"], bias=state.get("bias"))
+
+    @cached_property
+    def heads(self) -> dict[str, Head]:
+        return {t: self.head(t) for t in self.tasks}
+
+
+def write_zoo(root: str | Path, manifest: ZooManifest, pretrained: StateDict,
+              finetuned: dict[str, StateDict], heads: dict[str, Head]) -> Zoo:
+    """Write every file of the zoo contract; the manifest goes last so a zoo is complete once readable."""
+    root = Path(root)
+    names = manifest.task_names
+    if set(finetuned) != set(names) or set(heads) != set(names):
+        raise StoreError(f"finetuned and heads must cover exactly the tasks {names}")
+    save_state_dict(root / PRETRAINED, pretrained)
+    for name in names:
+        save_state_dict(root / name / FINETUNED, finetuned[name])
+        head = {"weight": heads[name].weight} | ({"bias": heads[name].bias} if heads[name].bias is not None else {})
+        save_state_dict(root / name / HEAD, head)
+    write_text(root / MANIFEST, manifest.model_dump_json(indent=2))
+    return Zoo(root)
