@@ -1,0 +1,260 @@
+"""The HTTP API: thin routes over Runtime (engine, downloads), JSON errors, metrics, optional API key.
+
+    POST /classify?pref=&task=&top_k=   multipart images -> top-k labels per task
+    GET|HEAD /models/{pref}             merged checkpoint (safetensors) for a preference
+    GET /family                         what is served
+    GET /healthz, /readyz, /metrics     probes and Prometheus text
+
+Every error is `{"error": <code>, "detail": <message>}` with the status from `errors.py`.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from contextlib import asynccontextmanager
+from typing import Annotated, Optional
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models_store.preference import PreferenceError
+
+from .classify import MAX_TOP_K, image_results, select_tasks
+from .errors import ErrorBody, InvalidParameter, NotReady, ServiceError, Unauthorized, error_code
+from .images import bombs_are_errors
+from .limits import BodyLimitMiddleware
+from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
+from .runtime import Runtime
+from .schemas import ClassifyResponse, FamilyOut, Health, TaskOut
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+FILE_FIELDS = ("files", "file", "images", "image")
+ERRORS = {s: {"model": ErrorBody} for s in (400, 401, 413, 415, 422, 503)}
+
+
+# --- dependencies -----------------------------------------------------------------------------
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is None:  # the lifespan has not run yet
+        raise NotReady("server is starting")
+    return runtime
+
+
+_bearer = HTTPBearer(auto_error=False, description="required when the server has PMERGE_API_KEY set")
+
+
+def require_api_key(settings: Annotated[Settings, Depends(get_settings)],
+                    credentials: Annotated[Optional[HTTPAuthorizationCredentials], Depends(_bearer)]) -> None:
+    key = settings.api_key.get_secret_value() if settings.api_key else ""
+    if not key:
+        return
+    if credentials is None:
+        raise Unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
+    if not hmac.compare_digest(credentials.credentials.encode(), key.encode()):
+        raise Unauthorized("invalid API key")
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+# --- routes -------------------------------------------------------------------------------------
+
+probes = APIRouter(tags=["probes"])
+api = APIRouter(dependencies=[Depends(require_api_key)], responses={401: {"model": ErrorBody}})
+
+
+@probes.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    return Health(status="alive")
+
+
+@probes.get("/readyz", response_model=Health, responses={503: {"model": ErrorBody}})
+async def readyz(runtime: RuntimeDep) -> Health:
+    family = runtime.require_ready()
+    return Health(status="ready", family_id=family.family_id)
+
+
+MULTIPART_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["files"],
+    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                             "description": "one or more images (field `file` is accepted too)"}}}}}}}
+
+
+@api.post("/classify", response_model=ClassifyResponse, responses=ERRORS, openapi_extra=MULTIPART_DOC,
+          tags=["inference"])
+async def classify(
+    request: Request,
+    runtime: RuntimeDep,
+    pref: Annotated[Optional[str], Query(description="preference, `0.2,0.8` or `digits:0.7,fashion:0.3`; "
+                                                     "default: equal")] = None,
+    task: Annotated[Optional[list[str]], Query(description="task(s) to answer, repeated or comma-separated; "
+                                                           "default: all")] = None,
+    top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description="labels per task (capped at its class count)")] = 5,
+) -> ClassifyResponse:
+    """Top-k labels per task for each uploaded image, under one preference."""
+    family = runtime.require_ready()
+    # validate the cheap parameters before reading a (possibly large) body
+    preference = family.preference(pref)
+    tasks = select_tasks(task, family.tasks)
+    files = await read_uploads(request, runtime.settings.max_files)
+    pixels = await runtime.decode(files)
+    logits = await runtime.classify(pixels, preference.tensor())
+    classes = {t.name: t.classes for t in family.manifest.tasks}
+    return ClassifyResponse(family_id=family.family_id, preference=preference.canonical,
+                            weights=preference.as_dict(),
+                            results=image_results(logits, tasks, classes, top_k, [name for name, _ in files]))
+
+
+async def read_uploads(request: Request, max_files: int) -> list[tuple[str, bytes]]:
+    """The image parts of a multipart body (size already bounded by BodyLimitMiddleware)."""
+    form = await request.form(max_files=max_files, max_fields=max_files + 16)
+    try:
+        files = []
+        for field in FILE_FIELDS:
+            for value in form.getlist(field):
+                if not isinstance(value, UploadFile):
+                    raise InvalidParameter(f"form field {field!r} must be a file, got a text value")
+                files.append((value.filename or field, await value.read()))
+    finally:
+        await form.close()
+    if not files:
+        kind = request.headers.get("content-type", "no content type").split(";")[0]
+        raise InvalidParameter(f"no image: send multipart/form-data with one or more file parts named "
+                               f"'files' (or 'file'); got {kind}")
+    return files
+
+
+DOWNLOAD_RESPONSES = {200: {"content": {"application/octet-stream": {}}, "description": "safetensors checkpoint"},
+                      304: {"description": "not modified (If-None-Match)"}, **ERRORS}
+
+
+@api.head("/models/{pref:path}", response_class=Response, tags=["models"], responses=DOWNLOAD_RESPONSES,
+          operation_id="model_headers", summary="Headers of the merged checkpoint (size, ETag)")
+@api.get("/models/{pref:path}", response_class=Response, tags=["models"], responses=DOWNLOAD_RESPONSES,
+         operation_id="download_model")
+async def download(pref: str, request: Request, runtime: RuntimeDep) -> Response:
+    """The merged checkpoint theta(pref): `visual.*` tower weights, `heads.*`, metadata."""
+    family = runtime.require_ready()
+    preference = family.preference(pref)
+    etag = runtime.downloads.etag(preference)
+    if etag_matches(request.headers.get("if-none-match"), etag):  # content is a pure function of the key
+        return Response(status_code=304, headers={"ETag": etag})
+    cached = await runtime.checkpoint(preference)
+    headers = {"ETag": cached.etag, "Content-Length": str(cached.size),
+               "Content-Disposition": f'attachment; filename="{cached.filename}"',
+               "X-Pmerge-Preference": preference.canonical}
+    if request.method == "HEAD":
+        cached.file.close()
+        return Response(headers=headers, media_type="application/octet-stream")
+    return StreamingResponse(cached.chunks(), headers=headers, media_type="application/octet-stream")
+
+
+def etag_matches(header: Optional[str], etag: str) -> bool:
+    if not header:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+@api.get("/family", response_model=FamilyOut, responses={503: {"model": ErrorBody}}, tags=["models"])
+async def family_info(runtime: RuntimeDep) -> FamilyOut:
+    m = runtime.require_ready().manifest
+    return FamilyOut(family_id=m.family_id, created=m.created, method=m.method, rank=m.rank, targets=m.targets,
+                     tasks=[TaskOut(name=t.name, classes=t.classes) for t in m.tasks],
+                     architecture=m.architecture, image_size=m.preprocess.image_size,
+                     hyperparameters=m.hyperparameters, metrics=m.metrics)
+
+
+@api.get("/metrics", response_class=Response, tags=["probes"],
+         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+def error_response(status: int, error: str, detail, headers: Optional[dict[str, str]] = None) -> JSONResponse:
+    return JSONResponse(ErrorBody(error=error, detail=detail).model_dump(), status_code=status, headers=headers)
+
+
+async def on_service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    return error_response(exc.status, exc.error, exc.detail, exc.headers)
+
+
+async def on_preference_error(request: Request, exc: PreferenceError) -> JSONResponse:
+    return error_response(422, "invalid_preference", str(exc))
+
+
+async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = ["{}: {}".format(".".join(str(p) for p in e.get("loc", ())), e.get("msg", "invalid"))
+                for e in exc.errors()]
+    return error_response(422, "invalid_parameter", "; ".join(problems))
+
+
+async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    detail = exc.detail
+    if exc.status_code == 400 and request.url.path == "/classify":
+        detail = f"malformed multipart body: {detail}"
+    return error_response(exc.status_code, error_code(exc.status_code), detail, exc.headers)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # last resort only: every expected bad input has its own status above
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    request.app.state.metrics.unhandled.inc()
+    return error_response(500, "internal_error", "internal server error")
+
+
+# --- the app ------------------------------------------------------------------------------------
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    runtime = Runtime(app.state.settings, app.state.metrics)
+    app.state.runtime = runtime
+    loading = asyncio.create_task(_load(runtime))  # /healthz answers meanwhile; /readyz says 503
+    try:
+        yield
+    finally:
+        if not loading.done():
+            loading.cancel()
+        runtime.close()
+
+
+async def _load(runtime: Runtime) -> None:
+    try:
+        await asyncio.to_thread(runtime.load)
+    except Exception as e:  # readyz reports it; the process stays up for probes and logs
+        runtime.error = f"{type(e).__name__}: {e}"
+        log.error("could not load the family: %s", runtime.error)
+
+
+def create_app(settings: Optional[Settings] = None) -> FastAPI:
+    settings = settings or Settings()
+    bombs_are_errors()
+    app = FastAPI(title="pmerge", version="0.1.0", lifespan=lifespan,
+                  description="Pareto-merged open_clip vision towers: any task trade-off, per request.")
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.include_router(probes)
+    app.include_router(api)
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(PreferenceError, on_preference_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)
+    # outermost first at run time: metrics see every status, then the body bound
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app

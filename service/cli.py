@@ -1,0 +1,58 @@
+"""`pmerge serve` (wired into the console script by trainer/cli.py) and `python -m service`.
+
+CLI flags override the PMERGE_* environment (service/settings.py); unset flags leave it alone.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+# flag -> Settings field, for the flags that map one to one
+FLAGS = {"store": "store", "family": "family", "device": "device", "dtype": "dtype", "host": "host", "port": "port",
+         "max_batch": "max_batch", "max_wait_ms": "max_wait_ms", "queue_size": "queue_size"}
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--store", help="family store directory (env PMERGE_STORE)")
+    parser.add_argument("--family", help="family id to serve (env PMERGE_FAMILY; default: the newest)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), help="env PMERGE_DEVICE (default auto)")
+    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"),
+                        help="GPU dtype, env PMERGE_DTYPE (default bf16; the CPU always uses fp32)")
+    parser.add_argument("--host", help="bind address, env PMERGE_HOST (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="env PMERGE_PORT (default 8000)")
+    parser.add_argument("--max-batch", type=int, help="images per forward pass, env PMERGE_MAX_BATCH (default 64)")
+    parser.add_argument("--max-wait-ms", type=float, help="batching window, env PMERGE_MAX_WAIT_MS (default 5)")
+    parser.add_argument("--queue-size", type=int, help="queued images before 503, env PMERGE_QUEUE_SIZE (default 1024)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    from .settings import Settings
+    overrides = {field: getattr(args, flag) for flag, field in FLAGS.items() if getattr(args, flag, None) is not None}
+    return Settings(**overrides)  # init values win over PMERGE_* variables
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from models_store import StoreError
+    from models_store.family import family_path
+
+    from .app import create_app
+
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as e:
+        raise SystemExit(f"pmerge serve: invalid settings: {e}") from None
+    try:  # fail fast on a wrong store or family id; hashes are checked while loading
+        path = family_path(settings.store, settings.family)
+    except StoreError as e:
+        raise SystemExit(f"pmerge serve: {e}") from None
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger(__name__).info("serving %s on http://%s:%d", path, settings.host, settings.port)
+    # one process per GPU: scale out with replicas, not uvicorn workers
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
+                timeout_graceful_shutdown=30)

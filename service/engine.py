@@ -1,0 +1,220 @@
+"""The batching engine: one worker thread owns the model; requests with any preferences share batches.
+
+`submit(images, pref)` is cheap and thread-safe (the event loop calls it); it splits a request
+into per-image items on a bounded queue and returns a `concurrent.futures.Future` of the
+request's logits. The worker takes up to `max_batch` images, waiting at most `max_wait_ms`
+after the oldest one arrived, and runs ONE forward pass where every image carries its own
+preference row. When the queue holds `queue_size` images, `submit` raises `Overloaded`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from models_store.family import Family
+from models_store.tower import load_tower
+
+from .errors import NotReady, Overloaded, PayloadTooLarge
+from .forward import PreferenceTower
+
+log = logging.getLogger(__name__)
+
+Logits = dict[str, torch.Tensor]  # task -> [N, C_task], float32 on CPU
+
+
+@dataclass
+class EngineConfig:
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    queue_size: int = 1024
+
+
+class _Request:
+    """One submitted request; only the worker thread fills it."""
+
+    def __init__(self, n: int):
+        self.future: Future[Logits] = Future()
+        self.rows: list[Optional[Logits]] = [None] * n
+        self.remaining = n
+
+    def done_row(self, index: int, row: Logits) -> None:
+        self.rows[index] = row
+        self.remaining -= 1
+        if self.remaining == 0:
+            result = {t: torch.stack([r[t] for r in self.rows]) for t in self.rows[0]}
+            _resolve(self.future, result=result)
+
+    def fail(self, error: BaseException) -> None:
+        _resolve(self.future, error=error)
+
+
+def _resolve(future: Future, result=None, error: Optional[BaseException] = None) -> None:
+    try:  # the caller may have cancelled (client went away): nothing to deliver then
+        future.set_exception(error) if error is not None else future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
+@dataclass
+class _Item:
+    pixels: torch.Tensor  # [C, S, S]
+    pref: torch.Tensor  # [K]
+    request: _Request
+    index: int
+    enqueued: float
+
+
+class Engine:
+    def __init__(self, model: PreferenceTower, config: EngineConfig, *,
+                 on_batch: Optional[Callable[[int, float], None]] = None,
+                 on_queue_wait: Optional[Callable[[float], None]] = None):
+        """`on_batch(images, seconds)` after every forward pass; `on_queue_wait(seconds)` per image."""
+        self.model = model
+        self.config = config
+        self.on_batch = on_batch or (lambda n, s: None)
+        self.on_queue_wait = on_queue_wait or (lambda s: None)
+        self._queue: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+        self._ready = threading.Event()
+        self._stopping = False
+        self._start_error: Optional[BaseException] = None
+        self._batch_seconds = 0.01  # moving average, for Retry-After
+        self.batches = 0
+
+    @classmethod
+    def from_family(cls, family: Family, config: EngineConfig, **hooks) -> "Engine":
+        tower = load_tower(family.manifest.architecture, family.base)
+        model = PreferenceTower(tower, family.lowrank, family.heads).to(config.device, config.dtype)
+        return cls(model, config, **hooks)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self, sample: Optional[torch.Tensor] = None, timeout: float = 600) -> None:
+        """Start the worker, which warms up on `sample` [C, S, S] first; blocks until ready."""
+        self._thread = threading.Thread(target=self._run, args=(sample,), name="pmerge-engine", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("engine warm-up timed out")
+        if self._start_error is not None:
+            raise RuntimeError(f"engine warm-up failed: {self._start_error}") from self._start_error
+
+    def stop(self, timeout: float = 30) -> None:
+        """Finish the queued work, then stop the worker."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self._start_error is None and not self._stopping
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # --- the event loop's side ------------------------------------------------------------
+
+    def submit(self, pixels: torch.Tensor, pref: torch.Tensor) -> Future[Logits]:
+        """Queue N images [N, C, S, S] sharing one preference [K]; raises Overloaded when full."""
+        n = pixels.shape[0]
+        if n > self.config.queue_size:
+            raise PayloadTooLarge(f"{n} images in one request; this server queues at most {self.config.queue_size}")
+        request = _Request(n)
+        with self._cond:
+            if not self.ready:
+                raise NotReady("the model is not loaded yet (or shutting down)")
+            if len(self._queue) + n > self.config.queue_size:
+                raise Overloaded(f"queue full ({len(self._queue)} images waiting); retry later",
+                                 retry_after=self._retry_after())
+            now = time.monotonic()
+            self._queue.extend(_Item(pixels[i], pref, request, i, now) for i in range(n))
+            self._cond.notify()
+        return request.future
+
+    def _retry_after(self) -> int:
+        batches_ahead = len(self._queue) / self.config.max_batch + 1
+        return max(1, math.ceil(batches_ahead * self._batch_seconds))
+
+    # --- the worker ---------------------------------------------------------------------------
+
+    def _run(self, sample: Optional[torch.Tensor]) -> None:
+        try:
+            if sample is not None:
+                self._warm_up(sample)
+        except BaseException as e:  # reported by start()
+            self._start_error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        while (items := self._next_batch()) is not None:
+            try:
+                self._process(items)
+            except Exception:  # a bug in a hook must not kill the only worker
+                log.exception("engine worker: unexpected error")
+
+    def _warm_up(self, sample: torch.Tensor) -> None:
+        # both a full and a single-image batch: allocator and kernels are ready for the first client
+        k = self._pref_width()
+        for n in {1, self.config.max_batch}:
+            self.model.logits(sample.expand(n, *sample.shape), torch.full((n, k), 1.0 / k))
+        if self.config.device.type == "cuda":
+            torch.cuda.synchronize(self.config.device)
+
+    def _pref_width(self) -> int:
+        for b in self.model.blocks:
+            for f in (b.in_proj, b.out_proj):
+                if f is not None:
+                    return f.G.shape[0]
+        return 1
+
+    def _next_batch(self) -> Optional[list[_Item]]:
+        max_batch, max_wait = self.config.max_batch, self.config.max_wait_ms / 1000
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            # the window opens when the oldest image arrived: a busy worker does not wait again
+            deadline = self._queue[0].enqueued + max_wait
+            while len(self._queue) < max_batch and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            items = [self._queue.popleft() for _ in range(min(max_batch, len(self._queue)))]
+        return [it for it in items if not it.request.future.cancelled()]
+
+    def _process(self, items: list[_Item]) -> None:
+        if not items:
+            return
+        start = time.monotonic()
+        for it in items:
+            self.on_queue_wait(start - it.enqueued)
+        try:
+            pixels = torch.stack([it.pixels for it in items])
+            prefs = torch.stack([it.pref for it in items])
+            logits = {t: v.cpu() for t, v in self.model.logits(pixels, prefs).items()}
+        except Exception as e:  # fail this batch's requests; the engine keeps serving
+            log.exception("forward pass failed for a batch of %d images", len(items))
+            for request in {id(it.request): it.request for it in items}.values():
+                request.fail(e)
+            return
+        for i, it in enumerate(items):
+            it.request.done_row(it.index, {t: v[i] for t, v in logits.items()})
+        seconds = time.monotonic() - start
+        self._batch_seconds = 0.9 * self._batch_seconds + 0.1 * seconds
+        self.batches += 1
+        self.on_batch(len(items), seconds)

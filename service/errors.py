@@ -1,0 +1,75 @@
+"""Service errors: each carries its HTTP status and a short machine-readable `error` code.
+
+Raised by plain modules (images, engine, downloads) as well as routes; the app turns every one
+into a JSON body `{"error": <code>, "detail": <message naming the problem>}`.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: Any = None
+
+
+class ServiceError(Exception):
+    status: int = 500
+    error: str = "internal_error"
+
+    def __init__(self, detail: str, headers: Optional[dict[str, str]] = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class BadRequest(ServiceError):
+    status, error = 400, "bad_request"
+
+
+class Unauthorized(ServiceError):
+    status, error = 401, "unauthorized"
+
+    def __init__(self, detail: str):
+        super().__init__(detail, {"WWW-Authenticate": "Bearer"})
+
+
+class PayloadTooLarge(ServiceError):
+    status, error = 413, "payload_too_large"
+
+
+class UnsupportedImage(ServiceError):
+    status, error = 415, "unsupported_media_type"
+
+
+class InvalidParameter(ServiceError):
+    status, error = 422, "invalid_parameter"
+
+
+class Unavailable(ServiceError):
+    """Not ready yet, or overloaded: the client should come back after `retry_after` seconds."""
+    status, error = 503, "unavailable"
+
+    def __init__(self, detail: str, retry_after: int = 1):
+        super().__init__(detail, {"Retry-After": str(max(1, int(retry_after)))})
+        self.retry_after = max(1, int(retry_after))
+
+
+class Overloaded(Unavailable):
+    error = "overloaded"
+
+
+class NotReady(Unavailable):
+    error = "not_ready"
+
+
+# error codes for statuses raised by FastAPI/Starlette themselves (HTTPException)
+STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_parameter",
+                503: "unavailable"}
+
+
+def error_code(status: int) -> str:
+    return STATUS_CODES.get(status, "internal_error" if status >= 500 else "error")

@@ -1,0 +1,155 @@
+"""The tower forward with one preference per image (DESIGN 4), never materialising weights.
+
+For every adapted projection P with factors A [d_out, r], B [d_in, r], G [K, r, r]:
+
+    y = x W^T + b + ((x B) M_i^T) A^T,     M_i = sum_k pref_ik G_k   (r x r, one per image)
+
+which equals x (W + A M_i B^T)^T + b, i.e. the merged weights theta(pref_i), exactly. A and B
+are shared by every preference, so a mixed batch costs two thin GEMMs and one tiny batched
+matmul per projection on top of the base forward.
+
+open_clip's nn.MultiheadAttention cannot take a per-image update, so attention is written here
+with the very same parameters (`attn.in_proj_weight`, `attn.in_proj_bias`, `attn.out_proj.*`);
+everything else (embeddings, ln/ls/mlp, pooling, proj) is the tower's own code.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from torch import nn
+
+from models_store.family import LowRank
+from models_store.tower import head_logits
+from models_store.zoo import Head
+
+TARGET = re.compile(r"^transformer\.resblocks\.(\d+)\.attn\.(in_proj_weight|out_proj\.weight)$")
+
+
+class UnsupportedTower(ValueError):
+    """The tower or the family's targets are outside what this forward implements."""
+
+
+@dataclass
+class Factors:
+    A: torch.Tensor  # [d_out, r]
+    B: torch.Tensor  # [d_in, r]
+    G: torch.Tensor  # [K, r, r]
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> "Factors":
+        return Factors(*(t.to(device=device, dtype=dtype) for t in (self.A, self.B, self.G)))
+
+    def cores(self, prefs: torch.Tensor) -> torch.Tensor:
+        """prefs [N, K] -> M [N, r, r], M_i = sum_k prefs_ik G_k."""
+        return torch.einsum("nk,kij->nij", prefs.to(self.G.dtype), self.G)
+
+
+@dataclass
+class BlockFactors:
+    in_proj: Optional[Factors] = None
+    out_proj: Optional[Factors] = None
+
+
+def lowrank_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   f: Optional[Factors], cores: Optional[torch.Tensor]) -> torch.Tensor:
+    """x [N, L, d_in] -> x W^T + b + ((x B) M^T) A^T with one M per image."""
+    y = F.linear(x, weight, bias)
+    if f is None:
+        return y
+    z = torch.bmm(x @ f.B, cores.transpose(1, 2))  # [N, L, r]
+    return y + z @ f.A.T
+
+
+def check_supported(tower: VisionTransformer) -> None:
+    """Refuse towers whose blocks or attention differ from open_clip's default ViT block."""
+    if not isinstance(tower, VisionTransformer):
+        raise UnsupportedTower(f"expected an open_clip VisionTransformer, got {type(tower).__name__}")
+    if not tower.transformer.batch_first:
+        raise UnsupportedTower("only batch-first transformers are supported")
+    for i, block in enumerate(tower.transformer.resblocks):
+        if type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv"):
+            raise UnsupportedTower(f"block {i} is a {type(block).__name__}; only open_clip's default "
+                                   "ResidualAttentionBlock (no qk-norm, scaled-cosine or cross attention) is supported")
+        attn = block.attn
+        if not (isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim and attn.batch_first
+                and attn.bias_k is None and not attn.add_zero_attn):
+            raise UnsupportedTower(f"block {i}: attention is not a plain batch-first nn.MultiheadAttention")
+
+
+def group_factors(lowrank: dict[str, LowRank], n_blocks: int) -> list[BlockFactors]:
+    """Family factors keyed by parameter name -> per-block factors; refuse other targets."""
+    blocks = [BlockFactors() for _ in range(n_blocks)]
+    for name, f in lowrank.items():
+        m = TARGET.match(name)
+        if m is None or int(m.group(1)) >= n_blocks:
+            raise UnsupportedTower(f"cannot serve a low-rank update of {name!r}: only "
+                                   "transformer.resblocks.<i>.attn.in_proj_weight / .attn.out_proj.weight are supported")
+        which = "in_proj" if m.group(2) == "in_proj_weight" else "out_proj"
+        setattr(blocks[int(m.group(1))], which, Factors(f.A, f.B, f.G))
+    return blocks
+
+
+class PreferenceTower:
+    """A base tower plus low-rank factors; `features(images, prefs)` with one preference per image."""
+
+    def __init__(self, tower: VisionTransformer, lowrank: dict[str, LowRank], heads: dict[str, Head]):
+        check_supported(tower)
+        self.tower = tower.eval()
+        self.blocks = group_factors(lowrank, len(tower.transformer.resblocks))
+        self.heads = heads
+        self.dtype = next(tower.parameters()).dtype
+        self.device = next(tower.parameters()).device
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "PreferenceTower":
+        device = torch.device(device)
+        self.tower.to(device=device, dtype=dtype)
+        self.blocks = [BlockFactors(*(None if f is None else f.to(device, dtype) for f in (b.in_proj, b.out_proj)))
+                       for b in self.blocks]
+        # heads stay float32: logits are computed from float32 features
+        self.heads = {t: Head(weight=h.weight.to(device, torch.float32),
+                              bias=None if h.bias is None else h.bias.to(device, torch.float32))
+                      for t, h in self.heads.items()}
+        self.device, self.dtype = device, dtype
+        return self
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
+        """images [N, C, H, W], prefs [N, K] -> pooled (projected) features [N, D], float32."""
+        tower = self.tower
+        if images.shape[1] == 1:  # grayscale preprocess (channels=1): the patch conv takes RGB
+            images = images.expand(-1, 3, -1, -1)
+        x = tower._embeds(images.to(self.device, self.dtype))
+        prefs = prefs.to(self.device, torch.float32)
+        for block, factors in zip(tower.transformer.resblocks, self.blocks):
+            x = self._block(block, factors, x, prefs)
+        pooled, _ = tower._pool(x)
+        if tower.proj is not None:
+            pooled = pooled @ tower.proj
+        return pooled.float()
+
+    def logits(self, images: torch.Tensor, prefs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of every task, {task: [N, C_task]} (float32)."""
+        feats = self.features(images, prefs)
+        return {t: head_logits(feats, h.weight, h.bias) for t, h in self.heads.items()}
+
+    def _block(self, block: ResidualAttentionBlock, f: BlockFactors, x: torch.Tensor,
+               prefs: torch.Tensor) -> torch.Tensor:
+        # ResidualAttentionBlock.forward with our attention
+        x = x + block.ls_1(self._attention(block.attn, f, block.ln_1(x), prefs))
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+    def _attention(self, attn: nn.MultiheadAttention, f: BlockFactors, x: torch.Tensor,
+                   prefs: torch.Tensor) -> torch.Tensor:
+        n, length, d = x.shape
+        heads = attn.num_heads
+        cores_in = f.in_proj.cores(prefs).to(x.dtype) if f.in_proj else None
+        qkv = lowrank_linear(x, attn.in_proj_weight, attn.in_proj_bias, f.in_proj, cores_in)
+        q, k, v = qkv.view(n, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x [N, H, L, hd]
+        o = F.scaled_dot_product_attention(q, k, v)
+        o = o.transpose(1, 2).reshape(n, length, d)
+        cores_out = f.out_proj.cores(prefs).to(x.dtype) if f.out_proj else None
+        return lowrank_linear(o, attn.out_proj.weight, attn.out_proj.bias, f.out_proj, cores_out)

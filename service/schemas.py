@@ -1,0 +1,49 @@
+"""Response models of the HTTP API (pydantic v2)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, Field
+
+
+class Label(BaseModel):
+    label: str
+    index: int = Field(description="class index in the task's class list")
+    probability: float = Field(description="softmax probability over the task's classes")
+
+
+class ImageResult(BaseModel):
+    index: int = Field(description="position of the image in the request (0-based)")
+    filename: Optional[str] = None
+    predictions: dict[str, list[Label]] = Field(description="task -> top-k labels, most probable first")
+
+
+class ClassifyResponse(BaseModel):
+    family_id: str
+    preference: str = Field(description="canonical preference, named form", examples=["digits:0.7,fashion:0.3"])
+    weights: dict[str, float] = Field(description="the canonical preference as task -> weight")
+    results: list[ImageResult]
+
+
+class TaskOut(BaseModel):
+    name: str
+    classes: list[str]
+
+
+class FamilyOut(BaseModel):
+    family_id: str
+    created: str
+    method: str
+    rank: int
+    targets: list[str]
+    tasks: list[TaskOut]
+    architecture: dict[str, Any]
+    image_size: int
+    hyperparameters: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+class Health(BaseModel):
+    status: str
+    family_id: Optional[str] = None
+    detail: Optional[str] = None

@@ -1,0 +1,70 @@
+"""Service settings: environment variables `PMERGE_*`, overridden by CLI flags.
+
+| env var                     | default                    | meaning                                      |
+|-----------------------------|----------------------------|----------------------------------------------|
+| PMERGE_STORE                | ./store                    | the family store (DESIGN 3.2)                |
+| PMERGE_FAMILY               | newest family of the store | family id to serve                           |
+| PMERGE_DEVICE               | auto                       | auto / cuda / cpu                            |
+| PMERGE_DTYPE                | bf16                       | GPU dtype: bf16 / fp16 / fp32 (CPU: fp32)    |
+| PMERGE_HOST, PMERGE_PORT    | 127.0.0.1, 8000            | bind address                                 |
+| PMERGE_MAX_BATCH            | 64                         | images per forward pass                      |
+| PMERGE_MAX_WAIT_MS          | 5                          | how long a batch waits to fill               |
+| PMERGE_QUEUE_SIZE           | 1024                       | queued images before 503 + Retry-After       |
+| PMERGE_MAX_FILES            | 64                         | images per request                           |
+| PMERGE_MAX_UPLOAD_BYTES     | 20 MiB                     | request body bound, counted while it streams |
+| PMERGE_MAX_IMAGE_PIXELS     | 40_000_000                 | decoded image bound (decompression bombs)    |
+| PMERGE_DECODE_THREADS       | 4                          | threads that decode and preprocess images    |
+| PMERGE_DOWNLOAD_CACHE_DIR   | STORE/.downloads           | merged checkpoints cache (no manifest.json,  |
+|                             |                            | so the store's family listing ignores it)    |
+| PMERGE_DOWNLOAD_CACHE_BYTES | 2 GiB                      | LRU bound of that cache                      |
+| PMERGE_API_KEY              | unset (no auth)            | when set: `Authorization: Bearer <key>`      |
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1 << 20
+GiB = 1 << 30
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PMERGE_", extra="ignore")
+
+    store: Path = Path("store")
+    family: Optional[str] = None
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_batch: int = Field(64, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+    queue_size: int = Field(1024, ge=1)
+    max_files: int = Field(64, ge=1)
+    max_upload_bytes: int = Field(20 * MiB, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    decode_threads: int = Field(4, ge=1)
+    download_cache_dir: Optional[Path] = None
+    download_cache_bytes: int = Field(2 * GiB, ge=0)
+    api_key: Optional[SecretStr] = None
+
+    @property
+    def downloads_dir(self) -> Path:
+        # inside the store but without manifest.json: list_families/family_path never see it
+        return self.download_cache_dir or self.store / ".downloads"
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device cuda requested but no CUDA device is available")
+        return torch.device(self.device)
+
+    def torch_dtype(self, device: torch.device) -> torch.dtype:
+        # reduced precision only where it pays: CPU bf16/fp16 matmuls are slow or missing
+        return DTYPES[self.dtype] if device.type == "cuda" else torch.float32

@@ -1,0 +1,87 @@
+"""Helpers of the service tests: a small random family, test images, a real uvicorn server."""
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import uvicorn
+from PIL import Image
+
+from models_store.family import FamilyManifest, LowRank, now_iso, publish_family
+from models_store.preprocess import Preprocess
+from models_store.tower import MICRO, build_tower
+from models_store.zoo import Head, TaskInfo
+
+RANK = 4
+TASKS = {"digits": [f"d{i}" for i in range(5)], "fashion": ["shirt", "shoe", "bag"], "letters": ["a", "b", "c", "x"]}
+FAMILY_ID = "fam-test"
+
+
+def make_family(store: Path, family_id: str = FAMILY_ID, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    tower = build_tower(MICRO)
+    base = {k: v.detach().clone() for k, v in tower.state_dict().items()}
+    targets = [k for k in base if k.endswith("attn.in_proj_weight") or k.endswith("attn.out_proj.weight")]
+    k = len(TASKS)
+    # factors big enough that preferences change the logits visibly
+    lowrank = {t: LowRank(A=torch.randn(base[t].shape[0], RANK) * 0.5, B=torch.randn(base[t].shape[1], RANK) * 0.5,
+                          G=torch.randn(k, RANK, RANK)) for t in targets}
+    dim = MICRO["custom"]["embed_dim"]
+    heads = {t: Head(weight=torch.randn(len(c), dim) * 5, bias=torch.randn(len(c)) if t != "fashion" else None)
+             for t, c in TASKS.items()}
+    manifest = FamilyManifest(family_id=family_id, created=now_iso(), method="pareto-merging",
+                              hyperparameters={"steps": 1}, architecture=MICRO, preprocess=Preprocess(image_size=16),
+                              tasks=[TaskInfo(name=t, classes=c) for t, c in TASKS.items()], rank=RANK,
+                              targets=targets, metrics={"accuracy": {"digits": 0.5}})
+    return publish_family(store, manifest, base, lowrank, heads)
+
+
+def png_bytes(seed: int, size: tuple[int, int] = (20, 18), mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = 3 if mode == "RGB" else 1
+    array = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+    image = Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode)
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(app, ready: bool = True) -> Iterator[str]:
+    """A real uvicorn server in a thread on a free port; yields its base URL."""
+    import httpx
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    path = "/readyz" if ready else "/healthz"
+    try:
+        while True:
+            try:
+                if httpx.get(url + path, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server on {url} never answered {path}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

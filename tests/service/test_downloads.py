@@ -1,0 +1,97 @@
+"""The download cache without HTTP: file layout, built once, LRU bound."""
+import json
+import threading
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from models_store.preference import from_weights
+from models_store.tower import build_tower
+from service.downloads import DownloadCache, cache_key
+from service.safetensors_stream import write_stream
+
+
+def test_stream_writer_matches_safetensors(tmp_path):
+    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5, dtype=torch.int64), "c": torch.randn(2).bfloat16(),
+               "s": torch.tensor(1.5), "e": torch.zeros(0, 3), "m": torch.tensor([True, False])}
+    path = tmp_path / "x.safetensors"
+    with open(path, "wb") as f:
+        write_stream(f, [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()], tensors.items(), {"k": "v"})
+    loaded = load_file(str(path))
+    assert set(loaded) == set(tensors)
+    for k, v in tensors.items():
+        assert loaded[k].dtype == v.dtype and torch.equal(loaded[k], v)
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata() == {"k": "v"}
+
+
+def test_checkpoint_layout_and_cache(family, tmp_path):
+    cache = DownloadCache(tmp_path / "dl", 1 << 30, family)
+    pref = family.preference("digits:0.7,fashion:0.3")
+    got = cache.get(pref)
+    data = got.file.read()
+    got.file.close()
+    assert got.built and got.size == len(data) and got.etag == f'"{cache_key(family.family_id, pref)}"'
+    path = tmp_path / "dl" / f"{cache_key(family.family_id, pref)}.safetensors"
+    state = load_file(str(path))
+    visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    build_tower(family.manifest.architecture).load_state_dict(visual, strict=True)
+    merged = family.materialize(pref)
+    assert all(torch.equal(visual[k], merged[k]) for k in merged)
+    assert torch.equal(state["heads.digits.weight"], family.heads["digits"].weight)
+    assert "heads.fashion.bias" not in state and "heads.letters.bias" in state
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta["family_id"] == family.family_id
+    assert json.loads(meta["preference"]) == {"digits": 0.7, "fashion": 0.3, "letters": 0.0}
+    assert json.loads(meta["architecture"]) == family.manifest.architecture
+    again = cache.get(family.preference("0.7,0.3,0"))  # same canonical preference, other spelling
+    again.file.close()
+    assert not again.built and cache.builds == 1 and cache.hits == 1
+
+
+def test_concurrent_requests_build_once(family, tmp_path):
+    cache = DownloadCache(tmp_path / "dl", 1 << 30, family)
+    pref = family.preference("1,2,3")
+    results = []
+
+    def fetch():
+        f = cache.get(pref)
+        results.append(f.file.read())
+        f.file.close()
+
+    threads = [threading.Thread(target=fetch) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert cache.builds == 1 and cache.hits == 7 and len(set(results)) == 1
+
+
+def test_lru_eviction_keeps_the_bound(family, tmp_path):
+    first = DownloadCache(tmp_path / "probe", 1 << 30, family).get(family.preference("1,0,0"))
+    first.file.close()
+    size = first.size
+    cache = DownloadCache(tmp_path / "dl", 2 * size + size // 2, family)  # room for two files
+    prefs = [family.preference(p) for p in ("1,0,0", "0,1,0", "0,0,1")]
+    for p in prefs[:2]:
+        cache.get(p).file.close()
+    cache.get(prefs[0]).file.close()  # touch: prefs[1] is now least recently used
+    cache.get(prefs[2]).file.close()
+    names = {p.name for p, _ in cache.entries()}
+    key = lambda p: f"{cache_key(family.family_id, p)}.safetensors"  # noqa: E731
+    assert names == {key(prefs[0]), key(prefs[2])}
+    assert sum(st.st_size for _, st in cache.entries()) <= cache.max_bytes
+    # a file bigger than the whole bound is still served (and is the only one kept)
+    tiny = DownloadCache(tmp_path / "tiny", 10, family)
+    for p in prefs:
+        f = tiny.get(p)
+        assert len(f.file.read()) == f.size
+        f.file.close()
+    assert [p.name for p, _ in tiny.entries()] == [key(prefs[2])]
+
+
+def test_preference_text_is_never_a_path(family):
+    pref = from_weights([1, 1, 1], family.tasks)
+    assert "/" not in cache_key(family.family_id, pref) and len(cache_key(family.family_id, pref)) == 32

@@ -1,0 +1,200 @@
+"""The `pmerge` command: the composition root that wires the trainer and the service.
+
+Each subcommand is a small function; the work lives in plain modules.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from models_store import StoreError
+
+
+def key_values(items: Optional[list[str]], flag: str) -> dict[str, str]:
+    """`NAME=VALUE` arguments -> dict, with an error naming the bad one."""
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise SystemExit(f"{flag} expects NAME=VALUE, got {item!r}")
+        out[name] = value
+    return out
+
+
+def write_json(path: Optional[str], payload: dict) -> None:
+    if path:
+        from models_store.atomic import write_text
+        write_text(path, json.dumps(payload, indent=2))
+        print(f"wrote {path}")
+
+
+# ---- pmerge zoo ------------------------------------------------------------------------------
+
+def cmd_zoo(args: argparse.Namespace) -> None:
+    from models_store.tower import resolve_architecture
+    from .evaluate import markdown_table
+    from .zoo_builder import ZooConfig, build_zoo, demo_tasks
+
+    tasks = key_values(args.task, "--task")
+    if args.demo:
+        tasks = tasks or demo_tasks()
+    if not tasks:
+        raise SystemExit("pmerge zoo: give --task NAME=SPEC (repeatable) or --demo")
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in ZooConfig.model_fields and v is not None and k not in ("tasks", "architecture")}
+    cfg = ZooConfig(architecture=resolve_architecture(args.arch), tasks=tasks, **overrides)
+    start = time.perf_counter()
+    zoo, matrix = build_zoo(args.out, cfg)
+    print(markdown_table(matrix, zoo.tasks))
+    print(f"zoo written to {args.out} in {time.perf_counter() - start:.0f} s")
+
+
+def add_zoo(sub) -> None:
+    p = sub.add_parser("zoo", help="build a model zoo (pretrained tower, fine-tuned towers, heads) from data")
+    p.add_argument("--out", required=True, help="zoo directory to write")
+    p.add_argument("--task", action="append", metavar="NAME=SPEC",
+                   help="a task and its dataset spec (idx:DIR, folder:DIR, builtin:NAME); repeatable")
+    p.add_argument("--demo", action="store_true",
+                   help="the demo tasks: digits, glyphs, shapes (+ fashion when dataset-fashion-mnist is installed)")
+    p.add_argument("--arch", default="tiny", help="tiny (default, ~0.8M params, 32x32), micro, or an open_clip name")
+    p.add_argument("--seed", type=int, default=0)
+    for name in ("train_limit", "test_limit", "pretrain_steps", "pretrain_batch", "finetune_steps", "finetune_batch"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+    p.add_argument("--finetune-lr", type=float, default=None)
+    p.set_defaults(func=cmd_zoo)
+
+
+# ---- pmerge merge ----------------------------------------------------------------------------
+
+MERGE_FLAGS = {"scale": "scale", "ties_k": "k", "steps": "steps", "lr": "lr", "batch_size": "batch_size",
+               "init": "init"}
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from models_store.checkpoint import save_state_dict
+    from models_store.zoo import Zoo
+    from .device import pick_device
+    from .methods import MergeContext, get_method
+    from .pool import ModelPool
+    from .taskpool import TaskPool
+
+    method = get_method(args.method)
+    given = {field: getattr(args, flag) for flag, field in MERGE_FLAGS.items() if getattr(args, flag) is not None}
+    unknown = [f for f in given if f not in method.config.model_fields]
+    if unknown:
+        flags = ", ".join("--" + k.replace("_", "-") for k, v in MERGE_FLAGS.items() if v in unknown)
+        raise SystemExit(f"method {method.name} takes no {flags}")
+    config = method.config(**given)
+    zoo = Zoo(args.zoo)
+    ctx = MergeContext(pool=ModelPool(zoo), device=pick_device(args.device), seed=args.seed)
+    if method.needs_data:
+        ctx.unlabeled = TaskPool(zoo, unlabeled=key_values(args.unlabeled, "--unlabeled")).unlabeled
+    start = time.perf_counter()
+    state = method(ctx, config)
+    seconds = time.perf_counter() - start
+    save_state_dict(args.out, state, metadata={"method": method.name, "config": config.model_dump_json(),
+                                               "seconds": f"{seconds:.2f}"})
+    print(f"{method.name} merged in {seconds:.1f} s -> {args.out}")
+
+
+def add_merge(sub) -> None:
+    from .methods import METHODS
+    p = sub.add_parser("merge", help="merge a zoo into one tower with a classic method",
+                       description="Methods: " + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
+    p.add_argument("--zoo", required=True)
+    p.add_argument("--method", required=True, choices=sorted(METHODS))
+    p.add_argument("--out", required=True, help="FILE.safetensors: the merged tower's state dict")
+    p.add_argument("--scale", type=float, help="task arithmetic / TIES scale s (default 0.3)")
+    p.add_argument("--ties-k", type=float, help="TIES / AdaMerging++: percent of entries kept (default 20)")
+    p.add_argument("--steps", type=int, help="AdaMerging: optimisation steps (default 500)")
+    p.add_argument("--lr", type=float, help="AdaMerging: Adam learning rate (default 1e-3)")
+    p.add_argument("--batch-size", type=int, help="AdaMerging: unlabeled images per task per step (default 16)")
+    p.add_argument("--init", type=float, help="AdaMerging: initial coefficients (default 0.3)")
+    p.add_argument("--unlabeled", action="append", metavar="TASK=SPEC",
+                   help="unlabeled images for a task (default: the task's test images, without labels)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_merge)
+
+
+# ---- pmerge eval -----------------------------------------------------------------------------
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from models_store.checkpoint import load_state_dict
+    from models_store.zoo import Zoo
+    from .device import pick_device
+    from .evaluate import evaluate_state, markdown_table, with_average
+    from .taskpool import TaskPool
+
+    zoo = Zoo(args.zoo)
+    test = TaskPool(zoo, test_limit=args.test_limit).test
+    device = pick_device(args.device)
+    arch = zoo.manifest.architecture
+    if args.weights == "finetuned":  # each task with its own fine-tuned tower
+        scores = {t: evaluate_state(arch, zoo.finetuned(t), zoo.heads, {t: test[t]}, device)[t] for t in zoo.tasks}
+    else:
+        state = zoo.pretrained() if args.weights == "pretrained" else load_state_dict(args.weights)
+        scores = evaluate_state(arch, state, zoo.heads, test, device)
+    print(markdown_table({args.weights: scores}, zoo.tasks))
+    write_json(args.json, {"weights": args.weights, "zoo": str(args.zoo), "accuracy": with_average(scores)})
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="per-task test accuracy of a tower")
+    p.add_argument("--zoo", required=True)
+    p.add_argument("--weights", required=True, help="FILE.safetensors, 'pretrained', or 'finetuned'")
+    p.add_argument("--json", help="write the scores as JSON here")
+    p.add_argument("--test-limit", type=int, default=None, help="evaluate on at most this many test images per task")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.set_defaults(func=cmd_eval)
+
+
+# ---- pmerge import ---------------------------------------------------------------------------
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from .importer import import_zoo
+    classes = {t: Path(f).read_text().split("\n") for t, f in key_values(args.classes, "--classes").items()}
+    classes = {t: [c for c in names if c.strip()] for t, names in classes.items()}
+    zoo = import_zoo(args.src, args.out, args.arch, args.tasks.split(","), classes,
+                     key_values(args.data, "--data"))
+    print(f"imported {len(zoo.tasks)} tasks into {args.out}")
+
+
+def add_import(sub) -> None:
+    p = sub.add_parser("import", help="convert task-vectors/AdaMerging checkpoints (pickles!) into a zoo",
+                       description="Reads SRC/zeroshot.pt, SRC/<Task>/finetuned.pt and SRC/head_<Task>.pt. "
+                                   "This UNPICKLES the files (weights_only=True first, a full unpickle for "
+                                   "whole pickled modules): import only files you trust.")
+    p.add_argument("--src", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--arch", required=True, help="open_clip model name, e.g. ViT-B-32")
+    p.add_argument("--tasks", required=True, help="comma-separated task (dataset) names, e.g. MNIST,SVHN")
+    p.add_argument("--classes", action="append", metavar="TASK=FILE", help="class names, one per line")
+    p.add_argument("--data", action="append", metavar="TASK=SPEC", help="dataset spec recorded for the task")
+    p.set_defaults(func=cmd_import)
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+COMMANDS: list[Callable] = [add_zoo, add_merge, add_eval, add_import]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pmerge", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (StoreError, ValueError, FileNotFoundError, KeyError) as e:
+        print(f"pmerge {args.command}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,34 @@
+"""Registry of `builtin:NAME` datasets: all offline and deterministic."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from trainer.data.digits import DIGIT_CLASSES, load_digits_split
+from trainer.data.errors import DatasetError
+from trainer.data.fashion import fashion_classes, load_fashion_split
+from trainer.data.glyphs import GLYPH_CLASSES, load_glyphs_split
+from trainer.data.raw import RawSplit
+from trainer.data.shapes import SHAPE_CLASSES, load_shapes_split
+
+
+@dataclass(frozen=True)
+class Builtin:
+    classes: Callable[[], list[str]]
+    load: Callable[[str], RawSplit]  # split -> raw uint8 images
+
+
+BUILTINS: dict[str, Builtin] = {
+    "digits": Builtin(lambda: list(DIGIT_CLASSES), load_digits_split),
+    "fashion": Builtin(fashion_classes, load_fashion_split),
+    "glyphs": Builtin(lambda: list(GLYPH_CLASSES), load_glyphs_split),
+    "shapes": Builtin(lambda: list(SHAPE_CLASSES), load_shapes_split),
+}
+
+
+def get_builtin(name: str) -> Builtin:
+    try:
+        return BUILTINS[name]
+    except KeyError:
+        known = ", ".join(BUILTINS)
+        raise DatasetError(f"dataset spec 'builtin:{name}': unknown builtin {name!r} (known: {known})") from None

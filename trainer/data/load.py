@@ -1,0 +1,66 @@
+"""Entry points: spec string -> class names, spec string + split -> preprocessed TaskData."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models_store.preprocess import Preprocess
+from trainer.data.builtin import get_builtin
+from trainer.data.convert import images_to_tensor
+from trainer.data.errors import DatasetError
+from trainer.data.folder import decode_images, folder_classes, list_folder_split
+from trainer.data.idx import idx_classes, load_idx_split
+from trainer.data.raw import RawSplit
+from trainer.data.spec import DatasetSpec, check_split, parse_spec
+from trainer.data.subset import subset_indices
+from trainer.data.task_data import TaskData
+
+
+def dataset_classes(spec: str) -> list[str]:
+    parsed = parse_spec(spec)
+    if parsed.kind == "idx":
+        return idx_classes(_existing_dir(parsed))
+    if parsed.kind == "folder":
+        return folder_classes(_existing_dir(parsed))
+    return get_builtin(parsed.target).classes()
+
+
+def load_dataset(spec: str, split: str, preprocess: Preprocess, limit: int | None = None, seed: int = 0) -> TaskData:
+    """One split, preprocessed; `limit` keeps a deterministic random subset (drawn with `seed`)."""
+    parsed = parse_spec(spec)
+    check_split(split)
+    if parsed.kind == "folder":
+        return _load_folder(parsed, split, preprocess, limit, seed)
+    raw = _load_raw(parsed, split)
+    indices = subset_indices(len(raw.labels), limit, seed)
+    if indices is not None:
+        raw = raw.take(indices)
+    return TaskData(images_to_tensor(raw.images, preprocess), _labels_tensor(raw.labels), list(raw.classes))
+
+
+def _load_raw(parsed: DatasetSpec, split: str) -> RawSplit:
+    if parsed.kind == "idx":
+        return load_idx_split(_existing_dir(parsed), split)
+    return get_builtin(parsed.target).load(split)
+
+
+def _load_folder(parsed: DatasetSpec, split: str, preprocess: Preprocess, limit: int | None, seed: int) -> TaskData:
+    listing = list_folder_split(_existing_dir(parsed), split)
+    paths, labels = listing.paths, listing.labels
+    # Pick the subset before decoding: with a limit, only the chosen files are read.
+    indices = subset_indices(len(paths), limit, seed)
+    if indices is not None:
+        paths, labels = [paths[i] for i in indices], labels[indices]
+    return TaskData(decode_images(paths, preprocess), _labels_tensor(labels), list(listing.classes))
+
+
+def _existing_dir(parsed: DatasetSpec) -> Path:
+    if not parsed.path.is_dir():
+        raise DatasetError(f"dataset spec '{parsed.kind}:{parsed.target}': directory {parsed.path} does not exist")
+    return parsed.path
+
+
+def _labels_tensor(labels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(labels, dtype=np.int64))

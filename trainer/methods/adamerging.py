@@ -1,0 +1,92 @@
+"""Layer-wise AdaMerging and AdaMerging++ (Yang et al. 2024).
+
+One coefficient per parameter tensor per task, initialised to 0.3 and clamped to [0, 1]; the
+pretrained weight keeps coefficient 1. Minimises the sum over tasks of the mean prediction entropy
+on unlabeled test batches with Adam (lr 1e-3). ++ uses TIES-preprocessed task vectors.
+With `preference`, the entropies are weighted by it: "AdaMerging + preference" of the Pareto
+Merging paper (one optimisation per preference).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from pydantic import Field
+from tqdm import tqdm
+
+from models_store.checkpoint import StateDict
+
+from ..objective import UnlabeledSampler, task_entropies
+from ..pool import TaskVector
+from .registry import MergeContext, MethodConfig, register
+from .ties import ties_preprocess
+
+
+class AdaMergingConfig(MethodConfig):
+    steps: int = Field(500, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1, description="unlabeled images per task per step")
+    init: float = Field(0.3, ge=0, le=1, description="initial coefficient of every task vector")
+    preference: Optional[list[float]] = Field(None, description="weights of the task entropies (default: all 1)")
+
+
+class AdaMergingPlusConfig(AdaMergingConfig):
+    k: float = Field(20.0, gt=0, le=100, description="TIES trim: percent of entries kept")
+
+
+class LayerwiseMerge(torch.nn.Module):
+    """theta[P] = theta0[P] + sum_k lambda[P, k] * tau_k[P], with lambda learnable."""
+
+    def __init__(self, pretrained: StateDict, vectors: dict[str, TaskVector], init: float, device: torch.device):
+        super().__init__()
+        self.keys = list(next(iter(vectors.values())))
+        self.pretrained = {k: v.to(device) for k, v in pretrained.items()}
+        self.stacked = {k: torch.stack([vectors[t][k] for t in vectors]).to(device) for k in self.keys}
+        self.coefficients = torch.nn.Parameter(torch.full((len(self.keys), len(vectors)), init, device=device))
+
+    def forward(self) -> StateDict:
+        state = dict(self.pretrained)
+        for i, k in enumerate(self.keys):
+            tv = self.stacked[k]
+            state[k] = self.pretrained[k] + torch.tensordot(self.coefficients[i], tv, dims=1)
+        return state
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        self.coefficients.clamp_(0.0, 1.0)
+
+
+def adamerge(ctx: MergeContext, vectors: dict[str, TaskVector], config: AdaMergingConfig) -> StateDict:
+    pool = ctx.pool
+    if not ctx.unlabeled:
+        raise ValueError("AdaMerging needs unlabeled images of every task")
+    weights = torch.tensor(config.preference or [1.0] * len(pool.tasks), device=ctx.device)
+    merge = LayerwiseMerge(pool.pretrained, vectors, config.init, ctx.device)
+    tower = pool.tower().to(ctx.device)
+    heads = {t: h.model_copy(update={"weight": h.weight.to(ctx.device),
+                                     "bias": None if h.bias is None else h.bias.to(ctx.device)})
+             for t, h in pool.heads.items()}
+    sampler = UnlabeledSampler({t: ctx.unlabeled[t] for t in pool.tasks}, config.batch_size, ctx.seed, ctx.device)
+    optimizer = torch.optim.Adam(merge.parameters(), lr=config.lr)
+    bar = tqdm(range(config.steps), desc="adamerging", disable=not ctx.progress, leave=False)
+    for _ in bar:
+        entropies = task_entropies(tower, merge(), heads, sampler.next())
+        loss = (weights * entropies).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        merge.clamp_()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    with torch.no_grad():
+        return {k: v.detach().cpu().to(pool.pretrained[k].dtype) for k, v in merge().items()}
+
+
+@register("adamerging", AdaMergingConfig, "layer-wise AdaMerging: entropy-minimised task-vector coefficients",
+          needs_data=True)
+def adamerging(ctx: MergeContext, config: AdaMergingConfig):
+    return adamerge(ctx, ctx.pool.task_vectors, config)
+
+
+@register("adamerging++", AdaMergingPlusConfig, "AdaMerging on TIES-preprocessed task vectors", needs_data=True)
+def adamerging_plus(ctx: MergeContext, config: AdaMergingPlusConfig):
+    return adamerge(ctx, ties_preprocess(ctx.pool.task_vectors, config.k), config)

@@ -1,0 +1,60 @@
+"""One registry of merging methods (mergekit style): a decorator registers a function by name
+together with its pydantic config. Adding a method touches one new module and one import line."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from models_store.checkpoint import StateDict
+
+from ..pool import ModelPool
+
+
+class MethodConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class MergeContext:
+    """What a method may use beside its config: the pool and, for test-time methods, unlabeled images."""
+    pool: ModelPool
+    unlabeled: dict[str, torch.Tensor] = field(default_factory=dict)  # task -> images [N, C, S, S]
+    device: torch.device = torch.device("cpu")
+    seed: int = 0
+    progress: bool = True
+
+
+MergeFn = Callable[[MergeContext, MethodConfig], StateDict]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config: type[MethodConfig]
+    fn: MergeFn
+    summary: str
+    needs_data: bool = False
+
+    def __call__(self, ctx: MergeContext, config: Optional[MethodConfig] = None) -> StateDict:
+        return self.fn(ctx, config or self.config())
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, config: type[MethodConfig], summary: str, needs_data: bool = False):
+    def wrap(fn: MergeFn) -> MergeFn:
+        if name in METHODS:
+            raise ValueError(f"merging method {name!r} registered twice")
+        METHODS[name] = Method(name, config, fn, summary, needs_data)
+        return fn
+    return wrap
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise KeyError(f"unknown merging method {name!r}; known: {', '.join(sorted(METHODS))}")
+    return METHODS[name]

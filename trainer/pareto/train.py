@@ -1,0 +1,173 @@
+"""Training a Pareto Merging family (paper Algorithm 1, objective eq. 10).
+
+Each step: draw pref ~ Dirichlet(alpha 1); an unlabeled minibatch per task; H_k = mean entropy of
+task k's head on its batch under theta(pref);
+    L = mu log sum_k exp(pref_k H_k / mu)          smooth Tchebycheff, ideal point 0
+        - cos_weight cos(pref, 1/H)                  aligns the model with the preference
+        + norm_weight sum_layers ||G||_F^2           keeps the preference term small
+then Adam on (lambda, A, B, G), lambda clamped to [0, 1].
+
+Checkpoints (safetensors + JSON metadata, never pickles) hold parameters, Adam state and every
+random generator's state, so `--resume` after a kill reaches the uninterrupted run's result.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from models_store.checkpoint import load_state_dict, save_state_dict
+from models_store.family import FamilyManifest, family_path, now_iso, publish_family
+from models_store.zoo import Zoo
+
+from ..methods.ties import ties_preprocess
+from ..objective import UnlabeledSampler, task_entropies
+from ..pool import ModelPool
+from .model import ParetoMerge, target_names
+
+RUNS = ".runs"  # STORE/.runs/<family_id>/checkpoint.safetensors (no manifest.json: never listed)
+
+
+class ParetoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["pm", "pm++"] = "pm"
+    rank: int = Field(16, ge=1)
+    targets: list[str] = ["in_proj", "out_proj"]
+    steps: int = Field(500, ge=1)
+    batch_size: int = Field(16, ge=1, description="unlabeled images per task per step")
+    lr: float = Field(1e-3, gt=0)
+    alpha: float = Field(1.0, gt=0, description="Dirichlet concentration of the sampled preferences")
+    mu: float = Field(0.1, gt=0, description="smoothing of the Tchebycheff scalarisation")
+    cos_weight: float = Field(0.1, ge=0, description="weight of the cosine(pref, 1/H) reward")
+    norm_weight: float = Field(1.0, ge=0, description="weight of the sum of ||G||_F^2")
+    init: float = Field(0.3, ge=0, le=1, description="initial task-vector coefficients")
+    ties_k: float = Field(20.0, gt=0, le=100, description="pm++: TIES trim, percent kept")
+    seed: int = 0
+    checkpoint_every: int = Field(50, ge=1)
+
+
+def loss_terms(entropies: torch.Tensor, pref: torch.Tensor, model: ParetoMerge,
+               cfg: ParetoConfig) -> dict[str, torch.Tensor]:
+    stch = cfg.mu * torch.logsumexp(pref * entropies / cfg.mu, dim=0)
+    cosine = F.cosine_similarity(pref, 1.0 / entropies.clamp(min=1e-6), dim=0)
+    norm = model.tensor_norm()
+    return {"loss": stch - cfg.cos_weight * cosine + cfg.norm_weight * norm,
+            "stch": stch, "cos": cosine, "norm": norm}
+
+
+def run_id(zoo: Zoo, cfg: ParetoConfig, unlabeled_specs: dict[str, str]) -> str:
+    """Same zoo, config and data -> same id: a rerun or a resume publishes the same family."""
+    blob = json.dumps([zoo.manifest.model_dump(exclude={"metrics"}), cfg.model_dump(exclude={"checkpoint_every"}),
+                       unlabeled_specs], sort_keys=True)
+    return f"{cfg.method.replace('++', 'pp')}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+class Checkpoint:
+    """Parameters, Adam state and generator states in one safetensors file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def save(self, step: int, model: ParetoMerge, opt: torch.optim.Optimizer, sampler: UnlabeledSampler,
+             pref_rng: np.random.Generator, cfg: ParetoConfig) -> None:
+        tensors = {f"param.{k}": v for k, v in model.state_dict().items()}
+        for idx, st in opt.state_dict()["state"].items():
+            tensors |= {f"adam.{idx}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)) for k, v in st.items()}
+        tensors["rng.sampler"] = sampler.generator.get_state()
+        meta = {"step": str(step), "config": cfg.model_dump_json(),
+                "pref_rng": json.dumps(pref_rng.bit_generator.state)}
+        save_state_dict(self.path, tensors, metadata=meta)
+
+    def load(self, model: ParetoMerge, opt: torch.optim.Optimizer, sampler: UnlabeledSampler,
+             pref_rng: np.random.Generator, cfg: ParetoConfig) -> int:
+        from safetensors import safe_open
+        with safe_open(str(self.path), "pt") as f:
+            meta = f.metadata()
+        saved = ParetoConfig.model_validate_json(meta["config"])
+        if saved.model_dump(exclude={"checkpoint_every"}) != cfg.model_dump(exclude={"checkpoint_every"}):
+            raise ValueError(f"{self.path} was written with another configuration; rerun without --resume")
+        tensors = load_state_dict(self.path)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("adam."):
+                _, idx, name = k.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v
+        opt_state = opt.state_dict()
+        opt_state["state"] = state
+        opt.load_state_dict(opt_state)
+        sampler.generator.set_state(tensors["rng.sampler"])
+        pref_rng.bit_generator.state = json.loads(meta["pref_rng"])
+        return int(meta["step"])
+
+
+def train_family(zoo: Zoo, store: str | Path, cfg: ParetoConfig, unlabeled: dict[str, torch.Tensor],
+                 unlabeled_specs: dict[str, str], device: torch.device, resume: bool = False,
+                 progress: bool = True, on_checkpoint: Optional[Callable[[int], None]] = None) -> Path:
+    """Train and publish a family; returns its path. An existing identical family is returned as is."""
+    store = Path(store)
+    family_id = run_id(zoo, cfg, unlabeled_specs)
+    if (store / family_id / "manifest.json").is_file():
+        return family_path(store, family_id)
+    torch.manual_seed(cfg.seed)
+    pool = ModelPool(zoo)
+    vectors = pool.task_vectors if cfg.method == "pm" else ties_preprocess(pool.task_vectors, cfg.ties_k)
+    targets = target_names(pool.keys, cfg.targets)
+    init_rng = torch.Generator().manual_seed(cfg.seed)
+    model = ParetoMerge(pool.pretrained, vectors, targets, cfg.rank, cfg.init, init_rng, device)
+    del vectors
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sampler = UnlabeledSampler({t: unlabeled[t] for t in pool.tasks}, cfg.batch_size, cfg.seed + 1, device)
+    pref_rng = np.random.Generator(np.random.PCG64(cfg.seed + 2))
+    checkpoint = Checkpoint(store / RUNS / family_id / "checkpoint.safetensors")
+    start = checkpoint.load(model, opt, sampler, pref_rng, cfg) if resume and checkpoint.path.is_file() else 0
+    if start:
+        print(f"resuming {family_id} at step {start}/{cfg.steps}")
+
+    tower = pool.tower().to(device)
+    for p in tower.parameters():
+        p.requires_grad_(False)
+    heads = {t: h.model_copy(update={"weight": h.weight.to(device),
+                                     "bias": None if h.bias is None else h.bias.to(device)})
+             for t, h in pool.heads.items()}
+    k = len(pool.tasks)
+    began = time.perf_counter()
+    terms: dict[str, torch.Tensor] = {}
+    entropies = torch.zeros(k)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.method}",
+               disable=not progress)
+    for step in bar:
+        pref = torch.tensor(pref_rng.dirichlet([cfg.alpha] * k), dtype=torch.float32, device=device)
+        entropies = task_entropies(tower, model(pref), heads, sampler.next())
+        terms = loss_terms(entropies, pref, model, cfg)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        opt.step()
+        model.clamp_()
+        bar.set_postfix(loss=f"{terms['loss'].item():.3f}",
+                        H=" ".join(f"{h:.2f}" for h in entropies.detach().cpu().tolist()))
+        done = step + 1
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            checkpoint.save(done, model, opt, sampler, pref_rng, cfg)
+            if on_checkpoint is not None:
+                on_checkpoint(done)
+
+    base, lowrank = model.export({n: t.dtype for n, t in pool.pretrained.items()})
+    manifest = FamilyManifest(
+        family_id=family_id, created=now_iso(), method=cfg.method,
+        hyperparameters=cfg.model_dump() | {"zoo": str(zoo.root.resolve()), "unlabeled": unlabeled_specs},
+        architecture=zoo.manifest.architecture, preprocess=zoo.manifest.preprocess, tasks=zoo.manifest.tasks,
+        rank=cfg.rank, targets=targets,
+        metrics={"train_seconds_this_run": round(time.perf_counter() - began, 2), "steps": cfg.steps,
+                 "last_loss": {n: round(v.item(), 5) for n, v in terms.items()},
+                 "last_entropies": dict(zip(pool.tasks, [round(h, 5) for h in entropies.tolist()]))})
+    path = publish_family(store, manifest, base, lowrank, pool.heads)
+    return path

@@ -1,0 +1,49 @@
+"""Task pool (FusionBench's term): each task's labeled test split, and the unlabeled images that
+test-time methods (AdaMerging, Pareto Merging) adapt on. By default those are the tasks' test
+images without labels (the protocol of AdaMerging and of the Pareto Merging paper); `unlabeled`
+overrides them per task with any dataset spec."""
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Optional
+
+import torch
+
+from models_store.zoo import Zoo
+
+from .data import TaskData, load_dataset
+
+
+class TaskPool:
+    def __init__(self, zoo: Zoo, test_limit: Optional[int] = None, unlabeled: Optional[dict[str, str]] = None,
+                 unlabeled_limit: Optional[int] = None):
+        self.zoo = zoo
+        self.test_limit = test_limit
+        self.unlabeled_specs = unlabeled or {}
+        self.unlabeled_limit = unlabeled_limit
+        unknown = set(self.unlabeled_specs) - set(zoo.tasks)
+        if unknown:
+            raise ValueError(f"--unlabeled names unknown tasks {sorted(unknown)}; tasks are {zoo.tasks}")
+
+    def spec(self, task: str) -> str:
+        spec = self.zoo.task(task).data
+        if spec is None:
+            raise ValueError(f"zoo task {task!r} records no dataset spec; pass its data explicitly")
+        return spec
+
+    @cached_property
+    def test(self) -> dict[str, TaskData]:
+        pre = self.zoo.manifest.preprocess
+        return {t: load_dataset(self.spec(t), "test", pre, limit=self.test_limit) for t in self.zoo.tasks}
+
+    @cached_property
+    def unlabeled(self) -> dict[str, torch.Tensor]:
+        pre = self.zoo.manifest.preprocess
+        out = {}
+        for t in self.zoo.tasks:
+            if t in self.unlabeled_specs:
+                out[t] = load_dataset(self.unlabeled_specs[t], "test", pre, limit=self.unlabeled_limit).images
+            else:
+                out[t] = self.test[t].images if self.unlabeled_limit is None else \
+                    load_dataset(self.spec(t), "test", pre, limit=self.unlabeled_limit).images
+        return out
