@@ -178,9 +178,61 @@ def add_import(sub) -> None:
     p.set_defaults(func=cmd_import)
 
 
+# ---- pmerge train ----------------------------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from models_store.zoo import Zoo
+    from .device import pick_device
+    from .pareto.train import ParetoConfig, train_family
+    from .taskpool import TaskPool
+
+    fields = {k: v for k, v in vars(args).items() if k in ParetoConfig.model_fields and v is not None}
+    if args.targets:
+        fields["targets"] = args.targets.split(",")
+    cfg = ParetoConfig(**fields)
+    zoo = Zoo(args.zoo)
+    specs = key_values(args.unlabeled, "--unlabeled")
+    unlabeled = TaskPool(zoo, unlabeled=specs).unlabeled
+    path = train_family(zoo, args.store, cfg, unlabeled, specs, pick_device(args.device), resume=args.resume)
+    print(path.name)
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="learn a Pareto Merging family (PM or PM++) and publish it to a store",
+                       description="Unlabeled data default to the tasks' test images without labels (the paper's "
+                                   "protocol). Objective: smooth Tchebycheff over per-task entropies with a "
+                                   "Dirichlet-drawn preference, minus cos-weight * cos(pref, 1/H), plus "
+                                   "norm-weight * sum ||G||_F^2.")
+    p.add_argument("--zoo", required=True)
+    p.add_argument("--store", required=True)
+    p.add_argument("--method", choices=["pm", "pm++"])
+    p.add_argument("--rank", type=int)
+    p.add_argument("--targets", help="comma-separated: in_proj,out_proj (default both)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--alpha", type=float, help="Dirichlet concentration (default 1: uniform on the simplex)")
+    p.add_argument("--mu", type=float, help="Tchebycheff smoothing (default 0.1)")
+    p.add_argument("--cos-weight", type=float, help="default 0.1")
+    p.add_argument("--norm-weight", type=float, help="default 1.0")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--unlabeled", action="append", metavar="TASK=SPEC")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.set_defaults(func=cmd_train)
+
+
+def add_serve(sub) -> None:
+    from service.cli import add_serve_arguments, serve
+    p = sub.add_parser("serve", help="serve a family over HTTP (classify, download merged checkpoints)")
+    add_serve_arguments(p)
+    p.set_defaults(func=serve)
+
+
 # ---- main ------------------------------------------------------------------------------------
 
-COMMANDS: list[Callable] = [add_zoo, add_merge, add_eval, add_import]
+COMMANDS: list[Callable] = [add_zoo, add_merge, add_eval, add_import, add_train, add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,11 +38,11 @@ class ZooConfig(BaseModel):
     channels: int = 3
     train_limit: Optional[int] = 4000
     test_limit: Optional[int] = 1000
-    pretrain_steps: int = 300
+    pretrain_steps: int = 120
     pretrain_batch: int = 128
     pretrain_lr: float = 2e-3
     head_steps: int = 300
-    finetune_steps: int = 150
+    finetune_steps: int = 100
     finetune_batch: int = 64
     finetune_lr: float = 5e-4
     temperature: float = 0.2

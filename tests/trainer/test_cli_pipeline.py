@@ -1,0 +1,75 @@
+"""End to end through the CLI on a micro zoo: zoo -> merge (every method) -> eval -> train -> resume."""
+import json
+
+import pytest
+import torch
+
+from models_store import StoreError
+from models_store.family import Family, open_family
+from models_store.zoo import Zoo
+from trainer.cli import main
+from trainer.methods import METHODS
+from trainer.pareto.train import ParetoConfig, train_family
+from trainer.taskpool import TaskPool
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo")
+    main(["zoo", "--out", str(out), "--arch", "micro", "--task", "digits=builtin:digits",
+          "--task", "shapes=builtin:shapes", "--train-limit", "300", "--test-limit", "100",
+          "--pretrain-steps", "5", "--finetune-steps", "20"])
+    return out
+
+
+def test_every_method_merges_and_evaluates(zoo_dir, tmp_path):
+    averages = {}
+    for name in METHODS:
+        out = tmp_path / f"{name}.safetensors"
+        extra = ["--steps", "20"] if name.startswith("adamerging") else []
+        main(["merge", "--zoo", str(zoo_dir), "--method", name, "--out", str(out), *extra])
+        report = tmp_path / f"{name}.json"
+        main(["eval", "--zoo", str(zoo_dir), "--weights", str(out), "--json", str(report)])
+        averages[name] = json.loads(report.read_text())["accuracy"]["average"]
+    assert all(0.0 <= a <= 1.0 for a in averages.values())
+
+
+def test_merge_rejects_flags_the_method_does_not_take(zoo_dir, tmp_path):
+    with pytest.raises(SystemExit, match="takes no --ties-k"):
+        main(["merge", "--zoo", str(zoo_dir), "--method", "task-arithmetic", "--ties-k", "10",
+              "--out", str(tmp_path / "x.safetensors")])
+
+
+def test_train_publishes_a_family_that_verifies_and_materializes(zoo_dir, tmp_path, capsys):
+    main(["train", "--zoo", str(zoo_dir), "--store", str(tmp_path), "--steps", "4", "--rank", "4"])
+    family_id = capsys.readouterr().out.strip().splitlines()[-1]
+    family = open_family(tmp_path, family_id)
+    state = family.materialize(family.preference("digits:1"))
+    assert set(state) == set(Zoo(zoo_dir).pretrained())
+    (tmp_path / family_id / "lowrank.safetensors").write_bytes(b"tampered")
+    with pytest.raises(StoreError, match="lowrank.safetensors does not match its sha256"):
+        Family(tmp_path / family_id)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(zoo_dir, tmp_path):
+    zoo = Zoo(zoo_dir)
+    unlabeled = TaskPool(zoo).unlabeled
+    cfg = ParetoConfig(steps=6, rank=4, checkpoint_every=2)
+    full = train_family(zoo, tmp_path / "a", cfg, unlabeled, {}, torch.device("cpu"), progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_4(step):
+        if step == 4:
+            raise Killed
+    with pytest.raises(Killed):
+        train_family(zoo, tmp_path / "b", cfg, unlabeled, {}, torch.device("cpu"), progress=False,
+                     on_checkpoint=kill_at_4)
+    resumed = train_family(zoo, tmp_path / "b", cfg, unlabeled, {}, torch.device("cpu"), resume=True,
+                           progress=False)
+    a, b = Family(full), Family(resumed)
+    for name in a.base:
+        assert torch.allclose(a.base[name], b.base[name], atol=1e-6), name
+    for name in a.lowrank:
+        assert torch.allclose(a.lowrank[name].G, b.lowrank[name].G, atol=1e-6), name
