@@ -223,6 +223,29 @@ def add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def cmd_store(args: argparse.Namespace) -> None:
+    from models_store.family import Family, family_path, list_families, manifest_json, remove_family
+    if args.action == "ls":
+        for m in list_families(args.store):
+            print(f"{m.family_id}\t{m.method}\t{m.created}\ttasks={','.join(m.task_names)}\trank={m.rank}")
+    elif args.action == "show":
+        family = Family(family_path(args.store, args.family))  # verifies every sha256
+        print(manifest_json(family.manifest))
+    else:
+        if not args.family:
+            raise SystemExit("pmerge store rm: give the family id")
+        remove_family(args.store, args.family)
+        print(f"removed {args.family}")
+
+
+def add_store(sub) -> None:
+    p = sub.add_parser("store", help="list, show (and verify) or remove the families of a store")
+    p.add_argument("action", choices=["ls", "show", "rm"])
+    p.add_argument("family", nargs="?", help="family id (show: default the newest)")
+    p.add_argument("--store", required=True)
+    p.set_defaults(func=cmd_store)
+
+
 def add_serve(sub) -> None:
     from service.cli import add_serve_arguments, serve
     p = sub.add_parser("serve", help="serve a family over HTTP (classify, download merged checkpoints)")
@@ -232,7 +255,7 @@ def add_serve(sub) -> None:
 
 # ---- main ------------------------------------------------------------------------------------
 
-COMMANDS: list[Callable] = [add_zoo, add_merge, add_eval, add_import, add_train, add_serve]
+COMMANDS: list[Callable] = [add_zoo, add_merge, add_eval, add_import, add_train, add_store, add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -73,3 +73,17 @@ def test_killed_run_resumes_to_the_uninterrupted_result(zoo_dir, tmp_path):
         assert torch.allclose(a.base[name], b.base[name], atol=1e-6), name
     for name in a.lowrank:
         assert torch.allclose(a.lowrank[name].G, b.lowrank[name].G, atol=1e-6), name
+
+
+def test_store_ls_show_rm(zoo_dir, tmp_path, capsys):
+    main(["train", "--zoo", str(zoo_dir), "--store", str(tmp_path), "--steps", "2", "--rank", "2"])
+    family_id = capsys.readouterr().out.strip().splitlines()[-1]
+    main(["store", "ls", "--store", str(tmp_path)])
+    assert capsys.readouterr().out.startswith(family_id)
+    main(["store", "show", family_id, "--store", str(tmp_path)])
+    assert json.loads(capsys.readouterr().out)["family_id"] == family_id
+    main(["store", "rm", family_id, "--store", str(tmp_path)])
+    main(["store", "ls", "--store", str(tmp_path)])
+    assert capsys.readouterr().out.strip() == f"removed {family_id}"
+    with pytest.raises(SystemExit):
+        main(["store", "show", family_id, "--store", str(tmp_path)])
