@@ -5,8 +5,6 @@
 	.venv/bin/pip install -q -e '.[dev]'
 	touch .venv/bin/pmerge
 demo: .venv/bin/pmerge
-	.venv/bin/pmerge zoo --demo --out runs/demo-zoo
-	.venv/bin/pmerge train --zoo runs/demo-zoo --store runs/store
-	.venv/bin/pmerge serve --store runs/store --port 8000
+	.venv/bin/pmerge demo --dir runs/demo
 test: .venv/bin/pmerge
 	.venv/bin/python -m pytest

@@ -59,7 +59,8 @@ def add_zoo(sub) -> None:
     p.add_argument("--task", action="append", metavar="NAME=SPEC",
                    help="a task and its dataset spec (idx:DIR, folder:DIR, builtin:NAME); repeatable")
     p.add_argument("--demo", action="store_true",
-                   help="the demo tasks: digits, glyphs, shapes (+ fashion when dataset-fashion-mnist is installed)")
+                   help="the demo tasks: digits, glyphs, shapes, and fashion when Debian's dataset-fashion-mnist is "
+                        "installed, else patterns")
     p.add_argument("--arch", default="tiny", help="tiny (default, ~0.8M params, 32x32), micro, or an open_clip name")
     p.add_argument("--seed", type=int, default=0)
     for name in ("train_limit", "test_limit", "pretrain_steps", "pretrain_batch", "finetune_steps", "finetune_batch"):
@@ -71,11 +72,12 @@ def add_zoo(sub) -> None:
 # ---- pmerge merge ----------------------------------------------------------------------------
 
 MERGE_FLAGS = {"scale": "scale", "ties_k": "k", "steps": "steps", "lr": "lr", "batch_size": "batch_size",
-               "init": "init"}
+               "init": "init", "pref": "preference"}
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
     from models_store.checkpoint import save_state_dict
+    from models_store.preference import parse_preference
     from models_store.zoo import Zoo
     from .device import pick_device
     from .methods import MergeContext, get_method
@@ -88,8 +90,11 @@ def cmd_merge(args: argparse.Namespace) -> None:
     if unknown:
         flags = ", ".join("--" + k.replace("_", "-") for k, v in MERGE_FLAGS.items() if v in unknown)
         raise SystemExit(f"method {method.name} takes no {flags}")
-    config = method.config(**given)
     zoo = Zoo(args.zoo)
+    pref = None if args.pref is None else parse_preference(args.pref, zoo.tasks)
+    if pref is not None:
+        given["preference"] = list(pref.weights)
+    config = method.config(**given)
     ctx = MergeContext(pool=ModelPool(zoo), device=pick_device(args.device), seed=args.seed)
     if method.needs_data:
         ctx.unlabeled = TaskPool(zoo, unlabeled=key_values(args.unlabeled, "--unlabeled")).unlabeled
@@ -98,7 +103,8 @@ def cmd_merge(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     save_state_dict(args.out, state, metadata={"method": method.name, "config": config.model_dump_json(),
                                                "seconds": f"{seconds:.2f}"})
-    print(f"{method.name} merged in {seconds:.1f} s -> {args.out}")
+    at = "" if pref is None else f" at preference {pref}"
+    print(f"{method.name}{at} merged in {seconds:.1f} s -> {args.out}")
 
 
 def add_merge(sub) -> None:
@@ -114,6 +120,11 @@ def add_merge(sub) -> None:
     p.add_argument("--lr", type=float, help="AdaMerging: Adam learning rate (default 1e-3)")
     p.add_argument("--batch-size", type=int, help="AdaMerging: unlabeled images per task per step (default 16)")
     p.add_argument("--init", type=float, help="AdaMerging: initial coefficients (default 0.3)")
+    p.add_argument("--pref", metavar="PREF",
+                   help="task arithmetic / AdaMerging(++) + preference: positional 0.7,0.1,0.2 (zoo task order) "
+                        "or named digits:0.7,shapes:0.3. Task k is weighted by K * pref_k, so the equal "
+                        "preference is the plain method. AdaMerging with --pref runs one whole optimisation "
+                        "for this one preference (use `pmerge front` for many)")
     p.add_argument("--unlabeled", action="append", metavar="TASK=SPEC",
                    help="unlabeled images for a task (default: the task's test images, without labels)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
@@ -171,7 +182,8 @@ def add_import(sub) -> None:
                                    "whole pickled modules): import only files you trust.")
     p.add_argument("--src", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--arch", required=True, help="open_clip model name, e.g. ViT-B-32")
+    p.add_argument("--arch", required=True, help="tiny, micro, an open_clip model name (e.g. ViT-B-32), or a JSON file "
+                                               "(an architecture as zoo.json writes it, or an open_clip model config)")
     p.add_argument("--tasks", required=True, help="comma-separated task (dataset) names, e.g. MNIST,SVHN")
     p.add_argument("--classes", action="append", metavar="TASK=FILE", help="class names, one per line")
     p.add_argument("--data", action="append", metavar="TASK=SPEC", help="dataset spec recorded for the task")
@@ -214,13 +226,118 @@ def add_train(sub) -> None:
     p.add_argument("--alpha", type=float, help="Dirichlet concentration (default 1: uniform on the simplex)")
     p.add_argument("--mu", type=float, help="Tchebycheff smoothing (default 0.1)")
     p.add_argument("--cos-weight", type=float, help="default 0.1")
-    p.add_argument("--norm-weight", type=float, help="default 1.0")
+    p.add_argument("--norm-weight", type=float, help="default 10 (bench/pm_sweep.py on the demo zoo)")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--unlabeled", action="append", metavar="TASK=SPEC")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.set_defaults(func=cmd_train)
+
+
+# ---- pmerge front ----------------------------------------------------------------------------
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= low, with an error that says so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def cmd_front(args: argparse.Namespace) -> None:
+    from models_store.family import open_family
+    from .device import pick_device
+    from .front import FrontConfig, compute_front, parse_baselines
+    from .front_report import front_markdown, write_front
+
+    cfg = FrontConfig(grid=args.grid, random=args.random, seed=args.seed, baselines=parse_baselines(args.baselines),
+                      ta_scale=args.ta_scale, baseline_steps=args.baseline_steps, test_limit=args.test_limit)
+    report = compute_front(open_family(args.store, args.family), cfg, pick_device(args.device), zoo=args.zoo)
+    paths = write_front(report, args.out)
+    print(front_markdown(report))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def add_front(sub) -> None:
+    from .front import BASELINES, FrontConfig
+    default = {name: f.default for name, f in FrontConfig.model_fields.items()}
+    p = sub.add_parser(
+        "front", help="the Pareto front of a family (and of preference-aware baselines): JSON, Markdown, PNG",
+        description="Evaluates the family's per-task test accuracy at every preference of a set: the simplex "
+                    "grid with N divisions (all multiples of 1/N summing to 1, vertices included; K=4, N=3: 20 "
+                    "points), the equal preference, 0.7 on each task with the rest spread evenly, and M "
+                    "Dirichlet(1) draws. The baselines are merged from the family's zoo at the same preferences. "
+                    "Writes DIR/front.json, front.md (printed) and front.png; per model the non-dominated "
+                    "points and their hypervolume (reference point: all accuracies 0).")
+    p.add_argument("--store", required=True)
+    p.add_argument("--family", help="family id (default: the newest)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--grid", type=int_at_least(1), default=default["grid"],
+                   help=f"simplex grid divisions N (default {default['grid']})")
+    p.add_argument("--random", type=int_at_least(0), default=default["random"],
+                   help=f"extra Dirichlet(1) preferences M (default {default['random']})")
+    p.add_argument("--seed", type=int, default=default["seed"])
+    p.add_argument("--baselines", default=",".join(default["baselines"]),
+                   help=f"comma-separated, from {', '.join(BASELINES)}, or 'none' (default: both). ta-pref: "
+                        "theta0 + s * sum_k K pref_k tau_k. adamerging-pref runs ONE WHOLE AdaMerging optimisation "
+                        "(--baseline-steps) PER PREFERENCE: it costs that many steps times the number of points")
+    p.add_argument("--baseline-steps", type=int_at_least(0), default=default["baseline_steps"],
+                   help=f"adamerging-pref: AdaMerging steps per preference (default {default['baseline_steps']})")
+    p.add_argument("--ta-scale", type=float, default=default["ta_scale"],
+                   help=f"ta-pref: scale s (default {default['ta_scale']})")
+    p.add_argument("--zoo", help="the zoo of the baselines (default: the one the family records)")
+    p.add_argument("--test-limit", type=int_at_least(1), default=None,
+                   help="evaluate on at most this many test images per task (also AdaMerging's unlabeled images)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.set_defaults(func=cmd_front)
+
+
+# ---- pmerge select ---------------------------------------------------------------------------
+
+def cmd_select(args: argparse.Namespace) -> None:
+    from models_store.family import open_family
+    from .data import load_dataset
+    from .device import pick_device
+    from .select import family_head, read_head, select_preference, selection_json, selection_table
+
+    if not args.head and not args.task:
+        raise SystemExit("pmerge select: give the new task's head: --head FILE (zoo head format) "
+                         "or --task NAME (one of the family's heads)")
+    family = open_family(args.store, args.family)
+    head = read_head(args.head) if args.head else family_head(family, args.task)
+    images = load_dataset(args.data, "test", family.manifest.preprocess, limit=args.limit, seed=args.seed).images
+    selection = select_preference(family, head, images, args.samples, args.seed, pick_device(args.device))
+    print(selection_table(selection))
+    print(f"selected preference: {selection.best.preference}")
+    write_json(args.json, selection_json(selection, family, data=args.data, head=args.head or f"task:{args.task}",
+                                         images=len(images), samples=args.samples, seed=args.seed))
+
+
+def add_select(sub) -> None:
+    p = sub.add_parser(
+        "select", help="pick a family preference for an unseen task by lowest prediction entropy",
+        description="The Pareto Merging paper's unseen-task procedure: try the equal preference, the vertices "
+                    "and SAMPLES Dirichlet(1) draws; for each, the mean prediction entropy of the materialised "
+                    "tower with the new task's head on the unlabeled images of --data (test split, labels "
+                    "ignored); print every trial and the preference with the lowest entropy.")
+    p.add_argument("--store", required=True)
+    p.add_argument("--family", help="family id (default: the newest)")
+    p.add_argument("--data", required=True, metavar="SPEC", help="the new task's images (idx:DIR, folder:DIR, builtin:NAME)")
+    head = p.add_mutually_exclusive_group()
+    head.add_argument("--head", metavar="FILE", help="the new task's head: safetensors with weight [C, D] (+ bias [C])")
+    head.add_argument("--task", metavar="NAME", help="use this family task's head (a known task on new data)")
+    p.add_argument("--samples", type=int_at_least(0), default=30, help="Dirichlet(1) preferences tried (default 30)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int_at_least(1), default=None, help="use at most this many images")
+    p.add_argument("--json", metavar="OUT", help="write every trial and the selection as JSON here")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.set_defaults(func=cmd_select)
 
 
 def cmd_store(args: argparse.Namespace) -> None:
@@ -253,9 +370,35 @@ def add_serve(sub) -> None:
     p.set_defaults(func=serve)
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from service.cli import serve
+    from .demo import demo_family
+    from .device import pick_device
+
+    path = demo_family(Path(args.dir), pick_device(args.device))
+    if not args.no_serve:
+        serve(argparse.Namespace(store=str(path.parent), family=path.name, device=args.device, host=args.host,
+                                 port=args.port, log_level="info"))
+
+
+def add_demo(sub) -> None:
+    from .demo import default_dir
+    p = sub.add_parser("demo", help="build or reuse the demo zoo and family, then serve them",
+                       description="DIR/zoo: the demo zoo (`pmerge zoo --demo`); DIR/families: the store with the "
+                                   "family `pmerge train` makes of it with its defaults. Both are reused when "
+                                   "present, and a killed training run resumes.")
+    p.add_argument("--dir", default=str(default_dir()), help="cache directory (default %(default)s)")
+    p.add_argument("--no-serve", action="store_true", help="stop once the family is in the store")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="default 8000")
+    p.set_defaults(func=cmd_demo)
+
+
 # ---- main ------------------------------------------------------------------------------------
 
-COMMANDS: list[Callable] = [add_zoo, add_merge, add_eval, add_import, add_train, add_store, add_serve]
+COMMANDS: list[Callable] = [add_zoo, add_merge, add_eval, add_import, add_train, add_front, add_select, add_store,
+                            add_serve, add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

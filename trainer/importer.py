@@ -9,9 +9,15 @@ tried with `torch.load(weights_only=True)` (enough for state-dict pickles); whol
 need a full unpickle, which runs code from the file: import only files you trust. The classes of
 the original repositories (`src.modeling.ImageEncoder`, `ClassificationHead`) are stood in for,
 so their code need not be installed.
+
+`--arch` is what `pmerge zoo --arch` takes (tiny, micro, an open_clip model name) or a JSON file:
+an architecture as zoo.json writes it (`{"open_clip": NAME}` / `{"custom": {...}}`) or an open_clip
+model config (`{"embed_dim", "vision_cfg", ...}`, e.g. a custom model's config file). Every
+checkpoint is checked against it (keys and shapes), and every head against the tower's output size.
 """
 from __future__ import annotations
 
+import json
 import pickle
 import sys
 import types
@@ -22,7 +28,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from models_store.preprocess import Preprocess
-from models_store.tower import build_tower, image_size, resolve_architecture
+from models_store.tower import Architecture, build_tower, image_size, resolve_architecture
 from models_store.zoo import Head, TaskInfo, ZooManifest, write_zoo
 
 ORIGINAL_MODULES = ("src.modeling", "modeling")
@@ -54,14 +60,53 @@ def stand_in_classes() -> Iterator[None]:
                 sys.modules[name] = module
 
 
+def import_architecture(value: str | Architecture) -> Architecture:
+    """`--arch`: a preset or open_clip name (as `pmerge zoo`), or a JSON file (see the module doc)."""
+    if isinstance(value, dict) or not (value.endswith(".json") or Path(value).is_file()):
+        return resolve_architecture(value)
+    try:
+        config = json.loads(Path(value).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--arch {value}: not a readable JSON file: {e}") from e
+    if isinstance(config, dict) and ("open_clip" in config or "custom" in config):
+        arch = config
+    elif isinstance(config, dict) and "embed_dim" in config and isinstance(config.get("vision_cfg"), dict):
+        arch = {"custom": {"embed_dim": config["embed_dim"], "vision_cfg": config["vision_cfg"],
+                           "quick_gelu": bool(config.get("quick_gelu", False))}}
+    else:
+        raise ValueError(f"--arch {value}: expected {{\"open_clip\": NAME}}, {{\"custom\": {{...}}}} or an open_clip "
+                         f"model config with embed_dim and vision_cfg")
+    try:
+        build_tower(arch)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"--arch {value}: cannot build a vision tower from it: {e!r}") from e
+    return arch
+
+
 def unpickle(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"missing {path}")
     print(f"pmerge import: unpickling {path} (pickles can run code; import only files you trust)", file=sys.stderr)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass  # a whole pickled module: needs the full unpickler
+    print(f"pmerge import: {path} is a whole pickled module: full unpickle", file=sys.stderr)
     with stand_in_classes():
         return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def check_tower(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: Path, arch_name: str) -> None:
+    """Same keys and shapes as the architecture's tower, else an error that names the differences."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} (architecture: {tuple(v.shape)})"
+              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    problems = [f"{label} {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+                for label, items in (("missing keys:", missing), ("unexpected keys:", unexpected),
+                                     ("shape mismatch:", shapes)) if items]
+    if problems:
+        raise ValueError(f"{path}: the vision tower does not match --arch {arch_name}: " + "; ".join(problems))
 
 
 def visual_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -79,9 +124,12 @@ def visual_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def head_of(obj: Any, path: Path) -> Head:
+    """A ClassificationHead (or its state dict). Its logit scale is already folded into its weight."""
+    if isinstance(obj, torch.nn.Module) and not getattr(obj, "normalize", True):
+        raise ValueError(f"{path}: a head with normalize=False; the zoo's logits are normalize(features) @ W^T")
     state = obj.state_dict() if isinstance(obj, torch.nn.Module) else obj
-    if not isinstance(state, dict) or "weight" not in state:
-        raise ValueError(f"{path}: no head weight found")
+    if not isinstance(state, dict) or not torch.is_tensor(state.get("weight")) or state["weight"].dim() != 2:
+        raise ValueError(f"{path}: no head weight [classes, dim] found")
     bias = state.get("bias")
     if bias is not None and not bool(bias.abs().any()):
         bias = None  # CLIP zero-shot heads have an all-zero bias
@@ -91,9 +139,15 @@ def head_of(obj: Any, path: Path) -> Head:
 def import_zoo(src: str | Path, out: str | Path, architecture: str, tasks: list[str],
                classes: Optional[dict[str, list[str]]] = None, data: Optional[dict[str, str]] = None):
     src = Path(src)
-    arch = resolve_architecture(architecture)
+    arch = import_architecture(architecture)
+    arch_name = architecture if isinstance(architecture, str) else json.dumps(architecture)
+    tasks = [t.strip() for t in tasks if t.strip()]
+    if not tasks:
+        raise ValueError("no tasks given")
+    tower = build_tower(arch)
+    expected, out_dim = tower.state_dict(), tower.output_dim
     pretrained = visual_state(unpickle(src / "zeroshot.pt"), src / "zeroshot.pt")
-    build_tower(arch).load_state_dict(pretrained, strict=True)  # wrong --arch fails here, by name
+    check_tower(pretrained, expected, src / "zeroshot.pt", arch_name)
     finetuned, heads, infos = {}, {}, []
     for task in tasks:
         ft_path, head_path = src / task / "finetuned.pt", src / f"head_{task}.pt"
@@ -101,8 +155,12 @@ def import_zoo(src: str | Path, out: str | Path, architecture: str, tasks: list[
             if not p.is_file():
                 raise FileNotFoundError(f"missing {p}")
         finetuned[task] = visual_state(unpickle(ft_path), ft_path)
+        check_tower(finetuned[task], expected, ft_path, arch_name)
         heads[task] = head_of(unpickle(head_path), head_path)
-        n = heads[task].weight.shape[0]
+        n, dim = heads[task].weight.shape
+        if dim != out_dim:
+            raise ValueError(f"{head_path}: a head for {dim}-d features; the tower of --arch {arch_name} "
+                             f"outputs {out_dim}")
         names = (classes or {}).get(task) or [str(i) for i in range(n)]
         if len(names) != n:
             raise ValueError(f"task {task}: {len(names)} class names for a head of {n} classes")

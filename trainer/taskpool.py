@@ -9,7 +9,8 @@ from typing import Optional
 
 import torch
 
-from models_store.zoo import Zoo
+from models_store.preprocess import Preprocess
+from models_store.zoo import TaskInfo, Zoo
 
 from .data import TaskData, load_dataset
 
@@ -33,8 +34,8 @@ class TaskPool:
 
     @cached_property
     def test(self) -> dict[str, TaskData]:
-        pre = self.zoo.manifest.preprocess
-        return {t: load_dataset(self.spec(t), "test", pre, limit=self.test_limit) for t in self.zoo.tasks}
+        specs = {t: self.spec(t) for t in self.zoo.tasks}
+        return load_test_sets(specs, self.zoo.manifest.preprocess, self.test_limit)
 
     @cached_property
     def unlabeled(self) -> dict[str, torch.Tensor]:
@@ -47,3 +48,16 @@ class TaskPool:
                 out[t] = self.test[t].images if self.unlabeled_limit is None else \
                     load_dataset(self.spec(t), "test", pre, limit=self.unlabeled_limit).images
         return out
+
+
+def load_test_sets(specs: dict[str, str], preprocess: Preprocess, limit: Optional[int] = None) -> dict[str, TaskData]:
+    """Each task's labeled test split (a deterministic subset of `limit` images when given)."""
+    return {t: load_dataset(spec, "test", preprocess, limit=limit) for t, spec in specs.items()}
+
+
+def recorded_specs(tasks: list[TaskInfo], owner: str) -> dict[str, str]:
+    """The dataset spec each task of a zoo or family manifest records; an error names a task without one."""
+    missing = [t.name for t in tasks if t.data is None]
+    if missing:
+        raise ValueError(f"{owner}: tasks {missing} record no dataset spec, so they have no test set to evaluate on")
+    return {t.name: t.data for t in tasks}

@@ -34,6 +34,23 @@ def test_every_method_merges_and_evaluates(zoo_dir, tmp_path):
     assert all(0.0 <= a <= 1.0 for a in averages.values())
 
 
+def test_adamerging_average_accuracy_is_at_least_task_arithmetics(zoo_dir, tmp_path):
+    """The issue's check, through the CLI: merge with both methods, eval --json, compare the averages.
+
+    Both start from the same weights (AdaMerging's coefficients start at 0.3, task arithmetic's scale),
+    so AdaMerging needs steps enough to move: 200 at its default lr 1e-3. On this zoo (task arithmetic
+    37.2%) AdaMerging wins by ~1.2 points at 200 steps for seeds 0, 1 and 2; at the paper's 500 steps
+    it still holds, but only by 0.1-0.5 points, as the near-chance shapes tower's entropy pulls it down.
+    """
+    averages = {}
+    for name, extra in [("task-arithmetic", []), ("adamerging", ["--steps", "200"])]:
+        out, report = tmp_path / f"{name}.safetensors", tmp_path / f"{name}.json"
+        main(["merge", "--zoo", str(zoo_dir), "--method", name, "--out", str(out), *extra])
+        main(["eval", "--zoo", str(zoo_dir), "--weights", str(out), "--json", str(report)])
+        averages[name] = json.loads(report.read_text())["accuracy"]["average"]
+    assert averages["adamerging"] >= averages["task-arithmetic"], averages
+
+
 def test_merge_rejects_flags_the_method_does_not_take(zoo_dir, tmp_path):
     with pytest.raises(SystemExit, match="takes no --ties-k"):
         main(["merge", "--zoo", str(zoo_dir), "--method", "task-arithmetic", "--ties-k", "10",

@@ -18,7 +18,7 @@ from trainer.data.convert import images_to_tensor
 CLIP = Preprocess(image_size=32)  # CLIP mean/std, 3 channels, upsampled from 28x28 / 8x8
 GRAY = Preprocess(image_size=16, channels=1, mean=(0.5,), std=(0.5,))
 IDENTITY = Preprocess(image_size=8, channels=1, mean=(0.0,), std=(1.0,))  # output = pixels / 255
-PROCEDURAL = ("digits", "glyphs", "shapes")
+PROCEDURAL = ("digits", "glyphs", "shapes", "patterns")
 
 
 # ---------------------------------------------------------------- helpers that write datasets
@@ -79,6 +79,8 @@ def unnormalize(data: TaskData, preprocess: Preprocess) -> torch.Tensor:
     ("digits", [str(d) for d in range(10)], 1347, 450),
     ("glyphs", list("ABCDEFGHIJ"), 3000, 600),
     ("shapes", ["circle", "ring", "square", "triangle", "cross", "star", "crescent", "arrow"], 3000, 600),
+    ("patterns", ["horizontal", "vertical", "diagonal", "antidiagonal", "checks", "dots", "rings", "grid", "zigzag",
+                  "blobs"], 3000, 600),
 ])  # fmt: skip
 def test_builtin_shapes_dtypes_and_normalisation(name: str, classes: list[str], train: int, test: int) -> None:
     assert dataset_classes(f"builtin:{name}") == classes
@@ -131,7 +133,8 @@ def _pixels(images: torch.Tensor) -> np.ndarray:
     return images.flatten(1).numpy()
 
 
-@pytest.mark.parametrize("name, features", [("digits", _pixels), ("glyphs", _pixels), ("shapes", _spectrum)])
+@pytest.mark.parametrize("name, features", [("digits", _pixels), ("glyphs", _pixels), ("shapes", _spectrum),
+                                             ("patterns", _spectrum)])
 def test_builtin_is_learnable(name: str, features) -> None:
     """A linear classifier far above chance guards against generators that lost the class signal."""
     from sklearn.linear_model import RidgeClassifier
@@ -144,7 +147,7 @@ def test_builtin_is_learnable(name: str, features) -> None:
 
 
 def test_every_builtin_is_covered() -> None:
-    assert set(BUILTINS) == {"digits", "fashion", "glyphs", "shapes"}
+    assert set(BUILTINS) == {"digits", "fashion", "glyphs", "patterns", "shapes"}
 
 
 # ---------------------------------------------------------------- fashion (Debian package)

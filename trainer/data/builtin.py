@@ -8,6 +8,7 @@ from trainer.data.digits import DIGIT_CLASSES, load_digits_split
 from trainer.data.errors import DatasetError
 from trainer.data.fashion import fashion_classes, load_fashion_split
 from trainer.data.glyphs import GLYPH_CLASSES, load_glyphs_split
+from trainer.data.patterns import PATTERN_CLASSES, load_patterns_split
 from trainer.data.raw import RawSplit
 from trainer.data.shapes import SHAPE_CLASSES, load_shapes_split
 
@@ -22,6 +23,7 @@ BUILTINS: dict[str, Builtin] = {
     "digits": Builtin(lambda: list(DIGIT_CLASSES), load_digits_split),
     "fashion": Builtin(fashion_classes, load_fashion_split),
     "glyphs": Builtin(lambda: list(GLYPH_CLASSES), load_glyphs_split),
+    "patterns": Builtin(lambda: list(PATTERN_CLASSES), load_patterns_split),
     "shapes": Builtin(lambda: list(SHAPE_CLASSES), load_shapes_split),
 }
 

@@ -3,12 +3,11 @@
 One coefficient per parameter tensor per task, initialised to 0.3 and clamped to [0, 1]; the
 pretrained weight keeps coefficient 1. Minimises the sum over tasks of the mean prediction entropy
 on unlabeled test batches with Adam (lr 1e-3). ++ uses TIES-preprocessed task vectors.
-With `preference`, the entropies are weighted by it: "AdaMerging + preference" of the Pareto
-Merging paper (one optimisation per preference).
+With `preference`, the loss is sum_k w_k H_k with w_k = K * pref_k / sum(pref) (methods/preference.py):
+"AdaMerging + preference" of the Pareto Merging paper, one whole optimisation per preference. The
+equal preference (and no preference) gives w_k = 1: plain AdaMerging.
 """
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 from pydantic import Field
@@ -18,6 +17,7 @@ from models_store.checkpoint import StateDict
 
 from ..objective import UnlabeledSampler, task_entropies
 from ..pool import TaskVector
+from .preference import PreferenceWeights, preference_field, task_weights
 from .registry import MergeContext, MethodConfig, register
 from .ties import ties_preprocess
 
@@ -27,7 +27,7 @@ class AdaMergingConfig(MethodConfig):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(16, ge=1, description="unlabeled images per task per step")
     init: float = Field(0.3, ge=0, le=1, description="initial coefficient of every task vector")
-    preference: Optional[list[float]] = Field(None, description="weights of the task entropies (default: all 1)")
+    preference: PreferenceWeights = preference_field("each task's entropy")
 
 
 class AdaMergingPlusConfig(AdaMergingConfig):
@@ -60,7 +60,7 @@ def adamerge(ctx: MergeContext, vectors: dict[str, TaskVector], config: AdaMergi
     pool = ctx.pool
     if not ctx.unlabeled:
         raise ValueError("AdaMerging needs unlabeled images of every task")
-    weights = torch.tensor(config.preference or [1.0] * len(pool.tasks), device=ctx.device)
+    weights = torch.tensor(task_weights(config.preference, pool.tasks), device=ctx.device)
     merge = LayerwiseMerge(pool.pretrained, vectors, config.init, ctx.device)
     tower = pool.tower().to(ctx.device)
     heads = {t: h.model_copy(update={"weight": h.weight.to(ctx.device),
@@ -81,7 +81,8 @@ def adamerge(ctx: MergeContext, vectors: dict[str, TaskVector], config: AdaMergi
         return {k: v.detach().cpu().to(pool.pretrained[k].dtype) for k, v in merge().items()}
 
 
-@register("adamerging", AdaMergingConfig, "layer-wise AdaMerging: entropy-minimised task-vector coefficients",
+@register("adamerging", AdaMergingConfig, "layer-wise AdaMerging: entropy-minimised task-vector coefficients "
+          "(+ preference: entropies weighted by K pref_k, one optimisation per preference)",
           needs_data=True)
 def adamerging(ctx: MergeContext, config: AdaMergingConfig):
     return adamerge(ctx, ctx.pool.task_vectors, config)

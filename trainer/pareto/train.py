@@ -47,7 +47,8 @@ class ParetoConfig(BaseModel):
     alpha: float = Field(1.0, gt=0, description="Dirichlet concentration of the sampled preferences")
     mu: float = Field(0.1, gt=0, description="smoothing of the Tchebycheff scalarisation")
     cos_weight: float = Field(0.1, ge=0, description="weight of the cosine(pref, 1/H) reward")
-    norm_weight: float = Field(1.0, ge=0, description="weight of the sum of ||G||_F^2")
+    norm_weight: float = Field(10.0, ge=0, description="weight of the sum of ||G||_F^2 (10: the best of the "
+                                                        "sweep in bench/results/pm-sweep-*.json)")
     init: float = Field(0.3, ge=0, le=1, description="initial task-vector coefficients")
     ties_k: float = Field(20.0, gt=0, le=100, description="pm++: TIES trim, percent kept")
     seed: int = 0

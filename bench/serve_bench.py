@@ -1,0 +1,245 @@
+"""Serving benchmark: one preference per image, without and with materialised weights.
+
+For every architecture (default: the real open_clip ViT-B/32 and ViT-L/14 towers, random
+weights, a random family of rank 16 on every block's attn in_proj and out_proj, K tasks) and
+every batch size, three ways to get the features of a batch, measured interleaved (the order
+rotates every repeat):
+
+* **a / plain**: the plain tower forward `tower(images)`: one model, no preference at all;
+  the ceiling.
+* **b / mixed**: the service's forward (service/forward.py `PreferenceTower.features`) where
+  every image of the batch carries its own random preference: base GEMMs plus
+  `((x B) M_i^T) A^T` per adapted projection, no weights materialised.
+* **c / materialise**: what a naive server does: for every distinct preference in the batch
+  (here: every image), materialise theta(pref) = base + A (sum_k pref_k G_k) B^T for every
+  adapted tensor (the math of models_store.family `Family.iter_materialized`) and run the
+  tower on that preference's images with those weights (`torch.func.functional_call`; the
+  unadapted tensors are shared, not copied, so this is a lower bound of a naive server's cost).
+
+Precision as the service (service/settings.py): bf16 on CUDA by default (`--dtype`), float32
+on CPU. Reported per batch: p50 / p99 latency, images/s (batch / p50 latency; the mean-based
+figure is in the JSON too), and the throughput ratios b/a and c/a (> 1: faster than a). An
+untimed first batch of every size also checks that b and c agree (max |b - c| relative to |c|).
+
+Target: on a GPU, b >= 0.9 x a in images/s at batch >= 64 (the low-rank path adds ~1.35%
+FLOPs on B/32, ~1.0% on L/14, docs: REFERENCE "Serving"), and far ahead of c.
+On a CPU the script only reports (smaller batch sizes and repeats, one thread: bench/README.md).
+
+    python bench/serve_bench.py                                    # GPU if present
+    python bench/serve_bench.py --archs tiny --batch-sizes 1,4 --repeats 3
+    python bench/serve_bench.py --batch-sizes 1,4,16 ViT-L-14=1,4  # per-architecture override
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+if __package__ in (None, ""):  # run as `python bench/serve_bench.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from torch.func import functional_call
+
+from bench.common import (add_common_args, machine_info, markdown_table, now_iso, resolve_device,
+                          run_interleaved, summarize, torch_threads, write_result)
+from models_store.family import LowRank
+from models_store.tower import build_tower, image_size, resolve_architecture
+from service.forward import PreferenceTower
+from service.settings import DTYPES
+
+NAME = "serve"
+GPU_DEFAULTS = {"batch_sizes": {"*": [1, 8, 64, 128]}, "repeats": 30, "warmup": 3, "dtype": "bf16"}
+CPU_DEFAULTS = {"batch_sizes": {"*": [1, 4, 16], "ViT-L-14": [1, 4]}, "repeats": 2, "warmup": 0, "dtype": "fp32"}
+TARGET_SUFFIXES = ("attn.in_proj_weight", "attn.out_proj.weight")
+VARIANTS = {"a": "plain", "b": "mixed", "c": "materialise"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--archs", default="ViT-B-32,ViT-L-14", help="comma-separated open_clip names or tiny / micro")
+    p.add_argument("--batch-sizes", nargs="+", default=None,
+                   help="`1,8,64` for every architecture and/or `ARCH=1,4` for one (default GPU 1,8,64,128; "
+                        "CPU 1,4,16 and ViT-L-14=1,4)")
+    p.add_argument("--repeats", type=int, default=None, help="timed batches per variant and batch size "
+                                                             "(default GPU 30, CPU 2)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed batches per variant after the first untimed one (GPU 3, CPU 0)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="tower dtype (default: bf16 on GPU as the service, fp32 on CPU)")
+    p.add_argument("--tasks", type=int, default=8, help="K, the width of the preferences")
+    p.add_argument("--rank", type=int, default=16)
+    add_common_args(p)
+    return p
+
+
+def parse_batch_sizes(specs: Optional[list[str]], defaults: dict[str, list[int]]) -> dict[str, list[int]]:
+    if not specs:
+        return dict(defaults)
+    out: dict[str, list[int]] = {}
+    for spec in specs:
+        arch, _, sizes = spec.rpartition("=")
+        values = [int(v) for v in sizes.split(",") if v.strip()]
+        if not values or min(values) < 1:
+            raise SystemExit(f"--batch-sizes {spec!r}: expected positive integers like 1,8,64 or ARCH=1,4")
+        out[arch or "*"] = values
+    if "*" not in out:
+        out["*"] = defaults["*"]
+    return out
+
+
+def random_family(tower: torch.nn.Module, tasks: int, rank: int, generator: torch.Generator) -> dict[str, LowRank]:
+    """A/B/G of rank r on every block's attn in_proj and out_proj (float32, as a family file)."""
+    out = {}
+    for name, w in tower.state_dict().items():
+        if name.endswith(TARGET_SUFFIXES):
+            d_out, d_in = w.shape
+            out[name] = LowRank(A=torch.randn(d_out, rank, generator=generator) / rank ** 0.5,
+                                B=torch.randn(d_in, rank, generator=generator) / d_in ** 0.5,
+                                G=torch.randn(tasks, rank, rank, generator=generator) * 0.02)
+    return out
+
+
+class Variants:
+    """The three forwards of one architecture, sharing one tower on the device."""
+
+    def __init__(self, arch_name: str, tasks: int, rank: int, device: torch.device, dtype: torch.dtype, seed: int):
+        self.arch = resolve_architecture(arch_name)
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        tower = build_tower(self.arch)
+        lowrank = random_family(tower, tasks, rank, gen)
+        self.model = PreferenceTower(tower, lowrank, {}).to(device, dtype)  # moves `tower` in place
+        self.tower = self.model.tower
+        self.base = dict(self.tower.state_dict())  # references to the device weights, no copy
+        # a naive server keeps the family's factors (float32) next to the base on the device
+        self.lowrank = {n: LowRank(f.A.to(device), f.B.to(device), f.G.to(device)) for n, f in lowrank.items()}
+        self.device, self.dtype, self.tasks = device, dtype, tasks
+        self.size = image_size(self.arch)
+        self.params = sum(v.numel() for v in self.base.values())
+        self.adapted = len(lowrank)
+
+    def inputs(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.randn(n, 3, self.size, self.size, generator=gen).to(self.device, self.dtype)
+        prefs = torch.distributions.Dirichlet(torch.ones(self.tasks)).sample((n,)).to(self.device)
+        return images, prefs
+
+    @torch.inference_mode()
+    def plain(self, images: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
+        return self.tower(images).float()
+
+    def mixed(self, images: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
+        return self.model.features(images, prefs)
+
+    def materialized(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Family.iter_materialized's math, on the device
+        state = dict(self.base)
+        for name, f in self.lowrank.items():
+            w = self.base[name]
+            state[name] = (w.float() + f.delta(pref)).to(w.dtype)
+        return state
+
+    @torch.inference_mode()
+    def materialise(self, images: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
+        distinct, inverse = torch.unique(prefs, dim=0, return_inverse=True)
+        out = torch.empty(len(images), self.tower.output_dim, device=self.device)
+        for j, pref in enumerate(distinct):
+            rows = (inverse == j).nonzero().squeeze(1)
+            out[rows] = functional_call(self.tower, self.materialized(pref), (images[rows],)).float()
+        return out
+
+
+def bench_arch(arch_name: str, sizes: list[int], args: argparse.Namespace, device: torch.device,
+               dtype: torch.dtype) -> dict[str, Any]:
+    v = Variants(arch_name, args.tasks, args.rank, device, dtype, args.seed)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    rows = []
+    for n in sizes:
+        images, prefs = v.inputs(n, gen)
+        fns = {"a": lambda: v.plain(images, prefs), "b": lambda: v.mixed(images, prefs),
+               "c": lambda: v.materialise(images, prefs)}
+        fns["a"]()  # one untimed call of each variant before --warmup more: b and c are also compared
+        b_out, c_out = fns["b"](), fns["c"]()
+        agreement = ((b_out - c_out).abs().max() / c_out.abs().max().clamp(min=1e-12)).item()
+        samples = run_interleaved(fns, args.repeats, args.warmup, device)
+        row: dict[str, Any] = {"batch": n, "b_vs_c_max_rel_diff": agreement,
+                               "distinct_preferences": int(torch.unique(prefs, dim=0).shape[0])}
+        for key, smp in samples.items():
+            stats = summarize(smp.seconds)
+            row[key] = {"variant": VARIANTS[key], "seconds": smp.seconds, "stats": stats,
+                        "images_per_s": n / stats["p50_s"], "images_per_s_mean": n / stats["mean_s"],
+                        "p50_ms": stats["p50_s"] * 1e3, "p99_ms": stats["p99_s"] * 1e3}
+        # throughput ratios (> 1: faster than a); from the p50 batch latency, robust to a noisy neighbour
+        for x, y in (("b", "a"), ("c", "a"), ("b", "c")):
+            row[f"{x}_over_{y}"] = row[x]["images_per_s"] / row[y]["images_per_s"]
+            row[f"{x}_over_{y}_mean"] = row[x]["images_per_s_mean"] / row[y]["images_per_s_mean"]
+        rows.append(row)
+        print(f"  {arch_name} batch {n}: b/a {row['b_over_a']:.3f}, c/a {row['c_over_a']:.3f}", flush=True)
+    out = {"arch_name": arch_name, "architecture": v.arch, "image_size": v.size, "params": v.params,
+           "adapted_tensors": v.adapted, "batches": rows}
+    del v
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    device = resolve_device(args.device)
+    with torch_threads(args.threads, device) as threads:
+        return run(args, device, threads)
+
+
+def run(args: argparse.Namespace, device: torch.device, threads: int) -> dict[str, Any]:
+    defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+    batch_sizes = parse_batch_sizes(args.batch_sizes, defaults["batch_sizes"])
+    for key in ("repeats", "warmup", "dtype"):
+        if getattr(args, key) is None:
+            setattr(args, key, defaults[key])
+    dtype = DTYPES[args.dtype]
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    plan = {a: batch_sizes.get(a, batch_sizes["*"]) for a in archs}
+
+    results = [bench_arch(a, plan[a], args, device, dtype) for a in archs]
+
+    gpu = device.type == "cuda"
+    checks = [{"arch": r["arch_name"], "batch": b["batch"], "b_over_a": b["b_over_a"], "met": b["b_over_a"] >= 0.9}
+              for r in results for b in r["batches"] if b["batch"] >= 64]
+    target = {"b_over_a_min": 0.9, "at_batch_at_least": 64, "applies": gpu,
+              "met": (all(c["met"] for c in checks) if checks else None) if gpu else None, "checks": checks}
+    payload = {
+        "benchmark": NAME, "created": now_iso(), "machine": machine_info(device),
+        "config": {"argv": args.argv, "threads": threads, "archs": archs, "batch_sizes": plan,
+                   "repeats": args.repeats, "warmup": args.warmup, "dtype": args.dtype, "device": str(device),
+                   "tasks": args.tasks, "rank": args.rank, "seed": args.seed,
+                   "targets": list(TARGET_SUFFIXES), "defaults_used": "gpu" if gpu else "cpu",
+                   "preferences": "one Dirichlet(1) preference per image",
+                   "interleaving": "a, b, c in an order rotated every repeat"},
+        "variants": VARIANTS, "results": results, "target": target,
+    }
+    path = write_result(args.out_dir, NAME, device, payload)
+    payload["path"] = str(path)
+
+    table = [[r["arch_name"], b["batch"], b["a"]["images_per_s"], b["b"]["images_per_s"], b["c"]["images_per_s"],
+              b["a"]["p50_ms"], b["b"]["p50_ms"], b["c"]["p50_ms"], b["a"]["p99_ms"], b["b"]["p99_ms"],
+              b["c"]["p99_ms"], b["b_over_a"], b["c_over_a"]]
+             for r in results for b in r["batches"]]
+    print(f"\n{device} ({payload['machine']['cuda_device'] or payload['machine']['cpu_model']}), {args.dtype}, "
+          f"K={args.tasks}, rank {args.rank}, {args.repeats} repeats after 1 + {args.warmup} warm-up; "
+          f"{threads} CPU thread(s); a plain, b mixed preferences, c materialise per preference\n")
+    print(markdown_table(["arch", "batch", "a img/s", "b img/s", "c img/s", "a p50 ms", "b p50 ms", "c p50 ms",
+                          "a p99 ms", "b p99 ms", "c p99 ms", "b/a", "c/a"], table))
+    if gpu:
+        verdict = "met" if target["met"] else "NOT met" if checks else "no such batch"
+        print(f"\ntarget b/a >= 0.9 at batch >= 64: {verdict}")
+    else:
+        print("\ntarget (b/a >= 0.9 at batch >= 64) applies on a GPU only")
+    print(f"wrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

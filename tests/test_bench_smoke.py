@@ -1,0 +1,45 @@
+"""The benchmarks run end to end on the micro tower and write the JSON they promise (seconds)."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import serve_bench, train_bench  # noqa: E402
+
+
+def test_train_bench_micro(tmp_path):
+    threads = torch.get_num_threads()
+    out = train_bench.main(["--arch", "micro", "--device", "cpu", "--tasks", "2", "--images-per-task", "2",
+                            "--steps", "2", "--warmup", "1", "--rank", "2", "--threads", "1",
+                            "--out-dir", str(tmp_path)])
+    data = json.loads(Path(out["path"]).read_text())
+    assert Path(out["path"]).parent == tmp_path and Path(out["path"]).name.startswith("train-cpu-")
+    assert {"hostname", "platform", "cpu_model", "cpu_count", "torch", "cuda_device"} <= set(data["machine"])
+    assert data["config"]["tasks"] == 2 and data["config"]["images_per_step"] == 4
+    assert data["config"]["threads"] == 1 and torch.get_num_threads() == threads  # restored for later tests
+    for name in ("pm", "plain"):
+        r = data["results"][name]
+        assert len(r["seconds"]) == 2 and r["images_per_s_p50"] > 0 and r["losses_finite"]
+        assert r["max_peak_bytes"] > 0 and r["kept_bytes"] > 0
+    assert data["ratio"]["pm_over_plain_p50"] > 0 and data["target"]["applies"] is False
+
+
+def test_serve_bench_micro(tmp_path):
+    out = serve_bench.main(["--archs", "micro", "--device", "cpu", "--batch-sizes", "1,3", "--repeats", "2",
+                            "--tasks", "3", "--rank", "2", "--threads", "1", "--out-dir", str(tmp_path)])
+    data = json.loads(Path(out["path"]).read_text())
+    assert Path(out["path"]).name.startswith("serve-cpu-") and data["config"]["dtype"] == "fp32"
+    assert "machine" in data and data["config"]["batch_sizes"] == {"micro": [1, 3]}
+    batches = data["results"][0]["batches"]
+    assert [b["batch"] for b in batches] == [1, 3]
+    for b in batches:
+        assert b["distinct_preferences"] == b["batch"]
+        assert b["b_vs_c_max_rel_diff"] < 1e-4  # the mixed forward equals per-preference weights
+        for v in "abc":
+            assert len(b[v]["seconds"]) == 2 and b[v]["images_per_s"] > 0 and b[v]["p99_ms"] >= b[v]["p50_ms"]
+        assert b["b_over_a"] > 0 and b["c_over_a"] > 0

@@ -1,0 +1,224 @@
+"""`pmerge import` on checkpoints in the task-vectors / AdaMerging layout, written here with open_clip.
+
+    SRC/zeroshot.pt, SRC/<Task>/finetuned.pt   torch.save(image_encoder): a whole pickled ImageEncoder
+                                               whose .model is an open_clip CLIP (vision tower: .model.visual)
+    SRC/head_<Task>.pt                         torch.save(head): a pickled ClassificationHead (nn.Linear)
+
+The CLIP is tiny (the micro vision config, a one-layer text tower); its classes are the real open_clip
+ones. ImageEncoder / ClassificationHead below copy the originals (task-vectors `src/modeling.py`) and are
+pickled under the originals' module name, which is absent when the importer unpickles.
+"""
+import copy
+import json
+import sys
+import types
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP
+
+from models_store.tower import MICRO, TINY, build_tower, head_logits, load_tower
+from models_store.zoo import Zoo
+from trainer.cli import main
+
+TASKS = {"MNIST": 4, "SVHN": 3}  # task -> classes
+TEXT_CFG = {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}
+
+
+class ImageEncoder(torch.nn.Module):
+    """As task-vectors' src.modeling.ImageEncoder (which builds its model with create_model_and_transforms)."""
+
+    def __init__(self, model, preprocess, keep_lang=False):
+        super().__init__()
+        self.model, self.train_preprocess, self.val_preprocess = model, preprocess, preprocess
+        self.cache_dir = None
+        if not keep_lang and hasattr(self.model, "transformer"):
+            delattr(self.model, "transformer")
+
+    def forward(self, images):
+        return self.model.encode_image(images)
+
+
+class ClassificationHead(torch.nn.Linear):
+    """As task-vectors' src.modeling.ClassificationHead."""
+
+    def __init__(self, normalize, weights, biases=None):
+        output_size, input_size = weights.shape
+        super().__init__(input_size, output_size)
+        self.normalize = normalize
+        self.weight = torch.nn.Parameter(weights.clone())
+        self.bias = torch.nn.Parameter(biases.clone() if biases is not None else torch.zeros_like(self.bias))
+
+    def forward(self, inputs):
+        if self.normalize:
+            inputs = inputs / inputs.norm(dim=-1, keepdim=True)
+        return super().forward(inputs)
+
+
+@contextmanager
+def original_module(name: str):
+    """While saving, the two classes are `<name>.ImageEncoder` / `<name>.ClassificationHead`, as in the repos."""
+    module = types.ModuleType(name)
+    module.ImageEncoder, module.ClassificationHead = ImageEncoder, ClassificationHead
+    names = [name] + (["src"] if name.startswith("src.") else [])
+    saved = {n: sys.modules.get(n) for n in names}
+    sys.modules[name] = module
+    if name.startswith("src."):
+        sys.modules["src"] = types.SimpleNamespace(modeling=module)
+    ImageEncoder.__module__ = ClassificationHead.__module__ = name
+    try:
+        yield
+    finally:
+        ImageEncoder.__module__ = ClassificationHead.__module__ = __name__
+        for n, m in saved.items():
+            if m is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = m
+
+
+@pytest.fixture(scope="module")
+def original():
+    """A zero-shot encoder, fine-tuned copies, zero-shot-style heads, and the original pipeline's logits."""
+    torch.manual_seed(0)
+    clip = CLIP(embed_dim=MICRO["custom"]["embed_dim"], vision_cfg=MICRO["custom"]["vision_cfg"],
+                text_cfg=TEXT_CFG).eval()
+    heads = {}
+    with torch.no_grad():
+        for i, (task, n) in enumerate(TASKS.items()):
+            text = F.normalize(clip.encode_text(torch.randint(1, 64, (n, TEXT_CFG["context_length"]))), dim=-1)
+            weights = text * clip.logit_scale.exp()  # task-vectors heads.py: the logit scale folded into W
+            heads[task] = ClassificationHead(True, weights, None if i == 0 else torch.randn(n)).eval()
+    zeroshot = ImageEncoder(clip, open_clip.image_transform(16, is_train=False)).eval()  # drops the text tower
+    finetuned = {}
+    for task in TASKS:
+        finetuned[task] = copy.deepcopy(zeroshot)
+        with torch.no_grad():
+            for p in finetuned[task].model.visual.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    images = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        logits = {t: heads[t](finetuned[t](images)) for t in TASKS}
+    return SimpleNamespace(zeroshot=zeroshot, finetuned=finetuned, heads=heads, images=images, logits=logits)
+
+
+def write_checkpoints(src, original, module_name="src.modeling", state_dicts=False):
+    """The repos' layout; whole pickled modules (torch.save(module)) or, with state_dicts, their state dicts."""
+    def save(obj, path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(obj.state_dict() if state_dicts else obj, path)
+    with original_module(module_name):
+        save(original.zeroshot, src / "zeroshot.pt")
+        for task in TASKS:
+            save(original.finetuned[task], src / task / "finetuned.pt")
+            save(original.heads[task], src / f"head_{task}.pt")
+    return src
+
+
+def assert_zoo_is_the_checkpoints(zoo: Zoo, original) -> None:
+    assert zoo.tasks == list(TASKS)
+    tensors = [(zoo.pretrained(), original.zeroshot)] + [(zoo.finetuned(t), original.finetuned[t]) for t in TASKS]
+    for state, encoder in tensors:
+        visual = encoder.model.visual.state_dict()
+        assert set(state) == set(visual)
+        assert all(torch.equal(state[k], visual[k]) for k in visual)
+    mnist, svhn = zoo.heads["MNIST"], zoo.heads["SVHN"]
+    assert torch.equal(mnist.weight, original.heads["MNIST"].weight) and mnist.bias is None  # zero bias dropped
+    assert torch.equal(svhn.weight, original.heads["SVHN"].weight)
+    assert torch.equal(svhn.bias, original.heads["SVHN"].bias)
+    # DESIGN 3.1's logits, normalize(visual(x)) @ W^T + b, are the original pipeline's head(encoder(x))
+    for t in TASKS:
+        tower = load_tower(zoo.manifest.architecture, zoo.finetuned(t))
+        with torch.no_grad():
+            logits = head_logits(tower(original.images), zoo.heads[t].weight, zoo.heads[t].bias)
+        assert torch.allclose(logits, original.logits[t], atol=1e-5), t
+
+
+@pytest.mark.parametrize("module_name", ["src.modeling", "modeling"])  # task-vectors, AdaMerging (src/ on the path)
+def test_imports_whole_pickled_modules(original, tmp_path, capsys, module_name):
+    src = write_checkpoints(tmp_path / "ckpt", original, module_name)
+    assert module_name not in sys.modules  # the original classes are not importable
+    (tmp_path / "mnist.txt").write_text("zero\none\ntwo\nthree\n")
+    main(["import", "--src", str(src), "--out", str(tmp_path / "zoo"), "--arch", "micro", "--tasks", "MNIST,SVHN",
+          "--classes", f"MNIST={tmp_path / 'mnist.txt'}", "--data", "SVHN=builtin:digits"])
+    out, err = capsys.readouterr()
+    assert "imported 2 tasks" in out
+    files = [src / "zeroshot.pt"] + [src / t / "finetuned.pt" for t in TASKS] + [src / f"head_{t}.pt" for t in TASKS]
+    for f in files:
+        assert f"unpickling {f} (pickles can run code; import only files you trust)" in err
+        assert f"{f} is a whole pickled module: full unpickle" in err
+    assert module_name not in sys.modules and "src" not in sys.modules  # the stand-ins do not leak
+    zoo = Zoo(tmp_path / "zoo")
+    assert zoo.manifest.architecture == MICRO and zoo.manifest.preprocess.image_size == 16
+    assert zoo.task("MNIST").classes == ["zero", "one", "two", "three"]
+    assert zoo.task("SVHN").classes == ["0", "1", "2"] and zoo.task("SVHN").data == "builtin:digits"
+    assert_zoo_is_the_checkpoints(zoo, original)
+
+
+def test_imports_state_dicts_without_a_full_unpickle(original, tmp_path, capsys):
+    """torch.save(module.state_dict()) files load with weights_only=True; --arch is an open_clip model config."""
+    src = write_checkpoints(tmp_path / "ckpt", original, state_dicts=True)
+    config = tmp_path / "micro-clip.json"  # the format of open_clip's model_configs/*.json
+    config.write_text(json.dumps({"embed_dim": 16, "vision_cfg": MICRO["custom"]["vision_cfg"], "text_cfg": TEXT_CFG}))
+    main(["import", "--src", str(src), "--out", str(tmp_path / "zoo"), "--arch", str(config),
+          "--tasks", "MNIST, SVHN"])
+    err = capsys.readouterr().err
+    assert err.count("pmerge import: unpickling") == 5 and "full unpickle" not in err
+    zoo = Zoo(tmp_path / "zoo")
+    assert zoo.manifest.architecture == MICRO
+    assert_zoo_is_the_checkpoints(zoo, original)
+
+
+def import_error(capsys, src, out, arch="micro", tasks="MNIST,SVHN") -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["import", "--src", str(src), "--out", str(out), "--arch", arch, "--tasks", tasks])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert not (out / "zoo.json").exists()
+    return err.strip().splitlines()[-1]
+
+
+def test_a_missing_checkpoint_is_named(original, tmp_path, capsys):
+    src = write_checkpoints(tmp_path / "ckpt", original, state_dicts=True)
+    (src / "SVHN" / "finetuned.pt").unlink()
+    err = import_error(capsys, src, tmp_path / "zoo")
+    assert err == f"pmerge import: error: missing {src / 'SVHN' / 'finetuned.pt'}"
+    err = import_error(capsys, src, tmp_path / "zoo", tasks="MNIST,EuroSAT")
+    assert err == f"pmerge import: error: missing {src / 'EuroSAT' / 'finetuned.pt'}"
+
+
+def test_keys_that_do_not_match_the_architecture_are_named(original, tmp_path, capsys):
+    src = write_checkpoints(tmp_path / "ckpt", original, state_dicts=True)
+    err = import_error(capsys, src, tmp_path / "zoo", arch="tiny")  # micro checkpoints, tiny architecture
+    assert f"{src / 'zeroshot.pt'}: the vision tower does not match --arch tiny" in err
+    assert "missing keys: transformer.resblocks.2." in err  # tiny has 4 layers, micro 2
+    assert "shape mismatch: class_embedding (32,) (architecture: (128,))" in err
+
+    # one fine-tuned tower of another architecture: named, not written into the zoo
+    torch.save({f"model.visual.{k}": v for k, v in build_tower(TINY).state_dict().items()},
+               src / "SVHN" / "finetuned.pt")
+    err = import_error(capsys, src, tmp_path / "zoo")
+    assert f"{src / 'SVHN' / 'finetuned.pt'}: the vision tower does not match --arch micro: " in err
+    assert "unexpected keys: transformer.resblocks.2." in err  # tiny has 4 layers, micro 2
+
+    # a renamed key (e.g. a checkpoint of another open_clip version) is named both ways
+    state = {f"model.visual.{k}": v for k, v in original.zeroshot.model.visual.state_dict().items()}
+    state["model.visual.ln_post.gamma"] = state.pop("model.visual.ln_post.weight")
+    torch.save(state, src / "zeroshot.pt")
+    err = import_error(capsys, src, tmp_path / "zoo")
+    assert "missing keys: ln_post.weight; unexpected keys: ln_post.gamma" in err
+
+
+def test_heads_that_the_zoo_cannot_hold_are_named(original, tmp_path, capsys):
+    src = write_checkpoints(tmp_path / "ckpt", original)
+    with original_module("src.modeling"):
+        head = ClassificationHead(False, original.heads["SVHN"].weight.detach())
+        torch.save(head, src / "head_SVHN.pt")
+    assert "head_SVHN.pt: a head with normalize=False" in import_error(capsys, src, tmp_path / "zoo")
+    torch.save({"weight": torch.randn(3, 32)}, src / "head_SVHN.pt")
+    err = import_error(capsys, src, tmp_path / "zoo")
+    assert f"{src / 'head_SVHN.pt'}: a head for 32-d features; the tower of --arch micro outputs 16" in err

@@ -1,0 +1,48 @@
+"""`pmerge demo`: the whole product on one machine, from data the dependencies ship.
+
+    DIR/zoo        the demo zoo (built once: `pmerge zoo --demo`)
+    DIR/families   the family store (trained once: `pmerge train` with its defaults)
+
+A complete zoo in DIR/zoo is reused as it is; a family trained with the same zoo, configuration
+and data already in the store is reused (train_family's id is a hash of exactly those), so a
+second run goes straight to serving. The docker compose trainer runs the same with --no-serve.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from models_store.zoo import MANIFEST, Zoo
+
+
+def default_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "pmerge" / "demo"
+
+
+def demo_zoo(path: Path) -> Zoo:
+    """The zoo at `path` when one is complete there (zoo.json is written last), else a new demo zoo."""
+    from .evaluate import markdown_table
+    from .zoo_builder import build_zoo, demo_config
+
+    if (path / MANIFEST).is_file():  # complete: a broken one is an error to report, not to overwrite
+        print(f"reusing the zoo in {path}")
+        return Zoo(path)
+    print(f"building the demo zoo in {path} (a few minutes on 2 CPU cores)")
+    zoo, matrix = build_zoo(path, demo_config())
+    print(markdown_table(matrix, zoo.tasks))
+    return zoo
+
+
+def demo_family(root: Path, device: torch.device) -> Path:
+    """Build or reuse the demo zoo and the family trained from it with the default configuration."""
+    from .pareto.train import ParetoConfig, train_family
+    from .taskpool import TaskPool
+
+    zoo = demo_zoo(root / "zoo")
+    store = root / "families"
+    path = train_family(zoo, store, ParetoConfig(), TaskPool(zoo).unlabeled, {}, device, resume=True)
+    print(f"family {path.name} in {store}")
+    return path

@@ -1,0 +1,129 @@
+"""What `pmerge front` writes: front.json (every point), front.md (tables) and front.png (plots).
+
+All three are written atomically (temporary sibling, fsync, rename): a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import json
+import math
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from models_store.atomic import atomic_file, write_text
+from models_store.preference import Preference
+
+from .evaluate import markdown_table, with_average
+from .front import FAMILY, FrontPoint, FrontReport
+
+FRONT_FORMAT = 1
+MARKERS = {FAMILY: "o", "ta-pref": "s", "adamerging-pref": "^"}
+
+
+def point_json(point: FrontPoint) -> dict[str, Any]:
+    return {"preference": point.preference.as_dict(), "canonical": point.preference.canonical,
+            "accuracy": point.accuracy, "average": point.average, "on_front": point.on_front}
+
+
+def row_json(report: FrontReport, pref: Preference) -> dict[str, Any]:
+    """One preference across every model: {"preference", "accuracy": {model: {task..., average}}}."""
+    accuracy = {}
+    for name, model in report.models.items():
+        point = model.point(pref)
+        if point is not None:
+            accuracy[name] = with_average(point.accuracy)
+    return {"preference": pref.canonical, "accuracy": accuracy}
+
+
+def front_json(report: FrontReport) -> dict[str, Any]:
+    return {
+        "format": FRONT_FORMAT,
+        "family_id": report.family_id,
+        "method": report.method,
+        "tasks": report.tasks,
+        "settings": report.config.model_dump(),
+        "preferences": [p.canonical for p in report.preferences],
+        "hypervolume": {name: m.hypervolume for name, m in report.models.items()},
+        "equal": row_json(report, report.equal),
+        "priority": {t: row_json(report, p) for t, p in report.priority().items()},
+        "models": {name: {"hypervolume": m.hypervolume, "seconds": round(m.seconds, 2),
+                          "points": [point_json(p) for p in m.points]} for name, m in report.models.items()},
+    }
+
+
+def front_markdown(report: FrontReport) -> str:
+    tasks = report.tasks
+    lines = [f"# Pareto front of family {report.family_id} ({report.method}), tasks {', '.join(tasks)}", "",
+             f"{len(report.preferences)} preferences; hypervolume of the non-dominated accuracies, reference 0.", "",
+             "| model | hypervolume | points on front | seconds |", "|---|---|---|---|"]
+    for name, m in report.models.items():
+        on = sum(p.on_front for p in m.points)
+        lines.append(f"| {name} | {m.hypervolume:.4f} | {on}/{len(m.points)} | {m.seconds:.1f} |")
+    anchors = [("equal", report.equal)] + [(f"0.7 on {t}", p) for t, p in report.priority().items()]
+    lines += ["", "## Equal and priority preferences (accuracy %)", "",
+              _table(report, [(label, pref) for label, pref in anchors]), "",
+              "## Every preference (accuracy %; * = on the model's front)", "",
+              _table(report, [(pref.canonical, pref) for pref in report.preferences], mark_front=True)]
+    return "\n".join(lines) + "\n"
+
+
+def _table(report: FrontReport, prefs: list[tuple[str, Preference]], mark_front: bool = False) -> str:
+    rows = {}
+    for label, pref in prefs:
+        for name, model in report.models.items():
+            point = model.point(pref)
+            if point is None:
+                continue
+            key = f"{name} @ {label}" + (" *" if mark_front and point.on_front else "")
+            rows[key] = point.accuracy
+    return markdown_table(rows, report.tasks)
+
+
+def plot_front(report: FrontReport, path: Path) -> None:
+    """2 tasks: the accuracy plane; more: one panel per pair of tasks. Family and baselines in each."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
+
+    pairs = list(combinations(range(len(report.tasks)), 2)) or [(0, 0)]
+    cols = min(3, len(pairs))
+    rows = math.ceil(len(pairs) / cols)
+    fig = Figure(figsize=(4.2 * cols, 4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, (i, j) in zip(axes.flat, pairs):
+        _panel(ax, report, i, j, curve=len(report.tasks) == 2)
+    for ax in list(axes.flat)[len(pairs):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8, loc="lower left")
+    fig.suptitle(f"{report.family_id}: accuracy at {len(report.preferences)} preferences\n"
+                 "opaque: non-dominated (per model), star: equal preference", fontsize=10)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def _panel(ax, report: FrontReport, i: int, j: int, curve: bool) -> None:
+    ti, tj = report.tasks[i], report.tasks[j]
+    for name, model in report.models.items():
+        points = sorted(model.points, key=lambda p: p.preference.weights[i])  # along the preference
+        xs = [p.accuracy[ti] for p in points]
+        ys = [p.accuracy[tj] for p in points]
+        marker = MARKERS.get(name, "x")
+        line = ax.plot(xs, ys, linestyle="-" if curve else "", marker=marker, alpha=0.35, ms=4)[0]
+        front = [(x, y) for x, y, p in zip(xs, ys, points) if p.on_front]
+        ax.plot([x for x, _ in front], [y for _, y in front], linestyle="", marker=marker, color=line.get_color(),
+                ms=7, label=f"{name} (HV {model.hypervolume:.3f})")
+        eq = model.point(report.equal)
+        if eq is not None:
+            ax.plot(eq.accuracy[ti], eq.accuracy[tj], "*", color=line.get_color(), ms=13, mec="k", zorder=5)
+    ax.set_xlabel(f"{ti} accuracy")
+    ax.set_ylabel(f"{tj} accuracy")
+    ax.grid(alpha=0.3)
+
+
+def write_front(report: FrontReport, out: str | Path) -> dict[str, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "front.json", "md": out / "front.md", "png": out / "front.png"}
+    write_text(paths["json"], json.dumps(front_json(report), indent=2))
+    write_text(paths["md"], front_markdown(report))
+    plot_front(report, paths["png"])
+    return paths
