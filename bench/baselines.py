@@ -15,7 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import add_common_args, apply_threads, machine_info, resolve_device, write_result  # noqa: E402
+import torch  # noqa: E402
+
+from bench.common import add_common_args, machine_info, resolve_device, torch_threads, write_result  # noqa: E402
 from models_store.zoo import Zoo  # noqa: E402
 from trainer.evaluate import evaluate_state, markdown_table, with_average  # noqa: E402
 from trainer.methods import METHODS, MergeContext  # noqa: E402
@@ -29,8 +31,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated registry names")
     add_common_args(parser)
     args = parser.parse_args(argv)
-    apply_threads(args.threads)
     device = resolve_device(args.device)
+    with torch_threads(args.threads, device):
+        return run(args, device)
+
+
+def run(args: argparse.Namespace, device: torch.device) -> dict:
     zoo = Zoo(args.zoo)
     arch = zoo.manifest.architecture
     tasks = TaskPool(zoo)

@@ -256,12 +256,6 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                              "'Threads on a shared machine')")
 
 
-def apply_threads(threads: Optional[int]) -> None:
-    """Set torch's intra-op threads for the rest of the process (None or 0: leave torch's default)."""
-    if threads:
-        torch.set_num_threads(threads)
-
-
 @contextlib.contextmanager
 def torch_threads(threads: Optional[int], device: torch.device) -> Iterator[int]:
     """Set torch's intra-op threads for the run (None: 1 on the CPU, unchanged with CUDA; 0: unchanged)
