@@ -19,7 +19,7 @@ from . import StoreError
 Architecture = dict[str, Any]
 
 # The tiny tower of the demo zoo and of the tests: ~1M parameters, 32x32 input, 16 patches.
-TINY = {"custom": {"embed_dim": 64, "quick_gelu": False,
+TINY = {"custom": {"embed_dim": 256, "quick_gelu": False,
                    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32}}}
 # The micro tower of end-to-end tests: a few seconds for a whole pipeline.
 MICRO = {"custom": {"embed_dim": 16, "quick_gelu": False,

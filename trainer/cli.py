@@ -54,7 +54,10 @@ def cmd_zoo(args: argparse.Namespace) -> None:
 
 
 def add_zoo(sub) -> None:
-    p = sub.add_parser("zoo", help="build a model zoo (pretrained tower, fine-tuned towers, heads) from data")
+    p = sub.add_parser("zoo", help="build a model zoo (pretrained tower, zero-shot heads, fine-tuned towers) from data",
+                       description="CLIP in miniature: contrastive pretraining plus --caption-images labelled images "
+                                   "per task paired with learned class embeddings, which become the zero-shot "
+                                   "heads; then each task fine-tunes the whole tower with its head frozen.")
     p.add_argument("--out", required=True, help="zoo directory to write")
     p.add_argument("--task", action="append", metavar="NAME=SPEC",
                    help="a task and its dataset spec (idx:DIR, folder:DIR, builtin:NAME); repeatable")
@@ -63,7 +66,8 @@ def add_zoo(sub) -> None:
                         "installed, else patterns")
     p.add_argument("--arch", default="tiny", help="tiny (default, ~0.8M params, 32x32), micro, or an open_clip name")
     p.add_argument("--seed", type=int, default=0)
-    for name in ("train_limit", "test_limit", "pretrain_steps", "pretrain_batch", "finetune_steps", "finetune_batch"):
+    for name in ("train_limit", "test_limit", "pretrain_steps", "pretrain_batch", "caption_images",
+                 "finetune_steps", "finetune_batch"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     p.add_argument("--finetune-lr", type=float, default=None)
     p.set_defaults(func=cmd_zoo)

@@ -41,7 +41,8 @@ class ParetoConfig(BaseModel):
     method: Literal["pm", "pm++"] = "pm"
     rank: int = Field(16, ge=1)
     targets: list[str] = ["in_proj", "out_proj"]
-    steps: int = Field(500, ge=1)
+    steps: int = Field(250, ge=1, description="250: the best of the sweep in bench/results/pm-sweep-*.json; "
+                                               "entropy minimisation overfits later on the demo zoo")
     batch_size: int = Field(16, ge=1, description="unlabeled images per task per step")
     lr: float = Field(1e-3, gt=0)
     alpha: float = Field(1.0, gt=0, description="Dirichlet concentration of the sampled preferences")
