@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench.common import add_common_args, machine_info, resolve_device, torch_threads, write_result  # noqa: E402
+from bench.common import add_common_args, machine_info, run_benchmark, write_result  # noqa: E402
 from models_store.zoo import Zoo  # noqa: E402
 from trainer.evaluate import evaluate_state, markdown_table, with_average  # noqa: E402
 from trainer.methods import METHODS, MergeContext  # noqa: E402
@@ -30,10 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--zoo", required=True)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated registry names")
     add_common_args(parser)
-    args = parser.parse_args(argv)
-    device = resolve_device(args.device)
-    with torch_threads(args.threads, device):
-        return run(args, device)
+    return run_benchmark(parser.parse_args(argv), run)
 
 
 def run(args: argparse.Namespace, device: torch.device) -> dict:

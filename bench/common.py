@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar
 
 import torch
 
@@ -38,6 +38,7 @@ from models_store.atomic import write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
+T = TypeVar("T")
 
 
 # --- machine and device ---------------------------------------------------------------------
@@ -269,6 +270,13 @@ def torch_threads(threads: Optional[int], device: torch.device) -> Iterator[int]
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(previous)
+
+
+def run_benchmark(args: argparse.Namespace, run: Callable[[argparse.Namespace, torch.device], T]) -> T:
+    """Every benchmark's main(): pick the device from --device, run under --threads."""
+    device = resolve_device(args.device)
+    with torch_threads(args.threads, device):
+        return run(args, device)
 
 
 def result_path(out_dir: Path, name: str, device: torch.device) -> Path:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench.common import add_common_args, machine_info, markdown_table, resolve_device, torch_threads, write_result  # noqa: E402,E501
+from bench.common import add_common_args, machine_info, markdown_table, run_benchmark, write_result  # noqa: E402,E501
 from models_store.family import Family  # noqa: E402
 from models_store.zoo import Zoo  # noqa: E402
 from trainer.evaluate import evaluate_state  # noqa: E402
@@ -88,10 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--store", help="family store (default: a temporary directory)")
     parser.add_argument("--grid", type=int, default=2, help="front grid divisions (plus equal and 0.7-on-k)")
     add_common_args(parser)
-    args = parser.parse_args(argv)
-    device = resolve_device(args.device)
-    with torch_threads(args.threads, device):
-        return run(args, device)
+    return run_benchmark(parser.parse_args(argv), run)
 
 
 def run(args: argparse.Namespace, device: torch.device) -> dict:

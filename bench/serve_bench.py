@@ -42,8 +42,8 @@ if __package__ in (None, ""):  # run as `python bench/serve_bench.py`
 import torch
 from torch.func import functional_call
 
-from bench.common import (add_common_args, machine_info, markdown_table, now_iso, resolve_device,
-                          run_interleaved, summarize, torch_threads, write_result)
+from bench.common import (add_common_args, machine_info, markdown_table, now_iso, run_benchmark,
+                          run_interleaved, summarize, write_result)
 from models_store.family import LowRank
 from models_store.tower import build_tower, image_size, resolve_architecture
 from service.forward import PreferenceTower
@@ -188,12 +188,11 @@ def bench_arch(arch_name: str, sizes: list[int], args: argparse.Namespace, devic
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    device = resolve_device(args.device)
-    with torch_threads(args.threads, device) as threads:
-        return run(args, device, threads)
+    return run_benchmark(args, run)
 
 
-def run(args: argparse.Namespace, device: torch.device, threads: int) -> dict[str, Any]:
+def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    threads = torch.get_num_threads()
     defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
     batch_sizes = parse_batch_sizes(args.batch_sizes, defaults["batch_sizes"])
     for key in ("repeats", "warmup", "dtype"):

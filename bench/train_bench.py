@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import (add_common_args, machine_info, markdown_table, memory_method, mib,
-                          now_iso, optimizer_tensors, resolve_device, run_interleaved, summarize, tensor_bytes,
-                          torch_threads, write_result)
+                          now_iso, optimizer_tensors, run_benchmark, run_interleaved, summarize,
+                          tensor_bytes, write_result)
 from models_store.tower import build_tower, float_keys, head_logits, image_size, resolve_architecture
 from models_store.zoo import Head
 from trainer.objective import autocast, entropy, task_entropies
@@ -162,12 +162,11 @@ def setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    device = resolve_device(args.device)
-    with torch_threads(args.threads, device) as threads:
-        return run(args, device, threads)
+    return run_benchmark(args, run)
 
 
-def run(args: argparse.Namespace, device: torch.device, threads: int) -> dict[str, Any]:
+def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    threads = torch.get_num_threads()
     defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
     for key, value in defaults.items():
         if getattr(args, key) is None:
