@@ -34,16 +34,21 @@ from trainer.pool import ModelPool  # noqa: E402
 from trainer.taskpool import TaskPool  # noqa: E402
 
 # The paper gives the regulariser weights as "0.1 and 1" without saying which is which, and no mu:
-# both orders; AdaMerging's 500 steps (entropy minimisation overfits late on small zoos), the
-# paper's batch of 32, a lower lr.
+# the other order, and a 10x stronger norm; the paper's objective (no diversity term) and a weaker
+# diversity term; AdaMerging's 500 steps, the paper's batch of 32, a lower lr, preferences nearer
+# the simplex's vertices.
 SWEEP: dict[str, dict] = {
     "default": {},
-    "cos0.1-norm1": {"norm_weight": 1.0},
-    "cos1-norm0.1": {"cos_weight": 1.0, "norm_weight": 0.1},
+    "cos0.1-norm1": {"cos_weight": 0.1, "norm_weight": 1.0},
+    "cos0.1-norm10": {"cos_weight": 0.1, "norm_weight": 10.0},
+    "diversity0": {"diversity_weight": 0.0},
+    "diversity0.3": {"diversity_weight": 0.3},
     "steps500": {"steps": 500},
     "batch32": {"batch_size": 32},
     "lr3e-4": {"lr": 3e-4},
+    "alpha0.3": {"alpha": 0.3},
 }
+
 
 def average(scores: dict[str, float]) -> float:
     return sum(scores.values()) / len(scores)

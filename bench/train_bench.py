@@ -4,9 +4,9 @@ What it measures, side by side in one run (interleaved: the order alternates eve
 
 * **pm**: one step of the real trainer (trainer/pareto/train.py): pref ~ Dirichlet(1),
   `ParetoMerge(pref)` builds the merged state (layer-wise base merge of K task vectors plus the
-  rank-r preference term on every block's attn in_proj / out_proj), `task_entropies` runs the
+  rank-r preference term on every block's attn in_proj / out_proj), `task_objectives` runs the
   tower on K tasks x N images through `functional_call`, `loss_terms` (smooth Tchebycheff
-  - cosine + ||G||^2), backward, Adam on (lambda, A, B, G), clamp.
+  - cosine + ||G||^2 + diversity), backward, Adam on (lambda, A, B, G), clamp.
 * **plain**: a plain forward + backward + Adam step of the same tower on the same images and the
   same entropy loss (sum over tasks), training all tower weights.
 
@@ -47,7 +47,7 @@ from bench.common import (add_common_args, machine_info, markdown_table, memory_
                           tensor_bytes, write_result)
 from models_store.tower import build_tower, float_keys, head_logits, image_size, resolve_architecture
 from models_store.zoo import Head
-from trainer.objective import autocast, entropy, task_entropies
+from trainer.objective import autocast, entropy, task_objectives
 from trainer.pareto.model import ParetoMerge, target_names
 from trainer.pareto.train import ParetoConfig, loss_terms
 
@@ -84,7 +84,7 @@ def random_heads(tasks: list[str], classes: int, dim: int, generator: torch.Gene
 
 def plain_entropies(tower: torch.nn.Module, heads: dict[str, Head], batches: dict[str, torch.Tensor],
                     images: torch.Tensor) -> torch.Tensor:
-    """The plain counterpart of task_entropies: the tower's own forward, same heads and entropy."""
+    """The plain counterpart of task_objectives: the tower's own forward, same heads and entropy."""
     with autocast(images.device):
         features = tower(images)
     sizes = [len(b) for b in batches.values()]
@@ -127,8 +127,7 @@ def setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 
     def pm_step() -> torch.Tensor:
         pref = torch.tensor(pref_rng.dirichlet([cfg.alpha] * k), dtype=torch.float32, device=device)
-        entropies = task_entropies(frozen, model(pref), heads, batches)
-        terms = loss_terms(entropies, pref, model, cfg)
+        terms = loss_terms(task_objectives(frozen, model(pref), heads, batches), pref, model, cfg)
         pm_opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         pm_opt.step()

@@ -218,7 +218,8 @@ def add_train(sub) -> None:
                        description="Unlabeled data default to the tasks' test images without labels (the paper's "
                                    "protocol). Objective: smooth Tchebycheff over per-task entropies with a "
                                    "Dirichlet-drawn preference, minus cos-weight * cos(pref, 1/H), plus "
-                                   "norm-weight * sum ||G||_F^2.")
+                                   "norm-weight * sum ||G||_F^2, plus diversity-weight * sum_k KL(mean "
+                                   "prediction || uniform) (not in the paper; 0 gives the paper's objective).")
     p.add_argument("--zoo", required=True)
     p.add_argument("--store", required=True)
     p.add_argument("--method", choices=["pm", "pm++"])
@@ -229,8 +230,12 @@ def add_train(sub) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--alpha", type=float, help="Dirichlet concentration (default 1: uniform on the simplex)")
     p.add_argument("--mu", type=float, help="Tchebycheff smoothing (default 0.1)")
-    p.add_argument("--cos-weight", type=float, help="default 0.1")
-    p.add_argument("--norm-weight", type=float, help="default 10 (bench/pm_sweep.py on the demo zoo)")
+    p.add_argument("--cos-weight", type=float, help="default 1 (the paper's '0.1 and 1' in the order that won "
+                                                    "bench/pm_sweep.py on the demo zoo)")
+    p.add_argument("--norm-weight", type=float, help="default 0.1 (idem)")
+    p.add_argument("--diversity-weight", type=float,
+                   help="default 1: keeps entropy minimisation from giving a whole task one class "
+                        "(bench/pm_sweep.py on the demo zoo); 0 is the paper's objective")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--unlabeled", action="append", metavar="TASK=SPEC")
     p.add_argument("--seed", type=int)

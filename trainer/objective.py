@@ -1,8 +1,11 @@
-"""Test-time objectives shared by AdaMerging and Pareto Merging: per-task prediction entropy of a
-merged tower on unlabeled images, computed through `torch.func.functional_call`."""
+"""Test-time objectives shared by AdaMerging and Pareto Merging, from a merged tower's predictions
+on unlabeled images (computed through `torch.func.functional_call`): per-task prediction entropy,
+and the imbalance of the predictions across classes (Pareto Merging's diversity term)."""
 from __future__ import annotations
 
 import contextlib
+import math
+from typing import NamedTuple
 
 import torch
 from torch.func import functional_call
@@ -17,6 +20,18 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1).mean()
 
 
+def imbalance(logits: torch.Tensor) -> torch.Tensor:
+    """KL(mean prediction || uniform) over a batch (nats): 0 when the batch's predictions spread
+    evenly over the classes, log C when every image gets the same class (SHOT's diversity term)."""
+    mean = torch.softmax(logits.float(), dim=-1).mean(0)
+    return math.log(mean.numel()) + (mean * mean.clamp_min(1e-12).log()).sum()
+
+
+class TaskObjectives(NamedTuple):
+    entropy: torch.Tensor    # [K] mean prediction entropy per task
+    imbalance: torch.Tensor  # [K] KL(mean prediction || uniform) per task
+
+
 def autocast(device: torch.device):
     """bf16 autocast on a GPU, nothing on the CPU (bf16 matmuls there are slow and imprecise)."""
     if device.type == "cuda":
@@ -24,18 +39,16 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def task_entropies(tower: torch.nn.Module, state: dict[str, torch.Tensor], heads: dict[str, Head],
-                   batches: dict[str, torch.Tensor]) -> torch.Tensor:
-    """H_k for every task k: one forward pass over all tasks' batches with the same weights."""
+def task_objectives(tower: torch.nn.Module, state: dict[str, torch.Tensor], heads: dict[str, Head],
+                    batches: dict[str, torch.Tensor]) -> TaskObjectives:
+    """Entropy and imbalance of every task: one forward pass over all tasks' batches, same weights."""
     tasks = list(batches)
     images = torch.cat([batches[t] for t in tasks])
     with autocast(images.device):
         features = functional_call(tower, state, (images,))
-    out = []
-    for task, feats in zip(tasks, features.split([len(batches[t]) for t in tasks])):
-        h = heads[task]
-        out.append(entropy(head_logits(feats.float(), h.weight, h.bias)))
-    return torch.stack(out)
+    logits = [head_logits(feats.float(), heads[t].weight, heads[t].bias)
+              for t, feats in zip(tasks, features.split([len(batches[t]) for t in tasks]))]
+    return TaskObjectives(torch.stack([entropy(x) for x in logits]), torch.stack([imbalance(x) for x in logits]))
 
 
 class UnlabeledSampler:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from models_store.checkpoint import StateDict
 
-from ..objective import UnlabeledSampler, task_entropies
+from ..objective import UnlabeledSampler, task_objectives
 from ..pool import TaskVector
 from .preference import PreferenceWeights, preference_field, task_weights
 from .registry import MergeContext, MethodConfig, register
@@ -70,7 +70,7 @@ def adamerge(ctx: MergeContext, vectors: dict[str, TaskVector], config: AdaMergi
     optimizer = torch.optim.Adam(merge.parameters(), lr=config.lr)
     bar = tqdm(range(config.steps), desc="adamerging", disable=not ctx.progress, leave=False)
     for _ in bar:
-        entropies = task_entropies(tower, merge(), heads, sampler.next())
+        entropies = task_objectives(tower, merge(), heads, sampler.next()).entropy
         loss = (weights * entropies).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -3,8 +3,9 @@
     theta(pref)[P] = theta0[P] + sum_k lambda[P, k] tau_k[P] + A_P (sum_k pref_k G_P[k]) B_P^T
 
 lambda: AdaMerging's layer-wise coefficients (one per tensor per task, init 0.3, clamped to
-[0, 1]); A [d_out, r] and B [d_in, r] Kaiming-uniform over the model dimension (LoRA's init of
-its down projection, fan-in = d); G [K, r, r] zero, so training starts at AdaMerging's starting point. Tensors without a low-rank term get only the base merge.
+[0, 1]); A [d_out, r] and B [d_in, r] Kaiming-uniform (the paper's init); G [K, r, r] zero, so
+training starts at AdaMerging's starting point. Tensors without a low-rank term get only the base
+merge.
 """
 from __future__ import annotations
 
@@ -72,10 +73,9 @@ class ParetoMerge(torch.nn.Module):
 
 
 def kaiming_uniform(dim: int, rank: int, generator: torch.Generator) -> torch.Tensor:
-    """A [dim, rank] factor drawn as LoRA draws its down projection (nn.Linear(dim, rank).weight,
-    kaiming_uniform_(a=sqrt(5))): U(+-1/sqrt(dim)), fan-in = the model dimension. With fan-in = rank
-    instead, each entry of A G B^T is about d/r times larger and, at Adam's lr 1e-3, the low-rank
-    term outgrows the weights it adapts within a hundred steps: entropy minimisation then finds
-    confident one-class predictions (measured on the demo zoo: every task at chance)."""
-    bound = 1.0 / math.sqrt(dim)
+    """A [dim, rank] factor as `torch.nn.init.kaiming_uniform_(a=sqrt(5))` draws a [dim, rank]
+    tensor (nn.Linear's init): U(+-1/sqrt(rank)), fan-in = the rank. (Fan-in = the model dimension
+    made A G B^T d/r times smaller; with the ||G|| penalty G then stayed near zero and the
+    preference steered nothing.)"""
+    bound = 1.0 / math.sqrt(rank)
     return torch.empty(dim, rank).uniform_(-bound, bound, generator=generator)
