@@ -5,15 +5,17 @@ task k's head on its batch under theta(pref), D_k = KL(mean prediction || unifor
     L = mu log sum_k exp(pref_k H_k / mu)          smooth Tchebycheff, ideal point 0
         - cos_weight cos(pref, 1/H)                  aligns the model with the preference
         + norm_weight sum_layers ||G||_F^2           keeps the preference term small
-        + diversity_weight sum_k D_k                 not in the paper: see ParetoConfig
+        + diversity_weight sum_k D_k                 not in the paper: see below
 then Adam on (lambda, A, B, G), lambda clamped to [0, 1].
 
 Why the diversity term: entropy alone is minimised fastest by giving every image of a task the same
 confident class. The low-rank term has the freedom to do that, and on the demo zoo it does: with
-the paper's objective, digits and glyphs fall to chance within 150 steps (bench/results/pm-sweep-*,
-row "diversity0"). D_k is zero while a batch's predictions spread over the classes and log C at
-that collapse; it is SHOT's diversity term (Liang et al. 2020), the usual guard of test-time
-entropy minimisation. --diversity-weight 0 gives the paper's objective.
+the paper's objective the equal preference falls to 33 % (bench/results/pm-sweep-*, row
+"diversity0"; 63 % with it). D_k is zero while a batch's
+predictions spread over the classes and log C at that collapse; it is SHOT's diversity term
+(Liang et al. 2020), the usual guard of test-time entropy minimisation. It assumes each task's
+classes are about equally frequent in its unlabeled images; with a heavily skewed task, lower
+it. --diversity-weight 0 gives the paper's objective.
 
 Checkpoints (safetensors + JSON metadata, never pickles) hold parameters, Adam state and every
 random generator's state, so `--resume` after a kill reaches the uninterrupted run's result.
