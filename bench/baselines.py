@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--zoo", required=True)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated registry names")
     add_common_args(parser)
-    return run_benchmark(parser.parse_args(argv), run)
+    return run_benchmark(parser, argv, run)
 
 
 def run(args: argparse.Namespace, device: torch.device) -> dict:

@@ -26,6 +26,7 @@ import re
 import resource
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -272,8 +273,12 @@ def torch_threads(threads: Optional[int], device: torch.device) -> Iterator[int]
         torch.set_num_threads(previous)
 
 
-def run_benchmark(args: argparse.Namespace, run: Callable[[argparse.Namespace, torch.device], T]) -> T:
-    """Every benchmark's main(): pick the device from --device, run under --threads."""
+def run_benchmark(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
+                  run: Callable[[argparse.Namespace, torch.device], T]) -> T:
+    """Every benchmark's main(): parse argv (recorded as args.argv for the result's config), pick
+    the device from --device, run under --threads."""
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     device = resolve_device(args.device)
     with torch_threads(args.threads, device):
         return run(args, device)

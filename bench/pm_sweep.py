@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--store", help="family store (default: a temporary directory)")
     parser.add_argument("--grid", type=int, default=2, help="front grid divisions (plus equal and 0.7-on-k)")
     add_common_args(parser)
-    return run_benchmark(parser.parse_args(argv), run)
+    return run_benchmark(parser, argv, run)
 
 
 def run(args: argparse.Namespace, device: torch.device) -> dict:

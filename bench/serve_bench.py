@@ -186,9 +186,7 @@ def bench_arch(arch_name: str, sizes: list[int], args: argparse.Namespace, devic
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    return run_benchmark(args, run)
+    return run_benchmark(build_parser(), argv, run)
 
 
 def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:

@@ -159,9 +159,7 @@ def setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    return run_benchmark(args, run)
+    return run_benchmark(build_parser(), argv, run)
 
 
 def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
