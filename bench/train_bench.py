@@ -49,7 +49,7 @@ from models_store.tower import build_tower, float_keys, head_logits, image_size,
 from models_store.zoo import Head
 from trainer.objective import autocast, entropy, task_objectives
 from trainer.pareto.model import ParetoMerge, target_names
-from trainer.pareto.train import ParetoConfig, loss_terms
+from trainer.pareto.train import ParetoConfig, loss_terms, optimizer
 
 NAME = "train"
 # (tasks, images per task, timed steps, warmup steps)
@@ -108,9 +108,9 @@ def setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     targets = target_names(keys, [w.strip() for w in args.targets.split(",") if w.strip()])
     cfg = ParetoConfig(rank=args.rank, targets=args.targets.split(","), lr=args.lr, seed=args.seed,
                        batch_size=args.images_per_task)
-    model = ParetoMerge(pretrained, vectors, targets, cfg.rank, cfg.init, gen, device)
+    model = ParetoMerge(pretrained, vectors, targets, cfg.rank, cfg.init, cfg.lowrank_init, gen, device)
     del vectors
-    pm_opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    pm_opt = optimizer(model, cfg)
     frozen = build_tower(arch).to(device)  # the trainer's tower: only its structure is used
     for p in frozen.parameters():
         p.requires_grad_(False)

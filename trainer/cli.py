@@ -227,15 +227,24 @@ def add_train(sub) -> None:
     p.add_argument("--targets", help="comma-separated: in_proj,out_proj (default both)")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=float, help="Adam's lr for the coefficients lambda (default 1e-3, AdaMerging's)")
+    p.add_argument("--lowrank-lr", type=float,
+                   help="Adam's lr for A, B and G (default 3e-4; not in the paper, which has one lr: lambda's "
+                        "1e-3 erodes the task-vector initialisation's steering, bench/pm_sweep.py on the demo zoo)")
     p.add_argument("--alpha", type=float, help="Dirichlet concentration (default 1: uniform on the simplex)")
     p.add_argument("--mu", type=float, help="Tchebycheff smoothing (default 0.1)")
-    p.add_argument("--cos-weight", type=float, help="default 1 (the paper's '0.1 and 1' in the order that won "
-                                                    "bench/pm_sweep.py on the demo zoo)")
-    p.add_argument("--norm-weight", type=float, help="default 0.1 (idem)")
+    p.add_argument("--cos-weight", type=float, help="default 1 (bench/pm_sweep.py on the demo zoo)")
+    p.add_argument("--norm-weight", type=float,
+                   help="default 0.01, below the paper's '0.1 and 1': G starts at task arithmetic + preference's "
+                        "steering, not at zero, and 0.1 shrinks it away (bench/pm_sweep.py on the demo zoo)")
     p.add_argument("--diversity-weight", type=float,
                    help="default 1: keeps entropy minimisation from giving a whole task one class "
                         "(bench/pm_sweep.py on the demo zoo); 0 is the paper's objective")
+    p.add_argument("--lowrank-init", choices=["task-vectors", "kaiming"],
+                   help="default task-vectors (not in the paper): A, B span the task vectors' top-r singular "
+                        "subspaces and G starts as task arithmetic + preference's steering within them, zero at "
+                        "the equal preference; kaiming is the paper's (A, B Kaiming-uniform, G zero), whose "
+                        "preferences barely differ on the demo zoo (bench/pm_sweep.py)")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--unlabeled", action="append", metavar="TASK=SPEC")
     p.add_argument("--seed", type=int)

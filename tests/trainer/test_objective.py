@@ -51,7 +51,8 @@ def test_loss_terms_add_the_weighted_imbalance():
     gen = torch.Generator().manual_seed(0)
     pretrained = {"w": torch.randn(6, 4, generator=gen)}
     vectors = {t: {"w": torch.randn(6, 4, generator=gen) * 0.1} for t in ("a", "b")}
-    model = ParetoMerge(pretrained, vectors, ["w"], rank=2, init=0.3, generator=gen, device=torch.device("cpu"))
+    model = ParetoMerge(pretrained, vectors, ["w"], rank=2, init=0.3, lowrank_init="kaiming", generator=gen,
+                        device=torch.device("cpu"))
     with torch.no_grad():
         model.G[0].normal_(generator=gen)
     objectives = TaskObjectives(entropy=torch.tensor([0.7, 1.3]), imbalance=torch.tensor([0.2, 0.5]))
