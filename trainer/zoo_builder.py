@@ -9,6 +9,7 @@ Same seed, same zoo: every random draw comes from generators seeded from `seed`.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from pathlib import Path
@@ -96,9 +97,7 @@ class ZeroShotClassifier(torch.nn.Module):
 
     def __init__(self, classes_per_task: list[int], embed: int, temperature: float, generator: torch.Generator):
         super().__init__()
-        self.offsets = [0]
-        for n in classes_per_task:
-            self.offsets.append(self.offsets[-1] + n)
+        self.offsets = [0, *itertools.accumulate(classes_per_task)]
         self.embeddings = torch.nn.Parameter(0.1 * torch.randn(self.offsets[-1], embed, generator=generator))
         self.temperature = temperature
 
