@@ -1,10 +1,14 @@
 .PHONY: demo test
+# make demo PORT=8001 (or PMERGE_PORT=8001 make demo) when 8000 is taken
+PORT ?=
+# The first run installs into .venv: about 3 minutes and 5.9 GB here (torch 2.14.1 with its CUDA
+# libraries, which a CPU-only machine installs too); pip shows its progress.
 .venv/bin/pmerge: pyproject.toml
 	python3.11 -m venv .venv
-	.venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
-	.venv/bin/pip install -q -e '.[dev]'
+	.venv/bin/pip install --progress-bar on torch==2.14.1 torchvision==0.29.1
+	.venv/bin/pip install --progress-bar on -e '.[dev]'
 	touch .venv/bin/pmerge
 demo: .venv/bin/pmerge
-	.venv/bin/pmerge demo --dir runs/demo
+	.venv/bin/pmerge demo --dir runs/demo $(if $(PORT),--port $(PORT))
 test: .venv/bin/pmerge
 	.venv/bin/python -m pytest

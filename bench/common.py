@@ -246,6 +246,19 @@ def summarize(seconds: Sequence[float]) -> dict[str, float]:
             "min_s": min(seconds) if n else math.nan, "max_s": max(seconds) if n else math.nan, "std_s": std}
 
 
+def round_ratios(faster: Sequence[float], slower: Sequence[float]) -> dict[str, Any]:
+    """Throughput ratio x/y per interleaved round (y's seconds over x's, measured side by side), and
+    its spread: median, interquartile range and extremes over the rounds."""
+    ratios = [y / x for x, y in zip(faster, slower, strict=True)]
+    return {"rounds": ratios, "median": percentile(ratios, 50), "q25": percentile(ratios, 25),
+            "q75": percentile(ratios, 75), "min": min(ratios), "max": max(ratios)}
+
+
+def spread_text(r: dict[str, Any]) -> str:
+    """`0.95 [0.91-0.99]`: the median ratio and its interquartile range over the rounds."""
+    return f"{r['median']:.2f} [{r['q25']:.2f}-{r['q75']:.2f}]"
+
+
 # --- options, results, tables ---------------------------------------------------------------------
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:

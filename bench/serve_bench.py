@@ -22,7 +22,7 @@ figure is in the JSON too), and the throughput ratios b/a and c/a (> 1: faster t
 untimed first batch of every size also checks that b and c agree (max |b - c| relative to |c|).
 
 Target: on a GPU, b >= 0.9 x a in images/s at batch >= 64 (the low-rank path adds ~1.35%
-FLOPs on B/32, ~1.0% on L/14, docs: REFERENCE "Serving"), and far ahead of c.
+FLOPs on B/32, ~1.0% on L/14, its FLOPs: docs/serving.md), and far ahead of c.
 On a CPU the script only reports (smaller batch sizes and repeats, one thread: bench/README.md).
 
     python bench/serve_bench.py                                    # GPU if present
@@ -42,8 +42,8 @@ if __package__ in (None, ""):  # run as `python bench/serve_bench.py`
 import torch
 from torch.func import functional_call
 
-from bench.common import (add_common_args, machine_info, markdown_table, now_iso, run_benchmark,
-                          run_interleaved, summarize, write_result)
+from bench.common import (add_common_args, machine_info, markdown_table, now_iso, round_ratios, run_benchmark,
+                          run_interleaved, spread_text, summarize, write_result)
 from models_store.family import LowRank
 from models_store.tower import build_tower, image_size, resolve_architecture
 from service.forward import PreferenceTower
@@ -51,7 +51,7 @@ from service.settings import DTYPES
 
 NAME = "serve"
 GPU_DEFAULTS = {"batch_sizes": {"*": [1, 8, 64, 128]}, "repeats": 30, "warmup": 3, "dtype": "bf16"}
-CPU_DEFAULTS = {"batch_sizes": {"*": [1, 4, 16], "ViT-L-14": [1, 4]}, "repeats": 2, "warmup": 0, "dtype": "fp32"}
+CPU_DEFAULTS = {"batch_sizes": {"*": [1, 4, 16], "ViT-L-14": [1, 4]}, "repeats": 7, "warmup": 0, "dtype": "fp32"}
 TARGET_SUFFIXES = ("attn.in_proj_weight", "attn.out_proj.weight")
 VARIANTS = {"a": "plain", "b": "mixed", "c": "materialise"}
 
@@ -175,8 +175,10 @@ def bench_arch(arch_name: str, sizes: list[int], args: argparse.Namespace, devic
         for x, y in (("b", "a"), ("c", "a"), ("b", "c")):
             row[f"{x}_over_{y}"] = row[x]["images_per_s"] / row[y]["images_per_s"]
             row[f"{x}_over_{y}_mean"] = row[x]["images_per_s_mean"] / row[y]["images_per_s_mean"]
+            row[f"{x}_over_{y}_per_round"] = round_ratios(samples[x].seconds, samples[y].seconds)
         rows.append(row)
-        print(f"  {arch_name} batch {n}: b/a {row['b_over_a']:.3f}, c/a {row['c_over_a']:.3f}", flush=True)
+        print(f"  {arch_name} batch {n}: b/a {spread_text(row['b_over_a_per_round'])}, "
+              f"c/a {spread_text(row['c_over_a_per_round'])}", flush=True)
     out = {"arch_name": arch_name, "architecture": v.arch, "image_size": v.size, "params": v.params,
            "adapted_tensors": v.adapted, "batches": rows}
     del v
@@ -222,13 +224,14 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 
     table = [[r["arch_name"], b["batch"], b["a"]["images_per_s"], b["b"]["images_per_s"], b["c"]["images_per_s"],
               b["a"]["p50_ms"], b["b"]["p50_ms"], b["c"]["p50_ms"], b["a"]["p99_ms"], b["b"]["p99_ms"],
-              b["c"]["p99_ms"], b["b_over_a"], b["c_over_a"]]
+              b["c"]["p99_ms"], spread_text(b["b_over_a_per_round"]), spread_text(b["c_over_a_per_round"])]
              for r in results for b in r["batches"]]
     print(f"\n{device} ({payload['machine']['cuda_device'] or payload['machine']['cpu_model']}), {args.dtype}, "
           f"K={args.tasks}, rank {args.rank}, {args.repeats} repeats after 1 + {args.warmup} warm-up; "
           f"{threads} CPU thread(s); a plain, b mixed preferences, c materialise per preference\n")
     print(markdown_table(["arch", "batch", "a img/s", "b img/s", "c img/s", "a p50 ms", "b p50 ms", "c p50 ms",
-                          "a p99 ms", "b p99 ms", "c p99 ms", "b/a", "c/a"], table))
+                          "a p99 ms", "b p99 ms", "c p99 ms", "b/a [IQR]", "c/a [IQR]"], table))
+    print("\nb/a, c/a: median throughput ratio over the interleaved rounds [its interquartile range]")
     if gpu:
         verdict = "met" if target["met"] else "NOT met" if checks else "no such batch"
         print(f"\ntarget b/a >= 0.9 at batch >= 64: {verdict}")

@@ -113,6 +113,9 @@ for ((i = 0; i < READY_TIMEOUT; i += 5)); do
 done
 get /readyz 200
 get /family 200
+get /docs 200
+grep -q '/docs-static/swagger-ui-bundle.js' "$WORK/body" || fail "/docs does not load its script from the image"
+get /docs-static/swagger-ui-bundle.js 200
 
 # A PNG made inside the image (it has Pillow): a 64x64 gradient.
 docker exec "$S" python -c "

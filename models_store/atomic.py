@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import Iterator
 
 TMP_PREFIX = ".tmp-"
+# mkstemp and mkdtemp create 0600 / 0700 entries; a published file gets the modes open() would give it
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
 
 
 def fsync_dir(path: Path) -> None:
@@ -29,6 +34,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -57,6 +63,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     if path.exists():
         raise FileExistsError(f"{path} already exists; published directories are immutable")
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent))
+    tmp.chmod(DIR_MODE)
     try:
         yield tmp
         for child in tmp.rglob("*"):

@@ -1,4 +1,4 @@
-"""The family contract (DESIGN 3.2) and its math.
+"""The family contract (docs/formats.md, "Family") and its math.
 
 theta(pref)[P] = base[P] + A_P (sum_k pref_k G_P[k]) B_P^T   for every adapted P,
 theta(pref)[P] = base[P]                                     otherwise.
@@ -6,6 +6,7 @@ theta(pref)[P] = base[P]                                     otherwise.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +29,8 @@ BASE = "base.safetensors"
 LOWRANK = "lowrank.safetensors"
 HEADS = "heads.safetensors"
 FILES = (BASE, LOWRANK, HEADS)
+
+log = logging.getLogger(__name__)
 
 
 class FamilyManifest(BaseModel):
@@ -171,25 +174,43 @@ def now_iso() -> str:
 # --- the store: a directory of families -------------------------------------------------------
 
 def list_families(store: str | Path) -> list[FamilyManifest]:
-    """Manifests of the published families, newest first (temporary siblings are ignored)."""
+    """Manifests of the published families, newest first.
+
+    Temporary siblings are ignored; a directory whose manifest cannot be read (an interrupted
+    copy, say) is skipped with a warning that names it, so one bad directory never hides the rest.
+    """
+    return [m for m, _ in _published(store)]
+
+
+def _published(store: str | Path) -> list[tuple[FamilyManifest, Path]]:
     store = Path(store)
     if not store.is_dir():
         return []
     out = []
-    for d in store.iterdir():
+    for d in sorted(store.iterdir()):
         if d.is_dir() and not d.name.startswith(TMP_PREFIX) and (d / MANIFEST).is_file():
-            out.append(read_manifest(d / MANIFEST, FamilyManifest))
-    return sorted(out, key=lambda m: (m.created, m.family_id), reverse=True)
+            try:
+                out.append((read_manifest(d / MANIFEST, FamilyManifest), d))
+            except StoreError as e:
+                log.warning("skipping %s: %s", d, e)
+    return sorted(out, key=lambda e: (e[0].created, e[0].family_id), reverse=True)
+
+
+def _complete(path: Path, manifest: FamilyManifest) -> bool:
+    missing = [n for n in FILES if not (path / n).is_file()]
+    if missing:
+        log.warning("skipping %s: incomplete, no %s", path, ", ".join(missing))
+    return not missing
 
 
 def family_path(store: str | Path, family_id: Optional[str] = None) -> Path:
-    """The path of a family by id, or of the newest one when no id is given."""
+    """The path of a family by id, or of the newest complete one when no id is given."""
     store = Path(store)
     if family_id is None:
-        families = list_families(store)
-        if not families:
-            raise StoreError(f"store {store} holds no family; train one with `pmerge train`")
-        family_id = families[0].family_id
+        for manifest, path in _published(store):
+            if _complete(path, manifest):
+                return path
+        raise StoreError(f"store {store} holds no family; train one with `pmerge train`")
     path = store / family_id
     if "/" in family_id or family_id.startswith(".") or not (path / MANIFEST).is_file():
         raise StoreError(f"store {store} has no family {family_id!r}")
@@ -197,7 +218,16 @@ def family_path(store: str | Path, family_id: Optional[str] = None) -> Path:
 
 
 def open_family(store: str | Path, family_id: Optional[str] = None) -> Family:
-    return Family(family_path(store, family_id))
+    """The family `family_id`, verified; without an id, the newest one that passes verification."""
+    if family_id is not None:
+        return Family(family_path(store, family_id))
+    for manifest, path in _published(store):
+        if _complete(path, manifest):
+            try:
+                return Family(path)
+            except StoreError as e:
+                log.warning("skipping %s: %s", path, e)
+    raise StoreError(f"store {store} holds no valid family; train one with `pmerge train`")
 
 
 def remove_family(store: str | Path, family_id: str) -> None:

@@ -1,4 +1,4 @@
-"""The one preference parser (DESIGN 3.4), used by every command and route.
+"""The one preference parser (docs/formats.md, "Preferences"), used by every command and route.
 
 Accepted: positional `0.2,0.8` (one number per task, in task order) or named
 `digits:0.7,fashion:0.3` (missing tasks get 0). Values must be finite, >= 0, with a positive
@@ -7,12 +7,19 @@ sum. The canonical preference is the normalised vector rounded to 1e-6, printed 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 DECIMALS = 6
+# The grammar the parser reads, as a regular expression for API schemas (the parser is the judge:
+# it also checks the count of values, the task names and a positive sum, and names what is wrong).
+_NUMBER = r"\+?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+PREFERENCE_PATTERN = (rf"^\s*({_NUMBER}(\s*,\s*{_NUMBER})*"
+                      rf"|{_NAME}\s*:\s*{_NUMBER}(\s*,\s*{_NAME}\s*:\s*{_NUMBER})*)\s*$")
 
 
 class PreferenceError(ValueError):
@@ -58,7 +65,11 @@ def from_weights(values: Sequence[float], tasks: Sequence[str]) -> Preference:
             raise PreferenceError(f"preference for {task!r} is not a finite number: {v}")
         if v < 0:
             raise PreferenceError(f"preference for {task!r} is negative: {v}")
-    total = math.fsum(values)
+    try:
+        total = math.fsum(values)
+    except OverflowError:  # each value is finite, their sum is not
+        raise PreferenceError(f"preference values sum to more than the largest float ({sys.float_info.max:.3g}); "
+                              f"scale them down") from None
     if total <= 0:
         raise PreferenceError("preference values sum to zero; at least one must be positive")
     return Preference(tasks, tuple(round(v / total, DECIMALS) for v in values))

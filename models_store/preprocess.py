@@ -1,13 +1,18 @@
 """Image preprocessing shared by trainer and service: one definition of what a model sees."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from pydantic import BaseModel, Field, field_validator
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Resized images up to this many times S x S go through the exact resize-then-crop path.
+MAX_RESIZED = 16
+EXIF_ORIENTATION = 0x0112
 
 
 class Preprocess(BaseModel):
@@ -24,19 +29,33 @@ class Preprocess(BaseModel):
         return v
 
     def pil_to_tensor(self, image: Image.Image) -> torch.Tensor:
-        """PIL image -> normalised float tensor [C, S, S]: resize the short side, centre crop."""
-        image = image.convert("RGB" if self.channels == 3 else "L")
+        """PIL image -> normalised float tensor [C, S, S]: upright (EXIF), 8 bits, resize the short side, centre crop.
+
+        The pixels are those of open_clip's preprocessing (torchvision's Resize(S, bicubic) and
+        CenterCrop(S)). An image whose resized size would exceed MAX_RESIZED (thin strips, whose long
+        side grows with the short one) is cropped before it is resampled instead, at a cost bounded
+        by S x S: the same crop, to within rounding.
+        """
+        image = to_8bit(upright(image))
         s = self.image_size
         w, h = image.size
-        scale = s / min(w, h)
-        image = image.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.Resampling.BICUBIC)
-        w, h = image.size
-        left, top = (w - s) // 2, (h - s) // 2
-        image = image.crop((left, top, left + s, top + s))
+        # the size the whole image would get, and the crop's offsets in it (torchvision's formulas)
+        rw, rh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+        left, top = int(round((rw - s) / 2.0)), int(round((rh - s) / 2.0))
+        if rw * rh <= MAX_RESIZED * s * s:
+            image = image.convert(self.mode).resize((rw, rh), Image.Resampling.BICUBIC)
+            image = image.crop((left, top, left + s, top + s))
+        else:
+            image = _resize_crop(image, (left * w / rw, top * h / rh, (left + s) * w / rw, (top + s) * h / rh), s)
+            image = image.convert(self.mode)
         array = np.asarray(image, dtype=np.float32) / 255.0
         if array.ndim == 2:
             array = array[:, :, None]
         return self.normalize(torch.from_numpy(array).permute(2, 0, 1))
+
+    @property
+    def mode(self) -> str:
+        return "RGB" if self.channels == 3 else "L"
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """[.., C, H, W] in [0, 1] -> normalised; grayscale input is repeated to 3 channels."""
@@ -45,3 +64,48 @@ class Preprocess(BaseModel):
         mean = torch.tensor(self.mean[: self.channels], dtype=x.dtype).view(-1, 1, 1)
         std = torch.tensor(self.std[: self.channels], dtype=x.dtype).view(-1, 1, 1)
         return (x - mean) / std
+
+
+# Modes with more than 8 bits per channel, and the value that maps to 255. Pillow's own
+# convert() clips these to 0..255 instead of scaling, which reads a 16-bit photo as black and white.
+WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """Scale 16-bit, 32-bit and float grayscale to 8 bits; other modes are returned as they are.
+
+    `I;16*`: 0..65535. `I` (16-bit PGM/PPM and PNG, 32-bit TIFF): 0..65535 when every value fits,
+    else 0..2^31-1. `F` (float TIFF): 0..1 when every value fits, else 0..255. Negative values clip to 0.
+    """
+    if image.mode not in WIDE_MODES and image.mode not in ("I", "F"):
+        return image
+    array = np.asarray(image, dtype=np.float64)
+    top = WIDE_MODES.get(image.mode)
+    if top is None:
+        peak = float(array.max()) if array.size else 0.0
+        if image.mode == "I":
+            top = 65535 if peak <= 65535 else 2**31 - 1
+        else:
+            top = 1.0 if peak <= 1.0 else 255.0
+    scaled = np.rint(np.clip(array, 0, top) * (255.0 / top)).astype(np.uint8)
+    return Image.fromarray(scaled, "L")
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation (phone photos store the pixels sideways and say so there)."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) in (None, 1):
+        return image  # no copy of the (possibly large) image when there is nothing to turn
+    return ImageOps.exif_transpose(image)
+
+
+def _resize_crop(image: Image.Image, box: tuple[float, float, float, float], size: int) -> Image.Image:
+    """Resample only `box` of `image` to size x size: crop its preimage plus the bicubic support first."""
+    w, h = image.size
+    margin_x = 2 * max(1.0, (box[2] - box[0]) / size) + 2
+    margin_y = 2 * max(1.0, (box[3] - box[1]) / size) + 2
+    x0, y0 = max(0, math.floor(box[0] - margin_x)), max(0, math.floor(box[1] - margin_y))
+    x1, y1 = min(w, math.ceil(box[2] + margin_x)), min(h, math.ceil(box[3] + margin_y))
+    region = image.crop((x0, y0, x1, y1))
+    if region.mode in ("P", "1"):  # Pillow resamples these with NEAREST only
+        region = region.convert("RGB")
+    return region.resize((size, size), Image.Resampling.BICUBIC, box=(box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0))

@@ -73,7 +73,7 @@ def load_tower(arch: Architecture, state: dict[str, torch.Tensor]) -> VisionTran
 
 
 def head_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits of one task (DESIGN 3.1): normalize(features) @ weight^T (+ bias); scale folded in weight."""
+    """Logits of one task (docs/formats.md, "Zoo"): normalize(features) @ weight^T (+ bias); scale folded in weight."""
     logits = F.normalize(features, dim=-1) @ weight.to(features.dtype).T
     return logits if bias is None else logits + bias.to(features.dtype)
 

@@ -1,4 +1,4 @@
-"""The zoo contract (DESIGN 3.1): a pretrained tower, K fine-tuned towers and their heads."""
+"""The zoo contract (docs/formats.md, "Zoo"): a pretrained tower, K fine-tuned towers and their heads."""
 from __future__ import annotations
 
 import json
@@ -64,6 +64,8 @@ def read_manifest(path: Path, model: type[BaseModel]) -> Any:
         raise StoreError(f"missing manifest: {path}")
     try:
         return model.model_validate(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path} cannot be read: {e}") from e
     except json.JSONDecodeError as e:
         raise StoreError(f"{path} is not valid JSON: {e}") from e
     except ValidationError as e:

@@ -13,19 +13,25 @@ import asyncio
 import hmac
 import logging
 from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import PurePath
 from typing import Annotated, Optional
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from models_store.preference import PreferenceError
+from models_store.preference import PREFERENCE_PATTERN, PreferenceError
 
 from .classify import MAX_TOP_K, image_results, select_tasks
-from .errors import ErrorBody, InvalidParameter, NotReady, ServiceError, Unauthorized, error_code
+from .errors import (ErrorBody, InvalidParameter, NotReady, PayloadTooLarge, ServiceError, Unauthorized, error_code,
+                     json_bytes)
 from .images import bombs_are_errors
 from .limits import BodyLimitMiddleware
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
@@ -76,8 +82,10 @@ api = APIRouter(dependencies=[Depends(require_api_key)], responses={401: {"model
 
 
 @probes.get("/healthz", response_model=Health)
-async def healthz() -> Health:
-    return Health(status="alive")
+async def healthz(request: Request) -> Health:
+    runtime = getattr(request.app.state, "runtime", None)
+    family = runtime.family if runtime is not None else None
+    return Health(status="alive", family_id=family.family_id if family is not None else None)
 
 
 @probes.get("/readyz", response_model=Health, responses={503: {"model": ErrorBody}})
@@ -88,8 +96,11 @@ async def readyz(runtime: RuntimeDep) -> Health:
 
 MULTIPART_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["files"],
-    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                             "description": "one or more images (field `file` is accepted too)"}}}}}}}
+    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
+                             "description": "one or more images (field `file` is accepted too); at most "
+                                            "PMERGE_MAX_FILES, each a PNG, JPEG, WebP, GIF, BMP, TIFF or PPM"}}}}}}}
+# documented, not enforced here: the one parser checks the text and says what is wrong with it
+PREFERENCE_SCHEMA = {"pattern": PREFERENCE_PATTERN}
 
 
 @api.post("/classify", response_model=ClassifyResponse, responses=ERRORS, openapi_extra=MULTIPART_DOC,
@@ -98,19 +109,19 @@ async def classify(
     request: Request,
     runtime: RuntimeDep,
     pref: Annotated[Optional[str], Query(description="preference, `0.2,0.8` or `digits:0.7,fashion:0.3`; "
-                                                     "default: equal")] = None,
+                                                     "default: equal", json_schema_extra=PREFERENCE_SCHEMA)] = None,
     task: Annotated[Optional[list[str]], Query(description="task(s) to answer, repeated or comma-separated; "
                                                            "default: all")] = None,
     top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description="labels per task (capped at its class count)")] = 5,
 ) -> ClassifyResponse:
     """Top-k labels per task for each uploaded image, under one preference."""
     family = runtime.require_ready()
-    # validate the cheap parameters before reading a (possibly large) body
+    # the cheap checks first: parameters, and room in the queue, before reading a (possibly large) body
     preference = family.preference(pref)
     tasks = select_tasks(task, family.tasks)
+    runtime.require_room(1)
     files = await read_uploads(request, runtime.settings.max_files)
-    pixels = await runtime.decode(files)
-    logits = await runtime.classify(pixels, preference.tensor())
+    logits = await runtime.classify(files, preference.tensor())
     classes = {t.name: t.classes for t in family.manifest.tasks}
     return ClassifyResponse(family_id=family.family_id, preference=preference.canonical,
                             weights=preference.as_dict(),
@@ -119,7 +130,12 @@ async def classify(
 
 async def read_uploads(request: Request, max_files: int) -> list[tuple[str, bytes]]:
     """The image parts of a multipart body (size already bounded by BodyLimitMiddleware)."""
-    form = await request.form(max_files=max_files, max_fields=max_files + 16)
+    try:
+        form = await request.form(max_files=max_files, max_fields=max_files + 16)
+    except StarletteHTTPException as e:
+        if str(e.detail).startswith("Too many"):  # Starlette's words for more parts than allowed
+            raise PayloadTooLarge(f"{e.detail} (this server takes at most {max_files} files per request)") from None
+        raise
     try:
         files = []
         for field in FILE_FIELDS:
@@ -144,7 +160,8 @@ DOWNLOAD_RESPONSES = {200: {"content": {"application/octet-stream": {}}, "descri
           operation_id="model_headers", summary="Headers of the merged checkpoint (size, ETag)")
 @api.get("/models/{pref:path}", response_class=Response, tags=["models"], responses=DOWNLOAD_RESPONSES,
          operation_id="download_model")
-async def download(pref: str, request: Request, runtime: RuntimeDep) -> Response:
+async def download(pref: Annotated[str, Path(json_schema_extra=PREFERENCE_SCHEMA)], request: Request,
+                   runtime: RuntimeDep) -> Response:
     """The merged checkpoint theta(pref): `visual.*` tower weights, `heads.*`, metadata."""
     family = runtime.require_ready()
     preference = family.preference(pref)
@@ -156,7 +173,7 @@ async def download(pref: str, request: Request, runtime: RuntimeDep) -> Response
                "Content-Disposition": f'attachment; filename="{cached.filename}"',
                "X-Pmerge-Preference": preference.canonical}
     if request.method == "HEAD":
-        cached.file.close()
+        cached.close()
         return Response(headers=headers, media_type="application/octet-stream")
     return StreamingResponse(cached.chunks(), headers=headers, media_type="application/octet-stream")
 
@@ -171,10 +188,13 @@ def etag_matches(header: Optional[str], etag: str) -> bool:
 @api.get("/family", response_model=FamilyOut, responses={503: {"model": ErrorBody}}, tags=["models"])
 async def family_info(runtime: RuntimeDep) -> FamilyOut:
     m = runtime.require_ready().manifest
+    hyperparameters = dict(m.hyperparameters)
+    if "zoo" in hyperparameters:  # a path on the server that trained it: its name is what a client can use
+        hyperparameters["zoo"] = PurePath(str(hyperparameters["zoo"])).name
     return FamilyOut(family_id=m.family_id, created=m.created, method=m.method, rank=m.rank, targets=m.targets,
                      tasks=[TaskOut(name=t.name, classes=t.classes) for t in m.tasks],
                      architecture=m.architecture, image_size=m.preprocess.image_size,
-                     hyperparameters=m.hyperparameters, metrics=m.metrics)
+                     hyperparameters=hyperparameters, metrics=m.metrics)
 
 
 @api.get("/metrics", response_class=Response, tags=["probes"],
@@ -185,8 +205,13 @@ async def metrics(request: Request) -> Response:
 
 # --- errors -------------------------------------------------------------------------------------
 
+class JSONBody(JSONResponse):
+    def render(self, content) -> bytes:
+        return json_bytes(content)
+
+
 def error_response(status: int, error: str, detail, headers: Optional[dict[str, str]] = None) -> JSONResponse:
-    return JSONResponse(ErrorBody(error=error, detail=detail).model_dump(), status_code=status, headers=headers)
+    return JSONBody(ErrorBody(error=error, detail=detail).model_dump(), status_code=status, headers=headers)
 
 
 async def on_service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -210,11 +235,39 @@ async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONRe
     return error_response(exc.status_code, error_code(exc.status_code), detail, exc.headers)
 
 
-async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    # last resort only: every expected bad input has its own status above
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    request.app.state.metrics.unhandled.inc()
-    return error_response(500, "internal_error", "internal server error")
+class LastResortMiddleware:
+    """Raw ASGI, just outside the routes' handlers: an exception nobody handled becomes a JSON 500.
+
+    Starlette's own catch-all answers and then re-raises, and the server then resets the
+    keep-alive connection; here the exception ends where it is answered, so the connection stays
+    usable. A response already under way cannot change its status: that one is re-raised, and the
+    server closes the connection (the client sees a short body).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            # last resort only: every expected bad input has its own status above
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            self.metrics.unhandled.inc()
+            if started:
+                raise
+            await error_response(500, "internal_error", "internal server error")(scope, receive, send)
 
 
 # --- the app ------------------------------------------------------------------------------------
@@ -223,7 +276,7 @@ async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 async def lifespan(app: FastAPI):
     runtime = Runtime(app.state.settings, app.state.metrics)
     app.state.runtime = runtime
-    loading = asyncio.create_task(_load(runtime))  # /healthz answers meanwhile; /readyz says 503
+    loading = asyncio.create_task(_load(app, runtime))  # /healthz answers meanwhile; /readyz says 503
     try:
         yield
     finally:
@@ -232,20 +285,25 @@ async def lifespan(app: FastAPI):
         runtime.close()
 
 
-async def _load(runtime: Runtime) -> None:
+async def _load(app: FastAPI, runtime: Runtime) -> None:
     try:
         await asyncio.to_thread(runtime.load)
-    except Exception as e:  # readyz reports it; the process stays up for probes and logs
+    except Exception as e:
         runtime.error = f"{type(e).__name__}: {e}"
         log.error("could not load the family: %s", runtime.error)
+        # `pmerge serve` stops the server (exit 1, as Triton does); an embedding app keeps it up, and /readyz says why
+        app.state.on_load_failure(runtime.error)
 
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
     settings = settings or Settings()
     bombs_are_errors()
-    app = FastAPI(title="pmerge", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="pmerge", version="0.1.0", lifespan=lifespan, default_response_class=JSONBody,
+                  docs_url=None, redoc_url=None,
                   description="Pareto-merged open_clip vision towers: any task trade-off, per request.")
     app.state.settings = settings
+    app.state.on_load_failure = lambda error: None
+    add_offline_docs(app)
     app.state.metrics = Metrics()
     app.include_router(probes)
     app.include_router(api)
@@ -253,8 +311,28 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.add_exception_handler(PreferenceError, on_preference_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)
-    # outermost first at run time: metrics see every status, then the body bound
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    # outermost first at run time: metrics see every status, then the body bound, then the last resort
+    app.add_middleware(LastResortMiddleware, metrics=app.state.metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes,
+                       max_inflight_bytes=settings.max_inflight_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
+
+
+def add_offline_docs(app: FastAPI) -> None:
+    """/docs and /redoc with their scripts served from an installed package: no CDN on offline machines."""
+    app.mount("/docs-static", StaticFiles(directory=str(resources.files("fastapi_offline") / "static")),
+              name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="pmerge - Swagger UI",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/docs-static/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=app.openapi_url, title="pmerge - ReDoc",
+                              redoc_js_url="/docs-static/redoc.standalone.js",
+                              redoc_favicon_url="/docs-static/favicon.png", with_google_fonts=False)

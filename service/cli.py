@@ -42,17 +42,31 @@ def serve(args: argparse.Namespace) -> None:
     from models_store.family import family_path
 
     from .app import create_app
+    from .server import check_port_free, uvicorn_config
 
     try:
         settings = settings_from_args(args)
     except ValidationError as e:
-        raise SystemExit(f"pmerge serve: invalid settings: {e}") from None
-    try:  # fail fast on a wrong store or family id; hashes are checked while loading
+        raise SystemExit(f"pmerge serve: error: invalid settings: {e}") from None
+    try:  # fail fast on a wrong store or family id, or a taken port; hashes are checked while loading
         path = family_path(settings.store, settings.family)
-    except StoreError as e:
-        raise SystemExit(f"pmerge serve: {e}") from None
+        check_port_free(settings.host, settings.port)
+    except (StoreError, OSError) as e:
+        raise SystemExit(f"pmerge serve: error: {e.strerror if isinstance(e, OSError) and e.strerror else e}") from None
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger(__name__).info("serving %s on http://%s:%d", path, settings.host, settings.port)
+    app = create_app(settings)
     # one process per GPU: scale out with replicas, not uvicorn workers
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=30)
+    server = uvicorn.Server(uvicorn_config(app, settings, log_level=args.log_level))
+    failure: list[str] = []
+
+    def stop(error: str) -> None:  # a family that does not load is an exit, so compose and Kubernetes show it
+        failure.append(error)
+        server.should_exit = True
+
+    app.state.on_load_failure = stop
+    server.run()
+    if failure:
+        raise SystemExit(f"pmerge serve: error: could not load the family: {failure[0]}")
+    if not server.started:
+        raise SystemExit(f"pmerge serve: error: the server did not start on {settings.host}:{settings.port}")

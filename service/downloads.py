@@ -1,27 +1,33 @@
-"""Merged checkpoints for download (DESIGN 3.3), cached on disk with an LRU byte bound.
+"""Merged checkpoints for download (docs/formats.md, "Merged checkpoint"), cached on disk with an exact LRU byte bound.
 
 The file name is a hash of (format, family_id, canonical preference): the preference text from
 the URL is parsed, never used as a path. A file is built once per key (a per-key lock makes
 concurrent requests wait for the first build), written atomically, and streamed from an open
 file handle so eviction by another request cannot pull it from under a running download.
+
+The bound counts the cached files plus the exact sizes of the builds in progress: a build
+reserves its size first, evicting least recently used files, and waits for running builds when
+only they stand in the way. A checkpoint larger than the whole bound is streamed as it is
+materialised, without touching the disk.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Optional
 
-from models_store.atomic import TMP_PREFIX, atomic_file
+from models_store.atomic import TMP_PREFIX
 from models_store.family import Family
+from models_store.merged import (checkpoint_metadata, checkpoint_size, checkpoint_specs, checkpoint_tensors,
+                                  write_checkpoint)
+from models_store.safetensors_stream import stream_chunks
 from models_store.preference import Preference
 
-from .safetensors_stream import Spec, write_stream
 
 log = logging.getLogger(__name__)
 
@@ -37,46 +43,25 @@ def cache_key(family_id: str, pref: Preference) -> str:
 
 @dataclass
 class CachedFile:
-    file: BinaryIO
+    """A checkpoint to send: an open cached file, or (`file` None) a stream built while it is sent."""
     size: int
     etag: str  # quoted, as sent in the ETag header
     filename: str
     built: bool  # False: a cache hit
+    file: Optional[BinaryIO] = None
+    stream: Optional[Iterator[bytes]] = None
 
     def chunks(self) -> Iterator[bytes]:
+        if self.file is None:
+            yield from self.stream
+            return
         with self.file:
             while block := self.file.read(CHUNK):
                 yield block
 
-
-def checkpoint_specs(family: Family) -> list[Spec]:
-    specs: list[Spec] = [(f"visual.{k}", v.dtype, tuple(v.shape)) for k, v in family.base.items()]
-    for task, head in family.heads.items():
-        specs.append((f"heads.{task}.weight", head.weight.dtype, tuple(head.weight.shape)))
-        if head.bias is not None:
-            specs.append((f"heads.{task}.bias", head.bias.dtype, tuple(head.bias.shape)))
-    return specs
-
-
-def checkpoint_tensors(family: Family, pref: Preference):
-    # iter_materialized: at most one merged tensor alive at a time
-    for k, v in family.iter_materialized(pref):
-        yield f"visual.{k}", v
-    for task, head in family.heads.items():
-        yield f"heads.{task}.weight", head.weight
-        if head.bias is not None:
-            yield f"heads.{task}.bias", head.bias
-
-
-def checkpoint_metadata(family: Family, pref: Preference) -> dict[str, str]:
-    return {"family_id": family.family_id,
-            "preference": json.dumps(pref.as_dict()),
-            "architecture": json.dumps(family.manifest.architecture)}
-
-
-def write_checkpoint(path: Path, family: Family, pref: Preference) -> None:
-    with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        write_stream(f, checkpoint_specs(family), checkpoint_tensors(family, pref), checkpoint_metadata(family, pref))
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 class DownloadCache:
@@ -87,7 +72,8 @@ class DownloadCache:
         self.builds = 0
         self.hits = 0
         self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
+        self._reserved = 0  # bytes of the builds in progress
+        self._guard = threading.Condition()
         self.root.mkdir(parents=True, exist_ok=True)
 
     def etag(self, pref: Preference) -> str:
@@ -98,26 +84,38 @@ class DownloadCache:
         """Open the checkpoint of `pref`, building it first if needed. Blocking: run it in a thread."""
         key = cache_key(self.family.family_id, pref)
         path = self.root / f"{key}{SUFFIX}"
+        name = f"{self.family.family_id}-{key[:12]}{SUFFIX}"
         with self._key_lock(key):
-            built = False
             try:
                 f = open(path, "rb")
                 os.utime(path)  # LRU: mtime is the last use
+                built = False
             except FileNotFoundError:
-                t0 = time.monotonic()
-                write_checkpoint(path, self.family, pref)
-                log.info("built checkpoint %s for %s in %.2fs", path.name, pref.canonical, time.monotonic() - t0)
-                f = open(path, "rb")
+                size = checkpoint_size(self.family, pref)
+                if size > self.max_bytes:  # never fits: stream it as it is made
+                    with self._guard:
+                        self.builds += 1
+                    stream = stream_chunks(checkpoint_specs(self.family), checkpoint_tensors(self.family, pref),
+                                           checkpoint_metadata(self.family, pref))
+                    return CachedFile(size=size, etag=self.etag(pref), filename=name, built=True, stream=stream)
+                self._reserve(size, key)
+                try:
+                    t0 = time.monotonic()
+                    write_checkpoint(path, self.family, pref)
+                    log.info("built checkpoint %s for %s in %.2fs", path.name, pref.canonical, time.monotonic() - t0)
+                    f = open(path, "rb")
+                finally:
+                    with self._guard:
+                        self._reserved -= size
+                        self._guard.notify_all()
                 built = True
             with self._guard:
                 if built:
                     self.builds += 1
                 else:
                     self.hits += 1
-        self.evict(keep=path)
         size = os.fstat(f.fileno()).st_size
-        name = f"{self.family.family_id}-{key[:12]}{SUFFIX}"
-        return CachedFile(file=f, size=size, etag=self.etag(pref), filename=name, built=built)
+        return CachedFile(size=size, etag=self.etag(pref), filename=name, built=built, file=f)
 
     def _key_lock(self, key: str) -> threading.Lock:
         with self._guard:
@@ -133,24 +131,33 @@ class DownloadCache:
                     pass
         return sorted(out, key=lambda e: e[1].st_mtime)
 
-    def evict(self, keep: Path) -> None:
-        """Remove least recently used files until the cache fits its bound (`keep` always stays)."""
+    def _reserve(self, size: int, building: str) -> None:
+        """Make room for `size` more bytes and hold them; waits while running builds fill the bound."""
         with self._guard:
-            entries = self.entries()
-            total = sum(st.st_size for _, st in entries)
-            for p, st in entries:
-                if total <= self.max_bytes:
-                    break
-                key = p.name[: -len(SUFFIX)]
-                lock = self._locks.get(key)
-                # skip `keep` and any file being built or opened right now
-                if p == keep or (lock is not None and not lock.acquire(blocking=False)):
-                    continue
-                try:
-                    p.unlink(missing_ok=True)  # a running download keeps reading its open handle
-                    self._locks.pop(key, None)
-                finally:
-                    if lock is not None:
-                        lock.release()
-                total -= st.st_size
-                log.info("evicted %s (%d bytes)", p.name, st.st_size)
+            while True:
+                entries = self.entries()
+                total = sum(st.st_size for _, st in entries) + self._reserved
+                for p, st in entries:
+                    if total + size <= self.max_bytes:
+                        break
+                    if self._evict(p, building):
+                        total -= st.st_size
+                if total + size <= self.max_bytes:
+                    self._reserved += size
+                    return
+                self._guard.wait(timeout=1.0)  # a build finishing (or a file being closed) frees room
+
+    def _evict(self, path: Path, building: str) -> bool:
+        """Remove one cached file unless it is being built or opened right now (guard held)."""
+        key = path.name[: -len(SUFFIX)]
+        lock = self._locks.get(key)
+        if key == building or (lock is not None and not lock.acquire(blocking=False)):
+            return False
+        try:
+            path.unlink(missing_ok=True)  # a running download keeps reading its open handle
+            self._locks.pop(key, None)
+        finally:
+            if lock is not None:
+                lock.release()
+        log.info("evicted %s", path.name)
+        return True

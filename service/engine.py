@@ -4,7 +4,8 @@
 into per-image items on a bounded queue and returns a `concurrent.futures.Future` of the
 request's logits. The worker takes up to `max_batch` images, waiting at most `max_wait_ms`
 after the oldest one arrived, and runs ONE forward pass where every image carries its own
-preference row. When the queue holds `queue_size` images, `submit` raises `Overloaded`.
+preference row. When the queue holds `queue_size` images, `submit` raises `Overloaded`;
+`admission(n)` holds n places first, so a server can refuse a request before decoding its images.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, InvalidStateError
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -74,6 +76,17 @@ class _Item:
     enqueued: float
 
 
+@dataclass
+class Ticket:
+    """Places held in an engine's queue by `Engine.admission`."""
+    engine: "Engine"
+    places: int
+    submitted: bool = False
+
+    def submit(self, pixels: torch.Tensor, pref: torch.Tensor) -> Future[Logits]:
+        return self.engine._enqueue(self, pixels, pref)
+
+
 class Engine:
     def __init__(self, model: PreferenceTower, config: EngineConfig, *,
                  on_batch: Optional[Callable[[int, float], None]] = None,
@@ -84,6 +97,7 @@ class Engine:
         self.on_batch = on_batch or (lambda n, s: None)
         self.on_queue_wait = on_queue_wait or (lambda s: None)
         self._queue: deque[_Item] = deque()
+        self._held = 0  # queue places admitted but not yet submitted
         self._cond = threading.Condition()
         self._thread: Optional[threading.Thread] = None
         self._ready = threading.Event()
@@ -129,18 +143,43 @@ class Engine:
 
     def submit(self, pixels: torch.Tensor, pref: torch.Tensor) -> Future[Logits]:
         """Queue N images [N, C, S, S] sharing one preference [K]; raises Overloaded when full."""
-        n = pixels.shape[0]
+        with self.admission(pixels.shape[0]) as ticket:
+            return ticket.submit(pixels, pref)
+
+    @contextmanager
+    def admission(self, n: int) -> Iterator["Ticket"]:
+        """Hold n places in the queue (while the caller decodes its images, say); Overloaded when
+        they are not free. The places return when the block ends, or turn into queued images when
+        the ticket submits."""
         if n > self.config.queue_size:
             raise PayloadTooLarge(f"{n} images in one request; this server queues at most {self.config.queue_size}")
+        with self._cond:
+            if not self.ready:
+                raise NotReady("the model is not loaded yet (or shutting down)")
+            if len(self._queue) + self._held + n > self.config.queue_size:
+                raise Overloaded(f"queue full ({len(self._queue)} images waiting, {self._held} being decoded); "
+                                 f"retry later", retry_after=self._retry_after())
+            self._held += n
+        ticket = Ticket(self, n)
+        try:
+            yield ticket
+        finally:
+            if not ticket.submitted:
+                with self._cond:
+                    self._held -= n
+
+    def _enqueue(self, ticket: "Ticket", pixels: torch.Tensor, pref: torch.Tensor) -> Future[Logits]:
+        n = pixels.shape[0]
+        if ticket.submitted or n != ticket.places:
+            raise ValueError(f"a ticket for {ticket.places} images submits them once, got {n}")
         request = _Request(n)
         with self._cond:
             if not self.ready:
                 raise NotReady("the model is not loaded yet (or shutting down)")
-            if len(self._queue) + n > self.config.queue_size:
-                raise Overloaded(f"queue full ({len(self._queue)} images waiting); retry later",
-                                 retry_after=self._retry_after())
             now = time.monotonic()
             self._queue.extend(_Item(pixels[i], pref, request, i, now) for i in range(n))
+            self._held -= n
+            ticket.submitted = True
             self._cond.notify()
         return request.future
 

@@ -5,6 +5,7 @@ into a JSON body `{"error": <code>, "detail": <message naming the problem>}`.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Optional
 
 from pydantic import BaseModel
@@ -13,6 +14,15 @@ from pydantic import BaseModel
 class ErrorBody(BaseModel):
     error: str
     detail: Any = None
+
+
+def json_bytes(content: Any) -> bytes:
+    """Every JSON body the service sends: compact UTF-8 with one trailing newline (for curl and shells)."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode() + b"\n"
+
+
+def json_body(error: str, detail: Any) -> bytes:
+    return json_bytes(ErrorBody(error=error, detail=detail).model_dump())
 
 
 class ServiceError(Exception):

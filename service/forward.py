@@ -1,4 +1,4 @@
-"""The tower forward with one preference per image (DESIGN 4), never materialising weights.
+"""The tower forward with one preference per image (docs/serving.md), never materialising weights.
 
 For every adapted projection P with factors A [d_out, r], B [d_in, r], G [K, r, r]:
 

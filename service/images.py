@@ -29,6 +29,8 @@ def decode_image(data: bytes, preprocess: Preprocess, max_pixels: int, name: str
         image = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise PayloadTooLarge(f"{name}: image too large: {e}") from None
+    except Image.UnidentifiedImageError:  # its message names our BytesIO object: say what it means instead
+        raise UnsupportedImage(f"{name}: not a decodable image: the bytes are none of {', '.join(FORMATS)}") from None
     except Exception as e:  # Pillow raises many types on hostile bytes; all mean "not an image"
         raise UnsupportedImage(f"{name}: not a decodable image ({', '.join(FORMATS)}): {e}") from None
     with image:

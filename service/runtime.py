@@ -69,13 +69,21 @@ class Runtime:
 
     # --- async helpers for routes: blocking work off the event loop -------------------------
 
-    async def decode(self, files: Sequence[tuple[str, bytes]]) -> torch.Tensor:
+    def require_room(self, images: int) -> None:
+        """Overloaded now, before a body is read, when the queue cannot take `images` more."""
+        with self.engine.admission(images):
+            pass
+
+    async def classify(self, files: Sequence[tuple[str, bytes]], pref: torch.Tensor) -> Logits:
+        """Decode (in the decode pool) and classify; queue places are held first, so a request the
+        queue cannot take is refused undecoded."""
         pre = self.family.manifest.preprocess
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decoder, decode_images, files, pre, self.settings.max_image_pixels)
-
-    async def classify(self, pixels: torch.Tensor, pref: torch.Tensor) -> Logits:
-        return await asyncio.wrap_future(self.engine.submit(pixels, pref))
+        with self.engine.admission(len(files)) as ticket:
+            pixels = await loop.run_in_executor(self._decoder, decode_images, files, pre,
+                                                self.settings.max_image_pixels)
+            future = ticket.submit(pixels, pref)
+        return await asyncio.wrap_future(future)
 
     async def checkpoint(self, pref) -> CachedFile:
         loop = asyncio.get_running_loop()

@@ -1,23 +1,7 @@
-"""Service settings: environment variables `PMERGE_*`, overridden by CLI flags.
+"""Service settings: environment variables `PMERGE_<FIELD>`, overridden by `pmerge serve`'s flags.
 
-| env var                     | default                    | meaning                                      |
-|-----------------------------|----------------------------|----------------------------------------------|
-| PMERGE_STORE                | ./store                    | the family store (DESIGN 3.2)                |
-| PMERGE_FAMILY               | newest family of the store | family id to serve                           |
-| PMERGE_DEVICE               | auto                       | auto / cuda / cpu                            |
-| PMERGE_DTYPE                | bf16                       | GPU dtype: bf16 / fp16 / fp32 (CPU: fp32)    |
-| PMERGE_HOST, PMERGE_PORT    | 127.0.0.1, 8000            | bind address                                 |
-| PMERGE_MAX_BATCH            | 64                         | images per forward pass                      |
-| PMERGE_MAX_WAIT_MS          | 5                          | how long a batch waits to fill               |
-| PMERGE_QUEUE_SIZE           | 1024                       | queued images before 503 + Retry-After       |
-| PMERGE_MAX_FILES            | 64                         | images per request                           |
-| PMERGE_MAX_UPLOAD_BYTES     | 20 MiB                     | request body bound, counted while it streams |
-| PMERGE_MAX_IMAGE_PIXELS     | 40_000_000                 | decoded image bound (decompression bombs)    |
-| PMERGE_DECODE_THREADS       | 4                          | threads that decode and preprocess images    |
-| PMERGE_DOWNLOAD_CACHE_DIR   | STORE/.downloads           | merged checkpoints cache (no manifest.json,  |
-|                             |                            | so the store's family listing ignores it)    |
-| PMERGE_DOWNLOAD_CACHE_BYTES | 2 GiB                      | LRU bound of that cache                      |
-| PMERGE_API_KEY              | unset (no auth)            | when set: `Authorization: Bearer <key>`      |
+The README's "Settings" table documents every field (tests/service/test_readme.py checks that it
+names each); docs/serving.md says what the bounds protect.
 """
 from __future__ import annotations
 
@@ -47,6 +31,11 @@ class Settings(BaseSettings):
     queue_size: int = Field(1024, ge=1)
     max_files: int = Field(64, ge=1)
     max_upload_bytes: int = Field(20 * MiB, ge=1)
+    max_inflight_bytes: int = Field(256 * MiB, ge=1)
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(60.0, gt=0)
+    keepalive_timeout_s: float = Field(5.0, gt=0)
+    max_connections: int = Field(512, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
     decode_threads: int = Field(4, ge=1)
     download_cache_dir: Optional[Path] = None

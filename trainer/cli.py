@@ -20,7 +20,7 @@ def key_values(items: Optional[list[str]], flag: str) -> dict[str, str]:
     for item in items or []:
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
-            raise SystemExit(f"{flag} expects NAME=VALUE, got {item!r}")
+            raise ValueError(f"{flag} expects NAME=VALUE, got {item!r}")
         out[name] = value
     return out
 
@@ -43,7 +43,7 @@ def cmd_zoo(args: argparse.Namespace) -> None:
     if args.demo:
         tasks = tasks or demo_tasks()
     if not tasks:
-        raise SystemExit("pmerge zoo: give --task NAME=SPEC (repeatable) or --demo")
+        raise ValueError("give --task NAME=SPEC (repeatable) or --demo")
     overrides = {k: v for k, v in vars(args).items()
                  if k in ZooConfig.model_fields and v is not None and k not in ("tasks", "architecture")}
     cfg = ZooConfig(architecture=resolve_architecture(args.arch), tasks=tasks, **overrides)
@@ -93,7 +93,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
     unknown = [f for f in given if f not in method.config.model_fields]
     if unknown:
         flags = ", ".join("--" + k.replace("_", "-") for k, v in MERGE_FLAGS.items() if v in unknown)
-        raise SystemExit(f"method {method.name} takes no {flags}")
+        raise ValueError(f"method {method.name} takes no {flags}")
     zoo = Zoo(args.zoo)
     pref = None if args.pref is None else parse_preference(args.pref, zoo.tasks)
     if pref is not None:
@@ -139,21 +139,25 @@ def add_merge(sub) -> None:
 # ---- pmerge eval -----------------------------------------------------------------------------
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from models_store.checkpoint import load_state_dict
+    from models_store.merged import read_tower_weights
     from models_store.zoo import Zoo
     from .device import pick_device
     from .evaluate import evaluate_state, markdown_table, with_average
     from .taskpool import TaskPool
 
     zoo = Zoo(args.zoo)
-    test = TaskPool(zoo, test_limit=args.test_limit).test
+    test = TaskPool(zoo, test_limit=args.test_limit, data=key_values(args.data, "--data")).test
     device = pick_device(args.device)
     arch = zoo.manifest.architecture
     if args.weights == "finetuned":  # each task with its own fine-tuned tower
         scores = {t: evaluate_state(arch, zoo.finetuned(t), zoo.heads, {t: test[t]}, device)[t] for t in zoo.tasks}
     else:
-        state = zoo.pretrained() if args.weights == "pretrained" else load_state_dict(args.weights)
-        scores = evaluate_state(arch, state, zoo.heads, test, device)
+        state, heads = zoo.pretrained(), None
+        if args.weights != "pretrained":
+            state, heads, _ = read_tower_weights(args.weights)
+        if heads is not None and set(heads) != set(zoo.tasks):
+            raise ValueError(f"{args.weights} has heads for {sorted(heads)}, the zoo's tasks are {zoo.tasks}")
+        scores = evaluate_state(arch, state, heads or zoo.heads, test, device)
     print(markdown_table({args.weights: scores}, zoo.tasks))
     write_json(args.json, {"weights": args.weights, "zoo": str(args.zoo), "accuracy": with_average(scores)})
 
@@ -161,7 +165,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="per-task test accuracy of a tower")
     p.add_argument("--zoo", required=True)
-    p.add_argument("--weights", required=True, help="FILE.safetensors, 'pretrained', or 'finetuned'")
+    p.add_argument("--weights", required=True,
+                   help="FILE.safetensors (a tower state dict, as `pmerge merge` writes, or a merged checkpoint as "
+                        "GET /models/PREF downloads, whose own heads are then used), 'pretrained', or 'finetuned'")
+    p.add_argument("--data", action="append", metavar="TASK=SPEC",
+                   help="test data of a task (default: the dataset spec the zoo records for it); repeatable")
     p.add_argument("--json", help="write the scores as JSON here")
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on at most this many test images per task")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
@@ -174,9 +182,14 @@ def cmd_import(args: argparse.Namespace) -> None:
     from .importer import import_zoo
     classes = {t: Path(f).read_text().split("\n") for t, f in key_values(args.classes, "--classes").items()}
     classes = {t: [c for c in names if c.strip()] for t, names in classes.items()}
-    zoo = import_zoo(args.src, args.out, args.arch, args.tasks.split(","), classes,
-                     key_values(args.data, "--data"))
+    data = key_values(args.data, "--data")
+    zoo = import_zoo(args.src, args.out, args.arch, args.tasks.split(","), classes, data)
     print(f"imported {len(zoo.tasks)} tasks into {args.out}")
+    missing = [t for t in zoo.tasks if t not in data]
+    if missing:
+        print(f"note: no --data for {', '.join(missing)}: `pmerge eval` then needs --data TASK=SPEC for them, "
+              f"`pmerge train` and `merge --method adamerging` need --unlabeled TASK=SPEC, and `pmerge front` cannot "
+              f"evaluate them; import again with --data TASK=SPEC to record their data once", file=sys.stderr)
 
 
 def add_import(sub) -> None:
@@ -190,7 +203,9 @@ def add_import(sub) -> None:
                                                "(an architecture as zoo.json writes it, or an open_clip model config)")
     p.add_argument("--tasks", required=True, help="comma-separated task (dataset) names, e.g. MNIST,SVHN")
     p.add_argument("--classes", action="append", metavar="TASK=FILE", help="class names, one per line")
-    p.add_argument("--data", action="append", metavar="TASK=SPEC", help="dataset spec recorded for the task")
+    p.add_argument("--data", action="append", metavar="TASK=SPEC",
+                   help="the task's dataset spec (idx:DIR, folder:DIR, builtin:NAME), recorded in the zoo: eval, "
+                        "train and front read it from there; repeatable")
     p.set_defaults(func=cmd_import)
 
 
@@ -325,7 +340,7 @@ def cmd_select(args: argparse.Namespace) -> None:
     from .select import family_head, read_head, select_preference, selection_json, selection_table
 
     if not args.head and not args.task:
-        raise SystemExit("pmerge select: give the new task's head: --head FILE (zoo head format) "
+        raise ValueError("give the new task's head: --head FILE (zoo head format) "
                          "or --task NAME (one of the family's heads)")
     family = open_family(args.store, args.family)
     head = read_head(args.head) if args.head else family_head(family, args.task)
@@ -360,6 +375,8 @@ def add_select(sub) -> None:
 
 def cmd_store(args: argparse.Namespace) -> None:
     from models_store.family import Family, family_path, list_families, manifest_json, remove_family
+    if not Path(args.store).is_dir():
+        raise StoreError(f"no store at {args.store} (a directory that `pmerge train --store` writes)")
     if args.action == "ls":
         for m in list_families(args.store):
             print(f"{m.family_id}\t{m.method}\t{m.created}\ttasks={','.join(m.task_names)}\trank={m.rank}")
@@ -368,7 +385,7 @@ def cmd_store(args: argparse.Namespace) -> None:
         print(manifest_json(family.manifest))
     else:
         if not args.family:
-            raise SystemExit("pmerge store rm: give the family id")
+            raise ValueError("store rm: give the family id")
         remove_family(args.store, args.family)
         print(f"removed {args.family}")
 
@@ -393,6 +410,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import demo_family
     from .device import pick_device
 
+    if not args.no_serve:  # before minutes of building: a taken port is said now, not after them
+        from service.server import check_port_free
+        from service.settings import Settings
+        settings = Settings(**{k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
+        try:
+            check_port_free(settings.host, settings.port)
+        except OSError as e:
+            raise ValueError(e.strerror) from None
     path = demo_family(Path(args.dir), pick_device(args.device))
     if not args.no_serve:
         serve(argparse.Namespace(store=str(path.parent), family=path.name, device=args.device, host=args.host,
@@ -408,8 +433,8 @@ def add_demo(sub) -> None:
     p.add_argument("--dir", default=str(default_dir()), help="cache directory (default %(default)s)")
     p.add_argument("--no-serve", action="store_true", help="stop once the family is in the store")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="default 8000")
+    p.add_argument("--host", help="bind address (env PMERGE_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="env PMERGE_PORT (default 8000)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -432,5 +457,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         args.func(args)
     except (StoreError, ValueError, FileNotFoundError, KeyError) as e:
-        print(f"pmerge {args.command}: error: {e}", file=sys.stderr)
+        print(f"pmerge {args.command}: error: {describe(e)}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def describe(error: Exception) -> str:
+    """One line per problem; a pydantic ValidationError (bad option values) without its boilerplate."""
+    from pydantic import ValidationError
+    if isinstance(error, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
+                         for e in error.errors())
+    return str(error)
+
+
+if __name__ == "__main__":
+    main()

@@ -92,10 +92,15 @@ def plot_front(report: FrontReport, path: Path) -> None:
         _panel(ax, report, i, j, curve=len(report.tasks) == 2)
     for ax in list(axes.flat)[len(pairs):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8, loc="lower left")
+    # the legend below the panels, where it covers no point
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8, frameon=False)
+    dominated = any(not p.on_front for m in report.models.values() for p in m.points)
+    markers = ("large markers: non-dominated points of their model, small: dominated" if dominated
+               else "every point is non-dominated within its model")
     fig.suptitle(f"{report.family_id}: accuracy at {len(report.preferences)} preferences\n"
-                 "opaque: non-dominated (per model), star: equal preference", fontsize=10)
-    fig.tight_layout()
+                 f"{markers}; star: equal preference", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 + 0.02 * math.ceil(len(labels) / 3), 1, 1))
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
 

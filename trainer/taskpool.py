@@ -17,19 +17,23 @@ from .data import TaskData, load_dataset
 
 class TaskPool:
     def __init__(self, zoo: Zoo, test_limit: Optional[int] = None, unlabeled: Optional[dict[str, str]] = None,
-                 unlabeled_limit: Optional[int] = None):
+                 unlabeled_limit: Optional[int] = None, data: Optional[dict[str, str]] = None):
+        """`data` overrides the dataset specs the zoo records (task -> spec)."""
         self.zoo = zoo
+        self.data = data or {}
         self.test_limit = test_limit
         self.unlabeled_specs = unlabeled or {}
         self.unlabeled_limit = unlabeled_limit
-        unknown = set(self.unlabeled_specs) - set(zoo.tasks)
-        if unknown:
-            raise ValueError(f"--unlabeled names unknown tasks {sorted(unknown)}; tasks are {zoo.tasks}")
+        for flag, given in (("--unlabeled", self.unlabeled_specs), ("--data", self.data)):
+            unknown = set(given) - set(zoo.tasks)
+            if unknown:
+                raise ValueError(f"{flag} names unknown tasks {sorted(unknown)}; tasks are {zoo.tasks}")
 
     def spec(self, task: str) -> str:
-        spec = self.zoo.task(task).data
+        spec = self.data.get(task) or self.zoo.task(task).data
         if spec is None:
-            raise ValueError(f"zoo task {task!r} records no dataset spec; pass its data explicitly")
+            raise ValueError(f"zoo task {task!r} records no dataset spec: pass --data {task}=SPEC (eval), "
+                             f"--unlabeled {task}=SPEC (train, merge), or import the zoo with --data {task}=SPEC")
         return spec
 
     @cached_property

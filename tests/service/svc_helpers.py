@@ -7,7 +7,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -18,27 +18,34 @@ from models_store.family import FamilyManifest, LowRank, now_iso, publish_family
 from models_store.preprocess import Preprocess
 from models_store.tower import MICRO, build_tower
 from models_store.zoo import Head, TaskInfo
+from service.server import uvicorn_config
 
 RANK = 4
 TASKS = {"digits": [f"d{i}" for i in range(5)], "fashion": ["shirt", "shoe", "bag"], "letters": ["a", "b", "c", "x"]}
 FAMILY_ID = "fam-test"
 
 
-def make_family(store: Path, family_id: str = FAMILY_ID, seed: int = 0) -> Path:
+def make_family(store: Path, family_id: str = FAMILY_ID, seed: int = 0, tasks: dict[str, list[str]] = TASKS,
+                base: Optional[dict[str, torch.Tensor]] = None, heads: Optional[dict[str, Head]] = None,
+                hyperparameters: Optional[dict] = None, data: Optional[dict[str, str]] = None) -> Path:
+    """A random micro family (or one over the given base tower and heads)."""
     torch.manual_seed(seed)
-    tower = build_tower(MICRO)
-    base = {k: v.detach().clone() for k, v in tower.state_dict().items()}
+    if base is None:
+        base = {k: v.detach().clone() for k, v in build_tower(MICRO).state_dict().items()}
     targets = [k for k in base if k.endswith("attn.in_proj_weight") or k.endswith("attn.out_proj.weight")]
-    k = len(TASKS)
+    k = len(tasks)
     # factors big enough that preferences change the logits visibly
     lowrank = {t: LowRank(A=torch.randn(base[t].shape[0], RANK) * 0.5, B=torch.randn(base[t].shape[1], RANK) * 0.5,
                           G=torch.randn(k, RANK, RANK)) for t in targets}
     dim = MICRO["custom"]["embed_dim"]
-    heads = {t: Head(weight=torch.randn(len(c), dim) * 5, bias=torch.randn(len(c)) if t != "fashion" else None)
-             for t, c in TASKS.items()}
+    if heads is None:
+        heads = {t: Head(weight=torch.randn(len(c), dim) * 5, bias=torch.randn(len(c)) if t != "fashion" else None)
+                 for t, c in tasks.items()}
     manifest = FamilyManifest(family_id=family_id, created=now_iso(), method="pareto-merging",
-                              hyperparameters={"steps": 1}, architecture=MICRO, preprocess=Preprocess(image_size=16),
-                              tasks=[TaskInfo(name=t, classes=c) for t, c in TASKS.items()], rank=RANK,
+                              hyperparameters=hyperparameters or {"steps": 1}, architecture=MICRO,
+                              preprocess=Preprocess(image_size=16),
+                              tasks=[TaskInfo(name=t, classes=c, data=(data or {}).get(t)) for t, c in tasks.items()],
+                              rank=RANK,
                               targets=targets, metrics={"accuracy": {"digits": 0.5}})
     return publish_family(store, manifest, base, lowrank, heads)
 
@@ -65,7 +72,8 @@ def running_server(app, ready: bool = True) -> Iterator[str]:
     import httpx
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    settings = app.state.settings.model_copy(update={"host": "127.0.0.1", "port": port})
+    server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

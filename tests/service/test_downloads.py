@@ -4,12 +4,14 @@ import threading
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load as load_file_bytes
 from safetensors.torch import load_file
 
 from models_store.preference import from_weights
 from models_store.tower import build_tower
+from models_store.merged import checkpoint_size
+from models_store.safetensors_stream import write_stream
 from service.downloads import DownloadCache, cache_key
-from service.safetensors_stream import write_stream
 
 
 def test_stream_writer_matches_safetensors(tmp_path):
@@ -83,13 +85,57 @@ def test_lru_eviction_keeps_the_bound(family, tmp_path):
     key = lambda p: f"{cache_key(family.family_id, p)}.safetensors"  # noqa: E731
     assert names == {key(prefs[0]), key(prefs[2])}
     assert sum(st.st_size for _, st in cache.entries()) <= cache.max_bytes
-    # a file bigger than the whole bound is still served (and is the only one kept)
+    # a file bigger than the whole bound is still served, streamed as it is made, and never kept
     tiny = DownloadCache(tmp_path / "tiny", 10, family)
     for p in prefs:
         f = tiny.get(p)
-        assert len(f.file.read()) == f.size
-        f.file.close()
-    assert [p.name for p, _ in tiny.entries()] == [key(prefs[2])]
+        data = b"".join(f.chunks())
+        assert len(data) == f.size and f.built
+        assert load_file_bytes(data).keys() == load_file(str(cache.root / key(prefs[0]))).keys()
+    assert tiny.entries() == [] and tiny.builds == 3
+
+
+def test_concurrent_builds_never_pass_the_bound(family, tmp_path):
+    """Builds in progress count: 8 threads building 8 different checkpoints with room for two.
+    Before the bound counted them, every build ran at once and the cache held up to 8 files."""
+    size = checkpoint_size(family, family.preference("1,0,0"))
+    cache = DownloadCache(tmp_path / "dl", 2 * size + size // 2, family)
+    peak, stop = [0], threading.Event()
+
+    def on_disk() -> int:
+        total = 0
+        for p in cache.root.iterdir():
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:  # renamed or evicted meanwhile
+                pass
+        return total
+
+    def watch():  # what is on disk in the cache directory, temporary files of builds included
+        while not stop.is_set():
+            peak[0] = max(peak[0], on_disk())
+
+    prefs = [family.preference(",".join(str(x) for x in (i + 1, 8 - i, 1))) for i in range(8)]
+    sizes = {checkpoint_size(family, p) for p in prefs}
+    assert max(sizes) <= size + 16  # preferences differ only in the metadata's text
+    results = {}
+
+    def fetch(p):
+        f = cache.get(p)
+        results[p.canonical] = b"".join(f.chunks())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    threads = [threading.Thread(target=fetch, args=(p,)) for p in prefs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    watcher.join()
+    assert len(results) == 8 and all(len(v) == checkpoint_size(family, p) for p, v in zip(prefs, results.values()))
+    assert peak[0] <= cache.max_bytes, (peak[0], cache.max_bytes)
+    assert cache.builds == 8
 
 
 def test_preference_text_is_never_a_path(family):

@@ -130,7 +130,7 @@ def assert_zoo_is_the_checkpoints(zoo: Zoo, original) -> None:
     assert torch.equal(mnist.weight, original.heads["MNIST"].weight) and mnist.bias is None  # zero bias dropped
     assert torch.equal(svhn.weight, original.heads["SVHN"].weight)
     assert torch.equal(svhn.bias, original.heads["SVHN"].bias)
-    # DESIGN 3.1's logits, normalize(visual(x)) @ W^T + b, are the original pipeline's head(encoder(x))
+    # the zoo format's logits, normalize(visual(x)) @ W^T + b, are the original pipeline's head(encoder(x))
     for t in TASKS:
         tower = load_tower(zoo.manifest.architecture, zoo.finetuned(t))
         with torch.no_grad():

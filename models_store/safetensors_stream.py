@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
-from typing import BinaryIO, Iterable, Sequence
+from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import torch
 
@@ -27,7 +27,7 @@ def header_bytes(specs: Sequence[Spec], metadata: dict[str, str]) -> bytes:
     for name, dtype, shape in specs:
         if dtype not in DTYPES:
             raise ValueError(f"{name}: dtype {dtype} has no safetensors name")
-        size = _numel(shape) * torch.empty((), dtype=dtype).element_size()
+        size = _numel(shape) * _itemsize(dtype)
         header[name] = {"dtype": DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -35,19 +35,34 @@ def header_bytes(specs: Sequence[Spec], metadata: dict[str, str]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def write_stream(f: BinaryIO, specs: Sequence[Spec], tensors: Iterable[tuple[str, torch.Tensor]],
-                 metadata: dict[str, str]) -> None:
-    """Write the header for `specs`, then each tensor of `tensors` (same names, same order)."""
+def stream_size(specs: Sequence[Spec], metadata: dict[str, str]) -> int:
+    """The exact byte size of the file that `stream_chunks` yields for these specs."""
+    return len(header_bytes(specs, metadata)) + sum(_numel(shape) * _itemsize(dtype) for _, dtype, shape in specs)
+
+
+def stream_chunks(specs: Sequence[Spec], tensors: Iterable[tuple[str, torch.Tensor]],
+                  metadata: dict[str, str]) -> Iterator[bytes | memoryview]:
+    """The header for `specs`, then the bytes of each tensor of `tensors` (same names, same order)."""
     if sys.byteorder != "little":
         raise RuntimeError("safetensors streaming needs a little-endian host")
-    f.write(header_bytes(specs, metadata))
+    yield header_bytes(specs, metadata)
     for (name, dtype, shape), (got, t) in zip(specs, tensors, strict=True):
         if got != name or t.dtype != dtype or tuple(t.shape) != tuple(shape):
             raise ValueError(f"tensor {got} {t.dtype} {tuple(t.shape)} does not match header entry "
                              f"{name} {dtype} {tuple(shape)}")
         flat = t.detach().to("cpu").contiguous().reshape(-1)
         if flat.numel():
-            f.write(memoryview(flat.view(torch.uint8).numpy()))  # no extra copy
+            yield memoryview(flat.view(torch.uint8).numpy())  # no extra copy
+
+
+def write_stream(f: BinaryIO, specs: Sequence[Spec], tensors: Iterable[tuple[str, torch.Tensor]],
+                 metadata: dict[str, str]) -> None:
+    for chunk in stream_chunks(specs, tensors, metadata):
+        f.write(chunk)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def _numel(shape: Sequence[int]) -> int:

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Every GPU figure of the project in one command (bench/README.md, "GPU evidence"):
+#   1. correctness on CUDA: the service's mixed-preference forward against materialised weights
+#      (fp32 to 1e-4 relative, bf16 to 3e-2), ViT-B/32 and ViT-L/14;
+#   2. serving speed, bf16: plain tower / mixed preferences / materialise per preference, at
+#      batch 1, 8, 64 and 128, ViT-B/32 and ViT-L/14 (target: mixed >= 0.9 x plain at batch >= 64);
+#   3. the Pareto Merging training step against a plain step, bf16 autocast, ViT-B/32 and ViT-L/14
+#      (target: PM / plain <= 1.3).
+# JSON lands in bench/results/ (and in $OUT when set, for the device tool); about 5 minutes on an
+# H200. On a machine without network, run bench/gpu-wheels.sh here first and carry `.whl`:
+#
+#   run(command="bash bench/gpu.sh", carry=[".whl"], timeout_s=540)
+#
+# ARCHS, BATCHES, DEVICE override the sizes and the device, for a dry run on a CPU:
+#   ARCHS=tiny BATCHES=1,4 DEVICE=cpu bash bench/gpu.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+ARCHS="${ARCHS:-ViT-B-32,ViT-L-14}"
+BATCHES="${BATCHES:-1,8,64,128}"
+DEVICE="${DEVICE:-cuda}"
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
+
+if ! "$PY" -c "import open_clip, pydantic_settings" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/pmerge-site .whl/*.whl
+    export PYTHONPATH="/tmp/pmerge-site:${PYTHONPATH:-}"
+fi
+export PYTHONPATH="$PWD:${PYTHONPATH:-}"
+if [ "$DEVICE" = cuda ]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, torch.cuda.get_device_name())"
+fi
+results=bench/results
+started=$(date +%s)
+newest() { ls -t "$results"/"$1"-*.json | head -n 1; }
+
+echo "== 1/3 correctness: mixed forward vs materialised weights, fp32 and bf16"
+"$PY" bench/serve_bench.py --device "$DEVICE" --archs "$ARCHS" --batch-sizes "${BATCHES##*,}" --dtype fp32 \
+    --repeats 2 --warmup 0 --tasks 8
+fp32=$(newest serve)
+if [ "$DEVICE" = cuda ]; then
+    "$PY" bench/serve_bench.py --device "$DEVICE" --archs "$ARCHS" --batch-sizes "$BATCHES" --dtype bf16 --tasks 8
+    bf16=$(newest serve)
+else
+    bf16=$fp32
+fi
+"$PY" - "$fp32" "$bf16" <<'EOF'
+import json, sys
+checks = [(sys.argv[1], 1e-4)] + ([(sys.argv[2], 3e-2)] if sys.argv[2] != sys.argv[1] else [])
+failed = []
+for path, limit in checks:
+    d = json.load(open(path))
+    for r in d["results"]:
+        for b in r["batches"]:
+            diff = b["b_vs_c_max_rel_diff"]
+            ok = diff <= limit
+            print(f"{d['config']['dtype']} {r['arch_name']} batch {b['batch']}: max |mixed - materialised| / max |materialised| "
+                  f"= {diff:.2e} ({'ok' if ok else 'OVER'} {limit:g})")
+            failed += [] if ok else [path]
+sys.exit(1 if failed else 0)
+EOF
+
+echo "== 2/3 serving speed, bf16 (above: $(basename "$bf16"))"
+echo "== 3/3 training step, PM vs plain"
+IFS=, read -ra arch_list <<< "$ARCHS"
+for arch in "${arch_list[@]}"; do
+    "$PY" bench/train_bench.py --device "$DEVICE" --arch "$arch"
+done
+
+echo "== done in $(( $(date +%s) - started )) s"
+if [ -n "${OUT:-}" ]; then
+    find "$results" -newermt "@$started" -name '*.json' -exec cp {} "$OUT"/ \;
+    ls -la "$OUT"
+fi
