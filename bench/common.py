@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVa
 import torch
 
 from models_store.atomic import write_text
+from models_store.device import pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -45,13 +46,11 @@ T = TypeVar("T")
 # --- machine and device ---------------------------------------------------------------------
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: no CUDA device is available")
-    return device
+    """models_store.device.pick_device, with a bad name a clean exit."""
+    try:
+        return pick_device(name)
+    except ValueError as e:
+        raise SystemExit(f"--device: {e}") from None
 
 
 def device_kind(device: torch.device) -> str:

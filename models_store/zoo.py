@@ -58,6 +58,11 @@ class Head(BaseModel, arbitrary_types_allowed=True):
     weight: torch.Tensor
     bias: Optional[torch.Tensor] = None
 
+    def to(self, device: str | torch.device, dtype: Optional[torch.dtype] = None) -> "Head":
+        """A copy on `device` (and in `dtype` when given)."""
+        bias = None if self.bias is None else self.bias.to(device, dtype)
+        return Head(weight=self.weight.to(device, dtype), bias=bias)
+
 
 def read_manifest(path: Path, model: type[BaseModel]) -> Any:
     if not path.is_file():

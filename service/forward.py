@@ -110,9 +110,7 @@ class PreferenceTower:
         self.blocks = [BlockFactors(*(None if f is None else f.to(device, dtype) for f in (b.in_proj, b.out_proj)))
                        for b in self.blocks]
         # heads stay float32: logits are computed from float32 features
-        self.heads = {t: Head(weight=h.weight.to(device, torch.float32),
-                              bias=None if h.bias is None else h.bias.to(device, torch.float32))
-                      for t, h in self.heads.items()}
+        self.heads = {t: h.to(device, torch.float32) for t, h in self.heads.items()}
         self.device, self.dtype = device, dtype
         return self
 

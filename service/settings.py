@@ -12,6 +12,8 @@ import torch
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models_store.device import pick_device
+
 MiB = 1 << 20
 GiB = 1 << 30
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -48,11 +50,7 @@ class Settings(BaseSettings):
         return self.download_cache_dir or self.store / ".downloads"
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device cuda requested but no CUDA device is available")
-        return torch.device(self.device)
+        return pick_device(self.device)
 
     def torch_dtype(self, device: torch.device) -> torch.dtype:
         # reduced precision only where it pays: CPU bf16/fp16 matmuls are slow or missing

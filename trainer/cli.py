@@ -83,7 +83,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
     from models_store.checkpoint import save_state_dict
     from models_store.preference import parse_preference
     from models_store.zoo import Zoo
-    from .device import pick_device
+    from models_store.device import pick_device
     from .methods import MergeContext, get_method
     from .pool import ModelPool
     from .taskpool import TaskPool
@@ -141,7 +141,7 @@ def add_merge(sub) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from models_store.merged import read_tower_weights
     from models_store.zoo import Zoo
-    from .device import pick_device
+    from models_store.device import pick_device
     from .evaluate import evaluate_state, markdown_table, with_average
     from .taskpool import TaskPool
 
@@ -213,7 +213,7 @@ def add_import(sub) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from models_store.zoo import Zoo
-    from .device import pick_device
+    from models_store.device import pick_device
     from .pareto.train import ParetoConfig, train_family
     from .taskpool import TaskPool
 
@@ -285,7 +285,7 @@ def int_at_least(low: int) -> Callable[[str], int]:
 
 def cmd_front(args: argparse.Namespace) -> None:
     from models_store.family import open_family
-    from .device import pick_device
+    from models_store.device import pick_device
     from .front import FrontConfig, compute_front, parse_baselines
     from .front_report import front_markdown, write_front
 
@@ -336,7 +336,7 @@ def add_front(sub) -> None:
 def cmd_select(args: argparse.Namespace) -> None:
     from models_store.family import open_family
     from .data import load_dataset
-    from .device import pick_device
+    from models_store.device import pick_device
     from .select import family_head, read_head, select_preference, selection_json, selection_table
 
     if not args.head and not args.task:
@@ -398,6 +398,27 @@ def add_store(sub) -> None:
     p.set_defaults(func=cmd_store)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from models_store.family import open_family
+    from models_store.merged import write_checkpoint
+
+    family = open_family(args.store, args.family)  # verifies every sha256
+    pref = family.preference(args.pref)
+    write_checkpoint(Path(args.out), family, pref)
+    print(f"{family.family_id} at {pref} -> {args.out}")
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="write the merged checkpoint of one preference, as GET /models/PREF serves it",
+                       description="The same bytes as the service's download (docs/formats.md, 'Merged "
+                                   "checkpoint'): `visual.*` tower weights, `heads.*`, metadata; no server needed.")
+    p.add_argument("--store", required=True)
+    p.add_argument("--family", help="family id (default: the newest valid one)")
+    p.add_argument("--pref", required=True, metavar="PREF", help="0.7,0.3 (task order) or digits:0.7,glyphs:0.3")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors")
+    p.set_defaults(func=cmd_export)
+
+
 def add_serve(sub) -> None:
     from service.cli import add_serve_arguments, serve
     p = sub.add_parser("serve", help="serve a family over HTTP (classify, download merged checkpoints)")
@@ -408,7 +429,7 @@ def add_serve(sub) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from service.cli import serve
     from .demo import demo_family
-    from .device import pick_device
+    from models_store.device import pick_device
 
     if not args.no_serve:  # before minutes of building: a taken port is said now, not after them
         from service.server import check_port_free
@@ -441,7 +462,7 @@ def add_demo(sub) -> None:
 # ---- main ------------------------------------------------------------------------------------
 
 COMMANDS: list[Callable] = [add_zoo, add_merge, add_eval, add_import, add_train, add_front, add_select, add_store,
-                            add_serve, add_demo]
+                            add_export, add_serve, add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

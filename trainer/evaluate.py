@@ -17,10 +17,9 @@ Scores = dict[str, float]
 @torch.no_grad()
 def accuracy(tower: torch.nn.Module, head: Head, data: TaskData, device: torch.device, batch_size: int = 512) -> float:
     correct = 0
-    weight = head.weight.to(device)
-    bias = None if head.bias is None else head.bias.to(device)
+    head = head.to(device)
     for images, labels in zip(data.images.split(batch_size), data.labels.split(batch_size)):
-        logits = head_logits(tower(images.to(device)).float(), weight, bias)
+        logits = head_logits(tower(images.to(device)).float(), head.weight, head.bias)
         correct += (logits.argmax(-1).cpu() == labels).sum().item()
     return correct / len(data.labels)
 

@@ -63,9 +63,8 @@ def family_head(family: Family, task: str) -> Head:
 @torch.no_grad()
 def mean_entropy(tower: torch.nn.Module, head: Head, images: torch.Tensor, device: torch.device,
                  batch_size: int = 512) -> float:
-    weight = head.weight.to(device)
-    bias = None if head.bias is None else head.bias.to(device)
-    logits = [head_logits(tower(x.to(device)).float(), weight, bias).cpu() for x in images.split(batch_size)]
+    head = head.to(device)
+    logits = [head_logits(tower(x.to(device)).float(), head.weight, head.bias).cpu() for x in images.split(batch_size)]
     return entropy(torch.cat(logits)).item()
 
 

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
-from tqdm import tqdm
+from .progress import progress_bar
 
 from models_store.checkpoint import StateDict
 from models_store.preprocess import Preprocess
@@ -129,7 +129,7 @@ def pretrain(tower: torch.nn.Module, data: list[TaskData], cfg: ZooConfig, gener
     opt = torch.optim.AdamW(params, lr=cfg.pretrain_lr, weight_decay=0.05)
     sched = cosine_schedule(opt, cfg.pretrain_steps)
     tower.train()
-    bar = tqdm(range(cfg.pretrain_steps), desc="pretrain (contrastive + captions)", leave=False)
+    bar = progress_bar(range(cfg.pretrain_steps), desc="pretrain (contrastive + captions)", leave=False)
     for step in bar:
         task = step % len(data)
         images = data[task].images
@@ -163,7 +163,7 @@ def finetune(pretrained: StateDict, arch: dict, head: Head, data: TaskData, cfg:
     tower.train()
     opt = torch.optim.AdamW(tower.parameters(), lr=cfg.finetune_lr, weight_decay=0.1)
     sched = cosine_schedule(opt, cfg.finetune_steps)
-    bar = tqdm(range(cfg.finetune_steps), desc=desc, leave=False)
+    bar = progress_bar(range(cfg.finetune_steps), desc=desc, leave=False)
     for _ in bar:
         idx = torch.randint(len(data.labels), (cfg.finetune_batch,), generator=generator)
         loss = F.cross_entropy(head_logits(tower(data.images[idx]), head.weight), data.labels[idx])

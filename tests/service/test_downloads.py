@@ -141,3 +141,21 @@ def test_concurrent_builds_never_pass_the_bound(family, tmp_path):
 def test_preference_text_is_never_a_path(family):
     pref = from_weights([1, 1, 1], family.tasks)
     assert "/" not in cache_key(family.family_id, pref) and len(cache_key(family.family_id, pref)) == 32
+
+
+def test_pmerge_export_writes_the_bytes_the_service_serves(store, family, tmp_path):
+    """`pmerge export` is the download without the service: byte-identical files."""
+    import httpx
+
+    from service.app import create_app
+    from service.settings import Settings
+    from svc_helpers import running_server
+    from trainer.cli import main
+
+    app = create_app(Settings(store=store, family=family.family_id, device="cpu", download_cache_dir=tmp_path / "dl"))
+    with running_server(app) as url:
+        served = httpx.get(f"{url}/models/digits:0.7,letters:0.3", timeout=30)
+    assert served.status_code == 200
+    out = tmp_path / "exported.safetensors"
+    main(["export", "--store", str(store), "--family", family.family_id, "--pref", "0.7,0,0.3", "--out", str(out)])
+    assert out.read_bytes() == served.content

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from models_store.checkpoint import StateDict
 
@@ -63,12 +63,10 @@ def adamerge(ctx: MergeContext, vectors: dict[str, TaskVector], config: AdaMergi
     weights = torch.tensor(task_weights(config.preference, pool.tasks), device=ctx.device)
     merge = LayerwiseMerge(pool.pretrained, vectors, config.init, ctx.device)
     tower = pool.tower().to(ctx.device)
-    heads = {t: h.model_copy(update={"weight": h.weight.to(ctx.device),
-                                     "bias": None if h.bias is None else h.bias.to(ctx.device)})
-             for t, h in pool.heads.items()}
+    heads = {t: h.to(ctx.device) for t, h in pool.heads.items()}
     sampler = UnlabeledSampler({t: ctx.unlabeled[t] for t in pool.tasks}, config.batch_size, ctx.seed, ctx.device)
     optimizer = torch.optim.Adam(merge.parameters(), lr=config.lr)
-    bar = tqdm(range(config.steps), desc="adamerging", disable=not ctx.progress, leave=False)
+    bar = progress_bar(range(config.steps), desc="adamerging", disable=not ctx.progress, leave=False)
     for _ in bar:
         entropies = task_objectives(tower, merge(), heads, sampler.next()).entropy
         loss = (weights * entropies).sum()

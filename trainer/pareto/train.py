@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from models_store.checkpoint import load_state_dict, save_state_dict
 from models_store.family import FamilyManifest, family_path, now_iso, publish_family
@@ -169,15 +169,13 @@ def train_family(zoo: Zoo, store: str | Path, cfg: ParetoConfig, unlabeled: dict
     tower = pool.tower().to(device)
     for p in tower.parameters():
         p.requires_grad_(False)
-    heads = {t: h.model_copy(update={"weight": h.weight.to(device),
-                                     "bias": None if h.bias is None else h.bias.to(device)})
-             for t, h in pool.heads.items()}
+    heads = {t: h.to(device) for t, h in pool.heads.items()}
     k = len(pool.tasks)
     began = time.perf_counter()
     terms: dict[str, torch.Tensor] = {}
     entropies = torch.zeros(k)
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.method}",
-               disable=not progress)
+    bar = progress_bar(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.method}",
+                   disable=not progress)
     for step in bar:
         pref = torch.tensor(pref_rng.dirichlet([cfg.alpha] * k), dtype=torch.float32, device=device)
         objectives = task_objectives(tower, model(pref), heads, sampler.next())
