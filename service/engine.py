@@ -88,11 +88,13 @@ class Ticket:
 
 
 class Engine:
-    def __init__(self, model: PreferenceTower, config: EngineConfig, *,
+    def __init__(self, model: PreferenceTower, config: EngineConfig, *, tasks: int,
                  on_batch: Optional[Callable[[int, float], None]] = None,
                  on_queue_wait: Optional[Callable[[float], None]] = None):
-        """`on_batch(images, seconds)` after every forward pass; `on_queue_wait(seconds)` per image."""
+        """`model.logits(images [N, C, S, S], prefs [N, tasks])` serves a batch; `on_batch(images,
+        seconds)` after every forward pass; `on_queue_wait(seconds)` per image."""
         self.model = model
+        self.tasks = tasks
         self.config = config
         self.on_batch = on_batch or (lambda n, s: None)
         self.on_queue_wait = on_queue_wait or (lambda s: None)
@@ -110,7 +112,7 @@ class Engine:
     def from_family(cls, family: Family, config: EngineConfig, **hooks) -> "Engine":
         tower = load_tower(family.manifest.architecture, family.base)
         model = PreferenceTower(tower, family.lowrank, family.heads).to(config.device, config.dtype)
-        return cls(model, config, **hooks)
+        return cls(model, config, tasks=len(family.tasks), **hooks)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -205,19 +207,14 @@ class Engine:
                 log.exception("engine worker: unexpected error")
 
     def _warm_up(self, sample: torch.Tensor) -> None:
-        # both a full and a single-image batch: allocator and kernels are ready for the first client
-        k = self._pref_width()
+        # a single image and a full batch whose images have different preferences (the vertices in
+        # turn, as clients send them): allocator and kernels are ready for the first client
         for n in {1, self.config.max_batch}:
-            self.model.logits(sample.expand(n, *sample.shape), torch.full((n, k), 1.0 / k))
+            prefs = torch.eye(self.tasks)[torch.arange(n) % self.tasks] if n > 1 else \
+                torch.full((1, self.tasks), 1.0 / self.tasks)
+            self.model.logits(sample.expand(n, *sample.shape), prefs)
         if self.config.device.type == "cuda":
             torch.cuda.synchronize(self.config.device)
-
-    def _pref_width(self) -> int:
-        for b in self.model.blocks:
-            for f in (b.in_proj, b.out_proj):
-                if f is not None:
-                    return f.G.shape[0]
-        return 1
 
     def _next_batch(self) -> Optional[list[_Item]]:
         max_batch, max_wait = self.config.max_batch, self.config.max_wait_ms / 1000

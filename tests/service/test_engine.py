@@ -22,10 +22,12 @@ class GatedModel:
     """Wraps a model; forward passes block until the test opens the gate (to fill the queue)."""
 
     def __init__(self, model: PreferenceTower):
-        self.model, self.blocks, self.gate = model, model.blocks, threading.Event()
+        self.model, self.gate = model, threading.Event()
         self.entered = threading.Event()
+        self.seen: list[torch.Tensor] = []
 
     def logits(self, images, prefs):
+        self.seen.append(prefs)
         self.entered.set()
         self.gate.wait(10)
         return self.model.logits(images, prefs)
@@ -57,7 +59,7 @@ def test_full_queue_raises_overloaded_with_retry_after(family):
     base = PreferenceTower(load_tower(family.manifest.architecture, family.base), family.lowrank, family.heads)
     gated = GatedModel(base)
     gated.gate.set()  # warm-up passes
-    engine = Engine(gated, EngineConfig(max_batch=2, max_wait_ms=0, queue_size=4))
+    engine = Engine(gated, EngineConfig(max_batch=2, max_wait_ms=0, queue_size=4), tasks=len(family.tasks))
     engine.start(sample=torch.zeros(3, 16, 16))
     gated.gate.clear()
     gated.entered.clear()
@@ -93,3 +95,17 @@ def test_a_failing_batch_fails_its_requests_and_the_engine_keeps_serving(family)
         assert good.result(10)["digits"].shape == (1, 5)
     finally:
         engine.stop()
+
+
+def test_warm_up_runs_a_full_batch_of_mixed_preferences(family):
+    """K comes from the family, and the warm-up batch mixes preferences as real traffic does."""
+    base = PreferenceTower(load_tower(family.manifest.architecture, family.base), family.lowrank, family.heads)
+    recorder = GatedModel(base)
+    recorder.gate.set()
+    engine = Engine(recorder, EngineConfig(max_batch=4, max_wait_ms=0), tasks=len(family.tasks))
+    engine.start(sample=torch.zeros(3, 16, 16))
+    engine.stop()
+    full = [p for p in recorder.seen if p.shape[0] == 4]
+    assert full and full[0].shape[1] == len(family.tasks)
+    assert torch.unique(full[0], dim=0).shape[0] == len(family.tasks)
+    assert torch.allclose(full[0].sum(1), torch.ones(4))
