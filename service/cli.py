@@ -39,7 +39,7 @@ def serve(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
     from models_store import StoreError
-    from models_store.family import family_path
+    from models_store.store import family_path
 
     from .app import create_app
     from .server import check_port_free, uvicorn_config

@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from models_store.family import Family, open_family
+from models_store.family import Family
+from models_store.store import open_family
 
 from .downloads import CachedFile, DownloadCache
 from .engine import Engine, EngineConfig, Logits

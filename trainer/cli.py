@@ -284,7 +284,7 @@ def int_at_least(low: int) -> Callable[[str], int]:
 
 
 def cmd_front(args: argparse.Namespace) -> None:
-    from models_store.family import open_family
+    from models_store.store import open_family
     from models_store.device import pick_device
     from .front import FrontConfig, compute_front, parse_baselines
     from .front_report import front_markdown, write_front
@@ -334,7 +334,7 @@ def add_front(sub) -> None:
 # ---- pmerge select ---------------------------------------------------------------------------
 
 def cmd_select(args: argparse.Namespace) -> None:
-    from models_store.family import open_family
+    from models_store.store import open_family
     from .data import load_dataset
     from models_store.device import pick_device
     from .select import family_head, read_head, select_preference, selection_json, selection_table
@@ -374,7 +374,8 @@ def add_select(sub) -> None:
 
 
 def cmd_store(args: argparse.Namespace) -> None:
-    from models_store.family import Family, family_path, list_families, manifest_json, remove_family
+    from models_store.family import Family
+    from models_store.store import family_path, list_families, manifest_json, remove_family
     if not Path(args.store).is_dir():
         raise StoreError(f"no store at {args.store} (a directory that `pmerge train --store` writes)")
     if args.action == "ls":
@@ -399,7 +400,7 @@ def add_store(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from models_store.family import open_family
+    from models_store.store import open_family
     from models_store.merged import write_checkpoint
 
     family = open_family(args.store, args.family)  # verifies every sha256

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from models_store.family import Family, open_family
+from models_store.family import Family
+from models_store.store import open_family
 from svc_helpers import FAMILY_ID, make_family
 
 

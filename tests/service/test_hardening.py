@@ -20,7 +20,8 @@ from PIL import Image
 from torchvision import transforms as T
 
 from models_store import StoreError
-from models_store.family import MANIFEST, family_path, list_families, open_family
+from models_store.family import MANIFEST
+from models_store.store import family_path, list_families, open_family
 from models_store.preference import PreferenceError, parse_preference
 from models_store.preprocess import MAX_RESIZED, Preprocess
 from service import runtime as runtime_module

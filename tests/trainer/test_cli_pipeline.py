@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from models_store import StoreError
-from models_store.family import Family, open_family
+from models_store.family import Family
+from models_store.store import open_family
 from models_store.zoo import Zoo
 from trainer.cli import main
 from trainer.methods import METHODS

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from models_store.family import list_families
+from models_store.store import list_families
 from trainer.cli import main
 
 PMERGE = str(Path(sys.executable).parent / "pmerge")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models_store.checkpoint import load_state_dict, save_state_dict
-from models_store.family import open_family
+from models_store.store import open_family
 from trainer.cli import main
 from trainer.front import FrontConfig, front_preferences
 from trainer.hypervolume import hypervolume, non_dominated

@@ -41,7 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..progress import progress_bar
 
 from models_store.checkpoint import load_state_dict, save_state_dict
-from models_store.family import FamilyManifest, family_path, now_iso, publish_family
+from models_store.family import FamilyManifest, now_iso, publish_family
+from models_store.store import family_path
 from models_store.zoo import Zoo
 
 from ..methods.ties import ties_preprocess

@@ -1,0 +1,88 @@
+"""The store: a directory of published families (docs/formats.md, "Family").
+
+Listing, lookup, opening and removal of families. Hidden entries (`.tmp-*`, `.runs/`, `.downloads/`) are
+never families; a directory whose manifest cannot be read is skipped with a warning naming it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from . import StoreError
+from .atomic import TMP_PREFIX
+from .family import FILES, MANIFEST, Family, FamilyManifest
+from .zoo import read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def list_families(store: str | Path) -> list[FamilyManifest]:
+    """Manifests of the published families, newest first.
+
+    Temporary siblings are ignored; a directory whose manifest cannot be read (an interrupted
+    copy, say) is skipped with a warning that names it, so one bad directory never hides the rest.
+    """
+    return [m for m, _ in _published(store)]
+
+
+def _published(store: str | Path) -> list[tuple[FamilyManifest, Path]]:
+    store = Path(store)
+    if not store.is_dir():
+        return []
+    out = []
+    for d in sorted(store.iterdir()):
+        if d.is_dir() and not d.name.startswith(TMP_PREFIX) and (d / MANIFEST).is_file():
+            try:
+                out.append((read_manifest(d / MANIFEST, FamilyManifest), d))
+            except StoreError as e:
+                log.warning("skipping %s: %s", d, e)
+    return sorted(out, key=lambda e: (e[0].created, e[0].family_id), reverse=True)
+
+
+def _complete(path: Path, manifest: FamilyManifest) -> bool:
+    missing = [n for n in FILES if not (path / n).is_file()]
+    if missing:
+        log.warning("skipping %s: incomplete, no %s", path, ", ".join(missing))
+    return not missing
+
+
+def family_path(store: str | Path, family_id: Optional[str] = None) -> Path:
+    """The path of a family by id, or of the newest complete one when no id is given."""
+    store = Path(store)
+    if family_id is None:
+        for manifest, path in _published(store):
+            if _complete(path, manifest):
+                return path
+        raise StoreError(f"store {store} holds no family; train one with `pmerge train`")
+    path = store / family_id
+    if "/" in family_id or family_id.startswith(".") or not (path / MANIFEST).is_file():
+        raise StoreError(f"store {store} has no family {family_id!r}")
+    return path
+
+
+def open_family(store: str | Path, family_id: Optional[str] = None) -> Family:
+    """The family `family_id`, verified; without an id, the newest one that passes verification."""
+    if family_id is not None:
+        return Family(family_path(store, family_id))
+    for manifest, path in _published(store):
+        if _complete(path, manifest):
+            try:
+                return Family(path)
+            except StoreError as e:
+                log.warning("skipping %s: %s", path, e)
+    raise StoreError(f"store {store} holds no valid family; train one with `pmerge train`")
+
+
+def remove_family(store: str | Path, family_id: str) -> None:
+    path = family_path(store, family_id)
+    # rename first so a reader never sees a half-deleted family
+    doomed = path.with_name(TMP_PREFIX + "rm-" + path.name)
+    path.rename(doomed)
+    shutil.rmtree(doomed)
+
+
+def manifest_json(m: FamilyManifest) -> str:
+    return json.dumps(m.model_dump(), indent=2)
