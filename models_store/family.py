@@ -18,7 +18,8 @@ from .atomic import atomic_dir
 from .checkpoint import StateDict, load_state_dict, save_state_dict, sha256_file
 from .preference import Preference, parse_preference
 from .preprocess import Preprocess
-from .zoo import Head, TaskInfo, read_manifest
+from .manifest import check_format, read_manifest
+from .zoo import Head, TaskInfo
 
 FAMILY_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -45,9 +46,7 @@ class FamilyManifest(BaseModel):
     @field_validator("format")
     @classmethod
     def _known_format(cls, v: int) -> int:
-        if v != FAMILY_FORMAT:
-            raise ValueError(f"unknown family format {v} (this pmerge reads format {FAMILY_FORMAT})")
-        return v
+        return check_format("family", v, FAMILY_FORMAT)
 
     @property
     def task_names(self) -> list[str]:

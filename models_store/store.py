@@ -14,7 +14,7 @@ from typing import Optional
 from . import StoreError
 from .atomic import TMP_PREFIX
 from .family import FILES, MANIFEST, Family, FamilyManifest
-from .zoo import read_manifest
+from .manifest import read_manifest
 
 log = logging.getLogger(__name__)
 

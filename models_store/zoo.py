@@ -1,17 +1,17 @@
 """The zoo contract (docs/formats.md, "Zoo"): a pretrained tower, K fine-tuned towers and their heads."""
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from . import StoreError
 from .atomic import write_text
 from .checkpoint import StateDict, load_state_dict, save_state_dict
+from .manifest import check_format, read_manifest
 from .preprocess import Preprocess
 
 ZOO_FORMAT = 1
@@ -37,9 +37,7 @@ class ZooManifest(BaseModel):
     @field_validator("format")
     @classmethod
     def _known_format(cls, v: int) -> int:
-        if v != ZOO_FORMAT:
-            raise ValueError(f"unknown zoo format {v} (this pmerge reads format {ZOO_FORMAT})")
-        return v
+        return check_format("zoo", v, ZOO_FORMAT)
 
     @field_validator("tasks")
     @classmethod
@@ -62,19 +60,6 @@ class Head(BaseModel, arbitrary_types_allowed=True):
         """A copy on `device` (and in `dtype` when given)."""
         bias = None if self.bias is None else self.bias.to(device, dtype)
         return Head(weight=self.weight.to(device, dtype), bias=bias)
-
-
-def read_manifest(path: Path, model: type[BaseModel]) -> Any:
-    if not path.is_file():
-        raise StoreError(f"missing manifest: {path}")
-    try:
-        return model.model_validate(json.loads(path.read_text()))
-    except (OSError, UnicodeDecodeError) as e:
-        raise StoreError(f"{path} cannot be read: {e}") from e
-    except json.JSONDecodeError as e:
-        raise StoreError(f"{path} is not valid JSON: {e}") from e
-    except ValidationError as e:
-        raise StoreError(f"{path} is invalid: {e}") from e
 
 
 class Zoo:

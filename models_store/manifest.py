@@ -1,0 +1,36 @@
+"""Manifests (zoo.json, a family's manifest.json): reading them, and the format check they share.
+
+A reader refuses a format it does not know by name, and turns every way a manifest can be bad
+(missing, unreadable, not JSON, invalid) into a StoreError that names the file.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from . import StoreError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def check_format(kind: str, version: int, known: int) -> int:
+    """A pydantic validator's body: `version` must be the one this pmerge reads."""
+    if version != known:
+        raise ValueError(f"unknown {kind} format {version} (this pmerge reads format {known})")
+    return version
+
+
+def read_manifest(path: Path, model: type[M]) -> M:
+    if not path.is_file():
+        raise StoreError(f"missing manifest: {path}")
+    try:
+        return model.model_validate(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path} cannot be read: {e}") from e
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{path} is not valid JSON: {e}") from e
+    except ValidationError as e:
+        raise StoreError(f"{path} is invalid: {e}") from e
