@@ -33,4 +33,13 @@ def read_manifest(path: Path, model: type[M]) -> M:
     except json.JSONDecodeError as e:
         raise StoreError(f"{path} is not valid JSON: {e}") from e
     except ValidationError as e:
-        raise StoreError(f"{path} is invalid: {e}") from e
+        raise StoreError(f"{path} is invalid: {describe(e)}") from e
+
+
+def describe(error: ValidationError) -> str:
+    """A ValidationError on one line, each problem as `field: message`, without pydantic's boilerplate.
+    An unknown format comes first: with it, the other problems are expected."""
+    problems = [(".".join(map(str, e["loc"])) or "value", e["msg"].removeprefix("Value error, "))
+                for e in error.errors()]
+    problems.sort(key=lambda p: p[0] != "format")
+    return "; ".join(f"{where}: {msg}" for where, msg in problems)

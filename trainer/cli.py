@@ -484,12 +484,11 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 def describe(error: Exception) -> str:
-    """One line per problem; a pydantic ValidationError (bad option values) without its boilerplate."""
+    """One line; a pydantic ValidationError (bad option values) without its boilerplate."""
     from pydantic import ValidationError
-    if isinstance(error, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
-                         for e in error.errors())
-    return str(error)
+
+    from models_store.manifest import describe as describe_validation
+    return describe_validation(error) if isinstance(error, ValidationError) else str(error)
 
 
 if __name__ == "__main__":
