@@ -44,7 +44,7 @@ from torch.func import functional_call
 
 from bench.common import (add_common_args, machine_info, markdown_table, now_iso, round_ratios, run_benchmark,
                           run_interleaved, spread_text, summarize, write_result)
-from models_store.family import LowRank
+from models_store.family import TARGETS, LowRank, target_names
 from models_store.tower import build_tower, image_size, resolve_architecture
 from service.forward import PreferenceTower
 from service.settings import DTYPES
@@ -52,7 +52,6 @@ from service.settings import DTYPES
 NAME = "serve"
 GPU_DEFAULTS = {"batch_sizes": {"*": [1, 8, 64, 128]}, "repeats": 30, "warmup": 3, "dtype": "bf16"}
 CPU_DEFAULTS = {"batch_sizes": {"*": [1, 4, 16], "ViT-L-14": [1, 4]}, "repeats": 7, "warmup": 0, "dtype": "fp32"}
-TARGET_SUFFIXES = ("attn.in_proj_weight", "attn.out_proj.weight")
 VARIANTS = {"a": "plain", "b": "mixed", "c": "materialise"}
 
 
@@ -93,12 +92,12 @@ def parse_batch_sizes(specs: Optional[list[str]], defaults: dict[str, list[int]]
 def random_family(tower: torch.nn.Module, tasks: int, rank: int, generator: torch.Generator) -> dict[str, LowRank]:
     """A/B/G of rank r on every block's attn in_proj and out_proj (float32, as a family file)."""
     out = {}
-    for name, w in tower.state_dict().items():
-        if name.endswith(TARGET_SUFFIXES):
-            d_out, d_in = w.shape
-            out[name] = LowRank(A=torch.randn(d_out, rank, generator=generator) / rank ** 0.5,
-                                B=torch.randn(d_in, rank, generator=generator) / d_in ** 0.5,
-                                G=torch.randn(tasks, rank, rank, generator=generator) * 0.02)
+    state = tower.state_dict()
+    for name in target_names(list(state), list(TARGETS)):
+        d_out, d_in = state[name].shape
+        out[name] = LowRank(A=torch.randn(d_out, rank, generator=generator) / rank ** 0.5,
+                            B=torch.randn(d_in, rank, generator=generator) / d_in ** 0.5,
+                            G=torch.randn(tasks, rank, rank, generator=generator) * 0.02)
     return out
 
 
@@ -214,7 +213,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "config": {"argv": args.argv, "threads": threads, "archs": archs, "batch_sizes": plan,
                    "repeats": args.repeats, "warmup": args.warmup, "dtype": args.dtype, "device": str(device),
                    "tasks": args.tasks, "rank": args.rank, "seed": args.seed,
-                   "targets": list(TARGET_SUFFIXES), "defaults_used": "gpu" if gpu else "cpu",
+                   "targets": list(TARGETS), "defaults_used": "gpu" if gpu else "cpu",
                    "preferences": "one Dirichlet(1) preference per image",
                    "interleaving": "a, b, c in an order rotated every repeat"},
         "variants": VARIANTS, "results": results, "target": target,

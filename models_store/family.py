@@ -5,10 +5,11 @@ theta(pref)[P] = base[P]                                     otherwise.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 from pydantic import BaseModel, Field, field_validator
@@ -48,9 +49,54 @@ class FamilyManifest(BaseModel):
     def _known_format(cls, v: int) -> int:
         return check_format("family", v, FAMILY_FORMAT)
 
+    @field_validator("targets")
+    @classmethod
+    def _servable_targets(cls, targets: list[str]) -> list[str]:
+        refused = [t for t in targets if parse_target(t) is None]
+        if refused:
+            raise ValueError(f"cannot adapt {refused[0]!r}: a low-rank family adapts only "
+                             f"transformer.resblocks.<i>.{' / '.join(TARGETS.values())}")
+        return targets
+
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
+
+
+# The parameters a low-rank family may adapt, by short name: the one definition that the trainer
+# (which ones it trains), the manifest (which ones a family may name) and the service (which
+# ones its forward applies) share, so the trainer cannot publish what the service refuses.
+TARGETS = {"in_proj": "attn.in_proj_weight", "out_proj": "attn.out_proj.weight"}
+_TARGET = re.compile(r"^transformer\.resblocks\.(\d+)\.(" + "|".join(map(re.escape, TARGETS.values())) + r")$")
+
+
+def parse_target(name: str) -> Optional[tuple[int, str]]:
+    """`transformer.resblocks.3.attn.in_proj_weight` -> (3, "in_proj"); None for any other parameter."""
+    m = _TARGET.match(name)
+    if m is None:
+        return None
+    return int(m.group(1)), next(short for short, suffix in TARGETS.items() if suffix == m.group(2))
+
+
+def target_names(keys: list[str], which: list[str]) -> list[str]:
+    """The adapted parameters of a tower with these keys: every block's projections named by `which`."""
+    unknown = set(which) - set(TARGETS)
+    if unknown:
+        raise ValueError(f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGETS)}")
+    names = [k for k in keys if (t := parse_target(k)) is not None and t[1] in which]
+    if not names:
+        raise ValueError(f"no parameter of this tower is a transformer block's {' or '.join(TARGETS[w] for w in which)}")
+    return names
+
+
+def mix(pref: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """M = sum_k pref_k G_k: pref [K] -> [r, r], or [N, K] -> [N, r, r] (one per image)."""
+    return torch.einsum("...k,kij->...ij", pref.to(G.dtype), G)
+
+
+def lowrank_delta(A: torch.Tensor, B: torch.Tensor, G: torch.Tensor, pref: torch.Tensor) -> torch.Tensor:
+    """A (sum_k pref_k G_k) B^T: the one implementation of the update, for trainer and downloads."""
+    return A @ mix(pref, G) @ B.T
 
 
 @dataclass(frozen=True)
@@ -60,12 +106,8 @@ class LowRank:
     B: torch.Tensor
     G: torch.Tensor
 
-    def core(self, pref: torch.Tensor) -> torch.Tensor:
-        """M = sum_k pref_k G_k; pref [K] -> [r, r], or [N, K] -> [N, r, r]."""
-        return torch.einsum("...k,kij->...ij", pref.to(self.G.dtype), self.G)
-
     def delta(self, pref: torch.Tensor) -> torch.Tensor:
-        return self.A @ self.core(pref) @ self.B.T
+        return lowrank_delta(self.A, self.B, self.G, pref)
 
 
 def lowrank_to_state(lowrank: dict[str, LowRank]) -> StateDict:

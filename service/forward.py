@@ -14,7 +14,6 @@ everything else (embeddings, ln/ls/mlp, pooling, proj) is the tower's own code.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -23,11 +22,9 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
-from models_store.family import LowRank
+from models_store.family import TARGETS, LowRank, mix, parse_target
 from models_store.tower import head_logits
 from models_store.zoo import Head
-
-TARGET = re.compile(r"^transformer\.resblocks\.(\d+)\.attn\.(in_proj_weight|out_proj\.weight)$")
 
 
 class UnsupportedTower(ValueError):
@@ -45,7 +42,7 @@ class Factors:
 
     def cores(self, prefs: torch.Tensor) -> torch.Tensor:
         """prefs [N, K] -> M [N, r, r], M_i = sum_k prefs_ik G_k."""
-        return torch.einsum("nk,kij->nij", prefs.to(self.G.dtype), self.G)
+        return mix(prefs, self.G)
 
 
 @dataclass
@@ -84,12 +81,11 @@ def group_factors(lowrank: dict[str, LowRank], n_blocks: int) -> list[BlockFacto
     """Family factors keyed by parameter name -> per-block factors; refuse other targets."""
     blocks = [BlockFactors() for _ in range(n_blocks)]
     for name, f in lowrank.items():
-        m = TARGET.match(name)
-        if m is None or int(m.group(1)) >= n_blocks:
+        target = parse_target(name)
+        if target is None or target[0] >= n_blocks:
             raise UnsupportedTower(f"cannot serve a low-rank update of {name!r}: only "
-                                   "transformer.resblocks.<i>.attn.in_proj_weight / .attn.out_proj.weight are supported")
-        which = "in_proj" if m.group(2) == "in_proj_weight" else "out_proj"
-        setattr(blocks[int(m.group(1))], which, Factors(f.A, f.B, f.G))
+                                   f"transformer.resblocks.<i>.{' / '.join(TARGETS.values())} of its blocks")
+        setattr(blocks[target[0]], target[1], Factors(f.A, f.B, f.G))
     return blocks
 
 

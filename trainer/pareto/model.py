@@ -18,27 +18,12 @@ from typing import Literal
 import torch
 
 from models_store.checkpoint import StateDict
-from models_store.family import LowRank
+from models_store.family import LowRank, lowrank_delta
 
 from ..methods.adamerging import LayerwiseMerge
 from ..pool import TaskVector
 
 LowRankInit = Literal["task-vectors", "kaiming"]
-TARGET_SUFFIXES = {"in_proj": "attn.in_proj_weight", "out_proj": "attn.out_proj.weight"}
-
-
-def target_names(keys: list[str], which: list[str]) -> list[str]:
-    """The adapted parameters: every block's attention projections named by `which`."""
-    unknown = set(which) - set(TARGET_SUFFIXES)
-    if unknown:
-        raise ValueError(f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGET_SUFFIXES)}")
-    suffixes = tuple(TARGET_SUFFIXES[w] for w in which)
-    names = [k for k in keys if k.endswith(suffixes)]
-    if not names:
-        raise ValueError(f"no parameter of this tower ends with {suffixes}")
-    return names
-
-
 class ParetoMerge(torch.nn.Module):
     def __init__(self, pretrained: StateDict, vectors: dict[str, TaskVector], targets: list[str], rank: int,
                  init: float, lowrank_init: LowRankInit, generator: torch.Generator, device: torch.device):
@@ -62,7 +47,7 @@ class ParetoMerge(torch.nn.Module):
     def forward(self, pref: torch.Tensor) -> StateDict:
         state = self.base()
         for name, a, b, g in zip(self.targets, self.A, self.B, self.G):
-            state[name] = state[name] + a @ torch.einsum("k,kij->ij", pref, g) @ b.T
+            state[name] = state[name] + lowrank_delta(a, b, g, pref)
         return state
 
     def lowrank_parameters(self) -> list[torch.nn.Parameter]:

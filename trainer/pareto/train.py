@@ -41,14 +41,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..progress import progress_bar
 
 from models_store.checkpoint import load_state_dict, save_state_dict
-from models_store.family import FamilyManifest, now_iso, publish_family
+from models_store.family import FamilyManifest, now_iso, publish_family, target_names
 from models_store.store import family_path
 from models_store.zoo import Zoo
 
 from ..methods.ties import ties_preprocess
 from ..objective import TaskObjectives, UnlabeledSampler, task_objectives
 from ..pool import ModelPool
-from .model import LowRankInit, ParetoMerge, target_names
+from .model import LowRankInit, ParetoMerge
 
 RUNS = ".runs"  # STORE/.runs/<family_id>/checkpoint.safetensors (no manifest.json: never listed)
 
