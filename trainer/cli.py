@@ -97,7 +97,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
     zoo = Zoo(args.zoo)
     pref = None if args.pref is None else parse_preference(args.pref, zoo.tasks)
     if pref is not None:
-        given["preference"] = list(pref.weights)
+        given["preference"] = pref
     config = method.config(**given)
     ctx = MergeContext(pool=ModelPool(zoo), device=pick_device(args.device), seed=args.seed)
     if method.needs_data:

@@ -135,12 +135,12 @@ def sweep(name: str, merge: Merger, prefs: list[Preference], tower: torch.nn.Mod
 
 def ta_pref(ctx: MergeContext, cfg: FrontConfig) -> Merger:
     method = get_method("task-arithmetic")
-    return lambda p: method(ctx, method.config(scale=cfg.ta_scale, preference=list(p.weights)))
+    return lambda p: method(ctx, method.config(scale=cfg.ta_scale, preference=p))
 
 
 def adamerging_pref(ctx: MergeContext, cfg: FrontConfig) -> Merger:
     method = get_method("adamerging")
-    return lambda p: method(ctx, method.config(steps=cfg.baseline_steps, preference=list(p.weights)))
+    return lambda p: method(ctx, method.config(steps=cfg.baseline_steps, preference=p))
 
 
 BASELINES: dict[str, Callable[[MergeContext, FrontConfig], Merger]] = {

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from models_store.checkpoint import load_state_dict, save_state_dict
+from models_store.preference import Preference, from_weights
 from models_store.store import open_family
 from trainer.cli import main
 from trainer.front import FrontConfig, front_preferences
@@ -84,28 +85,36 @@ def context() -> MergeContext:
                         progress=False)
 
 
+def pref(*values: float) -> Preference:
+    return from_weights(values, list(VECTORS))
+
+
 def test_task_arithmetic_with_preference():
     ta = get_method("task-arithmetic")
     plain = ta(context(), ta.config(scale=0.3))["w"]
-    assert torch.allclose(ta(context(), ta.config(scale=0.3, preference=[0.5, 0.5]))["w"], plain)
-    assert torch.allclose(ta(context(), ta.config(scale=0.3, preference=[7, 7]))["w"], plain)  # normalised
+    assert torch.allclose(ta(context(), ta.config(scale=0.3, preference=pref(0.5, 0.5)))["w"], plain)
+    assert torch.allclose(ta(context(), ta.config(scale=0.3, preference=pref(7, 7)))["w"], plain)  # normalised
     # one-hot on a: theta0 + 0.3 * 2 * tau_a
-    one_hot = ta(context(), ta.config(scale=0.3, preference=[1, 0]))["w"]
+    one_hot = ta(context(), ta.config(scale=0.3, preference=pref(1, 0)))["w"]
     assert torch.allclose(one_hot, torch.tensor([[1.6, 0.8], [3.3, 4.0]]))
     # 0.75 / 0.25: weights 1.5, 0.5 -> theta0 + 0.2 * (1.5 tau_a + 0.5 tau_b)
-    skewed = ta(context(), ta.config(scale=0.2, preference=[0.75, 0.25]))["w"]
+    skewed = ta(context(), ta.config(scale=0.2, preference=pref(0.75, 0.25)))["w"]
     assert torch.allclose(skewed, torch.tensor([[1.6, 1.5], [3.1, 4.0]]))
 
 
 def test_preference_weights_convention_and_errors():
-    assert task_weights(None, ["a", "b", "c"]) == [1.0, 1.0, 1.0]
-    assert task_weights([0.2, 0.2, 0.2], ["a", "b", "c"]) == pytest.approx([1.0, 1.0, 1.0])
-    assert task_weights([3, 1], ["a", "b"]) == pytest.approx([1.5, 0.5])
-    with pytest.raises(ValueError, match="2 values but the zoo has 3 tasks"):
-        task_weights([1, 1], ["a", "b", "c"])
-    for bad in ([-1.0, 2.0], [0.0, 0.0], [float("nan"), 1.0]):
-        with pytest.raises(ValueError):
-            get_method("adamerging").config(preference=bad)
+    abc = ["a", "b", "c"]
+    assert task_weights(None, abc) == [1.0, 1.0, 1.0]
+    assert task_weights(from_weights([0.2, 0.2, 0.2], abc), abc) == [1.0, 1.0, 1.0]  # exact after rounding
+    assert task_weights(from_weights([3, 1], ["a", "b"]), ["a", "b"]) == pytest.approx([1.5, 0.5])
+    with pytest.raises(ValueError, match="over tasks a, b; the zoo's are a, b, c"):
+        task_weights(from_weights([1, 1], ["a", "b"]), abc)
+    # one rule: only the parser's Preference is taken, never raw numbers that skip its checks
+    for raw in ([-1.0, 2.0], [0.5, 0.5]):
+        with pytest.raises(ValueError, match="instance of Preference"):
+            get_method("adamerging").config(preference=raw)
+    config = get_method("adamerging").config(preference=from_weights([3, 1], ["a", "b"]))
+    assert '"preference":"a:0.75,b:0.25"' in config.model_dump_json()
 
 
 def test_merge_pref_through_the_cli(quick_zoo, tmp_path, capsys):

@@ -17,7 +17,7 @@ from models_store.checkpoint import StateDict
 
 from ..objective import UnlabeledSampler, task_objectives
 from ..pool import TaskVector
-from .preference import PreferenceWeights, preference_field, task_weights
+from .preference import ParsedPreference, preference_field, task_weights
 from .registry import MergeContext, MethodConfig, register
 from .ties import ties_preprocess
 
@@ -27,7 +27,7 @@ class AdaMergingConfig(MethodConfig):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(16, ge=1, description="unlabeled images per task per step")
     init: float = Field(0.3, ge=0, le=1, description="initial coefficient of every task vector")
-    preference: PreferenceWeights = preference_field("each task's entropy")
+    preference: ParsedPreference = preference_field("each task's entropy")
 
 
 class AdaMergingPlusConfig(AdaMergingConfig):

@@ -7,13 +7,13 @@ equal preference is exactly plain task arithmetic and a one-hot preference gives
 from pydantic import Field
 
 from ..pool import add_scaled
-from .preference import PreferenceWeights, preference_field, task_weights
+from .preference import ParsedPreference, preference_field, task_weights
 from .registry import MergeContext, MethodConfig, register
 
 
 class TaskArithmeticConfig(MethodConfig):
     scale: float = Field(0.3, ge=0, description="s in theta0 + s * sum_k tau_k (0.3 is the usual choice for CLIP)")
-    preference: PreferenceWeights = preference_field("each task vector")
+    preference: ParsedPreference = preference_field("each task vector")
 
 
 @register("task-arithmetic", TaskArithmeticConfig, "theta0 + s * sum of task vectors (+ preference: "
