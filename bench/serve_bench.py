@@ -7,7 +7,7 @@ rotates every repeat):
 
 * **a / plain**: the plain tower forward `tower(images)`: one model, no preference at all;
   the ceiling.
-* **b / mixed**: the service's forward (service/forward.py `PreferenceTower.features`) where
+* **b / mixed**: the service's forward (models_store/kinds/lowrank.py `PreferenceTower.features`) where
   every image of the batch carries its own random preference: base GEMMs plus
   `((x B) M_i^T) A^T` per adapted projection, no weights materialised.
 * **c / materialise**: what a naive server does: for every distinct preference in the batch
@@ -44,9 +44,8 @@ from torch.func import functional_call
 
 from bench.common import (add_common_args, machine_info, markdown_table, now_iso, round_ratios, run_benchmark,
                           run_interleaved, spread_text, summarize, write_result)
-from models_store.family import TARGETS, LowRank, target_names
+from models_store.kinds.lowrank import TARGETS, LowRank, PreferenceTower, target_names
 from models_store.tower import build_tower, image_size, resolve_architecture
-from service.forward import PreferenceTower
 from service.settings import DTYPES
 
 NAME = "serve"

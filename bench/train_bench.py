@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from bench.common import (add_common_args, machine_info, markdown_table, memory_method, mib,
                           now_iso, optimizer_tensors, run_benchmark, run_interleaved, summarize,
                           tensor_bytes, write_result)
-from models_store.family import target_names
+from models_store.kinds.lowrank import target_names
 from models_store.tower import build_tower, float_keys, head_logits, image_size, resolve_architecture
 from models_store.zoo import Head
 from trainer.objective import autocast, entropy, task_objectives

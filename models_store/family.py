@@ -1,18 +1,13 @@
-"""The family contract (docs/formats.md, "Family") and its math.
-
-theta(pref)[P] = base[P] + A_P (sum_k pref_k G_P[k]) B_P^T   for every adapted P,
-theta(pref)[P] = base[P]                                     otherwise.
-"""
+"""The family contract (docs/formats.md, "Family"): the manifest (format 2, kinds; format 1 read as
+kind `lowrank`), loading and verification, publication. The math of each kind is in kinds/."""
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from . import StoreError
 from .atomic import atomic_dir
@@ -22,12 +17,9 @@ from .preprocess import Preprocess
 from .manifest import check_format, read_manifest
 from .zoo import Head, TaskInfo
 
-FAMILY_FORMAT = 1
+FAMILY_FORMAT = 2
 MANIFEST = "manifest.json"
-BASE = "base.safetensors"
-LOWRANK = "lowrank.safetensors"
 HEADS = "heads.safetensors"
-FILES = (BASE, LOWRANK, HEADS)
 
 
 class FamilyManifest(BaseModel):
@@ -36,107 +28,65 @@ class FamilyManifest(BaseModel):
     created: str
     method: str
     hyperparameters: dict[str, Any] = {}
+    zoo: Optional[str] = Field(None, description="the zoo the family was trained from (its path there)")
     architecture: dict[str, Any]
     preprocess: Preprocess
     tasks: list[TaskInfo] = Field(min_length=1)
-    rank: int = Field(ge=0)
-    targets: list[str]
+    kind: str = "lowrank"
+    kind_params: dict[str, Any] = {}
     files: dict[str, str] = {}
     metrics: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_format_1(cls, data: Any) -> Any:
+        # format 1 was the low-rank kind with rank and targets at the top, the zoo in hyperparameters
+        if isinstance(data, dict) and data.get("format") == 1:
+            data = dict(data)
+            data["kind"] = "lowrank"
+            data["kind_params"] = {k: data.pop(k) for k in ("rank", "targets") if k in data}
+            data.setdefault("zoo", (data.get("hyperparameters") or {}).get("zoo"))
+        return data
 
     @field_validator("format")
     @classmethod
     def _known_format(cls, v: int) -> int:
-        return check_format("family", v, FAMILY_FORMAT)
+        return check_format("family", v, FAMILY_FORMAT, older=(1,))
 
-    @field_validator("targets")
-    @classmethod
-    def _servable_targets(cls, targets: list[str]) -> list[str]:
-        refused = [t for t in targets if parse_target(t) is None]
-        if refused:
-            raise ValueError(f"cannot adapt {refused[0]!r}: a low-rank family adapts only "
-                             f"transformer.resblocks.<i>.{' / '.join(TARGETS.values())}")
-        return targets
+    @model_validator(mode="after")
+    def _known_kind(self) -> "FamilyManifest":
+        from .kinds import get_kind
+        try:
+            get_kind(self.kind).Params.model_validate(self.kind_params)
+        except StoreError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    @property
+    def params(self) -> BaseModel:
+        """kind_params, validated by the kind's own model."""
+        from .kinds import get_kind
+        return get_kind(self.kind).Params.model_validate(self.kind_params)
 
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
 
-# The parameters a low-rank family may adapt, by short name: the one definition that the trainer
-# (which ones it trains), the manifest (which ones a family may name) and the service (which
-# ones its forward applies) share, so the trainer cannot publish what the service refuses.
-TARGETS = {"in_proj": "attn.in_proj_weight", "out_proj": "attn.out_proj.weight"}
-_TARGET = re.compile(r"^transformer\.resblocks\.(\d+)\.(" + "|".join(map(re.escape, TARGETS.values())) + r")$")
-
-
-def parse_target(name: str) -> Optional[tuple[int, str]]:
-    """`transformer.resblocks.3.attn.in_proj_weight` -> (3, "in_proj"); None for any other parameter."""
-    m = _TARGET.match(name)
-    if m is None:
-        return None
-    return int(m.group(1)), next(short for short, suffix in TARGETS.items() if suffix == m.group(2))
-
-
-def target_names(keys: list[str], which: list[str]) -> list[str]:
-    """The adapted parameters of a tower with these keys: every block's projections named by `which`."""
-    unknown = set(which) - set(TARGETS)
-    if unknown:
-        raise ValueError(f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGETS)}")
-    names = [k for k in keys if (t := parse_target(k)) is not None and t[1] in which]
-    if not names:
-        raise ValueError(f"no parameter of this tower is a transformer block's {' or '.join(TARGETS[w] for w in which)}")
-    return names
-
-
-def mix(pref: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-    """M = sum_k pref_k G_k: pref [K] -> [r, r], or [N, K] -> [N, r, r] (one per image)."""
-    return torch.einsum("...k,kij->...ij", pref.to(G.dtype), G)
-
-
-def lowrank_delta(A: torch.Tensor, B: torch.Tensor, G: torch.Tensor, pref: torch.Tensor) -> torch.Tensor:
-    """A (sum_k pref_k G_k) B^T: the one implementation of the update, for trainer and downloads."""
-    return A @ mix(pref, G) @ B.T
-
-
-@dataclass(frozen=True)
-class LowRank:
-    """One adapted parameter's factors: A [d_out, r], B [d_in, r], G [K, r, r]."""
-    A: torch.Tensor
-    B: torch.Tensor
-    G: torch.Tensor
-
-    def delta(self, pref: torch.Tensor) -> torch.Tensor:
-        return lowrank_delta(self.A, self.B, self.G, pref)
-
-
-def lowrank_to_state(lowrank: dict[str, LowRank]) -> StateDict:
-    out: StateDict = {}
-    for name, f in lowrank.items():
-        out |= {f"{name}.A": f.A, f"{name}.B": f.B, f"{name}.G": f.G}
-    return out
-
-
-def lowrank_from_state(state: StateDict, targets: list[str]) -> dict[str, LowRank]:
-    missing = [f"{t}.{x}" for t in targets for x in "ABG" if f"{t}.{x}" not in state]
-    if missing:
-        raise StoreError(f"{LOWRANK} lacks tensors {missing[:3]}{'...' if len(missing) > 3 else ''}")
-    return {t: LowRank(state[f"{t}.A"], state[f"{t}.B"], state[f"{t}.G"]) for t in targets}
-
-
 class Family:
-    """A verified family, loaded in memory (base, low-rank factors, heads)."""
+    """A verified family, loaded in memory: its manifest, heads and its kind's tensors (`body`)."""
 
     def __init__(self, path: str | Path, verify: bool = True):
+        from .kinds import get_kind
         self.path = Path(path)
         self.manifest: FamilyManifest = read_manifest(self.path / MANIFEST, FamilyManifest)
+        self.kind = get_kind(self.manifest.kind)
         if verify:
             self.verify()
-        self.base: StateDict = load_state_dict(self.path / BASE)
-        self.lowrank = lowrank_from_state(load_state_dict(self.path / LOWRANK), self.manifest.targets)
+        m = self.manifest
+        self.body = self.kind.load(self.path, m.params, len(m.tasks), m.architecture, m.family_id)
         heads = load_state_dict(self.path / HEADS)
         self.heads = {t: Head(weight=heads[f"{t}.weight"], bias=heads.get(f"{t}.bias")) for t in self.tasks}
-        self._check_shapes()
 
     @property
     def family_id(self) -> str:
@@ -146,9 +96,13 @@ class Family:
     def tasks(self) -> list[str]:
         return self.manifest.task_names
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (*self.kind.files, HEADS)
+
     def verify(self) -> None:
         """Refuse a family whose files are missing or do not match the manifest's sha256."""
-        for name in FILES:
+        for name in self.files:
             f = self.path / name
             if not f.is_file():
                 raise StoreError(f"family {self.path.name}: missing file {name}")
@@ -158,36 +112,30 @@ class Family:
             if sha256_file(f) != expected:
                 raise StoreError(f"family {self.path.name}: {name} does not match its sha256 (tampered or corrupt)")
 
-    def _check_shapes(self) -> None:
-        k = len(self.tasks)
-        for name, f in self.lowrank.items():
-            if name not in self.base:
-                raise StoreError(f"family {self.family_id}: target {name} is not a base parameter")
-            w = self.base[name]
-            r = self.manifest.rank
-            if f.A.shape != (w.shape[0], r) or f.B.shape != (w.shape[1], r) or f.G.shape != (k, r, r):
-                raise StoreError(f"family {self.family_id}: factors of {name} have shapes "
-                                 f"{tuple(f.A.shape)}, {tuple(f.B.shape)}, {tuple(f.G.shape)}; "
-                                 f"expected ({w.shape[0]}, {r}), ({w.shape[1]}, {r}), ({k}, {r}, {r})")
-
     def preference(self, text: str | None) -> Preference:
         return parse_preference(text, self.tasks)
 
+    def tower_specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        """(name, dtype, shape) of every tensor of theta(pref), the same for every preference."""
+        return self.body.tower_specs()
+
     def materialize(self, pref: Preference) -> StateDict:
-        """The full tower state dict for one preference (a new tensor only for adapted parameters)."""
+        """The full tower state dict for one preference."""
         return dict(self.iter_materialized(pref))
 
     def iter_materialized(self, pref: Preference) -> Iterator[tuple[str, torch.Tensor]]:
         """Lazily, one tensor at a time, so a writer holds at most one extra tensor."""
-        p = pref.tensor()
-        for name, w in self.base.items():
-            f = self.lowrank.get(name)
-            yield name, w if f is None else (w.float() + f.delta(p)).to(w.dtype)
+        return self.body.iter_materialized(pref.tensor())
+
+    def servable(self, device: torch.device, dtype: torch.dtype):
+        """The kind's model of `logits(images [N, C, H, W], prefs [N, K])`, on `device`."""
+        return self.body.servable(self.heads, device, dtype)
 
 
-def publish_family(store: str | Path, manifest: FamilyManifest, base: StateDict,
-                   lowrank: dict[str, LowRank], heads: dict[str, Head]) -> Path:
-    """Write a family atomically into STORE/<family_id>; hashes go into the manifest."""
+def publish_family(store: str | Path, manifest: FamilyManifest, files: dict[str, StateDict],
+                   heads: dict[str, Head]) -> Path:
+    """Write a family atomically into STORE/<family_id>: its kind's `files` (name -> tensors), the
+    heads, and the manifest with every file's sha256."""
     target = Path(store) / manifest.family_id
     head_state: StateDict = {}
     for t, h in heads.items():
@@ -195,10 +143,9 @@ def publish_family(store: str | Path, manifest: FamilyManifest, base: StateDict,
         if h.bias is not None:
             head_state[f"{t}.bias"] = h.bias
     with atomic_dir(target) as tmp:
-        save_state_dict(tmp / BASE, base)
-        save_state_dict(tmp / LOWRANK, lowrank_to_state(lowrank))
-        save_state_dict(tmp / HEADS, head_state)
-        manifest = manifest.model_copy(update={"files": {n: sha256_file(tmp / n) for n in FILES}})
+        for name, state in (files | {HEADS: head_state}).items():
+            save_state_dict(tmp / name, state)
+        manifest = manifest.model_copy(update={"files": {n: sha256_file(tmp / n) for n in (*files, HEADS)}})
         (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
     return target
 

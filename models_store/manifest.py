@@ -16,10 +16,12 @@ from . import StoreError
 M = TypeVar("M", bound=BaseModel)
 
 
-def check_format(kind: str, version: int, known: int) -> int:
-    """A pydantic validator's body: `version` must be the one this pmerge reads."""
-    if version != known:
-        raise ValueError(f"unknown {kind} format {version} (this pmerge reads format {known})")
+def check_format(kind: str, version: int, known: int, older: tuple[int, ...] = ()) -> int:
+    """A pydantic validator's body: `version` must be one this pmerge reads (`known`, or an older
+    one that it still reads)."""
+    if version != known and version not in older:
+        readable = ", ".join(map(str, (*older, known)))
+        raise ValueError(f"unknown {kind} format {version} (this pmerge reads format {readable})")
     return version
 
 

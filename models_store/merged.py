@@ -1,4 +1,4 @@
-"""The merged checkpoint of one preference (docs/formats.md, "Merged checkpoint"): one safetensors file, written and read here.
+"""The merged checkpoint of one preference (docs/formats.md, "Merged checkpoint"): written and read here.
 
     visual.<key>               the vision tower (strip `visual.` for open_clip's `model.visual`)
     heads.<task>.weight|bias   the family's heads
@@ -28,7 +28,7 @@ HEADS = "heads."
 
 
 def checkpoint_specs(family: Family) -> list[Spec]:
-    specs: list[Spec] = [(f"{VISUAL}{k}", v.dtype, tuple(v.shape)) for k, v in family.base.items()]
+    specs: list[Spec] = [(f"{VISUAL}{k}", dtype, shape) for k, dtype, shape in family.tower_specs()]
     for task, head in family.heads.items():
         specs.append((f"{HEADS}{task}.weight", head.weight.dtype, tuple(head.weight.shape)))
         if head.bias is not None:

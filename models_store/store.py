@@ -13,7 +13,8 @@ from typing import Optional
 
 from . import StoreError
 from .atomic import TMP_PREFIX
-from .family import FILES, MANIFEST, Family, FamilyManifest
+from .family import HEADS, MANIFEST, Family, FamilyManifest
+from .kinds import get_kind
 from .manifest import read_manifest
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def _published(store: str | Path) -> list[tuple[FamilyManifest, Path]]:
 
 
 def _complete(path: Path, manifest: FamilyManifest) -> bool:
-    missing = [n for n in FILES if not (path / n).is_file()]
+    missing = [n for n in (*get_kind(manifest.kind).files, HEADS) if not (path / n).is_file()]
     if missing:
         log.warning("skipping %s: incomplete, no %s", path, ", ".join(missing))
     return not missing

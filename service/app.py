@@ -188,10 +188,12 @@ def etag_matches(header: Optional[str], etag: str) -> bool:
 @api.get("/family", response_model=FamilyOut, responses={503: {"model": ErrorBody}}, tags=["models"])
 async def family_info(runtime: RuntimeDep) -> FamilyOut:
     m = runtime.require_ready().manifest
-    hyperparameters = dict(m.hyperparameters)
-    if "zoo" in hyperparameters:  # a path on the server that trained it: its name is what a client can use
-        hyperparameters["zoo"] = PurePath(str(hyperparameters["zoo"])).name
-    return FamilyOut(family_id=m.family_id, created=m.created, method=m.method, rank=m.rank, targets=m.targets,
+    # the zoo is a path on the server that trained the family: its name is what a client can use
+    zoo = PurePath(m.zoo).name if m.zoo else None
+    hyperparameters = {k: v for k, v in m.hyperparameters.items() if k != "zoo"}  # format 1 kept it there
+    return FamilyOut(family_id=m.family_id, created=m.created, method=m.method, kind=m.kind,
+                     kind_params=m.kind_params, zoo=zoo, rank=m.kind_params.get("rank"),
+                     targets=m.kind_params.get("targets"),
                      tasks=[TaskOut(name=t.name, classes=t.classes) for t in m.tasks],
                      architecture=m.architecture, image_size=m.preprocess.image_size,
                      hyperparameters=hyperparameters, metrics=m.metrics)

@@ -17,19 +17,23 @@ from collections import deque
 from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Protocol
 
 import torch
 
 from models_store.family import Family
-from models_store.tower import load_tower
 
 from .errors import NotReady, Overloaded, PayloadTooLarge
-from .forward import PreferenceTower
 
 log = logging.getLogger(__name__)
 
 Logits = dict[str, torch.Tensor]  # task -> [N, C_task], float32 on CPU
+
+
+class Servable(Protocol):
+    """What a family's kind serves (models_store.kinds): one preference row per image."""
+
+    def logits(self, images: torch.Tensor, prefs: torch.Tensor) -> Logits: ...
 
 
 @dataclass
@@ -88,7 +92,7 @@ class Ticket:
 
 
 class Engine:
-    def __init__(self, model: PreferenceTower, config: EngineConfig, *, tasks: int,
+    def __init__(self, model: Servable, config: EngineConfig, *, tasks: int,
                  on_batch: Optional[Callable[[int, float], None]] = None,
                  on_queue_wait: Optional[Callable[[float], None]] = None):
         """`model.logits(images [N, C, S, S], prefs [N, tasks])` serves a batch; `on_batch(images,
@@ -110,9 +114,7 @@ class Engine:
 
     @classmethod
     def from_family(cls, family: Family, config: EngineConfig, **hooks) -> "Engine":
-        tower = load_tower(family.manifest.architecture, family.base)
-        model = PreferenceTower(tower, family.lowrank, family.heads).to(config.device, config.dtype)
-        return cls(model, config, tasks=len(family.tasks), **hooks)
+        return cls(family.servable(config.device, config.dtype), config, tasks=len(family.tasks), **hooks)
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -34,8 +34,11 @@ class FamilyOut(BaseModel):
     family_id: str
     created: str
     method: str
-    rank: int
-    targets: list[str]
+    kind: str = Field(description="the family's kind (docs/formats.md): lowrank")
+    kind_params: dict[str, Any] = Field(description="what that kind needs, e.g. rank and targets for lowrank")
+    zoo: Optional[str] = Field(None, description="the name of the zoo the family was trained from")
+    rank: Optional[int] = Field(None, description="lowrank: the rank r (also in kind_params)")
+    targets: Optional[list[str]] = Field(None, description="lowrank: the adapted parameters (also in kind_params)")
     tasks: list[TaskOut]
     architecture: dict[str, Any]
     image_size: int

@@ -380,7 +380,8 @@ def cmd_store(args: argparse.Namespace) -> None:
         raise StoreError(f"no store at {args.store} (a directory that `pmerge train --store` writes)")
     if args.action == "ls":
         for m in list_families(args.store):
-            print(f"{m.family_id}\t{m.method}\t{m.created}\ttasks={','.join(m.task_names)}\trank={m.rank}")
+            params = ",".join(f"{k}={v}" for k, v in m.kind_params.items() if not isinstance(v, (list, dict)))
+            print(f"{m.family_id}\t{m.method}\t{m.created}\ttasks={','.join(m.task_names)}\tkind={m.kind}({params})")
     elif args.action == "show":
         family = Family(family_path(args.store, args.family))  # verifies every sha256
         print(manifest_json(family.manifest))

@@ -148,8 +148,8 @@ BASELINES: dict[str, Callable[[MergeContext, FrontConfig], Merger]] = {
 
 
 def baseline_zoo(family: Family, zoo: Optional[str | Path]) -> Zoo:
-    """The zoo the family was trained from (its hyperparameters record it), or the one given."""
-    path = zoo or family.manifest.hyperparameters.get("zoo")
+    """The zoo the family was trained from (its manifest records it), or the one given."""
+    path = zoo or family.manifest.zoo
     if not path:
         raise StoreError(f"family {family.family_id} records no zoo, and baselines need its task vectors: "
                          f"pass --zoo ZOO (or --baselines none)")

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from models_store.family import FamilyManifest, LowRank, lowrank_delta, mix, parse_target, target_names
+from models_store.family import FamilyManifest
+from models_store.kinds.lowrank import LowRank, lowrank_delta, mix, parse_target, target_names
 from models_store.preprocess import Preprocess
 from models_store.tower import MICRO, build_tower
 from models_store.zoo import TaskInfo
@@ -30,7 +31,9 @@ def test_the_trainer_picks_only_what_the_manifest_accepts_and_the_service_serves
     with pytest.raises(ValueError, match="unknown targets"):
         target_names(keys, ["mlp"])
     manifest = dict(family_id="f", created="now", method="pm", architecture=MICRO, preprocess=Preprocess(image_size=16),
-                    tasks=[TaskInfo(name="a", classes=["x", "y"])], rank=2)
-    FamilyManifest(**manifest, targets=names)
+                    tasks=[TaskInfo(name="a", classes=["x", "y"])], kind="lowrank")
+    FamilyManifest(**manifest, kind_params={"rank": 2, "targets": names})
     with pytest.raises(ValueError, match="cannot adapt 'attn_pool.attn.in_proj_weight'"):
-        FamilyManifest(**manifest, targets=["attn_pool.attn.in_proj_weight"])
+        FamilyManifest(**manifest, kind_params={"rank": 2, "targets": ["attn_pool.attn.in_proj_weight"]})
+    with pytest.raises(ValueError, match="unknown family kind 'magic'"):
+        FamilyManifest(**(manifest | {"kind": "magic"}))

@@ -13,7 +13,7 @@ def test_unknown_formats_and_bad_manifests_name_the_file(tmp_path):
     family = tmp_path / "store" / "fam"
     family.mkdir(parents=True)
     (family / MANIFEST).write_text(json.dumps({"format": 99, "family_id": "fam"}))
-    with pytest.raises(StoreError, match="unknown family format 99 .this pmerge reads format 1"):
+    with pytest.raises(StoreError, match="unknown family format 99 .this pmerge reads format 1, 2"):
         Family(family)
     (family / MANIFEST).write_bytes(b"\xff\xfe not json")
     with pytest.raises(StoreError, match=f"{MANIFEST} cannot be read|not valid JSON"):

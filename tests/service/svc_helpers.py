@@ -14,7 +14,8 @@ import torch
 import uvicorn
 from PIL import Image
 
-from models_store.family import FamilyManifest, LowRank, now_iso, publish_family
+from models_store.family import FamilyManifest, now_iso, publish_family
+from models_store.kinds.lowrank import LowRank, family_files, target_names
 from models_store.preprocess import Preprocess
 from models_store.tower import MICRO, build_tower
 from models_store.zoo import Head, TaskInfo
@@ -27,12 +28,13 @@ FAMILY_ID = "fam-test"
 
 def make_family(store: Path, family_id: str = FAMILY_ID, seed: int = 0, tasks: dict[str, list[str]] = TASKS,
                 base: Optional[dict[str, torch.Tensor]] = None, heads: Optional[dict[str, Head]] = None,
-                hyperparameters: Optional[dict] = None, data: Optional[dict[str, str]] = None) -> Path:
+                hyperparameters: Optional[dict] = None, data: Optional[dict[str, str]] = None,
+                zoo: Optional[str] = None) -> Path:
     """A random micro family (or one over the given base tower and heads)."""
     torch.manual_seed(seed)
     if base is None:
         base = {k: v.detach().clone() for k, v in build_tower(MICRO).state_dict().items()}
-    targets = [k for k in base if k.endswith("attn.in_proj_weight") or k.endswith("attn.out_proj.weight")]
+    targets = target_names(list(base), ["in_proj", "out_proj"])
     k = len(tasks)
     # factors big enough that preferences change the logits visibly
     lowrank = {t: LowRank(A=torch.randn(base[t].shape[0], RANK) * 0.5, B=torch.randn(base[t].shape[1], RANK) * 0.5,
@@ -42,12 +44,12 @@ def make_family(store: Path, family_id: str = FAMILY_ID, seed: int = 0, tasks: d
         heads = {t: Head(weight=torch.randn(len(c), dim) * 5, bias=torch.randn(len(c)) if t != "fashion" else None)
                  for t, c in tasks.items()}
     manifest = FamilyManifest(family_id=family_id, created=now_iso(), method="pareto-merging",
-                              hyperparameters=hyperparameters or {"steps": 1}, architecture=MICRO,
+                              hyperparameters=hyperparameters or {"steps": 1}, zoo=zoo, architecture=MICRO,
                               preprocess=Preprocess(image_size=16),
                               tasks=[TaskInfo(name=t, classes=c, data=(data or {}).get(t)) for t, c in tasks.items()],
-                              rank=RANK,
-                              targets=targets, metrics={"accuracy": {"digits": 0.5}})
-    return publish_family(store, manifest, base, lowrank, heads)
+                              kind="lowrank", kind_params={"rank": RANK, "targets": targets},
+                              metrics={"accuracy": {"digits": 0.5}})
+    return publish_family(store, manifest, family_files(base, lowrank), heads)
 
 
 def png_bytes(seed: int, size: tuple[int, int] = (20, 18), mode: str = "RGB", fmt: str = "PNG") -> bytes:

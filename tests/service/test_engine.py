@@ -8,7 +8,7 @@ from models_store.preference import from_weights
 from models_store.tower import head_logits, load_tower
 from service.engine import Engine, EngineConfig
 from service.errors import NotReady, Overloaded, PayloadTooLarge
-from service.forward import PreferenceTower
+from models_store.kinds.lowrank import PreferenceTower
 
 
 def make_engine(family, **config) -> tuple[Engine, list[int]]:
@@ -56,7 +56,7 @@ def test_requests_with_different_preferences_share_one_batch(family):
 
 
 def test_full_queue_raises_overloaded_with_retry_after(family):
-    base = PreferenceTower(load_tower(family.manifest.architecture, family.base), family.lowrank, family.heads)
+    base = family.servable(torch.device("cpu"), torch.float32)
     gated = GatedModel(base)
     gated.gate.set()  # warm-up passes
     engine = Engine(gated, EngineConfig(max_batch=2, max_wait_ms=0, queue_size=4), tasks=len(family.tasks))
@@ -99,7 +99,7 @@ def test_a_failing_batch_fails_its_requests_and_the_engine_keeps_serving(family)
 
 def test_warm_up_runs_a_full_batch_of_mixed_preferences(family):
     """K comes from the family, and the warm-up batch mixes preferences as real traffic does."""
-    base = PreferenceTower(load_tower(family.manifest.architecture, family.base), family.lowrank, family.heads)
+    base = family.servable(torch.device("cpu"), torch.float32)
     recorder = GatedModel(base)
     recorder.gate.set()
     engine = Engine(recorder, EngineConfig(max_batch=4, max_wait_ms=0), tasks=len(family.tasks))

@@ -3,10 +3,10 @@ import pytest
 import torch
 from open_clip.transformer import CustomResidualAttentionBlock
 
-from models_store.family import LowRank
+from models_store.kinds.lowrank import LowRank
 from models_store.preference import from_weights
 from models_store.tower import MICRO, build_tower, head_logits, load_tower
-from service.forward import PreferenceTower, UnsupportedTower
+from models_store.kinds.lowrank import PreferenceTower, UnsupportedTower
 
 
 def random_prefs(n: int, tasks, seed: int = 0):
@@ -23,7 +23,7 @@ def reference_logits(family, pref, images):
 
 
 def test_mixed_batch_equals_materialized_towers(family):
-    model = PreferenceTower(load_tower(family.manifest.architecture, family.base), family.lowrank, family.heads)
+    model = family.servable(torch.device("cpu"), torch.float32)
     images = torch.randn(7, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     prefs = random_prefs(7, family.tasks)
     logits = model.logits(images, torch.stack([p.tensor() for p in prefs]))
@@ -35,7 +35,7 @@ def test_mixed_batch_equals_materialized_towers(family):
 
 
 def test_preferences_change_the_output(family):
-    model = PreferenceTower(load_tower(family.manifest.architecture, family.base), family.lowrank, family.heads)
+    model = family.servable(torch.device("cpu"), torch.float32)
     image = torch.randn(1, 3, 16, 16).expand(3, -1, -1, -1)
     prefs = torch.eye(3)
     feats = model.features(image, prefs)
@@ -43,7 +43,7 @@ def test_preferences_change_the_output(family):
 
 
 def test_grayscale_input_is_repeated_to_rgb(family):
-    model = PreferenceTower(load_tower(family.manifest.architecture, family.base), family.lowrank, family.heads)
+    model = family.servable(torch.device("cpu"), torch.float32)
     gray = torch.randn(2, 1, 16, 16)
     prefs = torch.full((2, 3), 1 / 3)
     assert torch.allclose(model.features(gray, prefs), model.features(gray.expand(-1, 3, -1, -1), prefs))
@@ -53,7 +53,7 @@ def test_refuses_custom_blocks(family):
     tower = build_tower(MICRO)
     tower.transformer.resblocks[0] = CustomResidualAttentionBlock(32, 2)
     with pytest.raises(UnsupportedTower, match="block 0 is a CustomResidualAttentionBlock"):
-        PreferenceTower(tower, family.lowrank, family.heads)
+        PreferenceTower(tower, family.body.lowrank, family.heads)
 
 
 def test_refuses_targets_outside_attention(family):

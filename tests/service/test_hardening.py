@@ -29,7 +29,7 @@ from service.app import create_app
 from service.images import decode_image
 from service.settings import Settings
 
-from svc_helpers import FAMILY_ID, TASKS, free_port, make_family, png_bytes, running_server
+from svc_helpers import FAMILY_ID, free_port, make_family, png_bytes, running_server
 
 MAX_PIXELS = 40_000_000
 PLAIN = Preprocess(image_size=32, mean=(0, 0, 0), std=(1, 1, 1))
@@ -197,7 +197,7 @@ def open_slow(url: str, n: int, payload: bytes) -> list[socket.socket]:
 def closed_by_server(s: socket.socket, within: float) -> bool:
     s.settimeout(within)
     try:
-        while data := s.recv(65536):  # a 408 may come first, then the close
+        while s.recv(65536):  # a 408 may come first, then the close
             pass
         return True
     except (socket.timeout, TimeoutError):
@@ -402,5 +402,5 @@ def test_error_bodies_are_uniform_and_name_the_problem(settings):
     app = create_app(settings)
     zoo_path = "/srv/secret/zoos/demo-zoo"
     with running_server(app) as url:
-        app.state.runtime.family.manifest.hyperparameters["zoo"] = zoo_path
-        assert httpx.get(url + "/family").json()["hyperparameters"]["zoo"] == "demo-zoo"
+        app.state.runtime.family.manifest.zoo = zoo_path
+        assert httpx.get(url + "/family").json()["zoo"] == "demo-zoo"

@@ -19,7 +19,7 @@ from safetensors.torch import load as load_safetensors
 from models_store.preference import parse_preference
 from models_store.tower import build_tower, head_logits, load_tower
 from service.app import create_app
-from service.forward import PreferenceTower
+from models_store.kinds.lowrank import PreferenceTower
 from service.images import decode_image
 from service.settings import Settings
 
@@ -45,7 +45,7 @@ def server(settings):
 
 @pytest.fixture(scope="module")
 def model(family) -> PreferenceTower:
-    return PreferenceTower(load_tower(family.manifest.architecture, family.base), family.lowrank, family.heads)
+    return family.servable(torch.device("cpu"), torch.float32)
 
 
 def classify(url: str, files: list[bytes], **params) -> httpx.Response:
@@ -124,6 +124,7 @@ def test_family_probes_and_openapi(server):
     url, _ = server
     fam = httpx.get(url + "/family").json()
     assert fam["family_id"] == FAMILY_ID and fam["rank"] == 4 and fam["method"] == "pareto-merging"
+    assert fam["kind"] == "lowrank" and fam["kind_params"]["rank"] == 4 and fam["kind_params"]["targets"] == fam["targets"]
     assert [t["name"] for t in fam["tasks"]] == list(TASKS) and fam["tasks"][1]["classes"] == TASKS["fashion"]
     assert len(fam["targets"]) == 4 and fam["hyperparameters"] == {"steps": 1}
     # /healthz names the family it serves, as /readyz does (it said null)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -52,7 +51,7 @@ def demo_like(root: Path) -> Path:
     write_zoo(zoo_dir, ZooManifest(architecture=MICRO, preprocess=pre, tasks=infos), pretrained, finetuned, heads)
     store = root / "runs" / "demo" / "families"
     make_family(store, "pm-demo", tasks={t.name: t.classes for t in infos}, base=pretrained, heads=heads,
-                hyperparameters={"zoo": str(zoo_dir)}, data={t.name: t.data for t in infos})
+                zoo=str(zoo_dir), data={t.name: t.data for t in infos})
     (root / ".venv").symlink_to(Path(sys.executable).parents[1])  # the environment running the tests
     return store
 

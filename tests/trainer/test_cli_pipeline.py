@@ -76,6 +76,11 @@ def test_train_publishes_a_family_that_verifies_and_materializes(zoo_dir, tmp_pa
     family = open_family(tmp_path, family_id)
     state = family.materialize(family.preference("digits:1"))
     assert set(state) == set(Zoo(zoo_dir).pretrained())
+    raw = json.loads((tmp_path / family_id / "manifest.json").read_text())  # format 2, as docs/formats.md says
+    assert raw["format"] == 2 and raw["kind"] == "lowrank" and raw["kind_params"]["rank"] == 4
+    assert raw["zoo"] == str(zoo_dir.resolve()) and "zoo" not in raw["hyperparameters"] and "rank" not in raw
+    main(["store", "ls", "--store", str(tmp_path)])
+    assert "kind=lowrank(rank=4)" in capsys.readouterr().out
     (tmp_path / family_id / "lowrank.safetensors").write_bytes(b"tampered")
     with pytest.raises(StoreError, match="lowrank.safetensors does not match its sha256"):
         Family(tmp_path / family_id)
@@ -99,10 +104,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(zoo_dir, tmp_path):
     resumed = train_family(zoo, tmp_path / "b", cfg, unlabeled, {}, torch.device("cpu"), resume=True,
                            progress=False)
     a, b = Family(full), Family(resumed)
-    for name in a.base:
-        assert torch.allclose(a.base[name], b.base[name], atol=1e-6), name
-    for name in a.lowrank:
-        assert torch.allclose(a.lowrank[name].G, b.lowrank[name].G, atol=1e-6), name
+    for name in a.body.base:
+        assert torch.allclose(a.body.base[name], b.body.base[name], atol=1e-6), name
+    for name in a.body.lowrank:
+        assert torch.allclose(a.body.lowrank[name].G, b.body.lowrank[name].G, atol=1e-6), name
 
 
 def test_store_ls_show_rm(zoo_dir, tmp_path, capsys):

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 
 from models_store.checkpoint import StateDict
-from models_store.family import LowRank, lowrank_delta
+from models_store.kinds.lowrank import LowRank, lowrank_delta
 
 from ..methods.adamerging import LayerwiseMerge
 from ..pool import TaskVector

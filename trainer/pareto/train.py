@@ -41,7 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..progress import progress_bar
 
 from models_store.checkpoint import load_state_dict, save_state_dict
-from models_store.family import FamilyManifest, now_iso, publish_family, target_names
+from models_store.family import FamilyManifest, now_iso, publish_family
+from models_store.kinds import lowrank as lowrank_kind
+from models_store.kinds.lowrank import target_names
 from models_store.store import family_path
 from models_store.zoo import Zoo
 
@@ -197,11 +199,11 @@ def train_family(zoo: Zoo, store: str | Path, cfg: ParetoConfig, unlabeled: dict
     base, lowrank = model.export({n: t.dtype for n, t in pool.pretrained.items()})
     manifest = FamilyManifest(
         family_id=family_id, created=now_iso(), method=cfg.method,
-        hyperparameters=cfg.model_dump() | {"zoo": str(zoo.root.resolve()), "unlabeled": unlabeled_specs},
+        hyperparameters=cfg.model_dump() | {"unlabeled": unlabeled_specs}, zoo=str(zoo.root.resolve()),
         architecture=zoo.manifest.architecture, preprocess=zoo.manifest.preprocess, tasks=zoo.manifest.tasks,
-        rank=cfg.rank, targets=targets,
+        kind=lowrank_kind.NAME, kind_params={"rank": cfg.rank, "targets": targets},
         metrics={"train_seconds_this_run": round(time.perf_counter() - began, 2), "steps": cfg.steps,
                  "last_loss": {n: round(v.item(), 5) for n, v in terms.items()},
                  "last_entropies": dict(zip(pool.tasks, [round(h, 5) for h in entropies.tolist()]))})
-    path = publish_family(store, manifest, base, lowrank, pool.heads)
+    path = publish_family(store, manifest, lowrank_kind.family_files(base, lowrank), pool.heads)
     return path

@@ -1,12 +1,18 @@
-"""The tower forward with one preference per image (docs/serving.md), never materialising weights.
+"""Kind `lowrank` (Pareto Merging, PM++): a base tower plus a preference-conditioned low-rank update.
 
-For every adapted projection P with factors A [d_out, r], B [d_in, r], G [K, r, r]:
+Files: `base.safetensors` (the merged base tower) and `lowrank.safetensors` ("P.A" [d_out, r],
+"P.B" [d_in, r], "P.G" [K, r, r] per adapted P). kind_params: `rank`, `targets`.
+
+    theta(pref)[P] = base[P] + A_P (sum_k pref_k G_P[k]) B_P^T   for every adapted P,
+    theta(pref)[P] = base[P]                                     otherwise.
+
+Serving never materialises weights: every adapted projection computes
 
     y = x W^T + b + ((x B) M_i^T) A^T,     M_i = sum_k pref_ik G_k   (r x r, one per image)
 
 which equals x (W + A M_i B^T)^T + b, i.e. the merged weights theta(pref_i), exactly. A and B
 are shared by every preference, so a mixed batch costs two thin GEMMs and one tiny batched
-matmul per projection on top of the base forward.
+matmul per projection on top of the base forward (docs/serving.md).
 
 open_clip's nn.MultiheadAttention cannot take a per-image update, so attention is written here
 with the very same parameters (`attn.in_proj_weight`, `attn.in_proj_bias`, `attn.out_proj.*`);
@@ -14,17 +20,88 @@ everything else (embeddings, ln/ls/mlp, pooling, proj) is the tower's own code.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from pydantic import BaseModel, Field, field_validator
 from torch import nn
 
-from models_store.family import TARGETS, LowRank, mix, parse_target
-from models_store.tower import head_logits
-from models_store.zoo import Head
+from .. import StoreError
+from ..checkpoint import StateDict, load_state_dict
+from ..tower import head_logits, load_tower
+from ..zoo import Head
+
+NAME = "lowrank"
+BASE = "base.safetensors"
+LOWRANK = "lowrank.safetensors"
+FILES = (BASE, LOWRANK)
+
+
+# The parameters a low-rank family may adapt, by short name: the one definition that the trainer
+# (which ones it trains), the manifest (which ones a family may name) and the service (which
+# ones its forward applies) share, so the trainer cannot publish what the service refuses.
+TARGETS = {"in_proj": "attn.in_proj_weight", "out_proj": "attn.out_proj.weight"}
+_TARGET = re.compile(r"^transformer\.resblocks\.(\d+)\.(" + "|".join(map(re.escape, TARGETS.values())) + r")$")
+
+
+def parse_target(name: str) -> Optional[tuple[int, str]]:
+    """`transformer.resblocks.3.attn.in_proj_weight` -> (3, "in_proj"); None for any other parameter."""
+    m = _TARGET.match(name)
+    if m is None:
+        return None
+    return int(m.group(1)), next(short for short, suffix in TARGETS.items() if suffix == m.group(2))
+
+
+def target_names(keys: list[str], which: list[str]) -> list[str]:
+    """The adapted parameters of a tower with these keys: every block's projections named by `which`."""
+    unknown = set(which) - set(TARGETS)
+    if unknown:
+        raise ValueError(f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGETS)}")
+    names = [k for k in keys if (t := parse_target(k)) is not None and t[1] in which]
+    if not names:
+        wanted = " or ".join(TARGETS[w] for w in which)
+        raise ValueError(f"no parameter of this tower is a transformer block's {wanted}")
+    return names
+
+
+def mix(pref: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """M = sum_k pref_k G_k: pref [K] -> [r, r], or [N, K] -> [N, r, r] (one per image)."""
+    return torch.einsum("...k,kij->...ij", pref.to(G.dtype), G)
+
+
+def lowrank_delta(A: torch.Tensor, B: torch.Tensor, G: torch.Tensor, pref: torch.Tensor) -> torch.Tensor:
+    """A (sum_k pref_k G_k) B^T: the one implementation of the update, for trainer and downloads."""
+    return A @ mix(pref, G) @ B.T
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """One adapted parameter's factors: A [d_out, r], B [d_in, r], G [K, r, r]."""
+    A: torch.Tensor
+    B: torch.Tensor
+    G: torch.Tensor
+
+    def delta(self, pref: torch.Tensor) -> torch.Tensor:
+        return lowrank_delta(self.A, self.B, self.G, pref)
+
+
+def lowrank_to_state(lowrank: dict[str, LowRank]) -> StateDict:
+    out: StateDict = {}
+    for name, f in lowrank.items():
+        out |= {f"{name}.A": f.A, f"{name}.B": f.B, f"{name}.G": f.G}
+    return out
+
+
+def lowrank_from_state(state: StateDict, targets: list[str]) -> dict[str, LowRank]:
+    missing = [f"{t}.{x}" for t in targets for x in "ABG" if f"{t}.{x}" not in state]
+    if missing:
+        raise StoreError(f"{LOWRANK} lacks tensors {missing[:3]}{'...' if len(missing) > 3 else ''}")
+    return {t: LowRank(state[f"{t}.A"], state[f"{t}.B"], state[f"{t}.G"]) for t in targets}
 
 
 class UnsupportedTower(ValueError):
@@ -147,3 +224,61 @@ class PreferenceTower:
         o = o.transpose(1, 2).reshape(n, length, d)
         cores_out = f.out_proj.cores(prefs).to(x.dtype) if f.out_proj else None
         return lowrank_linear(o, attn.out_proj.weight, attn.out_proj.bias, f.out_proj, cores_out)
+
+
+class LowRankParams(BaseModel):
+    """kind_params of a low-rank family."""
+    rank: int = Field(ge=0)
+    targets: list[str]
+
+    @field_validator("targets")
+    @classmethod
+    def _servable_targets(cls, targets: list[str]) -> list[str]:
+        refused = [t for t in targets if parse_target(t) is None]
+        if refused:
+            raise ValueError(f"cannot adapt {refused[0]!r}: a low-rank family adapts only "
+                             f"transformer.resblocks.<i>.{' / '.join(TARGETS.values())}")
+        return targets
+
+
+def family_files(base: StateDict, lowrank: dict[str, LowRank]) -> dict[str, StateDict]:
+    """The files `publish_family` writes for this kind."""
+    return {BASE: base, LOWRANK: lowrank_to_state(lowrank)}
+
+
+class LowRankFamily:
+    """A loaded low-rank family: its tensors, theta(pref), and its servable."""
+
+    name = NAME
+    files = FILES
+    Params = LowRankParams
+
+    def __init__(self, base: StateDict, lowrank: dict[str, LowRank], params: LowRankParams, tasks: int,
+                 architecture: dict, family_id: str):
+        self.base, self.lowrank, self.architecture = base, lowrank, architecture
+        for name, f in lowrank.items():
+            if name not in base:
+                raise StoreError(f"family {family_id}: target {name} is not a base parameter")
+            w, r = base[name], params.rank
+            if f.A.shape != (w.shape[0], r) or f.B.shape != (w.shape[1], r) or f.G.shape != (tasks, r, r):
+                raise StoreError(f"family {family_id}: factors of {name} have shapes "
+                                 f"{tuple(f.A.shape)}, {tuple(f.B.shape)}, {tuple(f.G.shape)}; "
+                                 f"expected ({w.shape[0]}, {r}), ({w.shape[1]}, {r}), ({tasks}, {r}, {r})")
+
+    @classmethod
+    def load(cls, path: Path, params: LowRankParams, tasks: int, architecture: dict,
+             family_id: str) -> "LowRankFamily":
+        lowrank = lowrank_from_state(load_state_dict(path / LOWRANK), params.targets)
+        return cls(load_state_dict(path / BASE), lowrank, params, tasks, architecture, family_id)
+
+    def tower_specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        return [(k, v.dtype, tuple(v.shape)) for k, v in self.base.items()]
+
+    def iter_materialized(self, pref: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """theta(pref) lazily, one tensor at a time, so a writer holds at most one extra tensor."""
+        for name, w in self.base.items():
+            f = self.lowrank.get(name)
+            yield name, w if f is None else (w.float() + f.delta(pref)).to(w.dtype)
+
+    def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype) -> "PreferenceTower":
+        return PreferenceTower(load_tower(self.architecture, self.base), self.lowrank, heads).to(device, dtype)

@@ -1,0 +1,21 @@
+"""Family kinds (docs/formats.md, "Family"): one module each, one line each in KINDS.
+
+A kind is a class with `name`, `files` (the tensor files beside manifest.json and
+heads.safetensors), `Params` (the pydantic model of its manifest's `kind_params`) and
+`load(path, params, tasks, architecture, family_id)`, which checks the files and returns an
+object with `tower_specs()`, `iter_materialized(pref [K])` (theta(pref), one tensor at a time)
+and `servable(heads, device, dtype)`: a model whose `logits(images [N, C, H, W], prefs [N, K])`
+serves a batch in which every image has its own preference. The service talks only to that.
+"""
+from __future__ import annotations
+
+from .. import StoreError
+from .lowrank import LowRankFamily
+
+KINDS = {kind.name: kind for kind in (LowRankFamily,)}
+
+
+def get_kind(name: str):
+    if name not in KINDS:
+        raise StoreError(f"unknown family kind {name!r} (this pmerge knows {', '.join(KINDS)})")
+    return KINDS[name]
