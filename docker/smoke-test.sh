@@ -138,6 +138,8 @@ step "restart keeps the family (trainer is a no-op the second time)"
 "${COMPOSE[@]}" up -d --no-build trainer
 T="$(cid trainer)"
 [[ "$(docker wait "$T")" == 0 ]] || fail "second trainer run failed"
-"${COMPOSE[@]}" logs --tail=5 trainer | grep -q "already holds a family" || fail "second trainer run retrained"
+# captured first: under pipefail, `logs | grep -q` fails whenever grep exits before logs is done writing
+trainer_log="$("${COMPOSE[@]}" logs --tail=5 trainer)"
+grep -q "already holds a family" <<<"$trainer_log" || fail "second trainer run retrained"
 
 echo; echo "smoke: OK"
