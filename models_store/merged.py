@@ -20,7 +20,7 @@ from .atomic import atomic_file
 from .checkpoint import StateDict, load_state_dict
 from .family import Family
 from .preference import Preference
-from .safetensors_stream import Spec, stream_size, write_stream
+from .safetensors_stream import Spec, stream_chunks, stream_size
 from .zoo import Head
 
 VISUAL = "visual."
@@ -52,9 +52,15 @@ def checkpoint_metadata(family: Family, pref: Preference) -> dict[str, str]:
             "architecture": json.dumps(family.manifest.architecture)}
 
 
+def checkpoint_chunks(family: Family, pref: Preference) -> Iterator[bytes | memoryview]:
+    """The bytes of the checkpoint of `pref`, in order, one tensor at a time."""
+    return stream_chunks(checkpoint_specs(family), checkpoint_tensors(family, pref), checkpoint_metadata(family, pref))
+
+
 def write_checkpoint(path: Path, family: Family, pref: Preference) -> None:
     with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        write_stream(f, checkpoint_specs(family), checkpoint_tensors(family, pref), checkpoint_metadata(family, pref))
+        for chunk in checkpoint_chunks(family, pref):
+            f.write(chunk)
 
 
 def checkpoint_size(family: Family, pref: Preference) -> int:

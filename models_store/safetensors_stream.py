@@ -1,4 +1,4 @@
-"""Write a safetensors file from an iterator of tensors, holding one tensor at a time.
+"""Stream a safetensors file from an iterator of tensors, holding one tensor at a time.
 
 `safetensors.torch.save_file` needs every tensor in memory at once; for a merged checkpoint that
 would be a whole extra copy of the adapted weights. The format is simple (8-byte little-endian
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
-from typing import BinaryIO, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -53,12 +53,6 @@ def stream_chunks(specs: Sequence[Spec], tensors: Iterable[tuple[str, torch.Tens
         flat = t.detach().to("cpu").contiguous().reshape(-1)
         if flat.numel():
             yield memoryview(flat.view(torch.uint8).numpy())  # no extra copy
-
-
-def write_stream(f: BinaryIO, specs: Sequence[Spec], tensors: Iterable[tuple[str, torch.Tensor]],
-                 metadata: dict[str, str]) -> None:
-    for chunk in stream_chunks(specs, tensors, metadata):
-        f.write(chunk)
 
 
 def _itemsize(dtype: torch.dtype) -> int:

@@ -23,9 +23,7 @@ from typing import BinaryIO, Iterator, Optional
 
 from models_store.atomic import TMP_PREFIX
 from models_store.family import Family
-from models_store.merged import (checkpoint_metadata, checkpoint_size, checkpoint_specs, checkpoint_tensors,
-                                  write_checkpoint)
-from models_store.safetensors_stream import stream_chunks
+from models_store.merged import checkpoint_chunks, checkpoint_size, write_checkpoint
 from models_store.preference import Preference
 
 
@@ -95,9 +93,8 @@ class DownloadCache:
                 if size > self.max_bytes:  # never fits: stream it as it is made
                     with self._guard:
                         self.builds += 1
-                    stream = stream_chunks(checkpoint_specs(self.family), checkpoint_tensors(self.family, pref),
-                                           checkpoint_metadata(self.family, pref))
-                    return CachedFile(size=size, etag=self.etag(pref), filename=name, built=True, stream=stream)
+                    return CachedFile(size=size, etag=self.etag(pref), filename=name, built=True,
+                                      stream=checkpoint_chunks(self.family, pref))
                 self._reserve(size, key)
                 try:
                     t0 = time.monotonic()

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from models_store.preference import from_weights
 from models_store.tower import build_tower
 from models_store.merged import checkpoint_size
-from models_store.safetensors_stream import write_stream
+from models_store.safetensors_stream import stream_chunks
 from service.downloads import DownloadCache, cache_key
 
 
@@ -19,7 +19,9 @@ def test_stream_writer_matches_safetensors(tmp_path):
                "s": torch.tensor(1.5), "e": torch.zeros(0, 3), "m": torch.tensor([True, False])}
     path = tmp_path / "x.safetensors"
     with open(path, "wb") as f:
-        write_stream(f, [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()], tensors.items(), {"k": "v"})
+        for chunk in stream_chunks([(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()], tensors.items(),
+                                   {"k": "v"}):
+            f.write(chunk)
     loaded = load_file(str(path))
     assert set(loaded) == set(tensors)
     for k, v in tensors.items():
