@@ -4,6 +4,8 @@
 #      (fp32 to 1e-4 relative, bf16 to 3e-2), ViT-B/32 and ViT-L/14;
 #   2. serving speed, bf16: plain tower / mixed preferences / materialise per preference, at
 #      batch 1, 8, 64 and 128, ViT-B/32 and ViT-L/14 (target: mixed >= 0.9 x plain at batch >= 64);
+#      and the point-set kind at batch 64 with 1, 2, 4, 8 distinct members, warm and cold
+#      (target: warm >= 0.85 x plain with up to 4 members);
 #   3. the Pareto Merging training step against a plain step, bf16 autocast, ViT-B/32 and ViT-L/14
 #      (target: PM / plain <= 1.3).
 # JSON lands in bench/results/ (and in $OUT when set, for the device tool); about 5 minutes on an
@@ -36,7 +38,7 @@ started=$(date +%s)
 newest() { ls -t "$results"/"$1"-*.json | head -n 1; }
 
 echo "== 1/3 correctness: mixed forward vs materialised weights, fp32 and bf16"
-"$PY" bench/serve_bench.py --device "$DEVICE" --archs "$ARCHS" --batch-sizes "${BATCHES##*,}" --dtype fp32 \
+"$PY" bench/serve_bench.py --device "$DEVICE" --archs "$ARCHS" --batch-sizes "${BATCHES##*,}" --dtype fp32 --members "" \
     --repeats 2 --warmup 0 --tasks 8
 fp32=$(newest serve)
 if [ "$DEVICE" = cuda ]; then

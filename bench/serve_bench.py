@@ -16,6 +16,13 @@ rotates every repeat):
   tower on that preference's images with those weights (`torch.func.functional_call`; the
   unadapted tensors are shared, not copied, so this is a lower bound of a naive server's cost).
 
+And the point-set kind (models_store/kinds/pointset.py `MemberTowers`), at one batch size
+(`--member-batch`, default 64) beside a and b in the same interleaved rounds: a batch whose
+images pick d = 1, 2, 4, 8 distinct members (`--members`), **warm** (every member's tower already
+on the device) and **cold** (every call picks d members that are not cached, so each is
+materialised from theta0 and the task vectors into an evicted tower's memory first: the
+steady-state cost of a cache miss). Target on a GPU: warm >= 0.85 x a with up to 4 members.
+
 Precision as the service (service/settings.py): bf16 on CUDA by default (`--dtype`), float32
 on CPU. Reported per batch: p50 / p99 latency, images/s (batch / p50 latency; the mean-based
 figure is in the JSON too), and the throughput ratios b/a and c/a (> 1: faster than a). An
@@ -45,6 +52,7 @@ from torch.func import functional_call
 from bench.common import (add_common_args, machine_info, markdown_table, now_iso, round_ratios, run_benchmark,
                           run_interleaved, spread_text, summarize, write_result)
 from models_store.kinds.lowrank import TARGETS, LowRank, PreferenceTower, target_names
+from models_store.kinds.pointset import Member, Members, MemberTowers, PointSetParams
 from models_store.tower import build_tower, image_size, resolve_architecture
 from service.settings import DTYPES
 
@@ -69,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tower dtype (default: bf16 on GPU as the service, fp32 on CPU)")
     p.add_argument("--tasks", type=int, default=8, help="K, the width of the preferences")
     p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--members", default="1,2,4,8", help="distinct point-set members per batch ('' skips the kind)")
+    p.add_argument("--member-batch", type=int, default=64, help="the batch size of the point-set rows")
     add_common_args(p)
     return p
 
@@ -104,6 +114,7 @@ class Variants:
     """The three forwards of one architecture, sharing one tower on the device."""
 
     def __init__(self, arch_name: str, tasks: int, rank: int, device: torch.device, dtype: torch.dtype, seed: int):
+        self.arch_name = arch_name
         self.arch = resolve_architecture(arch_name)
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
@@ -149,6 +160,59 @@ class Variants:
         return out
 
 
+def random_members(tower: torch.nn.Module, tasks: int, count: int, generator: torch.Generator) -> Members:
+    """A point-set family of `count` members (task-level coefficients, distinct Dirichlet(1)
+    preferences) over theta0 = the tower's weights and random task vectors (float32, as stored)."""
+    pretrained = {k: v.detach().float().cpu().clone() for k, v in tower.state_dict().items()}
+    vectors = {k: torch.randn(tasks, *v.shape, generator=generator) * 0.01 for k, v in pretrained.items()
+               if v.is_floating_point()}
+    prefs = torch.distributions.Dirichlet(torch.ones(tasks)).sample((count,))
+    members = [Member(preference=p.tolist(), coefficients=(0.3 * tasks * p).tolist()) for p in prefs]
+    return Members(pretrained, vectors, PointSetParams(members=members), {}, [f"t{i}" for i in range(tasks)])
+
+
+def bench_point_set(v: "Variants", args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+                    counts: list[int], gen: torch.Generator) -> dict[str, Any]:
+    """a, b and the point-set variants w<d> (warm) and c<d> (cold), interleaved, at one batch size."""
+    n, most = args.member_batch, max(counts)
+    members = random_members(v.tower, v.tasks, 2 * most, gen).to(device)  # sets A (warm) and B (cold's other half)
+    warm = MemberTowers(members, v.arch, {}, device, dtype, cache=most)
+    images, prefs = v.inputs(n, gen)
+
+    def batch_prefs(first: int, d: int) -> torch.Tensor:
+        return members.preferences[[first + i % d for i in range(n)]].to(device)
+
+    fns = {"a": lambda: v.plain(images, prefs), "b": lambda: v.mixed(images, prefs)}
+    colds: dict[int, MemberTowers] = {}
+    for d in counts:
+        fns[f"w{d}"] = (lambda p: lambda: warm.features(images, p))(batch_prefs(0, d))
+        cold = colds[d] = MemberTowers(members, v.arch, {}, device, dtype, cache=d)
+        sets = [batch_prefs(0, d), batch_prefs(most, d)]
+        # alternate between two disjoint sets of d members through d places: every member misses
+        fns[f"c{d}"] = (lambda model, sets, d: lambda: model.features(images, sets[model.materialized // d % 2]))(
+            cold, sets, d)
+    for name, fn in fns.items():  # fill the warm cache, and a first call of everything
+        fn()
+    before = {d: cold.materialized for d, cold in colds.items()}
+    samples = run_interleaved(fns, args.repeats, args.warmup, device)
+    # every cold call materialised all its d members, no warm call any
+    misses = {d: (cold.materialized - before[d]) / (args.repeats + args.warmup) for d, cold in colds.items()}
+    if any(m != d for d, m in misses.items()) or warm.materialized != most:
+        raise RuntimeError(f"the cache did not behave as benchmarked: misses per cold call {misses}, "
+                           f"warm materialisations {warm.materialized}")
+    row: dict[str, Any] = {"batch": n, "members": counts, "cached_towers_warm": most, "misses_per_cold_call": misses}
+    for key, smp in samples.items():
+        stats = summarize(smp.seconds)
+        row[key] = {"seconds": smp.seconds, "stats": stats, "images_per_s": n / stats["p50_s"],
+                    "p50_ms": stats["p50_s"] * 1e3}
+        if key != "a":
+            row[f"{key}_over_a"] = row[key]["images_per_s"] / row["a"]["images_per_s"] if "a" in row else None
+            row[f"{key}_over_a_per_round"] = round_ratios(smp.seconds, samples["a"].seconds)
+    print(f"  {v.arch_name} point-set batch {n}: " + ", ".join(
+        f"{k}/a {spread_text(row[f'{k}_over_a_per_round'])}" for k in fns if k != "a"), flush=True)
+    return row
+
+
 def bench_arch(arch_name: str, sizes: list[int], args: argparse.Namespace, device: torch.device,
                dtype: torch.dtype) -> dict[str, Any]:
     v = Variants(arch_name, args.tasks, args.rank, device, dtype, args.seed)
@@ -177,8 +241,10 @@ def bench_arch(arch_name: str, sizes: list[int], args: argparse.Namespace, devic
         rows.append(row)
         print(f"  {arch_name} batch {n}: b/a {spread_text(row['b_over_a_per_round'])}, "
               f"c/a {spread_text(row['c_over_a_per_round'])}", flush=True)
+    counts = [int(c) for c in args.members.split(",") if c.strip()]
+    point_set = bench_point_set(v, args, device, dtype, counts, gen) if counts else None
     out = {"arch_name": arch_name, "architecture": v.arch, "image_size": v.size, "params": v.params,
-           "adapted_tensors": v.adapted, "batches": rows}
+           "adapted_tensors": v.adapted, "batches": rows, "point_set": point_set}
     del v
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -207,6 +273,13 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
               for r in results for b in r["batches"] if b["batch"] >= 64]
     target = {"b_over_a_min": 0.9, "at_batch_at_least": 64, "applies": gpu,
               "met": (all(c["met"] for c in checks) if checks else None) if gpu else None, "checks": checks}
+    ps_checks = [{"arch": r["arch_name"], "members": d, "warm_over_a": r["point_set"][f"w{d}_over_a"],
+                  "met": r["point_set"][f"w{d}_over_a"] >= 0.85}
+                 for r in results if r["point_set"] for d in r["point_set"]["members"] if d <= 4]
+    target["point_set"] = {"warm_over_a_min": 0.85, "members_at_most": 4, "batch": args.member_batch,
+                           "applies": gpu and args.member_batch >= 64,
+                           "met": (all(c["met"] for c in ps_checks) if ps_checks else None) if gpu else None,
+                           "checks": ps_checks}
     payload = {
         "benchmark": NAME, "created": now_iso(), "machine": machine_info(device),
         "config": {"argv": args.argv, "threads": threads, "archs": archs, "batch_sizes": plan,
@@ -214,7 +287,9 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                    "tasks": args.tasks, "rank": args.rank, "seed": args.seed,
                    "targets": list(TARGETS), "defaults_used": "gpu" if gpu else "cpu",
                    "preferences": "one Dirichlet(1) preference per image",
-                   "interleaving": "a, b, c in an order rotated every repeat"},
+                   "interleaving": "a, b, c in an order rotated every repeat; the point-set rows: a, b, w<d>, "
+                                   "c<d> in one rotated order", "members": args.members,
+                   "member_batch": args.member_batch},
         "variants": VARIANTS, "results": results, "target": target,
     }
     path = write_result(args.out_dir, NAME, device, payload)
@@ -229,10 +304,18 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
           f"{threads} CPU thread(s); a plain, b mixed preferences, c materialise per preference\n")
     print(markdown_table(["arch", "batch", "a img/s", "b img/s", "c img/s", "a p50 ms", "b p50 ms", "c p50 ms",
                           "a p99 ms", "b p99 ms", "c p99 ms", "b/a [IQR]", "c/a [IQR]"], table))
+    ps = [[r["arch_name"], r["point_set"]["batch"], key, r["point_set"][key]["images_per_s"],
+           r["point_set"][key]["p50_ms"], spread_text(r["point_set"][f"{key}_over_a_per_round"])]
+          for r in results if r["point_set"] for key in r["point_set"] if key[:1] in "bwc" and key[1:].isdigit() or key == "b"]
+    if ps:
+        print("\npoint-set: w<d> warm, c<d> cold, d distinct members per batch; b the low-rank mixed forward\n")
+        print(markdown_table(["arch", "batch", "variant", "img/s", "p50 ms", "x/a [IQR]"], ps))
     print("\nb/a, c/a: median throughput ratio over the interleaved rounds [its interquartile range]")
     if gpu:
         verdict = "met" if target["met"] else "NOT met" if checks else "no such batch"
         print(f"\ntarget b/a >= 0.9 at batch >= 64: {verdict}")
+        ps_met = target["point_set"]["met"]
+        print(f"target point-set warm >= 0.85 x a with <= 4 members: {'n/a' if ps_met is None else 'met' if ps_met else 'NOT met'}")
     else:
         print("\ntarget (b/a >= 0.9 at batch >= 64) applies on a GPU only")
     print(f"wrote {path}")

@@ -84,7 +84,7 @@ class Family:
         if verify:
             self.verify()
         m = self.manifest
-        self.body = self.kind.load(self.path, m.params, len(m.tasks), m.architecture, m.family_id)
+        self.body = self.kind.load(self.path, m.params, m.task_names, m.architecture, m.family_id)
         heads = load_state_dict(self.path / HEADS)
         self.heads = {t: Head(weight=heads[f"{t}.weight"], bias=heads.get(f"{t}.bias")) for t in self.tasks}
 
@@ -127,9 +127,10 @@ class Family:
         """Lazily, one tensor at a time, so a writer holds at most one extra tensor."""
         return self.body.iter_materialized(pref.tensor())
 
-    def servable(self, device: torch.device, dtype: torch.dtype):
-        """The kind's model of `logits(images [N, C, H, W], prefs [N, K])`, on `device`."""
-        return self.body.servable(self.heads, device, dtype)
+    def servable(self, device: torch.device, dtype: torch.dtype, cache: int = 4):
+        """The kind's model of `logits(images [N, C, H, W], prefs [N, K])`, on `device`, keeping at
+        most `cache` materialised towers there (kinds that materialise none ignore it)."""
+        return self.body.servable(self.heads, device, dtype, cache)
 
 
 def publish_family(store: str | Path, manifest: FamilyManifest, files: dict[str, StateDict],

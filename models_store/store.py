@@ -85,5 +85,11 @@ def remove_family(store: str | Path, family_id: str) -> None:
     shutil.rmtree(doomed)
 
 
+def describe_kind(m: FamilyManifest) -> str:
+    """`kind=lowrank(rank=16,targets=8)`: the kind and its parameters, lists by their length."""
+    params = ",".join(f"{k}={len(v) if isinstance(v, (list, dict)) else v}" for k, v in m.kind_params.items())
+    return f"kind={m.kind}({params})"
+
+
 def manifest_json(m: FamilyManifest) -> str:
     return json.dumps(m.model_dump(), indent=2)

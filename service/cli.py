@@ -1,4 +1,4 @@
-"""`pmerge serve` (wired into the console script by trainer/cli.py) and `python -m service`.
+"""`pmerge serve` (registered through the `pmerge.commands` entry point) and `python -m service`.
 
 CLI flags override the PMERGE_* environment (service/settings.py); unset flags leave it alone.
 """
@@ -8,9 +8,12 @@ import argparse
 import logging
 from typing import Any
 
+from models_store.cli import Command
+
 # flag -> Settings field, for the flags that map one to one
 FLAGS = {"store": "store", "family": "family", "device": "device", "dtype": "dtype", "host": "host", "port": "port",
-         "max_batch": "max_batch", "max_wait_ms": "max_wait_ms", "queue_size": "queue_size"}
+         "max_batch": "max_batch", "max_wait_ms": "max_wait_ms", "queue_size": "queue_size",
+         "cached_towers": "cached_towers"}
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -24,6 +27,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--max-batch", type=int, help="images per forward pass, env PMERGE_MAX_BATCH (default 64)")
     parser.add_argument("--max-wait-ms", type=float, help="batching window, env PMERGE_MAX_WAIT_MS (default 5)")
     parser.add_argument("--queue-size", type=int, help="queued images before 503, env PMERGE_QUEUE_SIZE (default 1024)")
+    parser.add_argument("--cached-towers", type=int, help="materialised towers kept on the device (point-set "
+                        "families), env PMERGE_CACHED_TOWERS (default 4)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
@@ -32,6 +37,21 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     from .settings import Settings
     overrides = {field: getattr(args, flag) for flag, field in FLAGS.items() if getattr(args, flag, None) is not None}
     return Settings(**overrides)  # init values win over PMERGE_* variables
+
+
+def check(args: argparse.Namespace) -> None:
+    """The settings are valid and the port is free (said before `pmerge demo` builds for minutes)."""
+    from pydantic import ValidationError
+
+    from .server import check_port_free
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as e:
+        raise SystemExit(f"pmerge serve: error: invalid settings: {e}") from None
+    try:
+        check_port_free(settings.host, settings.port)
+    except OSError as e:
+        raise ValueError(e.strerror or str(e)) from None
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -70,3 +90,7 @@ def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"pmerge serve: error: could not load the family: {failure[0]}")
     if not server.started:
         raise SystemExit(f"pmerge serve: error: the server did not start on {settings.host}:{settings.port}")
+
+
+COMMANDS = [Command("serve", "serve a family over HTTP (classify, download merged checkpoints)", add_serve_arguments,
+                    serve, check=check)]

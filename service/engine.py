@@ -43,6 +43,7 @@ class EngineConfig:
     max_batch: int = 64
     max_wait_ms: float = 5.0
     queue_size: int = 1024
+    cached_towers: int = 4  # materialised towers the servable may keep on the device
 
 
 class _Request:
@@ -114,7 +115,7 @@ class Engine:
 
     @classmethod
     def from_family(cls, family: Family, config: EngineConfig, **hooks) -> "Engine":
-        return cls(family.servable(config.device, config.dtype), config, tasks=len(family.tasks), **hooks)
+        return cls(family.servable(config.device, config.dtype, config.cached_towers), config, tasks=len(family.tasks), **hooks)
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -43,7 +43,8 @@ class Runtime:
         family = open_family(s.store, s.family)  # verifies the sha256 of every file
         device = s.torch_device()
         config = EngineConfig(device=device, dtype=s.torch_dtype(device), max_batch=s.max_batch,
-                              max_wait_ms=s.max_wait_ms, queue_size=s.queue_size)
+                              max_wait_ms=s.max_wait_ms, queue_size=s.queue_size,
+                              cached_towers=s.cached_towers)
         engine = Engine.from_family(family, config, on_batch=self.metrics.observe_batch,
                                     on_queue_wait=self.metrics.queue_wait.observe)
         pre = family.manifest.preprocess

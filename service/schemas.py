@@ -34,8 +34,9 @@ class FamilyOut(BaseModel):
     family_id: str
     created: str
     method: str
-    kind: str = Field(description="the family's kind (docs/formats.md): lowrank")
-    kind_params: dict[str, Any] = Field(description="what that kind needs, e.g. rank and targets for lowrank")
+    kind: str = Field(description="the family's kind (docs/formats.md): lowrank or point-set")
+    kind_params: dict[str, Any] = Field(description="what that kind needs: rank and targets for lowrank; the pick "
+                                                    "rule and the members (each with its preference) for point-set")
     zoo: Optional[str] = Field(None, description="the name of the zoo the family was trained from")
     rank: Optional[int] = Field(None, description="lowrank: the rank r (also in kind_params)")
     targets: Optional[list[str]] = Field(None, description="lowrank: the adapted parameters (also in kind_params)")

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     max_batch: int = Field(64, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
     queue_size: int = Field(1024, ge=1)
+    cached_towers: int = Field(4, ge=1)
     max_files: int = Field(64, ge=1)
     max_upload_bytes: int = Field(20 * MiB, ge=1)
     max_inflight_bytes: int = Field(256 * MiB, ge=1)

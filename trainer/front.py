@@ -16,10 +16,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from models_store import StoreError
 from models_store.checkpoint import StateDict
@@ -33,18 +33,16 @@ from .evaluate import Scores, evaluate_tower
 from .hypervolume import hypervolume, non_dominated
 from .methods import MergeContext, get_method
 from .pool import ModelPool
-from .simplex import anchors, dirichlet_samples, priority_preference, simplex_grid, unique
+from .simplex import PointSet, priority_preference
 from .taskpool import load_test_sets, recorded_specs
 
 FAMILY = "family"
 
 
-class FrontConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    grid: int = Field(3, ge=1, description="simplex grid divisions N (K=4, N=3: 20 points)")
-    random: int = Field(5, ge=0, description="extra Dirichlet(1) preferences")
-    seed: int = 0
-    baselines: list[str] = ["ta-pref", "adamerging-pref"]
+class FrontConfig(PointSet):
+    baselines: list[str] = Field(["ta-pref", "adamerging-pref"], description=(
+        "merged from the zoo at every preference, or none: ta-pref (theta0 + s sum_k K pref_k tau_k), "
+        "adamerging-pref (one whole AdaMerging run of --baseline-steps per preference)"))
     ta_scale: float = Field(0.3, ge=0, description="task arithmetic scale s")
     baseline_steps: int = Field(100, ge=0, description="AdaMerging steps per preference")
     test_limit: Optional[int] = Field(None, ge=1, description="test images per task")
@@ -52,6 +50,8 @@ class FrontConfig(BaseModel):
     @field_validator("baselines")
     @classmethod
     def _known(cls, names: list[str]) -> list[str]:
+        if [n.lower() for n in names] == ["none"]:
+            return []
         unknown = [n for n in names if n not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINES)}")
@@ -100,15 +100,8 @@ class FrontReport:
         return {t: p for t, p in prefs.items() if p.canonical in known}
 
 
-def parse_baselines(text: Optional[str]) -> list[str]:
-    """`ta-pref,adamerging-pref` -> names; empty or `none` -> no baseline (unknown names fail in FrontConfig)."""
-    if text is None or text.strip().lower() in ("", "none"):
-        return []
-    return [n.strip() for n in text.split(",") if n.strip()]
-
-
 def front_preferences(tasks: list[str], cfg: FrontConfig) -> list[Preference]:
-    return unique([*simplex_grid(tasks, cfg.grid), *anchors(tasks), *dirichlet_samples(tasks, cfg.random, cfg.seed)])
+    return cfg.preferences(tasks)
 
 
 def mark_front(model: ModelFront, tasks: list[str]) -> None:
@@ -163,8 +156,12 @@ def baseline_zoo(family: Family, zoo: Optional[str | Path]) -> Zoo:
 
 
 def compute_front(family: Family, cfg: FrontConfig, device: torch.device, zoo: Optional[str | Path] = None,
-                  log: Callable[[str], None] = print) -> FrontReport:
+                  log: Callable[[str], None] = print, families: Sequence[Family] = ()) -> FrontReport:
+    """The front of `family`, of each of `families` (any kind, same tasks) and of the baselines."""
     tasks = family.tasks
+    for other in families:
+        if other.tasks != tasks:
+            raise StoreError(f"family {other.family_id} has tasks {other.tasks}, family {family.family_id} has {tasks}")
     pool = ModelPool(baseline_zoo(family, zoo)) if cfg.baselines else None  # fail before any work
     prefs = front_preferences(tasks, cfg)
     specs = recorded_specs(family.manifest.tasks, f"family {family.family_id}")
@@ -172,6 +169,9 @@ def compute_front(family: Family, cfg: FrontConfig, device: torch.device, zoo: O
     tower = build_tower(family.manifest.architecture)
     report = FrontReport(family.family_id, family.manifest.method, tasks, prefs, cfg)
     report.models[FAMILY] = sweep(FAMILY, family.materialize, prefs, tower, family.heads, test, device, log)
+    for other in families:
+        report.models[other.family_id] = sweep(other.family_id, other.materialize, prefs, tower, other.heads, test,
+                                               device, log)
     if pool is not None:
         # AdaMerging adapts on the tasks' test images without labels (its and the paper's protocol)
         ctx = MergeContext(pool=pool, unlabeled={t: test[t].images for t in tasks}, device=device,

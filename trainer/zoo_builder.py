@@ -37,16 +37,16 @@ class ZooConfig(BaseModel):
     architecture: dict[str, Any]
     tasks: dict[str, str] = Field(min_length=1, description="task name -> dataset spec")
     seed: int = 0
-    channels: int = 3
-    train_limit: Optional[int] = 4000
-    test_limit: Optional[int] = 1000
-    pretrain_steps: int = 200
-    pretrain_batch: int = 128
-    pretrain_lr: float = 2e-3
-    finetune_steps: int = 250
-    finetune_batch: int = 64
-    finetune_lr: float = 1e-3
-    temperature: float = 0.2
+    channels: int = Field(3, description="image channels of the preprocess (1: grayscale)")
+    train_limit: Optional[int] = Field(4000, description="training images per task")
+    test_limit: Optional[int] = Field(1000, description="test images per task")
+    pretrain_steps: int = Field(200, description="contrastive pretraining steps")
+    pretrain_batch: int = Field(128, description="pretraining batch")
+    pretrain_lr: float = Field(2e-3, description="pretraining learning rate")
+    finetune_steps: int = Field(250, description="fine-tuning steps per task")
+    finetune_batch: int = Field(64, description="fine-tuning batch")
+    finetune_lr: float = Field(1e-3, description="fine-tuning learning rate")
+    temperature: float = Field(0.2, description="contrastive temperature")
     caption_images: int = Field(50, ge=1, description="labelled training images per task seen in pretraining")
     caption_temperature: float = Field(0.05, gt=0, description="of the zero-shot heads: logit scale 1/T")
 

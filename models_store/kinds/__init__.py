@@ -4,15 +4,17 @@ A kind is a class with `name`, `files` (the tensor files beside manifest.json an
 heads.safetensors), `Params` (the pydantic model of its manifest's `kind_params`) and
 `load(path, params, tasks, architecture, family_id)`, which checks the files and returns an
 object with `tower_specs()`, `iter_materialized(pref [K])` (theta(pref), one tensor at a time)
-and `servable(heads, device, dtype)`: a model whose `logits(images [N, C, H, W], prefs [N, K])`
-serves a batch in which every image has its own preference. The service talks only to that.
+and `servable(heads, device, dtype, cache)`: a model whose `logits(images [N, C, H, W], prefs
+[N, K])` serves a batch in which every image has its own preference, keeping at most `cache`
+materialised towers on the device where it materialises any. The service talks only to that.
 """
 from __future__ import annotations
 
 from .. import StoreError
 from .lowrank import LowRankFamily
+from .pointset import PointSetFamily
 
-KINDS = {kind.name: kind for kind in (LowRankFamily,)}
+KINDS = {kind.name: kind for kind in (LowRankFamily, PointSetFamily)}
 
 
 def get_kind(name: str):

@@ -266,10 +266,10 @@ class LowRankFamily:
                                  f"expected ({w.shape[0]}, {r}), ({w.shape[1]}, {r}), ({tasks}, {r}, {r})")
 
     @classmethod
-    def load(cls, path: Path, params: LowRankParams, tasks: int, architecture: dict,
+    def load(cls, path: Path, params: LowRankParams, tasks: list[str], architecture: dict,
              family_id: str) -> "LowRankFamily":
         lowrank = lowrank_from_state(load_state_dict(path / LOWRANK), params.targets)
-        return cls(load_state_dict(path / BASE), lowrank, params, tasks, architecture, family_id)
+        return cls(load_state_dict(path / BASE), lowrank, params, len(tasks), architecture, family_id)
 
     def tower_specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
         return [(k, v.dtype, tuple(v.shape)) for k, v in self.base.items()]
@@ -280,5 +280,7 @@ class LowRankFamily:
             f = self.lowrank.get(name)
             yield name, w if f is None else (w.float() + f.delta(pref)).to(w.dtype)
 
-    def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype) -> "PreferenceTower":
+    def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype,
+                 cache: int) -> "PreferenceTower":
+        # exact per image in one forward: nothing is materialised, so nothing to cache (`cache` unused)
         return PreferenceTower(load_tower(self.architecture, self.base), self.lowrank, heads).to(device, dtype)

@@ -95,3 +95,33 @@ def running_server(app, ready: bool = True) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+POINT_SET_ID = "points-test"
+# members: the vertices and the equal preference with task-level lambda, one per-tensor member,
+# one whose blocks come from a fine-tuned model and a skip (HM3's shape)
+POINT_SET_MEMBERS = [
+    {"preference": [1.0, 0.0, 0.0], "coefficients": [0.9, 0.1, 0.0]},
+    {"preference": [0.0, 1.0, 0.0], "coefficients": [0.0, 0.8, 0.3]},
+    {"preference": [0.0, 0.0, 1.0], "per_tensor": True},
+    {"preference": [1 / 3, 1 / 3, 1 / 3], "coefficients": [0.3, 0.3, 0.3], "metrics": {"digits": 0.5}},
+    {"preference": [0.5, 0.5, 0.0], "coefficients": [0.5, 0.5, 0.1], "blocks": ["finetuned:fashion", "skip"]},
+]
+
+
+def make_point_set_family(store: Path, family_id: str = POINT_SET_ID, seed: int = 0,
+                          tasks: dict[str, list[str]] = TASKS) -> Path:
+    """A random micro point-set family whose members differ visibly."""
+    from models_store.kinds import pointset
+
+    g = torch.Generator().manual_seed(seed)
+    pretrained = {k: v.detach().clone() for k, v in build_tower(MICRO).state_dict().items()}
+    vectors = {t: {k: torch.randn(v.shape, generator=g) * 0.2 for k, v in pretrained.items()} for t in tasks}
+    per_tensor = {2: {k: torch.rand(len(tasks), generator=g) for k in pretrained}}
+    dim = MICRO["custom"]["embed_dim"]
+    heads = {t: Head(weight=torch.randn(len(c), dim, generator=g) * 5) for t, c in tasks.items()}
+    manifest = FamilyManifest(family_id=family_id, created=now_iso(), method="ta-pref", architecture=MICRO,
+                              preprocess=Preprocess(image_size=16),
+                              tasks=[TaskInfo(name=t, classes=c) for t, c in tasks.items()],
+                              kind=pointset.NAME, kind_params={"pick": "nearest", "members": POINT_SET_MEMBERS})
+    return publish_family(store, manifest, pointset.family_files(pretrained, vectors, per_tensor), heads)

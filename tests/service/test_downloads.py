@@ -152,7 +152,7 @@ def test_pmerge_export_writes_the_bytes_the_service_serves(store, family, tmp_pa
     from service.app import create_app
     from service.settings import Settings
     from svc_helpers import running_server
-    from trainer.cli import main
+    from models_store.cli import main
 
     app = create_app(Settings(store=store, family=family.family_id, device="cpu", download_cache_dir=tmp_path / "dl"))
     with running_server(app) as url:

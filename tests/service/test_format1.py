@@ -3,15 +3,12 @@ top of the manifest, the zoo in hyperparameters) keeps loading as kind `lowrank`
 downloads exactly as before: the expected bytes and logits were taken with the format-1 code
 (dca4427) on these files."""
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
 import httpx
-import torch
 
-from models_store.family import MANIFEST, Family
-from models_store.store import open_family
+from models_store.family import Family
 from service.app import create_app
 from service.settings import Settings
 
@@ -21,23 +18,6 @@ FORMAT_1 = Path(__file__).parents[1] / "data" / "format-1"
 FAMILY = "fam-format-1"
 DOWNLOADS = {"1,0,0": "15f9c3dc83dec42df72d1e8a9590f7c25241d0d149e702c6b016401bdbeba1d7",
              "digits:0.7,fashion:0.3": "24ece5d0619526a6488ee600bb44ac105c7986ac870ba0b8fe5208dd4f953d42"}
-LOGITS = {"digits": [-0.71762, -2.26785, -1.86698, 1.14204, -7.91115], "fashion": [4.55129, 1.27884, -3.91389],
-          "letters": [-2.40867, 3.52071, -4.26749, 0.66076]}
-
-
-def test_format_1_reads_as_kind_lowrank():
-    raw = json.loads((FORMAT_1 / FAMILY / MANIFEST).read_text())
-    assert raw["format"] == 1 and "rank" in raw and "kind" not in raw  # the fixture is really format 1
-    family = open_family(FORMAT_1, FAMILY)
-    m = family.manifest
-    assert m.kind == "lowrank" and m.kind_params == {"rank": raw["rank"], "targets": raw["targets"]}
-    torch.manual_seed(0)
-    images = torch.randn(2, 3, 16, 16)
-    logits = family.servable(torch.device("cpu"), torch.float32).logits(images, torch.tensor([[1., 0, 0], [0.2, 0.3, 0.5]]))
-    for task, expected in LOGITS.items():
-        assert torch.allclose(logits[task][1], torch.tensor(expected), atol=1e-4), task
-
-
 def test_format_1_serves_and_downloads_the_same_bytes(tmp_path):
     store = tmp_path / "store"
     shutil.copytree(FORMAT_1, store)

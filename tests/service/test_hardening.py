@@ -325,7 +325,7 @@ def test_a_bad_directory_does_not_break_the_store(tmp_path, caplog):
 
 
 def pmerge(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainer.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "models_store.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=Path(__file__).parents[2])
 
 

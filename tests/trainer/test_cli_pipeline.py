@@ -8,7 +8,7 @@ from models_store import StoreError
 from models_store.family import Family
 from models_store.store import open_family
 from models_store.zoo import Zoo
-from trainer.cli import main
+from models_store.cli import main
 from trainer.methods import METHODS
 from trainer.pareto.train import ParetoConfig, train_family
 from trainer.taskpool import TaskPool
@@ -80,7 +80,7 @@ def test_train_publishes_a_family_that_verifies_and_materializes(zoo_dir, tmp_pa
     assert raw["format"] == 2 and raw["kind"] == "lowrank" and raw["kind_params"]["rank"] == 4
     assert raw["zoo"] == str(zoo_dir.resolve()) and "zoo" not in raw["hyperparameters"] and "rank" not in raw
     main(["store", "ls", "--store", str(tmp_path)])
-    assert "kind=lowrank(rank=4)" in capsys.readouterr().out
+    assert "kind=lowrank(rank=4,targets=4)" in capsys.readouterr().out
     (tmp_path / family_id / "lowrank.safetensors").write_bytes(b"tampered")
     with pytest.raises(StoreError, match="lowrank.safetensors does not match its sha256"):
         Family(tmp_path / family_id)

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from models_store.store import list_families
-from trainer.cli import main
+from models_store.cli import main
 
 PMERGE = str(Path(sys.executable).parent / "pmerge")
 ONE_THREAD = os.environ | {"OMP_NUM_THREADS": "1"}  # as tests/conftest.py, for the child process

@@ -11,7 +11,7 @@ import torch
 from models_store.checkpoint import load_state_dict, save_state_dict
 from models_store.preference import Preference, from_weights
 from models_store.store import open_family
-from trainer.cli import main
+from models_store.cli import main
 from trainer.front import FrontConfig, front_preferences
 from trainer.hypervolume import hypervolume, non_dominated
 from trainer.methods import MergeContext, get_method
@@ -176,10 +176,10 @@ def test_front_rejects_bad_inputs(quick_store, tmp_path, capsys):
         main(base + ["--baselines", "ta-pref,magic"])
     err = capsys.readouterr().err
     # one line, the reason first, no pydantic boilerplate (it printed a raw ValidationError)
-    assert err.strip() == "pmerge front: error: baselines: unknown baseline 'magic'; known: ta-pref, adamerging-pref"
+    assert err.strip() == "pmerge front: error: --baselines: unknown baseline 'magic'; known: ta-pref, adamerging-pref, got ['ta-pref', 'magic']"
     with pytest.raises(SystemExit):
         main(base + ["--grid", "0"])
-    assert "--grid: must be at least 1, got 0" in capsys.readouterr().err
+    assert "--grid: Input should be greater than or equal to 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(base + ["--zoo", str(tmp_path / "no-zoo")])
     assert "no-zoo (needed by the baselines) does not exist" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from open_clip.model import CLIP
 
 from models_store.tower import MICRO, TINY, build_tower, head_logits, load_tower
 from models_store.zoo import Zoo
-from trainer.cli import main
+from models_store.cli import main
 
 TASKS = {"MNIST": 4, "SVHN": 3}  # task -> classes
 TEXT_CFG = {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}

@@ -56,7 +56,7 @@ def test_ties_elects_signs_and_takes_disjoint_mean():
     # w[1,0]: .5, -.5 -> sum 0 -> elected + (ties go to +) -> .5 ; w[1,1]: 0
     assert torch.allclose(merged["w"], torch.tensor([[2.0, -2.0], [0.5, 0.0]]))
     assert torch.allclose(merged["b"], torch.zeros(2))
-    out = get_method("ties")(context(), TiesConfig(k=50, scale=0.5))
+    out = get_method("ties")(context(), TiesConfig(ties_k=50, scale=0.5))
     assert torch.allclose(out["w"], PRETRAINED["w"] + 0.5 * merged["w"])
 
 
@@ -68,6 +68,6 @@ def test_ties_preprocess_zeroes_disagreeing_entries_per_task():
 
 def test_method_configs_reject_bad_values():
     with pytest.raises(ValueError):
-        TiesConfig(k=0)
+        TiesConfig(ties_k=0)
     with pytest.raises(ValueError):
         get_method("task-arithmetic").config(scle=1.0)

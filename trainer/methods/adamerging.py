@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-from ..progress import progress_bar
-
 from models_store.checkpoint import StateDict
 
-from ..objective import UnlabeledSampler, task_objectives
+from ..entropy_loop import FrozenTower, optimise
 from ..pool import TaskVector
 from .preference import ParsedPreference, preference_field, task_weights
 from .registry import MergeContext, MethodConfig, register
@@ -23,15 +21,15 @@ from .ties import ties_preprocess
 
 
 class AdaMergingConfig(MethodConfig):
-    steps: int = Field(500, ge=0)
-    lr: float = Field(1e-3, gt=0)
+    steps: int = Field(500, ge=0, description="AdaMerging: optimisation steps")
+    lr: float = Field(1e-3, gt=0, description="AdaMerging: Adam's learning rate")
     batch_size: int = Field(16, ge=1, description="unlabeled images per task per step")
     init: float = Field(0.3, ge=0, le=1, description="initial coefficient of every task vector")
     preference: ParsedPreference = preference_field("each task's entropy")
 
 
 class AdaMergingPlusConfig(AdaMergingConfig):
-    k: float = Field(20.0, gt=0, le=100, description="TIES trim: percent of entries kept")
+    ties_k: float = Field(20.0, gt=0, le=100, description="TIES trim: percent of entries kept")
 
 
 class LayerwiseMerge(torch.nn.Module):
@@ -56,27 +54,26 @@ class LayerwiseMerge(torch.nn.Module):
         self.coefficients.clamp_(0.0, 1.0)
 
 
-def adamerge(ctx: MergeContext, vectors: dict[str, TaskVector], config: AdaMergingConfig) -> StateDict:
+def learn_coefficients(ctx: MergeContext, vectors: dict[str, TaskVector], config: AdaMergingConfig) -> LayerwiseMerge:
+    """The optimised merge: `coefficients` [T, K] over `keys` (one row per parameter tensor)."""
     pool = ctx.pool
-    if not ctx.unlabeled:
-        raise ValueError("AdaMerging needs unlabeled images of every task")
     weights = torch.tensor(task_weights(config.preference, pool.tasks), device=ctx.device)
     merge = LayerwiseMerge(pool.pretrained, vectors, config.init, ctx.device)
-    tower = pool.tower().to(ctx.device)
-    heads = {t: h.to(ctx.device) for t, h in pool.heads.items()}
-    sampler = UnlabeledSampler({t: ctx.unlabeled[t] for t in pool.tasks}, config.batch_size, ctx.seed, ctx.device)
+    frozen = FrozenTower(pool, ctx.unlabeled, config.batch_size, ctx.seed, ctx.device)
     optimizer = torch.optim.Adam(merge.parameters(), lr=config.lr)
-    bar = progress_bar(range(config.steps), desc="adamerging", disable=not ctx.progress, leave=False)
-    for _ in bar:
-        entropies = task_objectives(tower, merge(), heads, sampler.next()).entropy
-        loss = (weights * entropies).sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        merge.clamp_()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+
+    def step():
+        loss = (weights * frozen.objectives(merge()).entropy).sum()
+        return loss, {"loss": f"{loss.item():.3f}"}
+
+    optimise(step, optimizer, merge.clamp_, config.steps, desc="adamerging", progress=ctx.progress)
+    return merge
+
+
+def adamerge(ctx: MergeContext, vectors: dict[str, TaskVector], config: AdaMergingConfig) -> StateDict:
+    merge = learn_coefficients(ctx, vectors, config)
     with torch.no_grad():
-        return {k: v.detach().cpu().to(pool.pretrained[k].dtype) for k, v in merge().items()}
+        return {k: v.detach().cpu().to(ctx.pool.pretrained[k].dtype) for k, v in merge().items()}
 
 
 @register("adamerging", AdaMergingConfig, "layer-wise AdaMerging: entropy-minimised task-vector coefficients "
@@ -88,4 +85,4 @@ def adamerging(ctx: MergeContext, config: AdaMergingConfig):
 
 @register("adamerging++", AdaMergingPlusConfig, "AdaMerging on TIES-preprocessed task vectors", needs_data=True)
 def adamerging_plus(ctx: MergeContext, config: AdaMergingPlusConfig):
-    return adamerge(ctx, ties_preprocess(ctx.pool.task_vectors, config.k), config)
+    return adamerge(ctx, ties_preprocess(ctx.pool.task_vectors, config.ties_k), config)

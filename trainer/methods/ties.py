@@ -17,7 +17,7 @@ from .registry import MergeContext, MethodConfig, register
 
 
 class TiesConfig(MethodConfig):
-    k: float = Field(20.0, gt=0, le=100, description="percent of each task vector's entries kept by magnitude")
+    ties_k: float = Field(20.0, gt=0, le=100, description="TIES trim: percent of each task vector's entries kept by magnitude")
     scale: float = Field(0.3, ge=0, description="s in theta0 + s * merged")
 
 
@@ -70,4 +70,4 @@ def disjoint_mean(vectors: dict[str, TaskVector], k: float) -> TaskVector:
 
 @register("ties", TiesConfig, "TIES-merging: trim, elect sign, disjoint mean")
 def ties(ctx: MergeContext, config: TiesConfig):
-    return add_scaled(ctx.pool.pretrained, [disjoint_mean(ctx.pool.task_vectors, config.k)], [config.scale])
+    return add_scaled(ctx.pool.pretrained, [disjoint_mean(ctx.pool.task_vectors, config.ties_k)], [config.scale])

@@ -28,7 +28,6 @@ random generator's state, so `--resume` after a kill reaches the uninterrupted r
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -38,7 +37,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from ..progress import progress_bar
 
 from models_store.checkpoint import load_state_dict, save_state_dict
 from models_store.family import FamilyManifest, now_iso, publish_family
@@ -48,7 +46,9 @@ from models_store.store import family_path
 from models_store.zoo import Zoo
 
 from ..methods.ties import ties_preprocess
-from ..objective import TaskObjectives, UnlabeledSampler, task_objectives
+from ..family_id import family_id
+from ..entropy_loop import FrozenTower, optimise
+from ..objective import TaskObjectives, UnlabeledSampler
 from ..pool import ModelPool
 from .model import LowRankInit, ParetoMerge
 
@@ -58,10 +58,11 @@ RUNS = ".runs"  # STORE/.runs/<family_id>/checkpoint.safetensors (no manifest.js
 class ParetoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: Literal["pm", "pm++"] = "pm"
-    rank: int = Field(16, ge=1)
-    targets: list[str] = ["in_proj", "out_proj"]
-    steps: int = Field(250, ge=1, description="250: the best of the sweep in bench/results/pm-sweep-*.json; "
-                                               "entropy minimisation overfits later on the demo zoo")
+    rank: int = Field(16, ge=1, description="r of A [d_out, r], B [d_in, r], G [K, r, r]")
+    targets: list[str] = Field(["in_proj", "out_proj"], description="adapted projections of every block: "
+                                                                   "in_proj, out_proj")
+    steps: int = Field(250, ge=1, description="optimisation steps (250: the best of bench/results/pm-sweep-*.json; "
+                                               "entropy minimisation overfits later on the demo zoo)")
     batch_size: int = Field(16, ge=1, description="unlabeled images per task per step")
     lr: float = Field(1e-3, gt=0, description="Adam's lr for the coefficients lambda (AdaMerging's)")
     lowrank_lr: float = Field(3e-4, gt=0, description=(
@@ -81,7 +82,7 @@ class ParetoConfig(BaseModel):
         "preference's steering within them (not in the paper); kaiming: the paper's (A, B random, G zero)"))
     ties_k: float = Field(20.0, gt=0, le=100, description="pm++: TIES trim, percent kept")
     seed: int = 0
-    checkpoint_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints (--resume continues from the last)")
 
 
 def loss_terms(objectives: TaskObjectives, pref: torch.Tensor, model: ParetoMerge,
@@ -101,10 +102,7 @@ def optimizer(model: ParetoMerge, cfg: ParetoConfig) -> torch.optim.Adam:
 
 
 def run_id(zoo: Zoo, cfg: ParetoConfig, unlabeled_specs: dict[str, str]) -> str:
-    """Same zoo, config and data -> same id: a rerun or a resume publishes the same family."""
-    blob = json.dumps([zoo.manifest.model_dump(exclude={"metrics"}), cfg.model_dump(exclude={"checkpoint_every"}),
-                       unlabeled_specs], sort_keys=True)
-    return f"{cfg.method.replace('++', 'pp')}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    return family_id(cfg.method, zoo, cfg, unlabeled_specs, exclude={"checkpoint_every"})
 
 
 class Checkpoint:
@@ -162,39 +160,34 @@ def train_family(zoo: Zoo, store: str | Path, cfg: ParetoConfig, unlabeled: dict
     model = ParetoMerge(pool.pretrained, vectors, targets, cfg.rank, cfg.init, cfg.lowrank_init, init_rng, device)
     del vectors
     opt = optimizer(model, cfg)
-    sampler = UnlabeledSampler({t: unlabeled[t] for t in pool.tasks}, cfg.batch_size, cfg.seed + 1, device)
+    frozen = FrozenTower(pool, unlabeled, cfg.batch_size, cfg.seed + 1, device)
     pref_rng = np.random.Generator(np.random.PCG64(cfg.seed + 2))
     checkpoint = Checkpoint(store / RUNS / family_id / "checkpoint.safetensors")
-    start = checkpoint.load(model, opt, sampler, pref_rng, cfg) if resume and checkpoint.path.is_file() else 0
+    start = checkpoint.load(model, opt, frozen.sampler, pref_rng, cfg) if resume and checkpoint.path.is_file() else 0
     if start:
         print(f"resuming {family_id} at step {start}/{cfg.steps}")
 
-    tower = pool.tower().to(device)
-    for p in tower.parameters():
-        p.requires_grad_(False)
-    heads = {t: h.to(device) for t, h in pool.heads.items()}
     k = len(pool.tasks)
     began = time.perf_counter()
-    terms: dict[str, torch.Tensor] = {}
-    entropies = torch.zeros(k)
-    bar = progress_bar(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.method}",
-                   disable=not progress)
-    for step in bar:
+    last: dict[str, torch.Tensor] = {"entropies": torch.zeros(k)}
+
+    def step():
         pref = torch.tensor(pref_rng.dirichlet([cfg.alpha] * k), dtype=torch.float32, device=device)
-        objectives = task_objectives(tower, model(pref), heads, sampler.next())
-        terms = loss_terms(objectives, pref, model, cfg)
-        entropies = objectives.entropy
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
-        model.clamp_()
-        bar.set_postfix(loss=f"{terms['loss'].item():.3f}",
-                        H=" ".join(f"{h:.2f}" for h in entropies.detach().cpu().tolist()))
-        done = step + 1
+        objectives = frozen.objectives(model(pref))
+        last.update(loss_terms(objectives, pref, model, cfg), entropies=objectives.entropy.detach())
+        return last["loss"], {"loss": f"{last['loss'].item():.3f}",
+                              "H": " ".join(f"{h:.2f}" for h in last["entropies"].cpu().tolist())}
+
+    def after(done: int) -> None:
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            checkpoint.save(done, model, opt, sampler, pref_rng, cfg)
+            checkpoint.save(done, model, opt, frozen.sampler, pref_rng, cfg)
             if on_checkpoint is not None:
                 on_checkpoint(done)
+
+    optimise(step, opt, model.clamp_, cfg.steps, start=start, desc=f"train {cfg.method}", progress=progress,
+             after=after)
+    entropies = last.pop("entropies")
+    terms = last
 
     base, lowrank = model.export({n: t.dtype for n, t in pool.pretrained.items()})
     manifest = FamilyManifest(

@@ -1,0 +1,149 @@
+"""The `pmerge` command: a dispatcher that imports neither the trainer nor the service.
+
+Subcommands are registered through the `pmerge.commands` entry points (pyproject.toml): each
+names a list of `Command`s, the trainer's and the service's. So `pmerge demo` (trainer) serves
+through the registered `serve` command, and the one dependency rule (trainer -> models_store <-
+service) holds for the command line too. Flags of pydantic configs come from their fields
+(`add_model_flags`): a new hyperparameter is one field with one description.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Callable, Optional
+
+from pydantic import BaseModel, ValidationError
+
+from . import StoreError
+
+GROUP = "pmerge.commands"
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+    description: Optional[str] = None
+    check: Callable[[argparse.Namespace], None] = lambda args: None  # cheap checks before long work
+
+
+def commands() -> dict[str, Command]:
+    found: dict[str, Command] = {}
+    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name, reverse=True):  # trainer's first
+        for cmd in ep.load():
+            found[cmd.name] = cmd
+    if not found:
+        raise SystemExit("pmerge: no commands are registered: install the package (pip install -e .)")
+    return found
+
+
+def command(name: str) -> Command:
+    return commands()[name]
+
+
+# ---- flags from pydantic fields ---------------------------------------------------------------
+
+def _flag_type(annotation: Any) -> dict[str, Any]:
+    """argparse keywords for a field's annotation; None and pydantic do the rest."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _flag_type(args[0])
+    if typing.get_origin(annotation) is typing.Literal:
+        return {"choices": list(args), "type": type(args[0])}
+    if typing.get_origin(annotation) is list:
+        return {"type": lambda text: [s.strip() for s in text.split(",") if s.strip()], "metavar": "A,B,..."}
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if annotation in (int, float):
+        return {"type": annotation}
+    return {"type": str}  # str, Path, nested models parsed from text by their own validators
+
+
+def _as_flag(value: Any) -> str:
+    """A default as one would type it."""
+    if isinstance(value, BaseModel):
+        return ",".join(f"{k}={v}" for k, v in value.model_dump().items())
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+def add_model_flags(parser: argparse.ArgumentParser, models: dict[str, type[BaseModel]],
+                    exclude: tuple[str, ...] = ()) -> None:
+    """One `--field-name` per field of the models ({label: model}); a field several share is one
+    flag, whose help gives each model's default when they differ."""
+    seen: dict[str, list[tuple[str, Any]]] = {}
+    for label, model in models.items():
+        for name, f in model.model_fields.items():
+            if name not in exclude:
+                seen.setdefault(name, []).append((label, f))
+    for name, owners in seen.items():
+        f = owners[0][1]
+        defaults = {label: field.get_default(call_default_factory=True) for label, field in owners}
+        shown = {label: _as_flag(d) for label, d in defaults.items()}
+        if len(set(map(repr, shown.values()))) == 1:
+            default = f"default {next(iter(shown.values()))}"
+        else:
+            default = "default " + ", ".join(f"{label} {d}" for label, d in shown.items())
+        only = "" if len(owners) == len(models) or len(models) == 1 else " [" + ", ".join(label for label, _ in owners) + "]"
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, **_flag_type(f.annotation),
+                            help=f"{f.description or ''} ({default}){only}".strip())
+
+
+def model_values(args: argparse.Namespace, model: type[BaseModel], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of `model` given on the command line."""
+    return {n: getattr(args, n) for n in model.model_fields
+            if n not in exclude and getattr(args, n, None) is not None}
+
+
+def refuse_foreign(args: argparse.Namespace, model: type[BaseModel], models: dict[str, type[BaseModel]],
+                   owner: str, exclude: tuple[str, ...] = ()) -> None:
+    """A flag of another model than `model` is an error that names it."""
+    foreign = {n for m in models.values() for n in m.model_fields} - set(model.model_fields) - set(exclude)
+    given = sorted(n for n in foreign if getattr(args, n, None) is not None)
+    if given:
+        raise ValueError(f"{owner} takes no {', '.join('--' + n.replace('_', '-') for n in given)}")
+
+
+def describe_flags(error: ValidationError) -> str:
+    """A config built from flags failed: each problem as `--flag: message, got VALUE`, on one line."""
+    problems = []
+    for e in error.errors():
+        flag, *inner = e["loc"] or ("value",)
+        where = "--" + str(flag).replace("_", "-") + "".join(f": {x}" for x in inner)
+        got = "" if isinstance(e.get("input"), dict) else f", got {e.get('input')!r}"
+        problems.append(f"{where}: {e['msg'].removeprefix('Value error, ')}{got}")
+    return "; ".join(problems)
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pmerge", description="On-demand merged models: learn a family of "
+                                     "merged open_clip towers once, serve any trade-off between the tasks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for cmd in commands().values():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(run=cmd.run)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (StoreError, ValueError, FileNotFoundError, KeyError) as e:
+        message = describe_flags(e) if isinstance(e, ValidationError) else str(e)
+        print(f"pmerge {args.command}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""Kind `point-set` (preference-aware baselines; MAP and HM3 to come): finitely many members, each
+a merged tower made for one preference, and a pick rule that maps any preference to one member.
+
+Files: `pretrained.safetensors` (theta0, the zoo's tower), `task_vectors.safetensors`
+("<task>/<param>" = tau_task[param] = finetuned - pretrained, in the zoo's dtype, for every float
+parameter) and `coefficients.safetensors` ("<member>/<param>" [K], only for per-tensor members).
+kind_params: `pick` (a rule of PICK_RULES) and `members`, each
+
+    preference    [K] the preference it was made for (task order, sums to 1)
+    coefficients  [K] task-level lambda, or null when `per_tensor` (then coefficients.safetensors)
+    blocks        null, or one source per transformer block: "merge", "finetuned:<task>" or "skip"
+    metrics       what its method measured or predicted (MAP's predicted accuracies, say)
+
+    theta_m[P] = theta0[P] + sum_k lambda_m[P, k] tau_k[P]     (lambda_m[P] = coefficients or per tensor)
+
+except in a block whose source is "finetuned:<task>" (theta0 + tau_task: that task's fine-tuned
+block) or "skip": the member's merge with the block's residual branches zeroed (attention
+`out_proj` and `mlp.c_proj`, weight and bias), so the block is the identity and the member is
+still a plain open_clip tower. Serving groups a batch by member and runs each member's tower on
+its images, keeping the last `cache` materialised towers on the device (least recently used out).
+"""
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .. import StoreError
+from ..checkpoint import StateDict, load_state_dict
+from ..tower import build_tower, head_logits
+from ..zoo import Head
+
+NAME = "point-set"
+PRETRAINED = "pretrained.safetensors"
+TASK_VECTORS = "task_vectors.safetensors"
+COEFFICIENTS = "coefficients.safetensors"
+FILES = (PRETRAINED, TASK_VECTORS, COEFFICIENTS)
+
+MERGE, SKIP, FINETUNED = "merge", "skip", "finetuned:"
+# the residual branches' output projections: zero, and a pre-norm block adds nothing to its input
+SKIPPED = ("attn.out_proj.weight", "attn.out_proj.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
+_BLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.(.+)$")
+
+
+def nearest(prefs: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """prefs [N, K], member preferences [M, K] -> [N] the nearest member (Euclidean; ties: the first)."""
+    return torch.cdist(prefs.float(), members.float()).argmin(dim=1)
+
+
+# pick rules by name, as a manifest's `pick` names them
+PICK_RULES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"nearest": nearest}
+
+
+class Member(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    preference: list[float] = Field(description="the preference this member was made for, in task order")
+    coefficients: Optional[list[float]] = Field(None, description="task-level lambda [K]")
+    per_tensor: bool = Field(False, description=f"lambda per parameter, in {COEFFICIENTS}")
+    blocks: Optional[list[str]] = Field(None, description="per transformer block: merge, finetuned:<task> or skip")
+    metrics: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _one_kind_of_coefficients(self) -> "Member":
+        if (self.coefficients is None) == (not self.per_tensor):
+            raise ValueError("a member has either task-level `coefficients` or `per_tensor: true`, not both or neither")
+        return self
+
+
+class PointSetParams(BaseModel):
+    """kind_params of a point-set family."""
+    model_config = ConfigDict(extra="forbid")
+    pick: str = "nearest"
+    members: list[Member] = Field(min_length=1)
+
+    @field_validator("pick")
+    @classmethod
+    def _known_rule(cls, rule: str) -> str:
+        if rule not in PICK_RULES:
+            raise ValueError(f"unknown pick rule {rule!r} (this pmerge knows {', '.join(PICK_RULES)})")
+        return rule
+
+
+def block_of(name: str) -> Optional[tuple[int, str]]:
+    m = _BLOCK.match(name)
+    return None if m is None else (int(m.group(1)), m.group(2))
+
+
+class Members:
+    """The members' weights from theta0 and the task vectors, one tensor at a time, on one device."""
+
+    def __init__(self, pretrained: StateDict, vectors: dict[str, torch.Tensor], params: PointSetParams,
+                 per_tensor: dict[int, dict[str, torch.Tensor]], tasks: list[str]):
+        self.pretrained, self.vectors, self.params, self.per_tensor, self.tasks = pretrained, vectors, params, per_tensor, tasks
+        self.preferences = torch.tensor([m.preference for m in params.members])
+
+    def to(self, device: torch.device) -> "Members":
+        move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        return Members(move(self.pretrained), move(self.vectors), self.params,
+                       {i: move(c) for i, c in self.per_tensor.items()}, self.tasks)
+
+    def pick(self, prefs: torch.Tensor) -> torch.Tensor:
+        """prefs [N, K] -> [N] member index."""
+        return PICK_RULES[self.params.pick](prefs.cpu(), self.preferences)
+
+    def coefficients(self, index: int, name: str) -> torch.Tensor:
+        """lambda of member `index` for parameter `name`, [K] float32, its block's source applied."""
+        member = self.params.members[index]
+        block = block_of(name)
+        source = member.blocks[block[0]] if member.blocks is not None and block is not None else MERGE
+        if source.startswith(FINETUNED):
+            return torch.nn.functional.one_hot(torch.tensor(self.tasks.index(source[len(FINETUNED):])),
+                                               len(self.tasks)).float()
+        if member.per_tensor:
+            return self.per_tensor[index][name].float()
+        return torch.tensor(member.coefficients)
+
+    def tensor(self, index: int, name: str) -> torch.Tensor:
+        """theta_member[name], in theta0's dtype."""
+        w = self.pretrained[name]
+        if name not in self.vectors:  # not a float parameter: never merged
+            return w
+        member, block = self.params.members[index], block_of(name)
+        if member.blocks is not None and block is not None and member.blocks[block[0]] == SKIP and block[1] in SKIPPED:
+            return torch.zeros_like(w)
+        lam = self.coefficients(index, name).to(w.device)
+        return (w.float() + torch.tensordot(lam, self.vectors[name].float(), dims=1)).to(w.dtype)
+
+    def iter_tensors(self, index: int) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.pretrained:
+            yield name, self.tensor(index, name)
+
+
+def family_files(pretrained: StateDict, task_vectors: dict[str, dict[str, torch.Tensor]],
+                 per_tensor: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, StateDict]:
+    """The files `publish_family` writes for this kind: task_vectors {task: {param: tau}} are stored
+    in theta0's dtype; per_tensor {member index: {param: lambda [K]}} for per-tensor members."""
+    vectors = {f"{t}/{k}": v.to(pretrained[k].dtype) for t, tv in task_vectors.items() for k, v in tv.items()}
+    coefficients = {f"{i}/{k}": c.float() for i, cs in (per_tensor or {}).items() for k, c in cs.items()}
+    return {PRETRAINED: pretrained, TASK_VECTORS: vectors, COEFFICIENTS: coefficients}
+
+
+class MemberTowers:
+    """The servable: each image runs through its member's plain open_clip tower; materialised towers
+    are kept on the device, at most `cache` of them, least recently used evicted first."""
+
+    def __init__(self, members: Members, architecture: dict, heads: dict[str, Head], device: torch.device,
+                 dtype: torch.dtype, cache: int):
+        if cache < 1:
+            raise ValueError(f"a point-set family needs room for at least 1 member on the device, got {cache}")
+        self.members, self.architecture, self.device, self.dtype, self.cache = members, architecture, device, dtype, cache
+        self.heads = {t: h.to(device, torch.float32) for t, h in heads.items()}
+        self.towers: OrderedDict[int, torch.nn.Module] = OrderedDict()
+        self.materialized = 0  # cache misses, for tests and benchmarks
+
+    def tower(self, index: int) -> torch.nn.Module:
+        if index in self.towers:
+            self.towers.move_to_end(index)
+            return self.towers[index]
+        if len(self.towers) >= self.cache:  # reuse the evicted tower's memory
+            _, tower = self.towers.popitem(last=False)
+        else:
+            tower = build_tower(self.architecture).to(self.device, self.dtype)
+        with torch.no_grad():
+            for name, target in tower.state_dict().items():
+                target.copy_(self.members.tensor(index, name))
+        self.materialized += 1
+        self.towers[index] = tower
+        return tower
+
+    def logits(self, images: torch.Tensor, prefs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images [N, C, H, W], prefs [N, K] -> {task: [N, C_task]} float32."""
+        features = self.features(images, prefs)
+        return {t: head_logits(features, h.weight, h.bias) for t, h in self.heads.items()}
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
+        """images [N, C, H, W], prefs [N, K] -> features [N, D] float32, one forward per member picked."""
+        if images.shape[1] == 1:  # grayscale preprocess (channels=1): the patch conv takes RGB
+            images = images.expand(-1, 3, -1, -1)
+        images = images.to(self.device, self.dtype)
+        picked = self.members.pick(prefs)
+        features: Optional[torch.Tensor] = None
+        for index in picked.unique().tolist():
+            rows = (picked == index).nonzero().squeeze(1).to(self.device)
+            out = self.tower(index)(images[rows]).float()
+            if features is None:
+                features = out.new_empty(len(images), out.shape[1])
+            features[rows] = out
+        return features
+
+
+class PointSetFamily:
+    """A loaded point-set family: theta0, the task vectors, the members; theta(pref) and the servable."""
+
+    name = NAME
+    files = FILES
+    Params = PointSetParams
+
+    def __init__(self, members: Members, architecture: dict, family_id: str):
+        self.members, self.architecture = members, architecture
+        tasks, k = members.tasks, len(members.tasks)
+        missing = [p for p, w in members.pretrained.items() if w.is_floating_point() and p not in members.vectors]
+        if missing:
+            raise StoreError(f"family {family_id}: {TASK_VECTORS} lacks some task's vector of {missing[0]}")
+        n_blocks = 1 + max((b[0] for p in members.pretrained if (b := block_of(p))), default=-1)
+        for i, m in enumerate(members.params.members):
+            where = f"family {family_id}: member {i}"
+            if len(m.preference) != k or (m.coefficients is not None and len(m.coefficients) != k):
+                raise StoreError(f"{where} has {len(m.preference)} preference weights and "
+                                 f"{len(m.coefficients or [])} coefficients; the family has {k} tasks")
+            if m.per_tensor:
+                lacking = [p for p in members.vectors if p not in members.per_tensor.get(i, {})]
+                wrong = [p for p, c in members.per_tensor.get(i, {}).items() if c.shape != (k,)]
+                if lacking or wrong:
+                    raise StoreError(f"{where}: {COEFFICIENTS} lacks or misshapes {(lacking or wrong)[0]} ([{k}])")
+            if m.blocks is not None:
+                self._check_blocks(where, m.blocks, n_blocks, tasks)
+
+    def _check_blocks(self, where: str, blocks: list[str], n_blocks: int, tasks: list[str]) -> None:
+        if len(blocks) != n_blocks:
+            raise StoreError(f"{where} names {len(blocks)} block sources; the tower has {n_blocks} blocks")
+        for b, source in enumerate(blocks):
+            if source not in (MERGE, SKIP) and not (source.startswith(FINETUNED) and source[len(FINETUNED):] in tasks):
+                raise StoreError(f"{where}: block {b}'s source {source!r} is not merge, skip or finetuned:<task>")
+            if source == SKIP:
+                absent = [s for s in SKIPPED if f"transformer.resblocks.{b}.{s}" not in self.members.pretrained]
+                if absent:
+                    raise StoreError(f"{where}: cannot skip block {b}, it has no {absent[0]}")
+
+    @classmethod
+    def load(cls, path: Path, params: PointSetParams, tasks: list[str], architecture: dict,
+             family_id: str) -> "PointSetFamily":
+        pretrained = load_state_dict(path / PRETRAINED)
+        stored = load_state_dict(path / TASK_VECTORS)
+        vectors = {}
+        for p in pretrained:
+            if all(f"{t}/{p}" in stored for t in tasks):
+                vectors[p] = torch.stack([stored.pop(f"{t}/{p}") for t in tasks])
+        per_tensor: dict[int, dict[str, torch.Tensor]] = {}
+        for key, c in load_state_dict(path / COEFFICIENTS).items():
+            index, _, p = key.partition("/")
+            per_tensor.setdefault(int(index), {})[p] = c
+        return cls(Members(pretrained, vectors, params, per_tensor, tasks), architecture, family_id)
+
+    def tower_specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        return [(k, v.dtype, tuple(v.shape)) for k, v in self.members.pretrained.items()]
+
+    def iter_materialized(self, pref: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """The tower of the member that `pref` picks, one tensor at a time."""
+        return self.members.iter_tensors(int(self.members.pick(pref[None])[0]))
+
+    def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype, cache: int) -> MemberTowers:
+        return MemberTowers(self.members.to(device), self.architecture, heads, device, dtype, cache)

@@ -1,0 +1,108 @@
+"""Kind point-set: each member's tower against its formula, the pick rule, the servable and its cache."""
+import pytest
+import torch
+
+from models_store import StoreError
+from models_store.checkpoint import load_state_dict
+from models_store.family import Family
+from models_store.kinds.pointset import COEFFICIENTS, PRETRAINED, TASK_VECTORS
+from models_store.preference import from_weights
+from models_store.tower import head_logits, load_tower
+
+import sys
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).parents[1] / "service"))
+from svc_helpers import POINT_SET_MEMBERS, TASKS, make_point_set_family  # noqa: E402
+
+TASK_NAMES = list(TASKS)
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory) -> Family:
+    return Family(make_point_set_family(tmp_path_factory.mktemp("store")))
+
+
+def stored(family):
+    pre = load_state_dict(family.path / PRETRAINED)
+    tv = load_state_dict(family.path / TASK_VECTORS)
+    coef = load_state_dict(family.path / COEFFICIENTS)
+    return pre, {t: {k: tv[f"{t}/{k}"] for k in pre} for t in TASK_NAMES}, coef
+
+
+def test_each_member_is_its_formula(family):
+    pre, tau, coef = stored(family)
+    for i, member in enumerate(POINT_SET_MEMBERS):
+        theta = family.materialize(from_weights(member["preference"], TASK_NAMES))
+        for k, w in pre.items():
+            lam = [coef[f"{i}/{k}"][j].item() for j in range(3)] if member.get("per_tensor") else member["coefficients"]
+            if member.get("blocks") and k.startswith("transformer.resblocks.0."):
+                lam = [0.0, 1.0, 0.0]  # finetuned:fashion: theta0 + tau_fashion
+            expected = w + sum(l * tau[t][k] for l, t in zip(lam, TASK_NAMES))
+            if member.get("blocks") and k in {f"transformer.resblocks.1.{s}" for s in
+                                              ("attn.out_proj.weight", "attn.out_proj.bias", "mlp.c_proj.weight",
+                                               "mlp.c_proj.bias")}:
+                expected = torch.zeros_like(w)  # skip
+            assert torch.allclose(theta[k], expected, atol=1e-6), (i, k)
+
+
+def test_a_skipped_block_is_the_identity(family):
+    tower = load_tower(family.manifest.architecture, family.materialize(from_weights([0.5, 0.5, 0], TASK_NAMES)))
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        assert torch.equal(tower.transformer.resblocks[1](x), x)
+
+
+def test_any_preference_picks_the_nearest_member(family):
+    pick = family.body.members.pick
+    prefs = torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.45, 0.45, 0.1], [0, 0, 1.0]])
+    assert pick(prefs).tolist() == [0, 1, 3, 4, 2]
+    # the download of a preference is its member's tower
+    near = family.materialize(from_weights([0.9, 0.05, 0.05], TASK_NAMES))
+    member = family.materialize(from_weights([1, 0, 0], TASK_NAMES))
+    assert all(torch.equal(near[k], member[k]) for k in member)
+
+
+def test_servable_equals_each_members_tower_cold_and_warm(family):
+    model = family.servable(torch.device("cpu"), torch.float32, cache=2)
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(8, 3, 16, 16, generator=g)
+    weights = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.34, 0.33, 0.33], [0.5, 0.5, 0], [0.9, 0.1, 0], [0, 0.2, 0.8],
+               [0.3, 0.3, 0.4]]
+    prefs = torch.stack([from_weights(w, TASK_NAMES).tensor() for w in weights])
+    for round in range(2):  # cold, then again with the cache holding the last two
+        logits = model.logits(images, prefs)
+        for i, w in enumerate(weights):
+            tower = load_tower(family.manifest.architecture, family.materialize(from_weights(w, TASK_NAMES)))
+            with torch.no_grad():
+                feats = tower(images[i:i + 1])
+            for t, h in family.heads.items():
+                assert (logits[t][i] - head_logits(feats, h.weight, h.bias)[0]).abs().max() <= 1e-4, (round, i, t)
+        assert len(model.towers) == 2  # never more than the cache holds
+    before = model.materialized
+    model.logits(images[:2], prefs[[0, 0]])  # members run in index order: 3 and 4 were the last, 0 is a miss
+    model.logits(images[:2], prefs[[0, 0]])  # now a hit
+    assert model.materialized == before + 1
+
+
+def test_members_inconsistent_with_the_family_are_refused(family, tmp_path):
+    import json
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(family.path, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["kind_params"]["members"][4]["blocks"] = ["merge"]
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="member 4 names 1 block sources; the tower has 2 blocks"):
+        Family(bad, verify=False)
+    manifest["kind_params"]["members"][4]["blocks"] = ["merge", "finetuned:cats"]
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="block 1's source 'finetuned:cats'"):
+        Family(bad, verify=False)
+    manifest["kind_params"]["members"][0]["per_tensor"] = True
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="either task-level `coefficients` or `per_tensor: true`"):
+        Family(bad, verify=False)
+    manifest["kind_params"]["pick"] = "magic"
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="unknown pick rule 'magic'"):
+        Family(bad, verify=False)

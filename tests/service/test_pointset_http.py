@@ -1,0 +1,102 @@
+"""A point-set family through a real uvicorn server: mixed batches over several members, cold and
+warm cache, downloads equal to what is served, /family listing the members."""
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+
+from models_store.preference import parse_preference
+from models_store.tower import build_tower, head_logits
+from service.app import create_app
+from service.images import decode_image
+from service.settings import Settings
+
+from svc_helpers import POINT_SET_ID, POINT_SET_MEMBERS, make_point_set_family, png_bytes, running_server
+
+# each picks another member (nearest): 0, 1, 2, 3 and 4
+PREFS = ["0.9,0.05,0.05", "fashion:1", "0.1,0.1,0.8", "1,1,1", "digits:0.45,fashion:0.45,letters:0.1"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    store = tmp_path_factory.mktemp("points")
+    make_point_set_family(store)
+    # two cached towers for five members: every mixed round misses, a repeated member hits
+    settings = Settings(store=store, family=POINT_SET_ID, device="cpu", max_batch=64, max_wait_ms=50,
+                        cached_towers=2, download_cache_dir=tmp_path_factory.mktemp("downloads"))
+    app = create_app(settings)
+    with running_server(app) as url:
+        yield url, app
+
+
+def downloaded_probs(url: str, pref: str, pixels: torch.Tensor, family) -> dict[str, torch.Tensor]:
+    """Plain open_clip on the checkpoint downloaded for `pref`."""
+    r = httpx.get(f"{url}/models/{pref}", timeout=30)
+    assert r.status_code == 200, r.text
+    state = load_safetensors(r.content)
+    tower = build_tower(family.manifest.architecture)
+    tower.load_state_dict({k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")},
+                          strict=True)
+    with torch.no_grad():
+        feats = tower(pixels[None])
+    return {t: torch.softmax(head_logits(feats, state[f"heads.{t}.weight"], state.get(f"heads.{t}.bias"))[0], -1)
+            for t in family.tasks}
+
+
+def classify_all(url: str, jobs: list[tuple[bytes, str]]) -> list[httpx.Response]:
+    async def run():
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/classify", params={"pref": p, "top_k": 5},
+                                                      files=[("files", ("i.png", img, "image/png"))])
+                                          for img, p in jobs))
+    return asyncio.run(run())
+
+
+def test_mixed_batches_over_members_equal_downloaded_checkpoints_cold_and_warm(server):
+    url, app = server
+    runtime = app.state.runtime
+    family, model = runtime.family, runtime.engine.model
+    images = [png_bytes(200 + i) for i in range(10)]
+    jobs = [(images[i], PREFS[i % len(PREFS)]) for i in range(10)]
+    picked = {int(model.members.pick(parse_preference(p, family.tasks).tensor()[None])[0]) for _, p in jobs}
+    assert picked == {0, 1, 2, 3, 4}
+    expected = [downloaded_probs(url, p, decode_image(img, family.manifest.preprocess, 10**6), family)
+                for img, p in jobs]
+    batches = runtime.engine.batches
+    for round in ("cold", "warm"):
+        misses = model.materialized
+        responses = classify_all(url, jobs)
+        assert [r.status_code for r in responses] == [200] * len(jobs), [r.text for r in responses]
+        for r, probs in zip(responses, expected):
+            for task, labels in r.json()["results"][0]["predictions"].items():
+                for label in labels:
+                    assert abs(label["probability"] - probs[task][label["index"]].item()) <= 1e-4, (round, task)
+        assert model.materialized > misses  # five members through two places: some were materialised
+        assert len(model.towers) == 2
+    assert runtime.engine.batches - batches < 2 * len(jobs), "requests were not batched together"
+    # warm: one member over and over is materialised once
+    misses = model.materialized
+    assert all(r.status_code == 200 for r in classify_all(url, [(images[0], PREFS[3])] * 6))
+    assert model.materialized - misses <= 1
+
+
+def test_export_writes_the_bytes_the_service_serves(server, tmp_path):
+    from models_store.cli import main
+    url, app = server
+    store = app.state.settings.store
+    for pref in PREFS[:3]:
+        main(["export", "--store", str(store), "--family", POINT_SET_ID, "--pref", pref, "--out", str(tmp_path / "m")])
+        served = httpx.get(f"{url}/models/{pref}", timeout=30)
+        assert served.status_code == 200 and (tmp_path / "m").read_bytes() == served.content
+
+
+def test_family_lists_the_members(server):
+    url, _ = server
+    body = httpx.get(url + "/family").json()
+    assert body["kind"] == "point-set" and body["kind_params"]["pick"] == "nearest"
+    assert [m["preference"] for m in body["kind_params"]["members"]] == [m["preference"] for m in POINT_SET_MEMBERS]
+    assert body["rank"] is None and body["targets"] is None

@@ -1,0 +1,27 @@
+"""The one dependency rule (trainer -> models_store <- service), and a service that names no kind:
+checked on every module's imports, so a new edge fails here rather than in a review."""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+FORBIDDEN = {"models_store": ("trainer", "service"), "trainer": ("service",), "service": ("trainer", "models_store.kinds")}
+
+
+def imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_module_imports_across_the_rule(package):
+    bad = [f"{path.relative_to(ROOT)} imports {name}" for path in sorted((ROOT / package).rglob("*.py"))
+           for name in sorted(imports(path)) if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[package])]
+    assert not bad, bad

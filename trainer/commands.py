@@ -1,0 +1,397 @@
+"""The trainer's `pmerge` subcommands (registered through the `pmerge.commands` entry point; the
+dispatcher is models_store/cli.py). Each is a small function; the work lives in plain modules,
+and the flags of configs come from their pydantic fields."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from models_store import StoreError
+from models_store.cli import Command, add_model_flags, command, model_values, refuse_foreign
+
+DEVICE = {"default": "auto", "choices": ["auto", "cuda", "cpu"], "help": "auto (default): a CUDA GPU when there is one"}
+
+
+def key_values(items: Optional[list[str]], flag: str) -> dict[str, str]:
+    """`NAME=VALUE` arguments -> dict, with an error naming the bad one."""
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"{flag} expects NAME=VALUE, got {item!r}")
+        out[name] = value
+    return out
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= low, with an error that says so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def write_json(path: Optional[str], payload: dict) -> None:
+    if path:
+        from models_store.atomic import write_text
+        write_text(path, json.dumps(payload, indent=2))
+        print(f"wrote {path}")
+
+
+# ---- pmerge zoo ------------------------------------------------------------------------------
+
+def zoo_flags(p: argparse.ArgumentParser) -> None:
+    from .zoo_builder import ZooConfig
+    p.add_argument("--out", required=True, help="zoo directory to write")
+    p.add_argument("--task", action="append", metavar="NAME=SPEC",
+                   help="a task and its dataset spec (idx:DIR, folder:DIR, builtin:NAME); repeatable")
+    p.add_argument("--demo", action="store_true", help="the demo tasks: digits, glyphs, shapes, and fashion when "
+                   "Debian's dataset-fashion-mnist is installed, else patterns")
+    p.add_argument("--arch", default="tiny", help="tiny (default, ~0.8M params, 32x32), micro, or an open_clip name")
+    add_model_flags(p, {"zoo": ZooConfig}, exclude=("architecture", "tasks"))
+
+
+def zoo(args: argparse.Namespace) -> None:
+    from models_store.tower import resolve_architecture
+    from .evaluate import markdown_table
+    from .zoo_builder import ZooConfig, build_zoo, demo_tasks
+
+    tasks = key_values(args.task, "--task") or (demo_tasks() if args.demo else {})
+    if not tasks:
+        raise ValueError("give --task NAME=SPEC (repeatable) or --demo")
+    cfg = ZooConfig(architecture=resolve_architecture(args.arch), tasks=tasks, **model_values(args, ZooConfig))
+    start = time.perf_counter()
+    built, matrix = build_zoo(args.out, cfg)
+    print(markdown_table(matrix, built.tasks))
+    print(f"zoo written to {args.out} in {time.perf_counter() - start:.0f} s")
+
+
+# ---- pmerge merge ----------------------------------------------------------------------------
+
+def merge_configs() -> dict:
+    from .methods import METHODS
+    return {name: m.config for name, m in METHODS.items()}
+
+
+def merge_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--zoo", required=True)
+    p.add_argument("--method", required=True, choices=list(merge_configs()))
+    p.add_argument("--out", required=True, help="FILE.safetensors: the merged tower's state dict")
+    add_model_flags(p, merge_configs(), exclude=("preference",))
+    p.add_argument("--pref", metavar="PREF", help="task arithmetic / AdaMerging(++) + preference: 0.7,0.1,0.2 (zoo "
+                   "task order) or digits:0.7,shapes:0.3; task k is weighted by K * pref_k (the equal preference is "
+                   "the plain method). AdaMerging runs one whole optimisation for it (`pmerge train --method "
+                   "adamerging-pref` makes a family of many)")
+    p.add_argument("--unlabeled", action="append", metavar="TASK=SPEC",
+                   help="unlabeled images for a task (default: the task's test images, without labels)")
+    p.add_argument("--device", **DEVICE)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def merge(args: argparse.Namespace) -> None:
+    from models_store.checkpoint import save_state_dict
+    from models_store.device import pick_device
+    from models_store.preference import parse_preference
+    from models_store.zoo import Zoo
+    from .methods import MergeContext, get_method
+    from .pool import ModelPool
+    from .taskpool import TaskPool
+
+    method = get_method(args.method)
+    refuse_foreign(args, method.config, merge_configs(), f"method {method.name}", exclude=("preference",))
+    given = model_values(args, method.config, exclude=("preference",))
+    source = Zoo(args.zoo)
+    if args.pref is not None:
+        if "preference" not in method.config.model_fields:
+            raise ValueError(f"method {method.name} takes no --pref")
+        given["preference"] = parse_preference(args.pref, source.tasks)
+    config = method.config(**given)
+    ctx = MergeContext(pool=ModelPool(source), device=pick_device(args.device), seed=args.seed)
+    if method.needs_data:
+        ctx.unlabeled = TaskPool(source, unlabeled=key_values(args.unlabeled, "--unlabeled")).unlabeled
+    start = time.perf_counter()
+    state = method(ctx, config)
+    seconds = time.perf_counter() - start
+    save_state_dict(args.out, state, metadata={"method": method.name, "config": config.model_dump_json(),
+                                               "seconds": f"{seconds:.2f}"})
+    at = "" if args.pref is None else f" at preference {config.preference}"
+    print(f"{method.name}{at} merged in {seconds:.1f} s -> {args.out}")
+
+
+# ---- pmerge eval -----------------------------------------------------------------------------
+
+def eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--zoo", required=True)
+    p.add_argument("--weights", required=True,
+                   help="FILE.safetensors (a tower state dict, as `pmerge merge` writes, or a merged checkpoint as "
+                        "GET /models/PREF downloads, whose own heads are then used), 'pretrained', or 'finetuned'")
+    p.add_argument("--data", action="append", metavar="TASK=SPEC",
+                   help="test data of a task (default: the dataset spec the zoo records for it); repeatable")
+    p.add_argument("--json", help="write the scores as JSON here")
+    p.add_argument("--test-limit", type=int, default=None, help="evaluate on at most this many test images per task")
+    p.add_argument("--device", **DEVICE)
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from models_store.device import pick_device
+    from models_store.merged import read_tower_weights
+    from models_store.zoo import Zoo
+    from .evaluate import evaluate_state, markdown_table, with_average
+    from .taskpool import TaskPool
+
+    source = Zoo(args.zoo)
+    test = TaskPool(source, test_limit=args.test_limit, data=key_values(args.data, "--data")).test
+    device, arch = pick_device(args.device), source.manifest.architecture
+    if args.weights == "finetuned":  # each task with its own fine-tuned tower
+        scores = {t: evaluate_state(arch, source.finetuned(t), source.heads, {t: test[t]}, device)[t]
+                  for t in source.tasks}
+    else:
+        state, heads = source.pretrained(), None
+        if args.weights != "pretrained":
+            state, heads, _ = read_tower_weights(args.weights)
+        if heads is not None and set(heads) != set(source.tasks):
+            raise ValueError(f"{args.weights} has heads for {sorted(heads)}, the zoo's tasks are {source.tasks}")
+        scores = evaluate_state(arch, state, heads or source.heads, test, device)
+    print(markdown_table({args.weights: scores}, source.tasks))
+    write_json(args.json, {"weights": args.weights, "zoo": str(args.zoo), "accuracy": with_average(scores)})
+
+
+# ---- pmerge import ---------------------------------------------------------------------------
+
+def import_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--src", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--arch", required=True, help="tiny, micro, an open_clip model name (e.g. ViT-B-32), or a JSON file "
+                                               "(an architecture as zoo.json writes it, or an open_clip model config)")
+    p.add_argument("--tasks", required=True, help="comma-separated task (dataset) names, e.g. MNIST,SVHN")
+    p.add_argument("--classes", action="append", metavar="TASK=FILE", help="class names, one per line")
+    p.add_argument("--data", action="append", metavar="TASK=SPEC",
+                   help="the task's dataset spec (idx:DIR, folder:DIR, builtin:NAME), recorded in the zoo: eval, "
+                        "train and front read it from there; repeatable")
+
+
+def import_(args: argparse.Namespace) -> None:
+    from .importer import import_zoo
+    classes = {t: Path(f).read_text().split("\n") for t, f in key_values(args.classes, "--classes").items()}
+    classes = {t: [c for c in names if c.strip()] for t, names in classes.items()}
+    data = key_values(args.data, "--data")
+    imported = import_zoo(args.src, args.out, args.arch, args.tasks.split(","), classes, data)
+    print(f"imported {len(imported.tasks)} tasks into {args.out}")
+    missing = [t for t in imported.tasks if t not in data]
+    if missing:
+        print(f"note: no --data for {', '.join(missing)}: `pmerge eval` then needs --data TASK=SPEC for them, "
+              f"`pmerge train` and `merge --method adamerging` need --unlabeled TASK=SPEC, and `pmerge front` cannot "
+              f"evaluate them; import again with --data TASK=SPEC to record their data once", file=sys.stderr)
+
+
+# ---- pmerge train ----------------------------------------------------------------------------
+
+def learner_configs() -> dict:
+    from .families import FAMILIES
+    return {name: learner.config for name, learner in FAMILIES.items()}
+
+
+def train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--zoo", required=True)
+    p.add_argument("--store", required=True)
+    p.add_argument("--method", default="pm", choices=list(learner_configs()), help="the family learner (default pm)")
+    add_model_flags(p, learner_configs(), exclude=("method",))
+    p.add_argument("--unlabeled", action="append", metavar="TASK=SPEC",
+                   help="unlabeled images of a task (default: its test images, without labels); repeatable")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--device", **DEVICE)
+
+
+def train(args: argparse.Namespace) -> None:
+    from models_store.device import pick_device
+    from models_store.zoo import Zoo
+    from .families import LearnContext, get_family_learner
+
+    learner = get_family_learner(args.method)
+    refuse_foreign(args, learner.config, learner_configs(), f"method {learner.name}", exclude=("method",))
+    config = learner.config(**model_values(args, learner.config))
+    ctx = LearnContext(Zoo(args.zoo), Path(args.store), key_values(args.unlabeled, "--unlabeled"),
+                       pick_device(args.device), resume=args.resume)
+    print(learner(ctx, config).name)
+
+
+# ---- pmerge front ----------------------------------------------------------------------------
+
+def front_flags(p: argparse.ArgumentParser) -> None:
+    from .front import FrontConfig
+    p.add_argument("--store", required=True)
+    p.add_argument("--family", help="family id (default: the newest)")
+    p.add_argument("--families", metavar="ID,...", help="more families of the store, in the same axes and table")
+    p.add_argument("--out", required=True, metavar="DIR")
+    add_model_flags(p, {"front": FrontConfig})
+    p.add_argument("--zoo", help="the zoo of the baselines (default: the one the family records)")
+    p.add_argument("--device", **DEVICE)
+
+
+def front(args: argparse.Namespace) -> None:
+    from models_store.device import pick_device
+    from models_store.store import open_family
+    from .front import FrontConfig, compute_front
+    from .front_report import front_markdown, write_front
+
+    cfg = FrontConfig(**model_values(args, FrontConfig))
+    others = [open_family(args.store, i.strip()) for i in (args.families or "").split(",") if i.strip()]
+    report = compute_front(open_family(args.store, args.family), cfg, pick_device(args.device), zoo=args.zoo,
+                           families=others)
+    paths = write_front(report, args.out)
+    print(front_markdown(report))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+# ---- pmerge select ---------------------------------------------------------------------------
+
+def select_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", required=True)
+    p.add_argument("--family", help="family id (default: the newest)")
+    p.add_argument("--data", required=True, metavar="SPEC", help="the new task's images (idx:DIR, folder:DIR, builtin:NAME)")
+    head = p.add_mutually_exclusive_group()
+    head.add_argument("--head", metavar="FILE", help="the new task's head: safetensors with weight [C, D] (+ bias [C])")
+    head.add_argument("--task", metavar="NAME", help="use this family task's head (a known task on new data)")
+    p.add_argument("--samples", type=int_at_least(0), default=30, help="Dirichlet(1) preferences tried (default 30)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int_at_least(1), default=None, help="use at most this many images")
+    p.add_argument("--json", metavar="OUT", help="write every trial and the selection as JSON here")
+    p.add_argument("--device", **DEVICE)
+
+
+def select(args: argparse.Namespace) -> None:
+    from models_store.device import pick_device
+    from models_store.store import open_family
+    from .data import load_dataset
+    from .select import family_head, read_head, select_preference, selection_json, selection_table
+
+    if not args.head and not args.task:
+        raise ValueError("give the new task's head: --head FILE (zoo head format) "
+                         "or --task NAME (one of the family's heads)")
+    family = open_family(args.store, args.family)
+    head = read_head(args.head) if args.head else family_head(family, args.task)
+    images = load_dataset(args.data, "test", family.manifest.preprocess, limit=args.limit, seed=args.seed).images
+    selection = select_preference(family, head, images, args.samples, args.seed, pick_device(args.device))
+    print(selection_table(selection))
+    print(f"selected preference: {selection.best.preference}")
+    write_json(args.json, selection_json(selection, family, data=args.data, head=args.head or f"task:{args.task}",
+                                         images=len(images), samples=args.samples, seed=args.seed))
+
+
+# ---- pmerge store, export ----------------------------------------------------------------------
+
+def store_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["ls", "show", "rm"])
+    p.add_argument("family", nargs="?", help="family id (show: default the newest)")
+    p.add_argument("--store", required=True)
+
+
+def store(args: argparse.Namespace) -> None:
+    from models_store.family import Family
+    from models_store.store import describe_kind, family_path, list_families, manifest_json, remove_family
+    if not Path(args.store).is_dir():
+        raise StoreError(f"no store at {args.store} (a directory that `pmerge train --store` writes)")
+    if args.action == "ls":
+        for m in list_families(args.store):
+            print(f"{m.family_id}\t{m.method}\t{m.created}\ttasks={','.join(m.task_names)}\t{describe_kind(m)}")
+    elif args.action == "show":
+        family = Family(family_path(args.store, args.family))  # verifies every sha256
+        print(manifest_json(family.manifest))
+    else:
+        if not args.family:
+            raise ValueError("store rm: give the family id")
+        remove_family(args.store, args.family)
+        print(f"removed {args.family}")
+
+
+def export_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", required=True)
+    p.add_argument("--family", help="family id (default: the newest valid one)")
+    p.add_argument("--pref", required=True, metavar="PREF", help="0.7,0.3 (task order) or digits:0.7,glyphs:0.3")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors")
+
+
+def export(args: argparse.Namespace) -> None:
+    from models_store.merged import write_checkpoint
+    from models_store.store import open_family
+
+    family = open_family(args.store, args.family)  # verifies every sha256
+    pref = family.preference(args.pref)
+    write_checkpoint(Path(args.out), family, pref)
+    print(f"{family.family_id} at {pref} -> {args.out}")
+
+
+# ---- pmerge demo -----------------------------------------------------------------------------
+
+def demo_flags(p: argparse.ArgumentParser) -> None:
+    from .demo import default_dir
+    p.add_argument("--dir", default=str(default_dir()), help="cache directory (default %(default)s)")
+    p.add_argument("--no-serve", action="store_true", help="stop once the family is in the store")
+    p.add_argument("--device", **DEVICE)
+    p.add_argument("--host", help="bind address (env PMERGE_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="env PMERGE_PORT (default 8000)")
+
+
+def demo(args: argparse.Namespace) -> None:
+    from models_store.device import pick_device
+    from .demo import demo_family
+
+    # the registered `serve` command (the service's): the trainer never imports the service
+    serve = None if args.no_serve else command("serve")
+    if serve is not None:  # before minutes of building: a taken port is said now, not after them
+        parser = argparse.ArgumentParser(prog="pmerge demo")
+        serve.add_arguments(parser)
+        given = [("--device", args.device), ("--host", args.host), ("--port", args.port)]
+        serve_args = parser.parse_args([str(x) for flag, value in given if value is not None for x in (flag, value)])
+        serve.check(serve_args)
+    path = demo_family(Path(args.dir), pick_device(args.device))
+    if serve is not None:
+        serve_args.store, serve_args.family = str(path.parent), path.name
+        serve.run(serve_args)
+
+
+COMMANDS = [
+    Command("zoo", "build a model zoo (pretrained tower, zero-shot heads, fine-tuned towers) from data", zoo_flags, zoo,
+            "CLIP in miniature: contrastive pretraining plus --caption-images labelled images per task paired with "
+            "learned class embeddings, which become the zero-shot heads; then each task fine-tunes the whole tower "
+            "with its head frozen."),
+    Command("merge", "merge a zoo into one tower with a classic method", merge_flags, merge,
+            "Methods: weight-average, task-arithmetic, ties, adamerging, adamerging++ (each flag says which take it)."),
+    Command("eval", "per-task test accuracy of a tower", eval_flags, evaluate),
+    Command("import", "convert task-vectors/AdaMerging checkpoints (pickles!) into a zoo", import_flags, import_,
+            "Reads SRC/zeroshot.pt, SRC/<Task>/finetuned.pt and SRC/head_<Task>.pt. This UNPICKLES the files "
+            "(weights_only=True first, a full unpickle for whole pickled modules): import only files you trust."),
+    Command("train", "learn a family of merged models (Pareto Merging, or a servable baseline) into a store",
+            train_flags, train,
+            "--method pm / pm++: Pareto Merging (kind lowrank), one training for the whole simplex; ta-pref / "
+            "adamerging-pref: the preference-aware baselines at --points (kind point-set). Unlabeled data default "
+            "to the tasks' test images without labels (the papers' protocol). Each flag says which methods take it."),
+    Command("front", "the Pareto front of a family (and of preference-aware baselines): JSON, Markdown, PNG",
+            front_flags, front,
+            "Evaluates per-task test accuracy at every preference of a set: the simplex grid with N divisions "
+            "(vertices included; K=4, N=3: 20 points), the equal preference, 0.7 on each task with the rest spread "
+            "evenly, and M Dirichlet(1) draws. Baselines are merged from the family's zoo at the same preferences "
+            "(adamerging-pref: ONE WHOLE AdaMerging optimisation PER PREFERENCE); --families adds families of the "
+            "store. Writes DIR/front.json, front.md (printed) and front.png; per model the non-dominated points and "
+            "their hypervolume (reference point: all accuracies 0)."),
+    Command("select", "pick a family preference for an unseen task by lowest prediction entropy", select_flags, select,
+            "The Pareto Merging paper's unseen-task procedure: try the equal preference, the vertices and SAMPLES "
+            "Dirichlet(1) draws; for each, the mean prediction entropy of the materialised tower with the new task's "
+            "head on the unlabeled images of --data (labels ignored); print every trial and the lowest."),
+    Command("store", "list, show (and verify) or remove the families of a store", store_flags, store),
+    Command("export", "write the merged checkpoint of one preference, as GET /models/PREF serves it", export_flags,
+            export, "The same bytes as the service's download (docs/formats.md, 'Merged checkpoint'): `visual.*` "
+            "tower weights, `heads.*`, metadata; no server needed."),
+    Command("demo", "build or reuse the demo zoo and family, then serve them", demo_flags, demo,
+            "DIR/zoo: the demo zoo (`pmerge zoo --demo`); DIR/families: the store with the family `pmerge train` "
+            "makes of it with its defaults. Both are reused when present, and a killed training run resumes."),
+]

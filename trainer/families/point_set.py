@@ -1,0 +1,45 @@
+"""What the point-set learners share: their points, and publishing members as a point-set family."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from models_store.family import FamilyManifest, now_iso, publish_family
+from models_store.kinds import pointset
+from models_store.preference import Preference
+from models_store.store import family_path
+
+from ..simplex import PointSet
+from .registry import LearnContext, LearnerConfig
+
+
+class PointsConfig(LearnerConfig):
+    points: PointSet = Field(default_factory=PointSet, description=(
+        "the members' preferences, as `pmerge front` chooses them: grid=N (simplex grid, vertices included), "
+        "random=M (Dirichlet(1) draws), seed=S; the equal and the 0.7-on-one-task preferences always"))
+
+
+def published(ctx: LearnContext, family_id: str) -> Path | None:
+    return family_path(ctx.store, family_id) if (ctx.store / family_id / "manifest.json").is_file() else None
+
+
+def publish_point_set(ctx: LearnContext, family_id: str, method: str, config: LearnerConfig,
+                      members: list[pointset.Member], per_tensor: dict[int, dict[str, torch.Tensor]],
+                      began: float) -> Path:
+    """Publish the members with the zoo's theta0 and task vectors (in its dtype): self-contained."""
+    zoo, pool = ctx.zoo, ctx.pool
+    manifest = FamilyManifest(
+        family_id=family_id, created=now_iso(), method=method,
+        hyperparameters=config.model_dump() | {"unlabeled": ctx.unlabeled_specs}, zoo=str(zoo.root.resolve()),
+        architecture=zoo.manifest.architecture, preprocess=zoo.manifest.preprocess, tasks=zoo.manifest.tasks,
+        kind=pointset.NAME, kind_params=pointset.PointSetParams(members=members).model_dump(),
+        metrics={"train_seconds_this_run": round(time.perf_counter() - began, 2), "members": len(members)})
+    files = pointset.family_files(pool.pretrained, pool.task_vectors, per_tensor)
+    return publish_family(ctx.store, manifest, files, pool.heads)
+
+
+def weights(pref: Preference) -> list[float]:
+    return [float(w) for w in pref.weights]

@@ -1,0 +1,29 @@
+"""Task arithmetic + preference (the Pareto Merging paper's baseline) as a servable family: one
+merge theta0 + s sum_k K p_k tau_k per point (kind point-set, task-level coefficients)."""
+from __future__ import annotations
+
+import time
+
+from pydantic import Field
+
+from models_store.kinds.pointset import Member
+
+from ..methods.preference import task_weights
+from .point_set import PointsConfig, publish_point_set, published, weights
+from .registry import LearnContext, register_family
+
+
+class TaPrefConfig(PointsConfig):
+    scale: float = Field(0.3, ge=0, description="s in theta0 + s sum_k K p_k tau_k (task arithmetic's, 0.3 for CLIP)")
+
+
+@register_family("ta-pref", TaPrefConfig, "task arithmetic + preference at each point (kind point-set)")
+def learn(ctx: LearnContext, config: TaPrefConfig):
+    family_id = ctx.family_id("ta-pref", config)
+    if (path := published(ctx, family_id)) is not None:
+        return path
+    began = time.perf_counter()
+    tasks = ctx.zoo.tasks
+    members = [Member(preference=weights(p), coefficients=[config.scale * w for w in task_weights(p, tasks)])
+               for p in config.points.preferences(tasks)]
+    return publish_point_set(ctx, family_id, "ta-pref", config, members, {}, began)
