@@ -16,7 +16,7 @@ rotates every repeat):
   tower on that preference's images with those weights (`torch.func.functional_call`; the
   unadapted tensors are shared, not copied, so this is a lower bound of a naive server's cost).
 
-And the point-set kind (models_store/kinds/pointset.py `MemberTowers`), at one batch size
+And the point-set kind (models_store/kinds/point_set.py `MemberTowers`), at one batch size
 (`--member-batch`, default 64) beside a and b in the same interleaved rounds: a batch whose
 images pick d = 1, 2, 4, 8 distinct members (`--members`), **warm** (every member's tower already
 on the device) and **cold** (every call picks d members that are not cached, so each is
@@ -52,7 +52,7 @@ from torch.func import functional_call
 from bench.common import (add_common_args, machine_info, markdown_table, now_iso, round_ratios, run_benchmark,
                           run_interleaved, spread_text, summarize, write_result)
 from models_store.kinds.lowrank import TARGETS, LowRank, PreferenceTower, target_names
-from models_store.kinds.pointset import Member, Members, MemberTowers, PointSetParams
+from models_store.kinds.point_set import Member, Members, MemberTowers, PointSetParams
 from models_store.tower import build_tower, image_size, resolve_architecture
 from service.settings import DTYPES
 

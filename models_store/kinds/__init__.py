@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .. import StoreError
 from .lowrank import LowRankFamily
-from .pointset import PointSetFamily
+from .point_set import PointSetFamily
 
 KINDS = {kind.name: kind for kind in (LowRankFamily, PointSetFamily)}
 

@@ -5,7 +5,7 @@ import torch
 from models_store import StoreError
 from models_store.checkpoint import load_state_dict
 from models_store.family import Family
-from models_store.kinds.pointset import COEFFICIENTS, PRETRAINED, TASK_VECTORS
+from models_store.kinds.point_set import COEFFICIENTS, PRETRAINED, TASK_VECTORS
 from models_store.preference import from_weights
 from models_store.tower import head_logits, load_tower
 

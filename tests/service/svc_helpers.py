@@ -112,7 +112,7 @@ POINT_SET_MEMBERS = [
 def make_point_set_family(store: Path, family_id: str = POINT_SET_ID, seed: int = 0,
                           tasks: dict[str, list[str]] = TASKS) -> Path:
     """A random micro point-set family whose members differ visibly."""
-    from models_store.kinds import pointset
+    from models_store.kinds import point_set
 
     g = torch.Generator().manual_seed(seed)
     pretrained = {k: v.detach().clone() for k, v in build_tower(MICRO).state_dict().items()}
@@ -123,5 +123,5 @@ def make_point_set_family(store: Path, family_id: str = POINT_SET_ID, seed: int 
     manifest = FamilyManifest(family_id=family_id, created=now_iso(), method="ta-pref", architecture=MICRO,
                               preprocess=Preprocess(image_size=16),
                               tasks=[TaskInfo(name=t, classes=c) for t, c in tasks.items()],
-                              kind=pointset.NAME, kind_params={"pick": "nearest", "members": POINT_SET_MEMBERS})
-    return publish_family(store, manifest, pointset.family_files(pretrained, vectors, per_tensor), heads)
+                              kind=point_set.NAME, kind_params={"pick": "nearest", "members": POINT_SET_MEMBERS})
+    return publish_family(store, manifest, point_set.family_files(pretrained, vectors, per_tensor), heads)

@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 
 from models_store.checkpoint import load_state_dict, save_state_dict
-from models_store.kinds.pointset import Member
+from models_store.kinds.point_set import Member
 
 from ..methods import MergeContext
 from ..methods.adamerging import AdaMergingConfig, learn_coefficients

@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 
 from models_store.family import FamilyManifest, now_iso, publish_family
-from models_store.kinds import pointset
+from models_store.kinds import point_set
 from models_store.preference import Preference
 from models_store.store import family_path
 
@@ -27,7 +27,7 @@ def published(ctx: LearnContext, family_id: str) -> Path | None:
 
 
 def publish_point_set(ctx: LearnContext, family_id: str, method: str, config: LearnerConfig,
-                      members: list[pointset.Member], per_tensor: dict[int, dict[str, torch.Tensor]],
+                      members: list[point_set.Member], per_tensor: dict[int, dict[str, torch.Tensor]],
                       began: float) -> Path:
     """Publish the members with the zoo's theta0 and task vectors (in its dtype): self-contained."""
     zoo, pool = ctx.zoo, ctx.pool
@@ -35,9 +35,9 @@ def publish_point_set(ctx: LearnContext, family_id: str, method: str, config: Le
         family_id=family_id, created=now_iso(), method=method,
         hyperparameters=config.model_dump() | {"unlabeled": ctx.unlabeled_specs}, zoo=str(zoo.root.resolve()),
         architecture=zoo.manifest.architecture, preprocess=zoo.manifest.preprocess, tasks=zoo.manifest.tasks,
-        kind=pointset.NAME, kind_params=pointset.PointSetParams(members=members).model_dump(),
+        kind=point_set.NAME, kind_params=point_set.PointSetParams(members=members).model_dump(),
         metrics={"train_seconds_this_run": round(time.perf_counter() - began, 2), "members": len(members)})
-    files = pointset.family_files(pool.pretrained, pool.task_vectors, per_tensor)
+    files = point_set.family_files(pool.pretrained, pool.task_vectors, per_tensor)
     return publish_family(ctx.store, manifest, files, pool.heads)
 
 

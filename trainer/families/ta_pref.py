@@ -6,7 +6,7 @@ import time
 
 from pydantic import Field
 
-from models_store.kinds.pointset import Member
+from models_store.kinds.point_set import Member
 
 from ..methods.preference import task_weights
 from .point_set import PointsConfig, publish_point_set, published, weights
