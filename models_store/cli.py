@@ -75,13 +75,15 @@ def _as_flag(value: Any) -> str:
 
 
 def add_model_flags(parser: argparse.ArgumentParser, models: dict[str, type[BaseModel]],
-                    exclude: tuple[str, ...] = ()) -> None:
-    """One `--field-name` per field of the models ({label: model}); a field several share is one
-    flag, whose help gives each model's default when they differ."""
+                    exclude: tuple[str, ...] = (), include: Optional[tuple[str, ...]] = None,
+                    env_prefix: Optional[str] = None) -> None:
+    """One `--field-name` per field of the models ({label: model}; only `include` when given); a
+    field several share is one flag, whose help gives each model's default when they differ.
+    With `env_prefix`, the help names the environment variable the flag overrides."""
     seen: dict[str, list[tuple[str, Any]]] = {}
     for label, model in models.items():
         for name, f in model.model_fields.items():
-            if name not in exclude:
+            if name not in exclude and (include is None or name in include):
                 seen.setdefault(name, []).append((label, f))
     for name, owners in seen.items():
         f = owners[0][1]
@@ -92,8 +94,9 @@ def add_model_flags(parser: argparse.ArgumentParser, models: dict[str, type[Base
         else:
             default = "default " + ", ".join(f"{label} {d}" for label, d in shown.items())
         only = "" if len(owners) == len(models) or len(models) == 1 else " [" + ", ".join(label for label, _ in owners) + "]"
+        said = [f"env {env_prefix}{name.upper()}"] * bool(env_prefix) + [default] * (default != "default None")
         parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, **_flag_type(f.annotation),
-                            help=f"{f.description or ''} ({default}){only}".strip())
+                            help=f"{f.description or ''} ({', '.join(said)}){only}".replace(" ()", "").strip())
 
 
 def model_values(args: argparse.Namespace, model: type[BaseModel], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -111,12 +114,14 @@ def refuse_foreign(args: argparse.Namespace, model: type[BaseModel], models: dic
         raise ValueError(f"{owner} takes no {', '.join('--' + n.replace('_', '-') for n in given)}")
 
 
-def describe_flags(error: ValidationError) -> str:
-    """A config built from flags failed: each problem as `--flag: message, got VALUE`, on one line."""
+def describe_flags(error: ValidationError, env_prefix: Optional[str] = None) -> str:
+    """A config built from flags (or `env_prefix` variables) failed: each problem as `--flag: message,
+    got VALUE`, on one line."""
     problems = []
     for e in error.errors():
         flag, *inner = e["loc"] or ("value",)
-        where = "--" + str(flag).replace("_", "-") + "".join(f": {x}" for x in inner)
+        env = f" / {env_prefix}{str(flag).upper()}" if env_prefix else ""
+        where = "--" + str(flag).replace("_", "-") + env + "".join(f": {x}" for x in inner)
         got = "" if isinstance(e.get("input"), dict) else f", got {e.get('input')!r}"
         problems.append(f"{where}: {e['msg'].removeprefix('Value error, ')}{got}")
     return "; ".join(problems)

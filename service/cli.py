@@ -8,35 +8,23 @@ import argparse
 import logging
 from typing import Any
 
-from models_store.cli import Command
+from models_store.cli import Command, add_model_flags, describe_flags, model_values
 
-# flag -> Settings field, for the flags that map one to one
-FLAGS = {"store": "store", "family": "family", "device": "device", "dtype": "dtype", "host": "host", "port": "port",
-         "max_batch": "max_batch", "max_wait_ms": "max_wait_ms", "queue_size": "queue_size",
-         "cached_towers": "cached_towers"}
+from .settings import ENV_PREFIX, Settings
+
+# the settings that are also flags; the others are environment variables only (README, Settings)
+SERVE_FLAGS = ("store", "family", "device", "dtype", "host", "port", "max_batch", "max_wait_ms", "queue_size",
+               "cached_towers")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--store", help="family store directory (env PMERGE_STORE)")
-    parser.add_argument("--family", help="family id to serve (env PMERGE_FAMILY; default: the newest)")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), help="env PMERGE_DEVICE (default auto)")
-    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"),
-                        help="GPU dtype, env PMERGE_DTYPE (default bf16; the CPU always uses fp32)")
-    parser.add_argument("--host", help="bind address, env PMERGE_HOST (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="env PMERGE_PORT (default 8000)")
-    parser.add_argument("--max-batch", type=int, help="images per forward pass, env PMERGE_MAX_BATCH (default 64)")
-    parser.add_argument("--max-wait-ms", type=float, help="batching window, env PMERGE_MAX_WAIT_MS (default 5)")
-    parser.add_argument("--queue-size", type=int, help="queued images before 503, env PMERGE_QUEUE_SIZE (default 1024)")
-    parser.add_argument("--cached-towers", type=int, help="materialised towers kept on the device (point-set "
-                        "families), env PMERGE_CACHED_TOWERS (default 4)")
+    add_model_flags(parser, {"serve": Settings}, include=SERVE_FLAGS, env_prefix=ENV_PREFIX)
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
-    from .settings import Settings
-    overrides = {field: getattr(args, flag) for flag, field in FLAGS.items() if getattr(args, flag, None) is not None}
-    return Settings(**overrides)  # init values win over PMERGE_* variables
+    return Settings(**model_values(args, Settings))  # init values win over PMERGE_* variables
 
 
 def check(args: argparse.Namespace) -> None:
@@ -47,7 +35,7 @@ def check(args: argparse.Namespace) -> None:
     try:
         settings = settings_from_args(args)
     except ValidationError as e:
-        raise SystemExit(f"pmerge serve: error: invalid settings: {e}") from None
+        raise SystemExit(f"pmerge serve: error: {describe_flags(e, ENV_PREFIX)}") from None
     try:
         check_port_free(settings.host, settings.port)
     except OSError as e:
@@ -67,7 +55,7 @@ def serve(args: argparse.Namespace) -> None:
     try:
         settings = settings_from_args(args)
     except ValidationError as e:
-        raise SystemExit(f"pmerge serve: error: invalid settings: {e}") from None
+        raise SystemExit(f"pmerge serve: error: {describe_flags(e, ENV_PREFIX)}") from None
     try:  # fail fast on a wrong store or family id, or a taken port; hashes are checked while loading
         path = family_path(settings.store, settings.family)
         check_port_free(settings.host, settings.port)

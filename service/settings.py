@@ -19,19 +19,23 @@ GiB = 1 << 30
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PMERGE_", extra="ignore")
+ENV_PREFIX = "PMERGE_"
 
-    store: Path = Path("store")
-    family: Optional[str] = None
-    device: Literal["auto", "cuda", "cpu"] = "auto"
-    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    max_batch: int = Field(64, ge=1)
-    max_wait_ms: float = Field(5.0, ge=0)
-    queue_size: int = Field(1024, ge=1)
-    cached_towers: int = Field(4, ge=1)
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    store: Path = Field(Path("store"), description="the family store directory")
+    family: Optional[str] = Field(None, description="the family id to serve (unset: the newest valid one)")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: a CUDA GPU when there is one")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="GPU precision (the CPU always runs fp32)")
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    max_batch: int = Field(64, ge=1, description="images per forward pass")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill")
+    queue_size: int = Field(1024, ge=1, description="images queued before 503")
+    cached_towers: int = Field(4, ge=1, description="materialised towers kept on the device (point-set families), "
+                                                    "least recently used out")
     max_files: int = Field(64, ge=1)
     max_upload_bytes: int = Field(20 * MiB, ge=1)
     max_inflight_bytes: int = Field(256 * MiB, ge=1)

@@ -365,6 +365,14 @@ def test_serve_says_the_port_is_taken_before_loading(tmp_path, store):
     assert "serving" not in done.stderr
 
 
+def test_a_bad_setting_names_its_flag_and_its_variable(store):
+    done = subprocess.run([sys.executable, "-m", "models_store.cli", "serve", "--store", str(store)],
+                          capture_output=True, text=True, timeout=60, env=os.environ | {"PMERGE_MAX_BATCH": "0"})
+    assert done.returncode == 1
+    assert "pmerge serve: error: --max-batch / PMERGE_MAX_BATCH: Input should be greater than or equal to 1" \
+        in done.stderr, done.stderr
+
+
 # --- 11. status nits ----------------------------------------------------------------------------
 
 def test_too_many_files_is_413(settings):

@@ -3,6 +3,7 @@ warm cache, downloads equal to what is served, /family listing the members."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import httpx
 import pytest
@@ -67,6 +68,9 @@ def test_mixed_batches_over_members_equal_downloaded_checkpoints_cold_and_warm(s
     expected = [downloaded_probs(url, p, decode_image(img, family.manifest.preprocess, 10**6), family)
                 for img, p in jobs]
     batches = runtime.engine.batches
+    threads = set()
+    materialise = model.members.tensor
+    model.members.tensor = lambda *a: (threads.add(threading.current_thread().name), materialise(*a))[1]
     for round in ("cold", "warm"):
         misses = model.materialized
         responses = classify_all(url, jobs)
@@ -78,6 +82,7 @@ def test_mixed_batches_over_members_equal_downloaded_checkpoints_cold_and_warm(s
         assert model.materialized > misses  # five members through two places: some were materialised
         assert len(model.towers) == 2
     assert runtime.engine.batches - batches < 2 * len(jobs), "requests were not batched together"
+    assert threads == {"pmerge-engine"}  # misses are materialised by the worker, never on the event loop
     # warm: one member over and over is materialised once
     misses = model.materialized
     assert all(r.status_code == 200 for r in classify_all(url, [(images[0], PREFS[3])] * 6))
