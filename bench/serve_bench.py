@@ -180,7 +180,7 @@ def bench_point_set(v: "Variants", args: argparse.Namespace, device: torch.devic
     images, prefs = v.inputs(n, gen)
 
     def batch_prefs(first: int, d: int) -> torch.Tensor:
-        return members.preferences[[first + i % d for i in range(n)]].to(device)
+        return members.table.preferences[[first + i % d for i in range(n)]].to(device)
 
     fns = {"a": lambda: v.plain(images, prefs), "b": lambda: v.mixed(images, prefs)}
     colds: dict[int, MemberTowers] = {}

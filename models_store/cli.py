@@ -56,6 +56,8 @@ def _flag_type(annotation: Any) -> dict[str, Any]:
         return _flag_type(args[0])
     if typing.get_origin(annotation) is typing.Literal:
         return {"choices": list(args), "type": type(args[0])}
+    if typing.get_origin(annotation) is dict:
+        return {"action": "append", "metavar": "KEY=VALUE"}
     if typing.get_origin(annotation) is list:
         return {"type": lambda text: [s.strip() for s in text.split(",") if s.strip()], "metavar": "A,B,..."}
     if annotation is bool:
@@ -71,6 +73,8 @@ def _as_flag(value: Any) -> str:
         return ",".join(f"{k}={v}" for k, v in value.model_dump().items())
     if isinstance(value, list):
         return ",".join(map(str, value)) or "none"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
     return str(value)
 
 
@@ -100,9 +104,20 @@ def add_model_flags(parser: argparse.ArgumentParser, models: dict[str, type[Base
 
 
 def model_values(args: argparse.Namespace, model: type[BaseModel], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The fields of `model` given on the command line."""
-    return {n: getattr(args, n) for n in model.model_fields
-            if n not in exclude and getattr(args, n, None) is not None}
+    """The fields of `model` given on the command line (a dict field from its repeated KEY=VALUE)."""
+    out = {}
+    for n, f in model.model_fields.items():
+        value = getattr(args, n, None)
+        if n in exclude or value is None:
+            continue
+        if typing.get_origin(f.annotation) is dict:
+            pairs = [item.partition("=") for item in value]
+            bad = [item for item, (k, sep, v) in zip(value, pairs) if not (k and sep and v)]
+            if bad:
+                raise ValueError(f"--{n.replace('_', '-')} expects KEY=VALUE, got {bad[0]!r}")
+            value = {k: v for k, _, v in pairs}
+        out[n] = value
+    return out
 
 
 def refuse_foreign(args: argparse.Namespace, model: type[BaseModel], models: dict[str, type[BaseModel]],

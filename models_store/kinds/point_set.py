@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Literal, Optional
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -46,13 +47,34 @@ SKIPPED = ("attn.out_proj.weight", "attn.out_proj.bias", "mlp.c_proj.weight", "m
 _BLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.(.+)$")
 
 
-def nearest(prefs: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-    """prefs [N, K], member preferences [M, K] -> [N] the nearest member (Euclidean; ties: the first)."""
-    return torch.cdist(prefs.float(), members.float()).argmin(dim=1)
+@dataclass(frozen=True)
+class MemberTable:
+    """What pick rules read: every member's preference [M, K] and, where the method predicted
+    them, its per-task metrics [M, K] oriented so that higher is better (None otherwise)."""
+    preferences: torch.Tensor
+    scores: Optional[torch.Tensor]
 
 
-# pick rules by name, as a manifest's `pick` names them
-PICK_RULES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"nearest": nearest}
+def nearest(prefs: torch.Tensor, table: MemberTable) -> torch.Tensor:
+    """prefs [N, K] -> [N] the member whose preference is nearest (Euclidean; ties: the first)."""
+    return torch.cdist(prefs.float(), table.preferences.float()).argmin(dim=1)
+
+
+def weighted_sum(prefs: torch.Tensor, table: MemberTable) -> torch.Tensor:
+    """The member that maximises sum_k pref_k score_k (MAP's rule)."""
+    return (prefs.float() @ table.scores.T).argmax(dim=1)
+
+
+def tchebycheff(prefs: torch.Tensor, table: MemberTable) -> torch.Tensor:
+    """The member that minimises max_k pref_k (best_k - score_k), best_k the members' best on task k."""
+    gaps = table.scores.max(dim=0).values - table.scores  # [M, K], >= 0
+    return (prefs.float()[:, None, :] * gaps[None]).amax(dim=2).argmin(dim=1)
+
+
+# pick rules by name, as a manifest's `pick` names them; the last two need every member's `predicted`
+PICK_RULES: dict[str, Callable[[torch.Tensor, MemberTable], torch.Tensor]] = {
+    "nearest": nearest, "weighted-sum": weighted_sum, "tchebycheff": tchebycheff}
+NEEDS_PREDICTED = {"weighted-sum", "tchebycheff"}
 
 
 class Member(BaseModel):
@@ -61,6 +83,8 @@ class Member(BaseModel):
     coefficients: Optional[list[float]] = Field(None, description="task-level lambda [K]")
     per_tensor: bool = Field(False, description=f"lambda per parameter, in {COEFFICIENTS}")
     blocks: Optional[list[str]] = Field(None, description="per transformer block: merge, finetuned:<task> or skip")
+    predicted: Optional[list[float]] = Field(None, description="[K] the method's prediction of the member's "
+                                                                "per-task metric (MAP's surrogates)")
     metrics: dict[str, float] = {}
 
     @model_validator(mode="after")
@@ -74,6 +98,7 @@ class PointSetParams(BaseModel):
     """kind_params of a point-set family."""
     model_config = ConfigDict(extra="forbid")
     pick: str = "nearest"
+    sense: Literal["max", "min"] = Field("max", description="whether higher `predicted` metrics are better")
     members: list[Member] = Field(min_length=1)
 
     @field_validator("pick")
@@ -82,6 +107,12 @@ class PointSetParams(BaseModel):
         if rule not in PICK_RULES:
             raise ValueError(f"unknown pick rule {rule!r} (this pmerge knows {', '.join(PICK_RULES)})")
         return rule
+
+    @model_validator(mode="after")
+    def _predictions_for_the_rule(self) -> "PointSetParams":
+        if self.pick in NEEDS_PREDICTED and any(m.predicted is None for m in self.members):
+            raise ValueError(f"pick rule {self.pick!r} reads every member's `predicted` metrics; some have none")
+        return self
 
 
 def block_of(name: str) -> Optional[tuple[int, str]]:
@@ -95,7 +126,9 @@ class Members:
     def __init__(self, pretrained: StateDict, vectors: dict[str, torch.Tensor], params: PointSetParams,
                  per_tensor: dict[int, dict[str, torch.Tensor]], tasks: list[str]):
         self.pretrained, self.vectors, self.params, self.per_tensor, self.tasks = pretrained, vectors, params, per_tensor, tasks
-        self.preferences = torch.tensor([m.preference for m in params.members])
+        predicted = [m.predicted for m in params.members]
+        scores = None if None in predicted else torch.tensor(predicted) * (1 if params.sense == "max" else -1)
+        self.table = MemberTable(torch.tensor([m.preference for m in params.members]), scores)
 
     def to(self, device: torch.device) -> "Members":
         move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
@@ -104,7 +137,7 @@ class Members:
 
     def pick(self, prefs: torch.Tensor) -> torch.Tensor:
         """prefs [N, K] -> [N] member index."""
-        return PICK_RULES[self.params.pick](prefs.cpu(), self.preferences)
+        return PICK_RULES[self.params.pick](prefs.cpu(), self.table)
 
     def coefficients(self, index: int, name: str) -> torch.Tensor:
         """lambda of member `index` for parameter `name`, [K] float32, its block's source applied."""
@@ -209,9 +242,9 @@ class PointSetFamily:
         n_blocks = 1 + max((b[0] for p in members.pretrained if (b := block_of(p))), default=-1)
         for i, m in enumerate(members.params.members):
             where = f"family {family_id}: member {i}"
-            if len(m.preference) != k or (m.coefficients is not None and len(m.coefficients) != k):
-                raise StoreError(f"{where} has {len(m.preference)} preference weights and "
-                                 f"{len(m.coefficients or [])} coefficients; the family has {k} tasks")
+            if any(v is not None and len(v) != k for v in (m.preference, m.coefficients, m.predicted)):
+                raise StoreError(f"{where} has {len(m.preference)} preference weights, {len(m.coefficients or [])} "
+                                 f"coefficients and {len(m.predicted or [])} predictions; the family has {k} tasks")
             if m.per_tensor:
                 lacking = [p for p in members.vectors if p not in members.per_tensor.get(i, {})]
                 wrong = [p for p, c in members.per_tensor.get(i, {}).items() if c.shape != (k,)]

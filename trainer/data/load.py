@@ -14,7 +14,7 @@ from trainer.data.folder import decode_images, folder_classes, list_folder_split
 from trainer.data.idx import idx_classes, load_idx_split
 from trainer.data.raw import RawSplit
 from trainer.data.spec import DatasetSpec, check_split, parse_spec
-from trainer.data.subset import subset_indices
+from trainer.data.subset import stratified_indices, subset_indices
 from trainer.data.task_data import TaskData
 
 
@@ -37,6 +37,20 @@ def load_dataset(spec: str, split: str, preprocess: Preprocess, limit: int | Non
     indices = subset_indices(len(raw.labels), limit, seed)
     if indices is not None:
         raw = raw.take(indices)
+    return TaskData(images_to_tensor(raw.images, preprocess), _labels_tensor(raw.labels), list(raw.classes))
+
+
+def load_validation(spec: str, preprocess: Preprocess, fraction: float, seed: int = 0) -> TaskData:
+    """A labelled validation set: a class-stratified `fraction` of the TRAIN split (never the test
+    split, which stays for eval and front), chosen before any image is decoded."""
+    parsed = parse_spec(spec)
+    if parsed.kind == "folder":
+        listing = list_folder_split(_existing_dir(parsed), "train")
+        indices = stratified_indices(np.asarray(listing.labels), fraction, seed)
+        return TaskData(decode_images([listing.paths[i] for i in indices], preprocess),
+                        _labels_tensor(np.asarray(listing.labels)[indices]), list(listing.classes))
+    raw = _load_raw(parsed, "train")
+    raw = raw.take(stratified_indices(np.asarray(raw.labels), fraction, seed))
     return TaskData(images_to_tensor(raw.images, preprocess), _labels_tensor(raw.labels), list(raw.classes))
 
 

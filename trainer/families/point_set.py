@@ -28,15 +28,16 @@ def published(ctx: LearnContext, family_id: str) -> Path | None:
 
 def publish_point_set(ctx: LearnContext, family_id: str, method: str, config: LearnerConfig,
                       members: list[point_set.Member], per_tensor: dict[int, dict[str, torch.Tensor]],
-                      began: float) -> Path:
+                      began: float, pick: str = "nearest", sense: str = "max", metrics: dict | None = None) -> Path:
     """Publish the members with the zoo's theta0 and task vectors (in its dtype): self-contained."""
     zoo, pool = ctx.zoo, ctx.pool
     manifest = FamilyManifest(
         family_id=family_id, created=now_iso(), method=method,
         hyperparameters=config.model_dump() | {"unlabeled": ctx.unlabeled_specs}, zoo=str(zoo.root.resolve()),
         architecture=zoo.manifest.architecture, preprocess=zoo.manifest.preprocess, tasks=zoo.manifest.tasks,
-        kind=point_set.NAME, kind_params=point_set.PointSetParams(members=members).model_dump(),
-        metrics={"train_seconds_this_run": round(time.perf_counter() - began, 2), "members": len(members)})
+        kind=point_set.NAME, kind_params=point_set.PointSetParams(pick=pick, sense=sense, members=members).model_dump(),
+        metrics={"train_seconds_this_run": round(time.perf_counter() - began, 2), "members": len(members)}
+        | (metrics or {}))
     files = point_set.family_files(pool.pretrained, pool.task_vectors, per_tensor)
     return publish_family(ctx.store, manifest, files, pool.heads)
 

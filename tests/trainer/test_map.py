@@ -1,0 +1,131 @@
+"""MAP (seed 000): design, surrogates, search, validation data, pick rules, and the learner through the CLI."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models_store.cli import main
+from models_store.kinds.point_set import MemberTable, tchebycheff, weighted_sum
+from models_store.preprocess import Preprocess
+from models_store.preference import from_weights
+from models_store.store import open_family
+from models_store.tower import head_logits, load_tower
+from trainer.data import load_dataset
+from trainer.data.load import load_validation
+from trainer.families import map as map_family
+from trainer.map.design import default_budget, design_points, surrogate_size
+from trainer.map.search import predicted_pareto_set
+from trainer.map.surrogate import fit_surrogate, link, quadratic_features
+
+
+def test_design_has_the_one_hot_and_isotropic_points_and_refuses_a_small_budget():
+    points = design_points(3, default_budget(3), 1.0, "sobol", seed=0)
+    assert points.shape == (20, 3) and surrogate_size(3) == 10
+    assert np.array_equal(points[:3], np.eye(3)) and np.allclose(points[3:6], [[0.15] * 3, [0.3] * 3, [0.5] * 3])
+    assert points.min() >= 0 and points.max() <= 1.0
+    assert np.array_equal(points, design_points(3, 20, 1.0, "sobol", seed=0))  # deterministic
+    assert len(np.unique(design_points(3, 20, 0.5, "lhs", seed=1)[6:], axis=0)) == 14
+    with pytest.raises(ValueError, match="give --budget 10 or more"):
+        design_points(3, 9, 1.0, "sobol", seed=0)
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "loss"])
+def test_surrogate_recovers_a_quadratic_through_its_link(metric):
+    rng = np.random.default_rng(0)
+    c = design_points(3, 30, 1.0, "sobol", seed=0)
+    truth = rng.normal(size=quadratic_features(c).shape[1])
+    y = link(quadratic_features(c) @ truth, metric)
+    s = fit_surrogate(c, y, metric)
+    assert s.r2 > 0.999 and s.loo_rmse < 1e-3
+    fresh = rng.random((5, 3))
+    assert np.allclose(s.predict(fresh), link(quadratic_features(fresh) @ truth, metric), atol=1e-3)
+
+
+def test_predicted_pareto_set_trades_off_two_tasks_inside_the_box():
+    c = design_points(2, 12, 1.0, "sobol", seed=0)
+    # task 0 best at c = (1, 0), task 1 at (0, 1): a real trade-off
+    y0 = link(2 * c[:, 0] - 2 * c[:, 1] - 1.5 * c[:, 0] ** 2, "accuracy")
+    y1 = link(2 * c[:, 1] - 2 * c[:, 0] - 1.5 * c[:, 1] ** 2, "accuracy")
+    surrogates = [fit_surrogate(c, y0, "accuracy"), fit_surrogate(c, y1, "accuracy")]
+    front, predicted = predicted_pareto_set(surrogates, 1.0, population=20, generations=40, seed=0)
+    assert len(front) >= 3 and front.min() >= 0 and front.max() <= 1
+    for i in range(len(front)):  # no member is dominated by another
+        assert not any(np.all(predicted[j] >= predicted[i]) and np.any(predicted[j] > predicted[i])
+                       for j in range(len(front)))
+    assert np.allclose(predicted[:, 0], surrogates[0].predict(front))
+
+
+def test_validation_is_a_stratified_part_of_the_train_split():
+    pre = Preprocess(image_size=16)
+    val = load_validation("builtin:digits", pre, 0.1, seed=0)
+    train = load_dataset("builtin:digits", "train", pre)
+    counts, totals = torch.bincount(val.labels), torch.bincount(train.labels)
+    assert len(val) == pytest.approx(0.1 * len(train), abs=10) and (counts >= 1).all()
+    assert ((counts.float() / totals.float()) - 0.1).abs().max() < 0.02  # every class in proportion
+    assert torch.equal(val.images, load_validation("builtin:digits", pre, 0.1, seed=0).images)
+    # drawn from the train images: every validation image is one of them
+    flat = train.images.flatten(1)
+    assert all((flat == v.flatten()).all(1).any() for v in val.images[:5])
+
+
+def test_pick_rules_read_the_predicted_metrics():
+    table = MemberTable(torch.full((3, 2), 0.5), torch.tensor([[0.9, 0.1], [0.6, 0.6], [0.1, 0.9]]))
+    prefs = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.6, 0.4]])
+    assert weighted_sum(prefs, table).tolist() == [0, 1, 2, 1]
+    assert tchebycheff(prefs, table).tolist() == [0, 1, 2, 1]
+
+
+def test_map_family_through_the_cli_serves_its_members_and_resumes(quick_zoo, tmp_path, capsys, monkeypatch):
+    args = ["train", "--zoo", str(quick_zoo.root), "--method", "map", "--population", "12", "--generations", "20",
+            "--val-fraction", "0.2", "--device", "cpu"]
+    main(args + ["--store", str(tmp_path / "a")])
+    family = open_family(tmp_path / "a", capsys.readouterr().out.strip().splitlines()[-1])
+    m = family.manifest
+    assert m.kind == "point-set" and m.kind_params["pick"] == "weighted-sum" and m.kind_params["sense"] == "max"
+    assert m.metrics["evaluations"]["design"] == default_budget(3)
+    assert set(m.metrics["surrogates"]) == set(family.tasks)
+    assert set(m.metrics["seconds_by_stage"]) == {"merge", "evaluate", "fit", "nsga3"}
+    members = m.kind_params["members"]
+    assert len(members) >= 2 and all(len(x["predicted"]) == 3 and "real_accuracy.digits" in x["metrics"]
+                                     for x in members)
+    # a member is theta0 + sum_k c_k tau_k, and the preferences pick what weighted-sum says
+    prefs = torch.stack([from_weights(w, family.tasks).tensor() for w in ([1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1])])
+    predicted = torch.tensor([x["predicted"] for x in members])
+    picked = family.body.members.pick(prefs)
+    assert picked.tolist() == (prefs @ predicted.T).argmax(1).tolist()
+    model = family.servable(torch.device("cpu"), torch.float32, cache=2)
+    images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    logits = model.logits(images, prefs)
+    for i in range(4):
+        tower = load_tower(m.architecture, family.materialize(from_weights(prefs[i].tolist(), family.tasks)))
+        with torch.no_grad():
+            feats = tower(images[i:i + 1])
+        for t, h in family.heads.items():
+            assert (logits[t][i] - head_logits(feats, h.weight, h.bias)[0]).abs().max() <= 1e-4
+
+    # killed after 7 evaluations: the rerun with --resume evaluates only the rest of the design
+    calls = []
+    real = map_family.Evaluator.__call__
+
+    def counted(self, c):
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        return real(self, c)
+
+    monkeypatch.setattr(map_family.Evaluator, "__call__", counted)
+    with pytest.raises(KeyboardInterrupt):
+        main(args + ["--store", str(tmp_path / "b")])
+    calls.clear()
+    monkeypatch.setattr(map_family.Evaluator, "__call__", lambda self, c: (calls.append(1), real(self, c))[1])
+    main(args + ["--store", str(tmp_path / "b"), "--resume"])
+    resumed = open_family(tmp_path / "b", capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(calls) == default_budget(3) - 7 + len(members)  # the rest of the design, then the front
+    assert resumed.manifest.kind_params == m.kind_params
+
+
+def test_map_refuses_a_budget_below_the_surrogates_size(quick_zoo, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--method", "map", "--budget", "5"])
+    assert "give --budget 10 or more (default 20)" in capsys.readouterr().err

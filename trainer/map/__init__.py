@@ -1,0 +1,1 @@
+"""MAP (seed 000, Model merging with Amortized Pareto front): design, evaluation, surrogates, search."""

@@ -1,0 +1,68 @@
+"""MAP's surrogates: per task, a full quadratic in the coefficients c through a link, fitted by
+nonlinear least squares (scipy.optimize.least_squares):
+
+    accuracy_t(c) ~ sigmoid(phi(c) . w_t)        loss_t(c) ~ softplus(phi(c) . w_t)
+    phi(c) = [1, c_1..c_K, c_i c_j (i <= j)]     ((K + 1)(K + 2) / 2 features)
+
+with the fit's R^2 and its leave-one-out error (each point predicted by the fit without it)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy.optimize import least_squares
+from scipy.special import expit, logit
+
+Metric = Literal["accuracy", "loss"]
+
+
+def quadratic_features(c: np.ndarray) -> np.ndarray:
+    """[n, K] -> [n, (K + 1)(K + 2) / 2]."""
+    c = np.atleast_2d(c)
+    i, j = np.triu_indices(c.shape[1])
+    return np.hstack([np.ones((len(c), 1)), c, c[:, i] * c[:, j]])
+
+
+def link(z: np.ndarray, metric: Metric) -> np.ndarray:
+    return expit(z) if metric == "accuracy" else np.logaddexp(0.0, z)
+
+
+def unlink(y: np.ndarray, metric: Metric) -> np.ndarray:
+    if metric == "accuracy":
+        return logit(np.clip(y, 1e-3, 1 - 1e-3))
+    y = np.maximum(y, 1e-6)
+    return y + np.log(-np.expm1(-y))  # the inverse of softplus, stable for large y
+
+
+@dataclass(frozen=True)
+class Surrogate:
+    weights: np.ndarray  # [(K + 1)(K + 2) / 2]
+    metric: Metric
+    r2: float = float("nan")
+    loo_rmse: float = float("nan")
+
+    def predict(self, c: np.ndarray) -> np.ndarray:
+        return link(quadratic_features(c) @ self.weights, self.metric)
+
+
+def _fit_weights(features: np.ndarray, y: np.ndarray, metric: Metric) -> np.ndarray:
+    # start from the linear least-squares fit in the link's space, then fit where the metric lives
+    start = np.linalg.lstsq(features, unlink(y, metric), rcond=None)[0]
+    return least_squares(lambda w: link(features @ w, metric) - y, start, method="lm" if len(y) >= len(start)
+                         else "trf").x
+
+
+def fit_surrogate(c: np.ndarray, y: np.ndarray, metric: Metric) -> Surrogate:
+    """One task's surrogate from its evaluations y [n] at the points c [n, K]."""
+    features = quadratic_features(c)
+    weights = _fit_weights(features, y, metric)
+    fitted = link(features @ weights, metric)
+    total = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - float(np.sum((y - fitted) ** 2)) / total if total > 0 else 1.0
+    errors = []
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        w = _fit_weights(features[keep], y[keep], metric)
+        errors.append(float(link(features[i] @ w, metric) - y[i]))
+    return Surrogate(weights, metric, r2, float(np.sqrt(np.mean(np.square(errors)))))
