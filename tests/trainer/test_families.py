@@ -15,7 +15,7 @@ from trainer.simplex import PointSet
 
 
 def test_every_learner_is_registered_with_its_config():
-    assert list(FAMILIES) == ["pm", "pm++", "ta-pref", "adamerging-pref"]
+    assert list(FAMILIES) == ["pm", "pm++", "ta-pref", "adamerging-pref", "map"]
     with pytest.raises(KeyError, match="unknown family method 'magic'"):
         get_family_learner("magic")
     assert PointSet.model_validate("grid=2,random=1") == PointSet(grid=2, random=1)
@@ -35,7 +35,7 @@ def test_ta_pref_family_serves_task_arithmetic_at_each_point(quick_zoo, tmp_path
     shown = json.loads(capsys.readouterr().out)
     assert [m["preference"] for m in shown["kind_params"]["members"]] == [m["preference"] for m in members]
     main(["store", "ls", "--store", str(store)])
-    assert "kind=point-set(pick=nearest,members=9)" in capsys.readouterr().out
+    assert "kind=point-set(pick=nearest,sense=max,members=9)" in capsys.readouterr().out
     for pref in ("digits:0.7,shapes:0.15,glyphs:0.15", "1,1,1"):
         main(["export", "--store", str(store), "--pref", pref, "--out", str(tmp_path / "m.safetensors")])
         main(["merge", "--zoo", zoo, "--method", "task-arithmetic", "--scale", "0.4", "--pref", pref,
