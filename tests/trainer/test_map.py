@@ -129,3 +129,34 @@ def test_map_refuses_a_budget_below_the_surrogates_size(quick_zoo, tmp_path, cap
     with pytest.raises(SystemExit):
         main(["train", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--method", "map", "--budget", "5"])
     assert "give --budget 10 or more (default 20)" in capsys.readouterr().err
+
+
+def test_bayesian_sampling_goes_where_the_surrogate_is_wrong():
+    from trainer.map.adaptive import allocate, bin_directions, bin_scores, bins_of, sample_near
+    k = 2
+    directions = bin_directions(k)
+    first, middle, second = (int(np.argmin(np.abs(directions - d).sum(1))) for d in ([1, 0], [0.5, 0.5], [0, 1]))
+    assert bins_of(np.array([[0.9, 0.1], [0.3, 0.3], [0.0, 0.0], [0.1, 0.8]]), directions).tolist() == \
+        [first, middle, middle, second]
+    rng = np.random.default_rng(0)
+    near = sample_near(directions[first], 50, 0.8, rng)
+    assert near.min() >= 0 and near.max() <= 0.8 + 1e-12
+    assert (bins_of(near[near.sum(1) > 0.05], directions) == first).mean() > 0.8
+    # a metric with a kink the quadratic cannot follow near (0, 1): that bin scores the highest
+    c = design_points(k, 24, 1.0, "sobol", seed=0)
+    y = link(c[:, 0] - c[:, 1] + 4 * np.maximum(c[:, 1] - c[:, 0] - 0.5, 0) ** 0.5, "accuracy")
+    surrogate = fit_surrogate(c, y, "accuracy")
+    scores = bin_scores(c, y[:, None], [surrogate], "accuracy", directions, rng)
+    assert scores.argmax() == second
+    counts = allocate(scores, 30, rng, temperature=1.0)
+    assert counts.sum() == 30 and counts[second] == counts.max()
+
+
+def test_bmap_spends_its_budget_in_rounds(quick_zoo, tmp_path, capsys):
+    main(["train", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--method", "bmap", "--rounds", "2",
+          "--population", "12", "--generations", "20", "--device", "cpu"])
+    family = open_family(tmp_path, capsys.readouterr().out.strip().splitlines()[-1])
+    metrics = family.manifest.metrics
+    assert metrics["evaluations"]["design"] == default_budget(3) and metrics["initial"] == 10 + 3 + 3
+    assert [r["added"] for r in metrics["rounds"]] == [2, 2]
+    assert family.manifest.kind_params["pick"] == "weighted-sum" and family.manifest.method == "bmap"

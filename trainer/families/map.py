@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
@@ -25,7 +26,8 @@ from models_store.atomic import write_text
 from models_store.kinds.point_set import Member
 
 from ..data.load import load_dataset, load_validation
-from ..map.design import Design, default_budget, design_points
+from ..map.adaptive import next_points
+from ..map.design import Design, default_budget, design_points, surrogate_size
 from ..map.evaluate import Evaluator, Scores
 from ..map.search import predicted_pareto_set
 from ..map.surrogate import Metric, fit_surrogate
@@ -75,21 +77,33 @@ def validation_sets(ctx: LearnContext, config: MapConfig) -> dict:
     return out
 
 
-def evaluate_design(evaluator: Evaluator, points: np.ndarray, path, resume: bool, progress: bool) -> list[Scores]:
-    """Scores of every design point; each is saved when done, and a resume reads the saved ones."""
-    done: list[Scores] = []
-    if resume and path.is_file():
-        saved = json.loads(path.read_text())
-        if np.allclose(np.array(saved["points"]).reshape(-1, points.shape[1]), points[:len(saved["points"])]):
-            done = [Scores(a, l) for a, l in zip(saved["accuracy"], saved["loss"])]
-    bar = progress_bar(range(len(done), len(points)), initial=len(done), total=len(points), desc="map: evaluate",
-                       disable=not progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for i in bar:
-        done.append(evaluator(points[i]))
-        write_text(path, json.dumps({"points": points[:len(done)].tolist(), "accuracy": [s.accuracy for s in done],
-                                     "loss": [s.loss for s in done]}))
-    return done
+class EvaluationLog:
+    """The points evaluated so far and their scores, saved after each one, so a killed run resumes
+    without evaluating them again (a resumed run recomputes the same points: same seed)."""
+
+    def __init__(self, path, resume: bool, progress: bool):
+        self.path, self.progress = path, progress
+        self.points: list[list[float]] = []
+        self.scores: list[Scores] = []
+        if resume and path.is_file():
+            saved = json.loads(path.read_text())
+            self.points = saved["points"]
+            self.scores = [Scores(a, l) for a, l in zip(saved["accuracy"], saved["loss"])]
+
+    def evaluate(self, evaluator: Evaluator, points: np.ndarray, desc: str) -> list[Scores]:
+        """Scores of `points`, the saved ones reused while they are the same points."""
+        kept = 0
+        while kept < min(len(points), len(self.points)) and np.allclose(self.points[kept], points[kept]):
+            kept += 1
+        self.points, self.scores = self.points[:kept], self.scores[:kept]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for i in progress_bar(range(kept, len(points)), initial=kept, total=len(points), desc=desc,
+                              disable=not self.progress):
+            self.scores.append(evaluator(points[i]))
+            self.points.append([float(x) for x in points[i]])
+            write_text(self.path, json.dumps({"points": self.points, "accuracy": [s.accuracy for s in self.scores],
+                                              "loss": [s.loss for s in self.scores]}))
+        return self.scores[:len(points)]
 
 
 def normalised(c: np.ndarray) -> list[float]:
@@ -98,26 +112,22 @@ def normalised(c: np.ndarray) -> list[float]:
     return [float(x) / total for x in c] if total > 0 else [1.0 / len(c)] * len(c)
 
 
-@register_family("map", MapConfig, "MAP: quadratic surrogates of the task-arithmetic coefficients' metrics and "
-                 "their NSGA-III Pareto set, from labelled validation data (kind point-set)")
-def learn(ctx: LearnContext, config: MapConfig):
-    family_id = ctx.family_id("map", config)
-    if (path := published(ctx, family_id)) is not None:
-        return path
-    began = time.perf_counter()
-    tasks, k = ctx.zoo.tasks, len(ctx.zoo.tasks)
-    points = design_points(k, config.budget or default_budget(k), config.c_max, config.design, config.seed)
-    evaluator = Evaluator(ctx.pool, validation_sets(ctx, config), ctx.device, config.eval_batch)
-    scores = evaluate_design(evaluator, points, ctx.store / RUNS / family_id / "evaluations.json", ctx.resume,
-                             ctx.progress)
+def fit(points: np.ndarray, scores: list[Scores], metric: Metric, leave_one_out: bool = True):
+    y = np.array([getattr(s, metric) for s in scores])  # [n, K]
+    return y, [fit_surrogate(points, y[:, j], metric, leave_one_out) for j in range(y.shape[1])]
+
+
+def publish_front(ctx: LearnContext, config: MapConfig, family_id: str, method: str, points: np.ndarray,
+                  scores: list[Scores], evaluator: Evaluator, began: float, extra: dict) -> Path:
+    """Surrogates, NSGA-III, the front evaluated for real, and the point-set family."""
+    tasks = ctx.zoo.tasks
     fit_start = time.perf_counter()
-    y = np.array([getattr(s, config.metric) for s in scores])  # [budget, K]
-    surrogates = [fit_surrogate(points, y[:, j], config.metric) for j in range(k)]
+    _, surrogates = fit(points, scores, config.metric)
     search_start = time.perf_counter()
     front, predicted = predicted_pareto_set(surrogates, config.c_max, config.population, config.generations,
                                             config.seed)
     search_end = time.perf_counter()
-    real = [evaluator(c) for c in progress_bar(front, desc="map: evaluate the front", disable=not ctx.progress)]
+    real = [evaluator(c) for c in progress_bar(front, desc=f"{method}: evaluate the front", disable=not ctx.progress)]
     members = [Member(preference=normalised(c), coefficients=[float(x) for x in c], predicted=p.tolist(),
                       metrics={f"{name}.{t}": v for name, values in (("real_accuracy", r.accuracy), ("real_loss", r.loss))
                                for t, v in zip(tasks, values)})
@@ -127,6 +137,64 @@ def learn(ctx: LearnContext, config: MapConfig):
                "surrogates": {t: {"r2": round(s.r2, 5), "loo_rmse": round(s.loo_rmse, 5)} for t, s in zip(tasks, surrogates)},
                "seconds_by_stage": {"merge": round(seconds.merge, 3), "evaluate": round(seconds.evaluate, 3),
                                     "fit": round(search_start - fit_start, 3),
-                                    "nsga3": round(search_end - search_start, 3)}}
-    return publish_point_set(ctx, family_id, "map", config, members, {}, began, pick=config.pick,
+                                    "nsga3": round(search_end - search_start, 3)}} | extra
+    return publish_point_set(ctx, family_id, method, config, members, {}, began, pick=config.pick,
                              sense="max" if config.metric == "accuracy" else "min", metrics=metrics)
+
+
+def start(ctx: LearnContext, config: MapConfig, method: str):
+    """(family id, or the published path, the evaluator and the log) of a MAP-like run."""
+    family_id = ctx.family_id(method, config)
+    if (path := published(ctx, family_id)) is not None:
+        return family_id, path, None, None
+    evaluator = Evaluator(ctx.pool, validation_sets(ctx, config), ctx.device, config.eval_batch)
+    log = EvaluationLog(ctx.store / RUNS / family_id / "evaluations.json", ctx.resume, ctx.progress)
+    return family_id, None, evaluator, log
+
+
+@register_family("map", MapConfig, "MAP: quadratic surrogates of the task-arithmetic coefficients' metrics and "
+                 "their NSGA-III Pareto set, from labelled validation data (kind point-set)")
+def learn(ctx: LearnContext, config: MapConfig):
+    began = time.perf_counter()
+    family_id, path, evaluator, log = start(ctx, config, "map")
+    if path is not None:
+        return path
+    k = len(ctx.zoo.tasks)
+    points = design_points(k, config.budget or default_budget(k), config.c_max, config.design, config.seed)
+    scores = log.evaluate(evaluator, points, "map: evaluate")
+    return publish_front(ctx, config, family_id, "map", points, scores, evaluator, began, {})
+
+
+class BayesianMapConfig(MapConfig):
+    initial: Optional[int] = Field(None, ge=1, description="bmap: the initial design's points (default (K+1)(K+2)/2 "
+                                                           "+ K + 3, at most the budget)")
+    rounds: int = Field(4, ge=1, description="bmap: rounds of error-driven sampling after the initial design")
+    temperature: float = Field(1.0, gt=0, description="bmap: softmax temperature over the bins' scores (relative to "
+                                                      "their mean)")
+
+
+@register_family("bmap", BayesianMapConfig, "Bayesian MAP: MAP whose evaluations after a smaller initial design go "
+                 "where the surrogates' error and bootstrap spread are largest (kind point-set)")
+def learn_bayesian(ctx: LearnContext, config: BayesianMapConfig):
+    began = time.perf_counter()
+    family_id, path, evaluator, log = start(ctx, config, "bmap")
+    if path is not None:
+        return path
+    k = len(ctx.zoo.tasks)
+    budget = config.budget or default_budget(k)
+    initial = min(budget, config.initial or surrogate_size(k) + k + 3)
+    points = design_points(k, initial, config.c_max, config.design, config.seed)
+    scores = log.evaluate(evaluator, points, "bmap: evaluate")
+    rng = np.random.default_rng(config.seed)
+    rounds = []
+    for r in range(config.rounds):
+        count = (budget - len(points)) // (config.rounds - r)
+        if count <= 0:
+            break
+        y, surrogates = fit(points, scores, config.metric)
+        new, bin_scores = next_points(points, y, surrogates, config.metric, count, config.c_max, config.temperature, rng)
+        points = np.vstack([points, new])
+        scores = log.evaluate(evaluator, points, f"bmap: round {r + 1}/{config.rounds}")
+        rounds.append({"added": len(new), "bin_scores": [round(float(x), 5) for x in bin_scores]})
+    return publish_front(ctx, config, family_id, "bmap", points, scores, evaluator, began,
+                         {"rounds": rounds, "initial": initial})

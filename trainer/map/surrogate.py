@@ -40,7 +40,11 @@ class Surrogate:
     weights: np.ndarray  # [(K + 1)(K + 2) / 2]
     metric: Metric
     r2: float = float("nan")
-    loo_rmse: float = float("nan")
+    loo_errors: tuple[float, ...] = ()  # per point: the fit without it, at it, minus the truth
+
+    @property
+    def loo_rmse(self) -> float:
+        return float(np.sqrt(np.mean(np.square(self.loo_errors)))) if self.loo_errors else float("nan")
 
     def predict(self, c: np.ndarray) -> np.ndarray:
         return link(quadratic_features(c) @ self.weights, self.metric)
@@ -53,10 +57,12 @@ def _fit_weights(features: np.ndarray, y: np.ndarray, metric: Metric) -> np.ndar
                          else "trf").x
 
 
-def fit_surrogate(c: np.ndarray, y: np.ndarray, metric: Metric) -> Surrogate:
+def fit_surrogate(c: np.ndarray, y: np.ndarray, metric: Metric, leave_one_out: bool = True) -> Surrogate:
     """One task's surrogate from its evaluations y [n] at the points c [n, K]."""
     features = quadratic_features(c)
     weights = _fit_weights(features, y, metric)
+    if not leave_one_out:
+        return Surrogate(weights, metric)
     fitted = link(features @ weights, metric)
     total = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - float(np.sum((y - fitted) ** 2)) / total if total > 0 else 1.0
@@ -65,4 +71,4 @@ def fit_surrogate(c: np.ndarray, y: np.ndarray, metric: Metric) -> Surrogate:
         keep = np.arange(len(y)) != i
         w = _fit_weights(features[keep], y[keep], metric)
         errors.append(float(link(features[i] @ w, metric) - y[i]))
-    return Surrogate(weights, metric, r2, float(np.sqrt(np.mean(np.square(errors)))))
+    return Surrogate(weights, metric, r2, tuple(errors))
