@@ -1,5 +1,7 @@
 """MAP (seed 000): design, surrogates, search, validation data, pick rules, and the learner through the CLI."""
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +162,16 @@ def test_bmap_spends_its_budget_in_rounds(quick_zoo, tmp_path, capsys):
     assert metrics["evaluations"]["design"] == default_budget(3) and metrics["initial"] == 10 + 3 + 3
     assert [r["added"] for r in metrics["rounds"]] == [2, 2]
     assert family.manifest.kind_params["pick"] == "weighted-sum" and family.manifest.method == "bmap"
+
+
+def test_map_bench_on_a_quick_zoo(quick_zoo, tmp_path):
+    """bench/map_bench.py end to end (the figures come from the demo zoo; here, that it runs)."""
+    sys.path.insert(0, str(Path(__file__).parents[2]))
+    from bench import map_bench
+    out = map_bench.main(["--zoo", str(quick_zoo.root), "--population", "12", "--generations", "10", "--device",
+                          "cpu", "--out-dir", str(tmp_path)])
+    data = json.loads(Path(out["path"]).read_text())
+    assert set(data["results"]) == {"map", "bmap", "bmap-half", "direct-search", "ta-pref"}
+    assert data["results"]["bmap-half"]["evaluations"]["design"] == 10  # the surrogate's size, K = 3
+    assert all(r["hypervolume"] > 0 for r in data["results"].values())
+    assert set(data["quality_bar"]) >= {"r2_at_least_0.9", "map_hv_at_least_direct_search", "map_hv_at_least_ta_pref"}

@@ -1,0 +1,124 @@
+"""MAP's quality bar and cost on a zoo (issue 13): MAP and Bayesian MAP as `pmerge train` runs
+them, beside direct search and task arithmetic + preference, all scored on the TEST split.
+
+    python bench/map_bench.py --zoo runs/demo/zoo
+
+- MAP (budget B, default 2 (K+1)(K+2)/2) and BMAP at B and at B/2 (at least the surrogate's
+  size): every surrogate's R^2 and leave-one-out error on the validation data, wall time by stage
+  (merge, evaluate, fit, NSGA-III), evaluations; the "real" front: each member's test accuracy.
+- Direct search at the same budget: MAP's own design points (no surrogate), the non-dominated
+  ones on validation accuracy, then their test accuracy.
+- Task arithmetic + preference at `pmerge front`'s default preferences (the grid with 3
+  divisions, the anchors, 5 draws), test accuracy.
+
+Hypervolume (reference point 0) of each set's non-dominated test accuracies. The bar: R^2 >= 0.9
+on every task; MAP's hypervolume >= direct search's and >= ta-pref's; BMAP at B/2 against MAP at B.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench.common import add_common_args, machine_info, markdown_table, now_iso, run_benchmark, write_result  # noqa: E402
+from models_store.store import open_family  # noqa: E402
+from models_store.zoo import Zoo  # noqa: E402
+from trainer.families import LearnContext, get_family_learner  # noqa: E402
+from trainer.families.map import validation_sets  # noqa: E402
+from trainer.hypervolume import hypervolume, non_dominated  # noqa: E402
+from trainer.map.design import default_budget, design_points, surrogate_size  # noqa: E402
+from trainer.map.evaluate import Evaluator  # noqa: E402
+from trainer.methods.preference import task_weights  # noqa: E402
+from trainer.simplex import PointSet  # noqa: E402
+from trainer.taskpool import TaskPool  # noqa: E402
+
+NAME = "map"
+
+
+def front_hv(points: list[list[float]]) -> float:
+    keep = non_dominated(points)
+    return hypervolume([p for p, k in zip(points, keep) if k])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--zoo", required=True)
+    p.add_argument("--budget", type=int, default=None, help="MAP's evaluations (default 2 (K+1)(K+2)/2)")
+    p.add_argument("--population", type=int, default=100)
+    p.add_argument("--generations", type=int, default=200)
+    add_common_args(p)
+    return run_benchmark(p, argv, run)
+
+
+def run(args: argparse.Namespace, device: torch.device) -> dict:
+    zoo = Zoo(args.zoo)
+    k = len(zoo.tasks)
+    budget = args.budget or default_budget(k)
+    common = {"population": args.population, "generations": args.generations, "seed": args.seed}
+    store = Path(tempfile.mkdtemp(prefix="map-bench-"))
+    ctx = LearnContext(zoo, store, device=device, progress=False)
+    test = Evaluator(ctx.pool, TaskPool(zoo).test, device)  # every model below, scored on the test split
+    runs = {"map": ("map", {"budget": budget}), "bmap": ("bmap", {"budget": budget}),
+            "bmap-half": ("bmap", {"budget": max(surrogate_size(k), budget // 2)})}
+    results: dict = {}
+    for name, (method, extra) in runs.items():
+        learner = get_family_learner(method)
+        start = time.perf_counter()
+        family = open_family(store, learner(ctx, learner.config(**common, **extra)).name)
+        seconds = time.perf_counter() - start
+        members = family.manifest.kind_params["members"]
+        accuracy = [test(np.array(m["coefficients"])).accuracy for m in members]
+        results[name] = {"evaluations": family.manifest.metrics["evaluations"], "seconds": round(seconds, 2),
+                         "surrogates": family.manifest.metrics["surrogates"],
+                         "seconds_by_stage": family.manifest.metrics["seconds_by_stage"],
+                         "members": len(members), "test_accuracy": accuracy, "hypervolume": front_hv(accuracy)}
+        print(f"{name}: {len(members)} members, HV {results[name]['hypervolume']:.4f}, {seconds:.1f} s", flush=True)
+
+    # direct search: MAP's design, no surrogate: the validation-non-dominated points, on test
+    config = get_family_learner("map").config(budget=budget, **common)
+    val = Evaluator(ctx.pool, validation_sets(ctx, config), device)
+    design = design_points(k, budget, config.c_max, config.design, config.seed)
+    on_val = [val(c).accuracy for c in design]
+    chosen = [c for c, keep in zip(design, non_dominated(on_val)) if keep]
+    direct = [test(c).accuracy for c in chosen]
+    results["direct-search"] = {"evaluations": budget, "members": len(chosen), "test_accuracy": direct,
+                                "hypervolume": front_hv(direct)}
+    # task arithmetic + preference at front's default preferences
+    prefs = PointSet().preferences(zoo.tasks)
+    ta = [test(np.array([0.3 * w for w in task_weights(p, zoo.tasks)])).accuracy for p in prefs]
+    results["ta-pref"] = {"members": len(prefs), "test_accuracy": ta, "hypervolume": front_hv(ta)}
+
+    r2 = {t: s["r2"] for t, s in results["map"]["surrogates"].items()}
+    bar = {"r2_at_least_0.9": all(v >= 0.9 for v in r2.values()),
+           "map_hv_at_least_direct_search": results["map"]["hypervolume"] >= results["direct-search"]["hypervolume"],
+           "map_hv_at_least_ta_pref": results["map"]["hypervolume"] >= results["ta-pref"]["hypervolume"],
+           "bmap_half_over_map_hv": results["bmap-half"]["hypervolume"] / results["map"]["hypervolume"]}
+    payload = {"benchmark": NAME, "created": now_iso(), "machine": machine_info(device),
+               "config": {"argv": args.argv, "zoo": str(Path(args.zoo).resolve()), "tasks": zoo.tasks, "budget": budget,
+                          **common},
+               "results": results, "quality_bar": bar}
+    path = write_result(args.out_dir, NAME, device, payload)
+    def evaluations(r: dict):
+        spent = r.get("evaluations", "")
+        return f"{spent['design']} + {spent['front']}" if isinstance(spent, dict) else spent
+
+    rows = [[name, evaluations(r), r["members"], f"{r['hypervolume']:.4f}", r.get("seconds", "")]
+            for name, r in results.items()]
+    print(markdown_table(["model", "evaluations (design + front)", "points", "hypervolume (test)", "seconds"], rows))
+    print("surrogate R^2 (map): " + ", ".join(f"{t} {v:.3f}" for t, v in r2.items()))
+    print(f"stages (map): {results['map']['seconds_by_stage']}")
+    print(f"quality bar: {bar}")
+    print(f"wrote {path}")
+    payload["path"] = str(path)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
