@@ -4,21 +4,20 @@ Subcommands are registered through the `pmerge.commands` entry points (pyproject
 names a list of `Command`s, the trainer's and the service's. So `pmerge demo` (trainer) serves
 through the registered `serve` command, and the one dependency rule (trainer -> models_store <-
 service) holds for the command line too. Flags of pydantic configs come from their fields
-(`add_model_flags`): a new hyperparameter is one field with one description.
+(models_store/flags.py): a new hyperparameter is one field with one description.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-import types
-import typing
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from . import StoreError
+from .flags import describe_flags
 
 GROUP = "pmerge.commands"
 
@@ -45,101 +44,6 @@ def commands() -> dict[str, Command]:
 
 def command(name: str) -> Command:
     return commands()[name]
-
-
-# ---- flags from pydantic fields ---------------------------------------------------------------
-
-def _flag_type(annotation: Any) -> dict[str, Any]:
-    """argparse keywords for a field's annotation; None and pydantic do the rest."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-        return _flag_type(args[0])
-    if typing.get_origin(annotation) is typing.Literal:
-        return {"choices": list(args), "type": type(args[0])}
-    if typing.get_origin(annotation) is dict:
-        return {"action": "append", "metavar": "KEY=VALUE"}
-    if typing.get_origin(annotation) is list:
-        return {"type": lambda text: [s.strip() for s in text.split(",") if s.strip()], "metavar": "A,B,..."}
-    if annotation is bool:
-        return {"action": argparse.BooleanOptionalAction}
-    if annotation in (int, float):
-        return {"type": annotation}
-    return {"type": str}  # str, Path, nested models parsed from text by their own validators
-
-
-def _as_flag(value: Any) -> str:
-    """A default as one would type it."""
-    if isinstance(value, BaseModel):
-        return ",".join(f"{k}={v}" for k, v in value.model_dump().items())
-    if isinstance(value, list):
-        return ",".join(map(str, value)) or "none"
-    if isinstance(value, dict):
-        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
-    return str(value)
-
-
-def add_model_flags(parser: argparse.ArgumentParser, models: dict[str, type[BaseModel]],
-                    exclude: tuple[str, ...] = (), include: Optional[tuple[str, ...]] = None,
-                    env_prefix: Optional[str] = None) -> None:
-    """One `--field-name` per field of the models ({label: model}; only `include` when given); a
-    field several share is one flag, whose help gives each model's default when they differ.
-    With `env_prefix`, the help names the environment variable the flag overrides."""
-    seen: dict[str, list[tuple[str, Any]]] = {}
-    for label, model in models.items():
-        for name, f in model.model_fields.items():
-            if name not in exclude and (include is None or name in include):
-                seen.setdefault(name, []).append((label, f))
-    for name, owners in seen.items():
-        f = owners[0][1]
-        defaults = {label: field.get_default(call_default_factory=True) for label, field in owners}
-        shown = {label: _as_flag(d) for label, d in defaults.items()}
-        if len(set(map(repr, shown.values()))) == 1:
-            default = f"default {next(iter(shown.values()))}"
-        else:
-            default = "default " + ", ".join(f"{label} {d}" for label, d in shown.items())
-        only = "" if len(owners) == len(models) or len(models) == 1 else " [" + ", ".join(label for label, _ in owners) + "]"
-        said = [f"env {env_prefix}{name.upper()}"] * bool(env_prefix) + [default] * (default != "default None")
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, **_flag_type(f.annotation),
-                            help=f"{f.description or ''} ({', '.join(said)}){only}".replace(" ()", "").strip())
-
-
-def model_values(args: argparse.Namespace, model: type[BaseModel], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The fields of `model` given on the command line (a dict field from its repeated KEY=VALUE)."""
-    out = {}
-    for n, f in model.model_fields.items():
-        value = getattr(args, n, None)
-        if n in exclude or value is None:
-            continue
-        if typing.get_origin(f.annotation) is dict:
-            pairs = [item.partition("=") for item in value]
-            bad = [item for item, (k, sep, v) in zip(value, pairs) if not (k and sep and v)]
-            if bad:
-                raise ValueError(f"--{n.replace('_', '-')} expects KEY=VALUE, got {bad[0]!r}")
-            value = {k: v for k, _, v in pairs}
-        out[n] = value
-    return out
-
-
-def refuse_foreign(args: argparse.Namespace, model: type[BaseModel], models: dict[str, type[BaseModel]],
-                   owner: str, exclude: tuple[str, ...] = ()) -> None:
-    """A flag of another model than `model` is an error that names it."""
-    foreign = {n for m in models.values() for n in m.model_fields} - set(model.model_fields) - set(exclude)
-    given = sorted(n for n in foreign if getattr(args, n, None) is not None)
-    if given:
-        raise ValueError(f"{owner} takes no {', '.join('--' + n.replace('_', '-') for n in given)}")
-
-
-def describe_flags(error: ValidationError, env_prefix: Optional[str] = None) -> str:
-    """A config built from flags (or `env_prefix` variables) failed: each problem as `--flag: message,
-    got VALUE`, on one line."""
-    problems = []
-    for e in error.errors():
-        flag, *inner = e["loc"] or ("value",)
-        env = f" / {env_prefix}{str(flag).upper()}" if env_prefix else ""
-        where = "--" + str(flag).replace("_", "-") + env + "".join(f": {x}" for x in inner)
-        got = "" if isinstance(e.get("input"), dict) else f", got {e.get('input')!r}"
-        problems.append(f"{where}: {e['msg'].removeprefix('Value error, ')}{got}")
-    return "; ".join(problems)
 
 
 # ---- main ------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import argparse
 import logging
 from typing import Any
 
-from models_store.cli import Command, add_model_flags, describe_flags, model_values
+from models_store.cli import Command
+from models_store.flags import add_model_flags, describe_flags, model_values
 
 from .settings import ENV_PREFIX, Settings
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from models_store import StoreError
-from models_store.cli import Command, add_model_flags, command, model_values, refuse_foreign
+from models_store.cli import Command, command
+from models_store.flags import add_model_flags, model_values, refuse_foreign
 
 DEVICE = {"default": "auto", "choices": ["auto", "cuda", "cpu"], "help": "auto (default): a CUDA GPU when there is one"}
 

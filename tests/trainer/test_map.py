@@ -159,8 +159,8 @@ def test_bmap_spends_its_budget_in_rounds(quick_zoo, tmp_path, capsys):
           "--population", "12", "--generations", "20", "--device", "cpu"])
     family = open_family(tmp_path, capsys.readouterr().out.strip().splitlines()[-1])
     metrics = family.manifest.metrics
-    assert metrics["evaluations"]["design"] == default_budget(3) and metrics["initial"] == 10 + 3 + 3
-    assert [r["added"] for r in metrics["rounds"]] == [2, 2]
+    assert metrics["evaluations"]["design"] == default_budget(3) and metrics["initial"] == 10 + 3
+    assert [r["added"] for r in metrics["rounds"]] == [3, 4]
     assert family.manifest.kind_params["pick"] == "weighted-sum" and family.manifest.method == "bmap"
 
 
@@ -171,7 +171,8 @@ def test_map_bench_on_a_quick_zoo(quick_zoo, tmp_path):
     out = map_bench.main(["--zoo", str(quick_zoo.root), "--population", "12", "--generations", "10", "--device",
                           "cpu", "--out-dir", str(tmp_path)])
     data = json.loads(Path(out["path"]).read_text())
-    assert set(data["results"]) == {"map", "bmap", "bmap-half", "direct-search", "ta-pref"}
-    assert data["results"]["bmap-half"]["evaluations"]["design"] == 10  # the surrogate's size, K = 3
+    assert set(data["results"]) == {"map", "bmap", "map-fewer", "bmap-fewer", "direct-search", "direct-search-all",
+                                    "ta-pref"}
+    assert data["results"]["bmap-fewer"]["evaluations"]["design"] == 15  # 3/4 of 20
     assert all(r["hypervolume"] > 0 for r in data["results"].values())
     assert set(data["quality_bar"]) >= {"r2_at_least_0.9", "map_hv_at_least_direct_search", "map_hv_at_least_ta_pref"}

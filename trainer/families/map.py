@@ -167,7 +167,7 @@ def learn(ctx: LearnContext, config: MapConfig):
 
 class BayesianMapConfig(MapConfig):
     initial: Optional[int] = Field(None, ge=1, description="bmap: the initial design's points (default (K+1)(K+2)/2 "
-                                                           "+ K + 3, at most the budget)")
+                                                           "+ K, at most the budget)")
     rounds: int = Field(4, ge=1, description="bmap: rounds of error-driven sampling after the initial design")
     temperature: float = Field(1.0, gt=0, description="bmap: softmax temperature over the bins' scores (relative to "
                                                       "their mean)")
@@ -182,15 +182,15 @@ def learn_bayesian(ctx: LearnContext, config: BayesianMapConfig):
         return path
     k = len(ctx.zoo.tasks)
     budget = config.budget or default_budget(k)
-    initial = min(budget, config.initial or surrogate_size(k) + k + 3)
+    initial = min(budget, config.initial or surrogate_size(k) + k)
     points = design_points(k, initial, config.c_max, config.design, config.seed)
     scores = log.evaluate(evaluator, points, "bmap: evaluate")
     rng = np.random.default_rng(config.seed)
     rounds = []
     for r in range(config.rounds):
         count = (budget - len(points)) // (config.rounds - r)
-        if count <= 0:
-            break
+        if count <= 0:  # fewer new points than rounds left: they go to the last rounds
+            continue
         y, surrogates = fit(points, scores, config.metric)
         new, bin_scores = next_points(points, y, surrogates, config.metric, count, config.c_max, config.temperature, rng)
         points = np.vstack([points, new])
