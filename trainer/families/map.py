@@ -142,27 +142,30 @@ def publish_front(ctx: LearnContext, config: MapConfig, family_id: str, method: 
                              sense="max" if config.metric == "accuracy" else "min", metrics=metrics)
 
 
-def start(ctx: LearnContext, config: MapConfig, method: str):
-    """(family id, or the published path, the evaluator and the log) of a MAP-like run."""
+def learn_front(ctx: LearnContext, config: MapConfig, method: str, adaptive: bool) -> Path:
+    """MAP's whole run: the design (all of the budget, or BMAP's initial part and its rounds), the
+    evaluations (resumable), then `publish_front`."""
+    began = time.perf_counter()
     family_id = ctx.family_id(method, config)
     if (path := published(ctx, family_id)) is not None:
-        return family_id, path, None, None
+        return path
     evaluator = Evaluator(ctx.pool, validation_sets(ctx, config), ctx.device, config.eval_batch)
     log = EvaluationLog(ctx.store / RUNS / family_id / "evaluations.json", ctx.resume, ctx.progress)
-    return family_id, None, evaluator, log
+    k = len(ctx.zoo.tasks)
+    budget = config.budget or default_budget(k)
+    initial = min(budget, config.initial or surrogate_size(k) + k) if adaptive else budget
+    points = design_points(k, initial, config.c_max, config.design, config.seed)
+    scores = log.evaluate(evaluator, points, f"{method}: evaluate")
+    extra: dict = {}
+    if adaptive:
+        points, scores, extra = error_driven_rounds(config, points, scores, budget, evaluator, log)
+    return publish_front(ctx, config, family_id, method, points, scores, evaluator, began, extra)
 
 
 @register_family("map", MapConfig, "MAP: quadratic surrogates of the task-arithmetic coefficients' metrics and "
                  "their NSGA-III Pareto set, from labelled validation data (kind point-set)")
 def learn(ctx: LearnContext, config: MapConfig):
-    began = time.perf_counter()
-    family_id, path, evaluator, log = start(ctx, config, "map")
-    if path is not None:
-        return path
-    k = len(ctx.zoo.tasks)
-    points = design_points(k, config.budget or default_budget(k), config.c_max, config.design, config.seed)
-    scores = log.evaluate(evaluator, points, "map: evaluate")
-    return publish_front(ctx, config, family_id, "map", points, scores, evaluator, began, {})
+    return learn_front(ctx, config, "map", adaptive=False)
 
 
 class BayesianMapConfig(MapConfig):
@@ -173,18 +176,9 @@ class BayesianMapConfig(MapConfig):
                                                       "their mean)")
 
 
-@register_family("bmap", BayesianMapConfig, "Bayesian MAP: MAP whose evaluations after a smaller initial design go "
-                 "where the surrogates' error and bootstrap spread are largest (kind point-set)")
-def learn_bayesian(ctx: LearnContext, config: BayesianMapConfig):
-    began = time.perf_counter()
-    family_id, path, evaluator, log = start(ctx, config, "bmap")
-    if path is not None:
-        return path
-    k = len(ctx.zoo.tasks)
-    budget = config.budget or default_budget(k)
-    initial = min(budget, config.initial or surrogate_size(k) + k)
-    points = design_points(k, initial, config.c_max, config.design, config.seed)
-    scores = log.evaluate(evaluator, points, "bmap: evaluate")
+def error_driven_rounds(config: BayesianMapConfig, points: np.ndarray, scores: list[Scores], budget: int,
+                        evaluator: Evaluator, log: EvaluationLog) -> tuple[np.ndarray, list[Scores], dict]:
+    """BMAP's rounds until the budget is spent (trainer/map/adaptive.py)."""
     rng = np.random.default_rng(config.seed)
     rounds = []
     for r in range(config.rounds):
@@ -196,5 +190,10 @@ def learn_bayesian(ctx: LearnContext, config: BayesianMapConfig):
         points = np.vstack([points, new])
         scores = log.evaluate(evaluator, points, f"bmap: round {r + 1}/{config.rounds}")
         rounds.append({"added": len(new), "bin_scores": [round(float(x), 5) for x in bin_scores]})
-    return publish_front(ctx, config, family_id, "bmap", points, scores, evaluator, began,
-                         {"rounds": rounds, "initial": initial})
+    return points, scores, {"rounds": rounds, "initial": len(points) - sum(r["added"] for r in rounds)}
+
+
+@register_family("bmap", BayesianMapConfig, "Bayesian MAP: MAP whose evaluations after a smaller initial design go "
+                 "where the surrogates' error and bootstrap spread are largest (kind point-set)")
+def learn_bayesian(ctx: LearnContext, config: BayesianMapConfig):
+    return learn_front(ctx, config, "bmap", adaptive=True)
