@@ -39,6 +39,17 @@ def _as_flag(value: Any) -> str:
     return str(value)
 
 
+def key_values(items: Optional[list[str]], flag: str) -> dict[str, str]:
+    """Repeated `NAME=VALUE` arguments -> dict, with an error naming the bad one."""
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"{flag} expects NAME=VALUE, got {item!r}")
+        out[name] = value
+    return out
+
+
 def add_model_flags(parser: argparse.ArgumentParser, models: dict[str, type[BaseModel]],
                     exclude: tuple[str, ...] = (), include: Optional[tuple[str, ...]] = None,
                     env_prefix: Optional[str] = None) -> None:
@@ -71,13 +82,7 @@ def model_values(args: argparse.Namespace, model: type[BaseModel], exclude: tupl
         value = getattr(args, n, None)
         if n in exclude or value is None:
             continue
-        if typing.get_origin(f.annotation) is dict:
-            pairs = [item.partition("=") for item in value]
-            bad = [item for item, (k, sep, v) in zip(value, pairs) if not (k and sep and v)]
-            if bad:
-                raise ValueError(f"--{n.replace('_', '-')} expects KEY=VALUE, got {bad[0]!r}")
-            value = {k: v for k, _, v in pairs}
-        out[n] = value
+        out[n] = key_values(value, "--" + n.replace("_", "-")) if typing.get_origin(f.annotation) is dict else value
     return out
 
 

@@ -64,6 +64,12 @@ def family_path(store: str | Path, family_id: Optional[str] = None) -> Path:
     return path
 
 
+def published(store: str | Path, family_id: str) -> Optional[Path]:
+    """The path of family `family_id` when the store already holds it (a rerun reuses it), else None."""
+    path = Path(store) / family_id
+    return path if (path / MANIFEST).is_file() else None
+
+
 def open_family(store: str | Path, family_id: Optional[str] = None) -> Family:
     """The family `family_id`, verified; without an id, the newest one that passes verification."""
     if family_id is not None:

@@ -12,20 +12,9 @@ from typing import Callable, Optional
 
 from models_store import StoreError
 from models_store.cli import Command, command
-from models_store.flags import add_model_flags, model_values, refuse_foreign
+from models_store.flags import add_model_flags, key_values, model_values, refuse_foreign
 
 DEVICE = {"default": "auto", "choices": ["auto", "cuda", "cpu"], "help": "auto (default): a CUDA GPU when there is one"}
-
-
-def key_values(items: Optional[list[str]], flag: str) -> dict[str, str]:
-    """`NAME=VALUE` arguments -> dict, with an error naming the bad one."""
-    out = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value:
-            raise ValueError(f"{flag} expects NAME=VALUE, got {item!r}")
-        out[name] = value
-    return out
 
 
 def int_at_least(low: int) -> Callable[[str], int]:

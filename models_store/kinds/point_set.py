@@ -115,6 +115,12 @@ class PointSetParams(BaseModel):
         return self
 
 
+def task_arithmetic(w: torch.Tensor, lam: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """theta0 + sum_k lambda_k tau_k for one tensor: w [...], lambda [K], vectors [K, ...]; computed
+    in float32, returned in w's dtype (the members' tensors, MAP's evaluations)."""
+    return (w.float() + torch.tensordot(lam.float().to(w.device), vectors.float(), dims=1)).to(w.dtype)
+
+
 def block_of(name: str) -> Optional[tuple[int, str]]:
     m = _BLOCK.match(name)
     return None if m is None else (int(m.group(1)), m.group(2))
@@ -159,8 +165,7 @@ class Members:
         member, block = self.params.members[index], block_of(name)
         if member.blocks is not None and block is not None and member.blocks[block[0]] == SKIP and block[1] in SKIPPED:
             return torch.zeros_like(w)
-        lam = self.coefficients(index, name).to(w.device)
-        return (w.float() + torch.tensordot(lam, self.vectors[name].float(), dims=1)).to(w.dtype)
+        return task_arithmetic(w, self.coefficients(index, name), self.vectors[name])
 
     def iter_tensors(self, index: int) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.pretrained:

@@ -10,10 +10,11 @@ from pydantic import Field
 
 from models_store.checkpoint import load_state_dict, save_state_dict
 from models_store.kinds.point_set import Member
+from models_store.store import published
 
 from ..methods import MergeContext
 from ..methods.adamerging import AdaMergingConfig, learn_coefficients
-from .point_set import PointsConfig, publish_point_set, published, weights
+from .point_set import PointsConfig, publish_point_set
 from .registry import LearnContext, register_family
 
 RUNS = ".runs"  # STORE/.runs/<family_id>/members.safetensors: the points done so far
@@ -31,7 +32,7 @@ class AdaPrefConfig(PointsConfig):
                  "(kind point-set)")
 def learn(ctx: LearnContext, config: AdaPrefConfig):
     family_id = ctx.family_id("adamerging-pref", config)
-    if (path := published(ctx, family_id)) is not None:
+    if (path := published(ctx.store, family_id)) is not None:
         return path
     began = time.perf_counter()
     prefs = config.points.preferences(ctx.zoo.tasks)
@@ -53,5 +54,5 @@ def learn(ctx: LearnContext, config: AdaPrefConfig):
         done |= {f"{i}/{k}": c for k, c in per_tensor[i].items()}
         progress_file.parent.mkdir(parents=True, exist_ok=True)
         save_state_dict(progress_file, done)
-    members = [Member(preference=weights(p), per_tensor=True) for p in prefs]
+    members = [Member(preference=list(p.weights), per_tensor=True) for p in prefs]
     return publish_point_set(ctx, family_id, "adamerging-pref", config, members, per_tensor, began)

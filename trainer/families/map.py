@@ -24,6 +24,7 @@ from pydantic import Field
 
 from models_store.atomic import write_text
 from models_store.kinds.point_set import Member
+from models_store.store import published
 
 from ..data.load import load_dataset, load_validation
 from ..map.adaptive import next_points
@@ -32,7 +33,7 @@ from ..map.evaluate import Evaluator, Scores
 from ..map.search import predicted_pareto_set
 from ..map.surrogate import Metric, fit_surrogate
 from ..progress import progress_bar
-from .point_set import publish_point_set, published
+from .point_set import publish_point_set
 from .registry import LearnContext, LearnerConfig, register_family
 
 RUNS = ".runs"  # STORE/.runs/<family_id>/evaluations.json: the design points evaluated so far
@@ -147,7 +148,7 @@ def learn_front(ctx: LearnContext, config: MapConfig, method: str, adaptive: boo
     evaluations (resumable), then `publish_front`."""
     began = time.perf_counter()
     family_id = ctx.family_id(method, config)
-    if (path := published(ctx, family_id)) is not None:
+    if (path := published(ctx.store, family_id)) is not None:
         return path
     evaluator = Evaluator(ctx.pool, validation_sets(ctx, config), ctx.device, config.eval_batch)
     log = EvaluationLog(ctx.store / RUNS / family_id / "evaluations.json", ctx.resume, ctx.progress)

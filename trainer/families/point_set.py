@@ -9,8 +9,6 @@ from pydantic import Field
 
 from models_store.family import FamilyManifest, now_iso, publish_family
 from models_store.kinds import point_set
-from models_store.preference import Preference
-from models_store.store import family_path
 
 from ..simplex import PointSet
 from .registry import LearnContext, LearnerConfig
@@ -20,10 +18,6 @@ class PointsConfig(LearnerConfig):
     points: PointSet = Field(default_factory=PointSet, description=(
         "the members' preferences, as `pmerge front` chooses them: grid=N (simplex grid, vertices included), "
         "random=M (Dirichlet(1) draws), seed=S; the equal and the 0.7-on-one-task preferences always"))
-
-
-def published(ctx: LearnContext, family_id: str) -> Path | None:
-    return family_path(ctx.store, family_id) if (ctx.store / family_id / "manifest.json").is_file() else None
 
 
 def publish_point_set(ctx: LearnContext, family_id: str, method: str, config: LearnerConfig,
@@ -41,6 +35,3 @@ def publish_point_set(ctx: LearnContext, family_id: str, method: str, config: Le
     files = point_set.family_files(pool.pretrained, pool.task_vectors, per_tensor)
     return publish_family(ctx.store, manifest, files, pool.heads)
 
-
-def weights(pref: Preference) -> list[float]:
-    return [float(w) for w in pref.weights]

@@ -7,9 +7,10 @@ import time
 from pydantic import Field
 
 from models_store.kinds.point_set import Member
+from models_store.store import published
 
 from ..methods.preference import task_weights
-from .point_set import PointsConfig, publish_point_set, published, weights
+from .point_set import PointsConfig, publish_point_set
 from .registry import LearnContext, register_family
 
 
@@ -20,10 +21,10 @@ class TaPrefConfig(PointsConfig):
 @register_family("ta-pref", TaPrefConfig, "task arithmetic + preference at each point (kind point-set)")
 def learn(ctx: LearnContext, config: TaPrefConfig):
     family_id = ctx.family_id("ta-pref", config)
-    if (path := published(ctx, family_id)) is not None:
+    if (path := published(ctx.store, family_id)) is not None:
         return path
     began = time.perf_counter()
     tasks = ctx.zoo.tasks
-    members = [Member(preference=weights(p), coefficients=[config.scale * w for w in task_weights(p, tasks)])
+    members = [Member(preference=list(p.weights), coefficients=[config.scale * w for w in task_weights(p, tasks)])
                for p in config.points.preferences(tasks)]
     return publish_point_set(ctx, family_id, "ta-pref", config, members, {}, began)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from models_store.kinds.point_set import task_arithmetic
 from models_store.tower import head_logits
 
 from ..data import TaskData
@@ -49,11 +50,7 @@ class Evaluator:
 
     def merged(self, c: np.ndarray) -> dict[str, torch.Tensor]:
         lam = torch.as_tensor(np.asarray(c, dtype=np.float32), device=self.device)
-        state = dict(self.theta0)
-        for k, tau in self.vectors.items():
-            w = self.theta0[k]
-            state[k] = (w.float() + torch.tensordot(lam, tau.float(), dims=1)).to(w.dtype)
-        return state
+        return self.theta0 | {k: task_arithmetic(self.theta0[k], lam, tau) for k, tau in self.vectors.items()}
 
     @torch.inference_mode()
     def __call__(self, c: np.ndarray) -> Scores:

@@ -42,7 +42,7 @@ from models_store.checkpoint import load_state_dict, save_state_dict
 from models_store.family import FamilyManifest, now_iso, publish_family
 from models_store.kinds import lowrank as lowrank_kind
 from models_store.kinds.lowrank import target_names
-from models_store.store import family_path
+from models_store.store import published
 from models_store.zoo import Zoo
 
 from ..methods.ties import ties_preprocess
@@ -150,8 +150,8 @@ def train_family(zoo: Zoo, store: str | Path, cfg: ParetoConfig, unlabeled: dict
     """Train and publish a family; returns its path. An existing identical family is returned as is."""
     store = Path(store)
     family_id = run_id(zoo, cfg, unlabeled_specs)
-    if (store / family_id / "manifest.json").is_file():
-        return family_path(store, family_id)
+    if (path := published(store, family_id)) is not None:
+        return path
     torch.manual_seed(cfg.seed)
     pool = ModelPool(zoo)
     vectors = pool.task_vectors if cfg.method == "pm" else ties_preprocess(pool.task_vectors, cfg.ties_k)
