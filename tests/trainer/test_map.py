@@ -110,20 +110,23 @@ def test_map_family_through_the_cli_serves_its_members_and_resumes(quick_zoo, tm
     calls = []
     real = map_family.Evaluator.__call__
 
-    def counted(self, c):
+    def counted(self, c, tasks=None):
         calls.append(1)
         if len(calls) == 8:
             raise KeyboardInterrupt
-        return real(self, c)
+        return real(self, c, tasks)
 
     monkeypatch.setattr(map_family.Evaluator, "__call__", counted)
     with pytest.raises(KeyboardInterrupt):
         main(args + ["--store", str(tmp_path / "b")])
     calls.clear()
-    monkeypatch.setattr(map_family.Evaluator, "__call__", lambda self, c: (calls.append(1), real(self, c))[1])
+    monkeypatch.setattr(map_family.Evaluator, "__call__",
+                        lambda self, c, tasks=None: (calls.append(1), real(self, c, tasks))[1])
     main(args + ["--store", str(tmp_path / "b"), "--resume"])
     resumed = open_family(tmp_path / "b", capsys.readouterr().out.strip().splitlines()[-1])
-    assert len(calls) == default_budget(3) - 7 + len(members)  # the rest of the design, then the front
+    design = design_points(3, default_budget(3), 1.0, "sobol", seed=0)
+    new = [x for x in members if not np.isclose(design, x["coefficients"], atol=1e-9).all(1).any()]
+    assert len(calls) == default_budget(3) - 7 + len(new)  # the rest of the design, then the front
     assert resumed.manifest.kind_params == m.kind_params
 
 
@@ -176,3 +179,60 @@ def test_map_bench_on_a_quick_zoo(quick_zoo, tmp_path):
     assert data["results"]["bmap-fewer"]["evaluations"]["design"] == 15  # 3/4 of 20
     assert all(r["hypervolume"] > 0 for r in data["results"].values())
     assert set(data["quality_bar"]) >= {"r2_at_least_0.9", "map_hv_at_least_direct_search", "map_hv_at_least_ta_pref"}
+
+
+def test_nested_tree_merges_the_most_alike_tasks_first():
+    from trainer.map.nested import task_tree
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(2, 50))
+    vectors = np.stack([base[0], base[1], base[0] + 0.1 * rng.normal(size=50), base[1] + 0.1 * rng.normal(size=50)])
+    tree = task_tree(vectors @ vectors.T)
+    assert sorted(sorted(c.tasks) for c in tree.children) == [[0, 2], [1, 3]]
+    assert tree.names(["a", "b", "c", "d"]) in ([["a", "c"], ["b", "d"]], [["c", "a"], ["d", "b"]],
+                                                [["b", "d"], ["a", "c"]], [["d", "b"], ["c", "a"]])
+    with pytest.raises(ValueError, match="at least 2 tasks"):
+        task_tree(np.ones((1, 1)))
+
+
+def test_nested_search_follows_the_preference_and_reuses_the_leaf_pairs():
+    """On a known metric (task t best at c_t = 1, hurt by the other tasks' c), the tree's model for a
+    preference leans to the preferred tasks, stays in the box, and the leaf pairs run once."""
+    from trainer.map.nested import NestedSearch, Node
+    k = 4
+    calls = []
+
+    def evaluate(points, tasks):
+        calls.append(list(tasks))
+        out = [[link(3 * p[t] - 1.5 * (p.sum() - p[t]) ** 2 - 2 * (p[t] - 1) ** 2, "accuracy") for t in tasks]
+               for p in points]
+        return np.array(out)
+
+    tree = Node((0, 1, 2, 3), (Node((0, 1), (Node((0,)), Node((1,)))), Node((2, 3), (Node((2,)), Node((3,))))))
+    search = NestedSearch(evaluate, "accuracy", 12, 1.0, "sobol", 20, 40, 0)
+    first = search.coefficients(tree, np.array([0.7, 0.1, 0.1, 0.1]))
+    third = search.coefficients(tree, np.array([0.1, 0.1, 0.7, 0.1]))
+    assert first.argmax() == 0 and third.argmax() == 2
+    assert ((0 <= first) & (first <= 1 + 1e-9)).all() and ((0 <= third) & (third <= 1 + 1e-9)).all()
+    vertex = search.coefficients(tree, np.eye(k)[1])  # a vertex: about its own fine-tuned model
+    assert vertex[1] > 0.9 and np.delete(vertex, 1).max() < 0.1
+    leaf_pairs = [c for c in calls if len(c) == 2]
+    assert sorted(map(tuple, leaf_pairs)) == [(0, 1), (2, 3)]  # once each, for three preferences
+
+
+def test_nmap_family_through_the_cli_and_its_cost(quick_zoo, tmp_path, capsys):
+    main(["train", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--method", "nmap", "--points",
+          "grid=1,random=0", "--population", "12", "--generations", "20", "--device", "cpu"])
+    family = open_family(tmp_path, capsys.readouterr().out.strip().splitlines()[-1])
+    m = family.manifest
+    members = m.kind_params["members"]
+    assert m.method == "nmap" and m.kind_params["pick"] == "nearest"
+    assert len(members) == 7  # the 3 vertices, the equal and the three 0.7 preferences
+    flat = json.dumps(m.metrics["tree"])
+    assert all(f'"{t}"' in flat for t in family.tasks)
+    cost = m.metrics["evaluations"]
+    assert cost["members"] == 7 and cost["pairwise_task_evaluations"] >= 2 * 12  # at least the two pair levels
+    assert cost["pairwise_full_equivalent"] == round(cost["pairwise_task_evaluations"] / 3, 2)
+    for x in members:  # each member is the tree's model for its own preference, inside the box
+        assert all(0 <= c <= 1 + 1e-9 for c in x["coefficients"]) and "real_accuracy.digits" in x["metrics"]
+    vertex = next(x for x in members if x["preference"] == [1.0, 0.0, 0.0])
+    assert np.argmax(vertex["coefficients"]) == 0

@@ -11,15 +11,21 @@ few real evaluations, as a servable point-set family (REFERENCE.md, "MAP").
    evaluated for real ("MAP, real"), predicted and real metrics side by side in the member;
 5. the family: one member per Pareto point, task-level coefficients c; pick rule `weighted-sum`
    (the paper's: the member maximising the preference-weighted predicted metric) or `tchebycheff`.
+
+Bayesian MAP (`bmap`) spends the budget after a smaller initial design in error-driven rounds
+(trainer/map/adaptive.py). Nested MAP (`nmap`) runs 2-D MAPs up a tree of the tasks
+(trainer/map/nested.py); its members are the tree's models for a set of preferences, picked by
+`nearest`.
 """
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import numpy as np
+import torch
 from pydantic import Field
 
 from models_store.atomic import write_text
@@ -30,10 +36,11 @@ from ..data.load import load_dataset, load_validation
 from ..map.adaptive import next_points
 from ..map.design import Design, default_budget, design_points, surrogate_size
 from ..map.evaluate import Evaluator, Scores
-from ..map.search import predicted_pareto_set
-from ..map.surrogate import Metric, fit_surrogate
+from ..map.nested import NestedSearch, task_tree
+from ..map.search import fit_surrogates, surrogate_front
+from ..map.surrogate import Metric
 from ..progress import progress_bar
-from .point_set import publish_point_set
+from .point_set import PointsConfig, publish_point_set
 from .registry import LearnContext, LearnerConfig, register_family
 
 RUNS = ".runs"  # STORE/.runs/<family_id>/evaluations.json: the design points evaluated so far
@@ -41,7 +48,8 @@ RUNS = ".runs"  # STORE/.runs/<family_id>/evaluations.json: the design points ev
 
 class MapConfig(LearnerConfig):
     budget: Optional[int] = Field(None, ge=1, description="real evaluations of the design (default 2 (K+1)(K+2)/2, "
-                                                          "at least (K+1)(K+2)/2: the surrogate's parameters)")
+                                                          "at least (K+1)(K+2)/2: the surrogate's parameters; "
+                                                          "nmap: of each pairwise merge, K = 2)")
     c_max: float = Field(1.0, gt=0, description="the box [0, c_max]^K of task-arithmetic coefficients")
     metric: Metric = Field("accuracy", description="what the surrogates model: accuracy (through a sigmoid) or "
                                                    "mean cross-entropy (through a softplus)")
@@ -78,33 +86,40 @@ def validation_sets(ctx: LearnContext, config: MapConfig) -> dict:
     return out
 
 
+def point_key(c) -> tuple[float, ...]:
+    return tuple(round(float(x), 9) for x in c)
+
+
 class EvaluationLog:
-    """The points evaluated so far and their scores, saved after each one, so a killed run resumes
-    without evaluating them again (a resumed run recomputes the same points: same seed)."""
+    """Every (point, task) evaluated so far and its scores, saved after each point, so a killed run
+    resumes without evaluating them again (a resumed run recomputes the same points: same seed)."""
 
-    def __init__(self, path, resume: bool, progress: bool):
+    def __init__(self, path: Path, resume: bool, progress: bool):
         self.path, self.progress = path, progress
-        self.points: list[list[float]] = []
-        self.scores: list[Scores] = []
+        self.saved: dict[tuple[tuple[float, ...], str], tuple[float, float]] = {}  # -> (accuracy, loss)
         if resume and path.is_file():
-            saved = json.loads(path.read_text())
-            self.points = saved["points"]
-            self.scores = [Scores(a, l) for a, l in zip(saved["accuracy"], saved["loss"])]
+            for e in json.loads(path.read_text())["evaluations"]:
+                self.saved[(point_key(e["point"]), e["task"])] = (e["accuracy"], e["loss"])
 
-    def evaluate(self, evaluator: Evaluator, points: np.ndarray, desc: str) -> list[Scores]:
-        """Scores of `points`, the saved ones reused while they are the same points."""
-        kept = 0
-        while kept < min(len(points), len(self.points)) and np.allclose(self.points[kept], points[kept]):
-            kept += 1
-        self.points, self.scores = self.points[:kept], self.scores[:kept]
+    def _write(self) -> None:
+        entries = [{"point": list(p), "task": t, "accuracy": a, "loss": l} for (p, t), (a, l) in self.saved.items()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for i in progress_bar(range(kept, len(points)), initial=kept, total=len(points), desc=desc,
-                              disable=not self.progress):
-            self.scores.append(evaluator(points[i]))
-            self.points.append([float(x) for x in points[i]])
-            write_text(self.path, json.dumps({"points": self.points, "accuracy": [s.accuracy for s in self.scores],
-                                              "loss": [s.loss for s in self.scores]}))
-        return self.scores[:len(points)]
+        write_text(self.path, json.dumps({"evaluations": entries}))
+
+    def evaluate(self, evaluator: Evaluator, points: np.ndarray, desc: str,
+                 tasks: Optional[Sequence[str]] = None) -> list[Scores]:
+        """Scores of `points` on `tasks` (default: every task); what was saved is reused."""
+        tasks = list(tasks or evaluator.tasks)
+        out = []
+        for c in progress_bar(points, desc=desc, disable=not self.progress):
+            key = point_key(c)
+            missing = [t for t in tasks if (key, t) not in self.saved]
+            if missing:
+                new = evaluator(c, missing)
+                self.saved.update({(key, t): (a, l) for t, a, l in zip(missing, new.accuracy, new.loss)})
+                self._write()
+            out.append(Scores([self.saved[key, t][0] for t in tasks], [self.saved[key, t][1] for t in tasks]))
+        return out
 
 
 def normalised(c: np.ndarray) -> list[float]:
@@ -113,32 +128,28 @@ def normalised(c: np.ndarray) -> list[float]:
     return [float(x) / total for x in c] if total > 0 else [1.0 / len(c)] * len(c)
 
 
-def fit(points: np.ndarray, scores: list[Scores], metric: Metric, leave_one_out: bool = True):
-    y = np.array([getattr(s, metric) for s in scores])  # [n, K]
-    return y, [fit_surrogate(points, y[:, j], metric, leave_one_out) for j in range(y.shape[1])]
+def metric_matrix(scores: list[Scores], metric: Metric) -> np.ndarray:
+    return np.array([getattr(s, metric) for s in scores])  # [n, K]
+
+
+def real_metrics(tasks: list[str], scores: Scores) -> dict[str, float]:
+    return {f"{name}.{t}": v for name, values in (("real_accuracy", scores.accuracy), ("real_loss", scores.loss))
+            for t, v in zip(tasks, values)}
 
 
 def publish_front(ctx: LearnContext, config: MapConfig, family_id: str, method: str, points: np.ndarray,
-                  scores: list[Scores], evaluator: Evaluator, began: float, extra: dict) -> Path:
+                  scores: list[Scores], evaluator: Evaluator, log: EvaluationLog, began: float, extra: dict) -> Path:
     """Surrogates, NSGA-III, the front evaluated for real, and the point-set family."""
     tasks = ctx.zoo.tasks
-    fit_start = time.perf_counter()
-    _, surrogates = fit(points, scores, config.metric)
-    search_start = time.perf_counter()
-    front, predicted = predicted_pareto_set(surrogates, config.c_max, config.population, config.generations,
-                                            config.seed)
-    search_end = time.perf_counter()
-    real = [evaluator(c) for c in progress_bar(front, desc=f"{method}: evaluate the front", disable=not ctx.progress)]
+    surrogates, front, predicted = surrogate_front(points, metric_matrix(scores, config.metric), config.metric,
+                                                   config.c_max, config.population, config.generations, config.seed,
+                                                   evaluator.seconds)
+    real = log.evaluate(evaluator, front, f"{method}: evaluate the front")
     members = [Member(preference=normalised(c), coefficients=[float(x) for x in c], predicted=p.tolist(),
-                      metrics={f"{name}.{t}": v for name, values in (("real_accuracy", r.accuracy), ("real_loss", r.loss))
-                               for t, v in zip(tasks, values)})
-               for c, p, r in zip(front, predicted, real)]
-    seconds = evaluator.seconds
+                      metrics=real_metrics(tasks, r)) for c, p, r in zip(front, predicted, real)]
     metrics = {"evaluations": {"design": len(points), "front": len(front)},
                "surrogates": {t: {"r2": round(s.r2, 5), "loo_rmse": round(s.loo_rmse, 5)} for t, s in zip(tasks, surrogates)},
-               "seconds_by_stage": {"merge": round(seconds.merge, 3), "evaluate": round(seconds.evaluate, 3),
-                                    "fit": round(search_start - fit_start, 3),
-                                    "nsga3": round(search_end - search_start, 3)}} | extra
+               "seconds_by_stage": evaluator.seconds.by_stage()} | extra
     return publish_point_set(ctx, family_id, method, config, members, {}, began, pick=config.pick,
                              sense="max" if config.metric == "accuracy" else "min", metrics=metrics)
 
@@ -160,7 +171,7 @@ def learn_front(ctx: LearnContext, config: MapConfig, method: str, adaptive: boo
     extra: dict = {}
     if adaptive:
         points, scores, extra = error_driven_rounds(config, points, scores, budget, evaluator, log)
-    return publish_front(ctx, config, family_id, method, points, scores, evaluator, began, extra)
+    return publish_front(ctx, config, family_id, method, points, scores, evaluator, log, began, extra)
 
 
 @register_family("map", MapConfig, "MAP: quadratic surrogates of the task-arithmetic coefficients' metrics and "
@@ -186,7 +197,8 @@ def error_driven_rounds(config: BayesianMapConfig, points: np.ndarray, scores: l
         count = (budget - len(points)) // (config.rounds - r)
         if count <= 0:  # fewer new points than rounds left: they go to the last rounds
             continue
-        y, surrogates = fit(points, scores, config.metric)
+        y = metric_matrix(scores, config.metric)
+        surrogates = fit_surrogates(points, y, config.metric)
         new, bin_scores = next_points(points, y, surrogates, config.metric, count, config.c_max, config.temperature, rng)
         points = np.vstack([points, new])
         scores = log.evaluate(evaluator, points, f"bmap: round {r + 1}/{config.rounds}")
@@ -198,3 +210,48 @@ def error_driven_rounds(config: BayesianMapConfig, points: np.ndarray, scores: l
                  "where the surrogates' error and bootstrap spread are largest (kind point-set)")
 def learn_bayesian(ctx: LearnContext, config: BayesianMapConfig):
     return learn_front(ctx, config, "bmap", adaptive=True)
+
+
+class NestedMapConfig(MapConfig, PointsConfig):
+    pass
+
+
+def task_gram(pool) -> np.ndarray:
+    """<tau_i, tau_j> over every float parameter, in float64."""
+    vectors = pool.task_vectors
+    flat = [torch.cat([vectors[t][k].flatten().double() for k in pool.keys]) for t in pool.tasks]
+    return torch.stack([torch.stack([a @ b for b in flat]) for a in flat]).numpy()
+
+
+@register_family("nmap", NestedMapConfig, "Nested MAP: an agglomerative tree of pairwise merges of the tasks, "
+                 "each a 2-D MAP; one member per preference of --points, the tree's merge for it (kind point-set)")
+def learn_nested(ctx: LearnContext, config: NestedMapConfig):
+    began = time.perf_counter()
+    family_id = ctx.family_id("nmap", config)
+    if (path := published(ctx.store, family_id)) is not None:
+        return path
+    tasks = ctx.zoo.tasks
+    tree = task_tree(task_gram(ctx.pool))
+    evaluator = Evaluator(ctx.pool, validation_sets(ctx, config), ctx.device, config.eval_batch)
+    log = EvaluationLog(ctx.store / RUNS / family_id / "evaluations.json", ctx.resume, ctx.progress)
+
+    def evaluate(points: np.ndarray, indices: Sequence[int]) -> np.ndarray:
+        names = [tasks[i] for i in indices]
+        return metric_matrix(log.evaluate(evaluator, points, "nmap: " + "+".join(names), names), config.metric)
+
+    search = NestedSearch(evaluate, config.metric, config.budget or default_budget(2), config.c_max, config.design,
+                          config.population, config.generations, config.seed, config.pick, evaluator.seconds)
+    prefs = config.points.preferences(tasks)
+    chosen = np.array([search.coefficients(tree, np.array(p.weights)) for p in prefs])
+    pairwise = evaluator.seconds.task_evaluations
+    real = log.evaluate(evaluator, chosen, "nmap: evaluate the members")
+    members = [Member(preference=p.weights, coefficients=[float(x) for x in c], metrics=real_metrics(tasks, r))
+               for p, c, r in zip(prefs, chosen, real)]
+    k = len(tasks)
+    metrics = {"tree": tree.names(tasks), "pairwise_maps": len(search.fronts),
+               "evaluations": {"pairwise_task_evaluations": pairwise,
+                               "pairwise_full_equivalent": round(pairwise / k, 2),
+                               "members": len(prefs),
+                               "map_default_design": default_budget(k)},
+               "seconds_by_stage": evaluator.seconds.by_stage()}
+    return publish_point_set(ctx, family_id, "nmap", config, members, {}, began, metrics=metrics)

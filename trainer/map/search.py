@@ -3,13 +3,16 @@ Das-Dennis reference directions, in the box that was sampled ([0, c_max]^K; the 
 searched [-3, 3] while every sample lay in [0, 1])."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from pymoo.algorithms.moo.nsga3 import NSGA3
 from pymoo.core.problem import Problem
 from pymoo.optimize import minimize
 from pymoo.util.ref_dirs import get_reference_directions
 
-from .surrogate import Surrogate
+from .evaluate import StageSeconds
+from .surrogate import Metric, Surrogate, fit_surrogate
 
 
 class SurrogateProblem(Problem):
@@ -43,3 +46,21 @@ def predicted_pareto_set(surrogates: list[Surrogate], c_max: float, population: 
     c = np.unique(np.clip(np.atleast_2d(result.X), 0.0, c_max).round(6), axis=0)
     predicted = np.stack([s.predict(c) for s in surrogates], axis=1)
     return c, predicted
+
+
+def fit_surrogates(points: np.ndarray, y: np.ndarray, metric: Metric, leave_one_out: bool = True) -> list[Surrogate]:
+    """One surrogate per objective: y [n, K] measured at points [n, K]."""
+    return [fit_surrogate(points, y[:, j], metric, leave_one_out) for j in range(y.shape[1])]
+
+
+def surrogate_front(points: np.ndarray, y: np.ndarray, metric: Metric, c_max: float, population: int,
+                    generations: int, seed: int, seconds: StageSeconds, leave_one_out: bool = True):
+    """MAP's core from evaluations y [n, K] at points [n, K]: the surrogates, then their predicted
+    Pareto set (coefficients [M, K], predicted metrics [M, K]); the stages' time goes into `seconds`."""
+    start = time.perf_counter()
+    surrogates = fit_surrogates(points, y, metric, leave_one_out)
+    fitted = time.perf_counter()
+    front, predicted = predicted_pareto_set(surrogates, c_max, population, generations, seed)
+    seconds.fit += fitted - start
+    seconds.nsga3 += time.perf_counter() - fitted
+    return surrogates, front, predicted
