@@ -1,6 +1,8 @@
 """The zoo contract (docs/formats.md, "Zoo"): a pretrained tower, K fine-tuned towers and their heads."""
 from __future__ import annotations
 
+import os
+import shutil
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional
@@ -110,5 +112,30 @@ def write_zoo(root: str | Path, manifest: ZooManifest, pretrained: StateDict,
         save_state_dict(root / name / FINETUNED, finetuned[name])
         head = {"weight": heads[name].weight} | ({"bias": heads[name].bias} if heads[name].bias is not None else {})
         save_state_dict(root / name / HEAD, head)
+    write_text(root / MANIFEST, manifest.model_dump_json(indent=2))
+    return Zoo(root)
+
+
+def write_subset(zoo: Zoo, tasks: list[str], root: str | Path) -> Zoo:
+    """A zoo of some of `zoo`'s tasks, in that order: the same files, hard-linked where the file
+    system allows (else copied); the manifest goes last."""
+    root = Path(root)
+    unknown = [t for t in tasks if t not in zoo.tasks]
+    if unknown:
+        raise StoreError(f"zoo {zoo.root} has no task {unknown[0]!r}; tasks are: {', '.join(zoo.tasks)}")
+    if not tasks or len(set(tasks)) != len(tasks):
+        raise StoreError(f"a subset needs one or more distinct tasks, got {tasks}")
+    if (root / MANIFEST).exists():
+        raise StoreError(f"{root} already holds a zoo: give a new directory")
+    files = [PRETRAINED] + [f"{t}/{name}" for t in tasks for name in (FINETUNED, HEAD)]
+    for name in files:
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)  # a half-written subset from a killed run
+        try:
+            os.link(zoo.root / name, target)
+        except OSError:
+            shutil.copyfile(zoo.root / name, target)
+    manifest = zoo.manifest.model_copy(update={"tasks": [zoo.task(t) for t in tasks]})
     write_text(root / MANIFEST, manifest.model_dump_json(indent=2))
     return Zoo(root)

@@ -47,6 +47,9 @@ def zoo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo", action="store_true", help="the demo tasks: digits, glyphs, shapes, and fashion when "
                    "Debian's dataset-fashion-mnist is installed, else patterns")
     p.add_argument("--arch", default="tiny", help="tiny (default, ~0.8M params, 32x32), micro, or an open_clip name")
+    p.add_argument("--from", dest="source", metavar="ZOO", help="with --only: a zoo of some of ZOO's tasks, its "
+                   "files hard-linked (copied across file systems), nothing trained")
+    p.add_argument("--only", metavar="TASK,...", help="with --from: the tasks to keep, in this order")
     add_model_flags(p, {"zoo": ZooConfig}, exclude=("architecture", "tasks"))
 
 
@@ -55,9 +58,16 @@ def zoo(args: argparse.Namespace) -> None:
     from .evaluate import markdown_table
     from .zoo_builder import ZooConfig, build_zoo, demo_tasks
 
+    if bool(args.source) != bool(args.only):
+        raise ValueError("--from ZOO and --only TASK,... go together")
+    if args.source:
+        from models_store.zoo import Zoo, write_subset
+        subset = write_subset(Zoo(args.source), [t.strip() for t in args.only.split(",") if t.strip()], args.out)
+        print(f"zoo of {', '.join(subset.tasks)} written to {args.out}")
+        return
     tasks = key_values(args.task, "--task") or (demo_tasks() if args.demo else {})
     if not tasks:
-        raise ValueError("give --task NAME=SPEC (repeatable) or --demo")
+        raise ValueError("give --task NAME=SPEC (repeatable), --demo, or --from ZOO --only TASK,...")
     cfg = ZooConfig(architecture=resolve_architecture(args.arch), tasks=tasks, **model_values(args, ZooConfig))
     start = time.perf_counter()
     built, matrix = build_zoo(args.out, cfg)

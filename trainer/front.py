@@ -9,6 +9,15 @@ baseline is merged at that preference from the zoo's task vectors and measured t
 - `adamerging-pref`: AdaMerging + preference, one whole optimisation of `baseline_steps` steps per
   preference on the tasks' unlabeled test images (the AdaMerging / Pareto Merging protocol).
 
+Point-set families add their members, each evaluated ("<name>: members"), and where their
+method predicted them (MAP), the members' predicted validation accuracies ("<name>: predicted").
+Sets of task-arithmetic coefficients c in [0, c_max]^K, evaluated with no surrogate:
+
+- `direct-search`: a Sobol design of as many points as the MAP family's real evaluations
+  (MAP's peer at the same budget; `--direct-search N` sets N);
+- `ground-truth grid:N` (K <= 3): the dense grid of N^K points, the reference front; every model's
+  IGD+ (pymoo) against it is reported beside its hypervolume.
+
 Per model: the non-dominated points and their hypervolume (reference: all-zero accuracy).
 """
 from __future__ import annotations
@@ -18,19 +27,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 from pydantic import Field, field_validator
+from pymoo.indicators.igd_plus import IGDPlus
 
 from models_store import StoreError
 from models_store.checkpoint import StateDict
 from models_store.family import Family
-from models_store.preference import Preference, equal_preference
+from models_store.kinds import point_set
+from models_store.preference import Preference, equal_preference, from_weights
 from models_store.tower import build_tower
 from models_store.zoo import Zoo
 
 from .data import TaskData
 from .evaluate import Scores, evaluate_tower
+from .families.map import normalised
 from .hypervolume import hypervolume, non_dominated
+from .map.design import sobol
+from .map.evaluate import Evaluator
 from .methods import MergeContext, get_method
 from .pool import ModelPool
 from .simplex import PointSet, priority_preference
@@ -46,6 +61,18 @@ class FrontConfig(PointSet):
     ta_scale: float = Field(0.3, ge=0, description="task arithmetic scale s")
     baseline_steps: int = Field(100, ge=0, description="AdaMerging steps per preference")
     test_limit: Optional[int] = Field(None, ge=1, description="test images per task")
+    ground_truth: Optional[str] = Field(None, pattern=r"^grid:([2-9]|[1-9][0-9]+)$", description=(
+        "grid:N (K <= 3): evaluate the N^K grid of c in [0, c_max]^K as the reference front and report each "
+        "model's IGD+ against it"))
+    direct_search: Optional[int] = Field(None, ge=0, description=(
+        "Sobol points of c in [0, c_max]^K evaluated with no surrogate, their non-dominated set (default: as many "
+        "as a MAP family of the front spent in real evaluations, else none; 0: none)"))
+    c_max: Optional[float] = Field(None, gt=0, description="the box of the ground truth and of direct search "
+                                                           "(default: the MAP family's, else 1.0)")
+
+    @property
+    def grid_steps(self) -> Optional[int]:
+        return int(self.ground_truth.split(":")[1]) if self.ground_truth else None
 
     @field_validator("baselines")
     @classmethod
@@ -75,8 +102,13 @@ class ModelFront:
     points: list[FrontPoint]
     seconds: float
     hypervolume: float = 0.0
+    per_preference: bool = True  # one point per preference of the report (else a set of candidates)
+    igd_plus: Optional[float] = None  # against the ground-truth front, when there is one
 
     def point(self, pref: Preference) -> Optional[FrontPoint]:
+        """The point of that preference (a set of candidates has none)."""
+        if not self.per_preference:
+            return None
         return next((p for p in self.points if p.preference.canonical == pref.canonical), None)
 
 
@@ -155,29 +187,103 @@ def baseline_zoo(family: Family, zoo: Optional[str | Path]) -> Zoo:
     return found
 
 
+# ---- point sets and sets of coefficients ------------------------------------------------------
+
+def member_fronts(name: str, family: Family, tower: torch.nn.Module, test: dict[str, TaskData],
+                  device: torch.device, log: Callable[[str], None]) -> list[ModelFront]:
+    """A point-set family's members, each evaluated, and their predicted accuracies where it has them."""
+    if family.manifest.kind != point_set.NAME:
+        return []
+    members = family.body.members
+    start = time.perf_counter()
+    prefs = [from_weights(m.preference, family.tasks) for m in members.params.members]
+    evaluated = [FrontPoint(p, evaluate_tower(tower, dict(members.iter_tensors(i)), family.heads, test, device))
+                 for i, p in enumerate(prefs)]
+    seconds = time.perf_counter() - start
+    log(f"{name}: {len(evaluated)} members in {seconds:.1f} s")
+    out = [ModelFront(f"{name}: members", evaluated, seconds, per_preference=False)]
+    predicted = [m.predicted for m in members.params.members]
+    if None not in predicted and members.params.sense == "max":
+        points = [FrontPoint(p, dict(zip(family.tasks, v))) for p, v in zip(prefs, predicted)]
+        out.append(ModelFront(f"{name}: predicted", points, 0.0, per_preference=False))
+    return out
+
+
+def real_evaluations(families: Sequence[Family]) -> Optional[Family]:
+    """The first family that says how many real evaluations it spent (MAP's learners)."""
+    return next((f for f in families if isinstance(f.manifest.metrics.get("real_evaluations"), (int, float))), None)
+
+
+def coefficient_front(name: str, points: np.ndarray, evaluator: Evaluator, tasks: list[str],
+                      log: Callable[[str], None]) -> ModelFront:
+    start = time.perf_counter()
+    front = [FrontPoint(from_weights(normalised(c), tasks), dict(zip(tasks, evaluator(c).accuracy))) for c in points]
+    seconds = time.perf_counter() - start
+    log(f"{name}: {len(points)} points in {seconds:.1f} s")
+    return ModelFront(name, front, seconds, per_preference=False)
+
+
+def coefficient_sets(cfg: FrontConfig, families: Sequence[Family], k: int) -> dict[str, np.ndarray]:
+    """Direct search and the ground-truth grid, as the settings and the MAP family ask."""
+    mapped = real_evaluations(families)
+    params = mapped.manifest.hyperparameters if mapped is not None else {}
+    c_max = cfg.c_max or params.get("c_max", 1.0)
+    budget = cfg.direct_search
+    if budget is None:
+        budget = round(mapped.manifest.metrics["real_evaluations"]) if mapped is not None else 0
+    sets = {}
+    if budget:
+        sets["direct-search"] = sobol(k, budget, c_max, params.get("seed", cfg.seed))
+    if cfg.grid_steps:
+        if k > 3:
+            raise StoreError(f"--ground-truth grid:{cfg.grid_steps} evaluates {cfg.grid_steps}^K points: it is for "
+                             f"K <= 3 tasks, this family has {k}")
+        axis = np.linspace(0.0, c_max, cfg.grid_steps)
+        sets[f"ground-truth {cfg.ground_truth}"] = np.stack(np.meshgrid(*[axis] * k, indexing="ij"), -1).reshape(-1, k)
+    return sets
+
+
+def mark_igd_plus(report: FrontReport, truth: ModelFront) -> None:
+    """IGD+ (pymoo, on 1 - accuracy: minimised) of every model's non-dominated points against the truth's."""
+    def errors(model: ModelFront) -> np.ndarray:
+        return np.array([[1.0 - p.accuracy[t] for t in report.tasks] for p in model.points if p.on_front])
+
+    indicator = IGDPlus(errors(truth))
+    for model in report.models.values():
+        model.igd_plus = float(indicator(errors(model)))
+
+
 def compute_front(family: Family, cfg: FrontConfig, device: torch.device, zoo: Optional[str | Path] = None,
                   log: Callable[[str], None] = print, families: Sequence[Family] = ()) -> FrontReport:
-    """The front of `family`, of each of `families` (any kind, same tasks) and of the baselines."""
+    """The front of `family`, of each of `families` (any kind, same tasks), of the baselines and of
+    the coefficient sets (direct search, the ground truth)."""
     tasks = family.tasks
     for other in families:
         if other.tasks != tasks:
             raise StoreError(f"family {other.family_id} has tasks {other.tasks}, family {family.family_id} has {tasks}")
-    pool = ModelPool(baseline_zoo(family, zoo)) if cfg.baselines else None  # fail before any work
+    named = {FAMILY: family} | {other.family_id: other for other in families}
+    sets = coefficient_sets(cfg, list(named.values()), len(tasks))  # fail before any work
+    pool = ModelPool(baseline_zoo(family, zoo)) if cfg.baselines or sets else None
     prefs = front_preferences(tasks, cfg)
     specs = recorded_specs(family.manifest.tasks, f"family {family.family_id}")
     test = load_test_sets(specs, family.manifest.preprocess, cfg.test_limit)
     tower = build_tower(family.manifest.architecture)
     report = FrontReport(family.family_id, family.manifest.method, tasks, prefs, cfg)
-    report.models[FAMILY] = sweep(FAMILY, family.materialize, prefs, tower, family.heads, test, device, log)
-    for other in families:
-        report.models[other.family_id] = sweep(other.family_id, other.materialize, prefs, tower, other.heads, test,
-                                               device, log)
-    if pool is not None:
+    for name, member in named.items():
+        report.models[name] = sweep(name, member.materialize, prefs, tower, member.heads, test, device, log)
+        report.models |= {m.name: m for m in member_fronts(name, member, tower, test, device, log)}
+    if cfg.baselines:
         # AdaMerging adapts on the tasks' test images without labels (its and the paper's protocol)
         ctx = MergeContext(pool=pool, unlabeled={t: test[t].images for t in tasks}, device=device,
                            seed=cfg.seed, progress=False)
         for name in cfg.baselines:
             report.models[name] = sweep(name, BASELINES[name](ctx, cfg), prefs, tower, pool.heads, test, device, log)
+    if sets:
+        evaluator = Evaluator(pool, test, device)
+        for name, points in sets.items():
+            report.models[name] = coefficient_front(name, points, evaluator, tasks, log)
     for model in report.models.values():
         mark_front(model, tasks)
+    if cfg.grid_steps:
+        mark_igd_plus(report, report.models[f"ground-truth {cfg.ground_truth}"])
     return report

@@ -44,21 +44,29 @@ def front_json(report: FrontReport) -> dict[str, Any]:
         "settings": report.config.model_dump(),
         "preferences": [p.canonical for p in report.preferences],
         "hypervolume": {name: m.hypervolume for name, m in report.models.items()},
+        "igd_plus": {name: m.igd_plus for name, m in report.models.items() if m.igd_plus is not None},
         "equal": row_json(report, report.equal),
         "priority": {t: row_json(report, p) for t, p in report.priority().items()},
-        "models": {name: {"hypervolume": m.hypervolume, "seconds": round(m.seconds, 2),
-                          "points": [point_json(p) for p in m.points]} for name, m in report.models.items()},
+        "models": {name: {"hypervolume": m.hypervolume, "igd_plus": m.igd_plus, "per_preference": m.per_preference,
+                          "seconds": round(m.seconds, 2), "points": [point_json(p) for p in m.points]}
+                   for name, m in report.models.items()},
     }
 
 
 def front_markdown(report: FrontReport) -> str:
     tasks = report.tasks
+    igd = any(m.igd_plus is not None for m in report.models.values())
     lines = [f"# Pareto front of family {report.family_id} ({report.method}), tasks {', '.join(tasks)}", "",
-             f"{len(report.preferences)} preferences; hypervolume of the non-dominated accuracies, reference 0.", "",
-             "| model | hypervolume | points on front | seconds |", "|---|---|---|---|"]
+             f"{len(report.preferences)} preferences; hypervolume of the non-dominated accuracies, reference 0"
+             + ("; IGD+ against the ground truth's non-dominated accuracies (lower is better)." if igd else "."),
+             "Rows named `: members`, `: predicted` and the coefficient sets are sets of points, not one per "
+             "preference.", "",
+             "| model | hypervolume |" + (" IGD+ |" if igd else "") + " points on front | seconds |",
+             "|---|---|" + ("---|" if igd else "") + "---|---|"]
     for name, m in report.models.items():
         on = sum(p.on_front for p in m.points)
-        lines.append(f"| {name} | {m.hypervolume:.4f} | {on}/{len(m.points)} | {m.seconds:.1f} |")
+        igd_cell = (f" {m.igd_plus:.4f} |" if m.igd_plus is not None else " |") if igd else ""
+        lines.append(f"| {name} | {m.hypervolume:.4f} |{igd_cell} {on}/{len(m.points)} | {m.seconds:.1f} |")
     anchors = [("equal", report.equal)] + [(f"0.7 on {t}", p) for t, p in report.priority().items()]
     lines += ["", "## Equal and priority preferences (accuracy %)", "",
               _table(report, [(label, pref) for label, pref in anchors]), "",
@@ -111,8 +119,9 @@ def _panel(ax, report: FrontReport, i: int, j: int, curve: bool) -> None:
         points = sorted(model.points, key=lambda p: p.preference.weights[i])  # along the preference
         xs = [p.accuracy[ti] for p in points]
         ys = [p.accuracy[tj] for p in points]
-        marker = MARKERS.get(name, "x")
-        line = ax.plot(xs, ys, linestyle="-" if curve else "", marker=marker, alpha=0.35, ms=4)[0]
+        marker = MARKERS.get(name, "x" if model.per_preference else ".")
+        line = ax.plot(xs, ys, linestyle="-" if curve and model.per_preference else "", marker=marker, alpha=0.35,
+                       ms=4)[0]
         front = [(x, y) for x, y, p in zip(xs, ys, points) if p.on_front]
         ax.plot([x for x, _ in front], [y for _, y in front], linestyle="", marker=marker, color=line.get_color(),
                 ms=7, label=f"{name} (HV {model.hypervolume:.3f})")

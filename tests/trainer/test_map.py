@@ -172,13 +172,18 @@ def test_map_bench_on_a_quick_zoo(quick_zoo, tmp_path):
     sys.path.insert(0, str(Path(__file__).parents[2]))
     from bench import map_bench
     out = map_bench.main(["--zoo", str(quick_zoo.root), "--population", "12", "--generations", "10", "--device",
-                          "cpu", "--out-dir", str(tmp_path)])
+                          "cpu", "--sub-zoos", "2=3", "--out-dir", str(tmp_path)])
     data = json.loads(Path(out["path"]).read_text())
     assert set(data["results"]) == {"map", "bmap", "map-fewer", "bmap-fewer", "direct-search", "direct-search-all",
                                     "ta-pref"}
     assert data["results"]["bmap-fewer"]["evaluations"]["design"] == 15  # 3/4 of 20
     assert all(r["hypervolume"] > 0 for r in data["results"].values())
     assert set(data["quality_bar"]) >= {"r2_at_least_0.9", "map_hv_at_least_direct_search", "map_hv_at_least_ta_pref"}
+    two = data["ground_truth"]["2-task"]
+    assert two["tasks"] == quick_zoo.tasks[:2] and two["models"]["ground-truth grid:3"]["igd_plus"] == 0.0
+    assert set(two["models"]) == {"map (weighted-sum)", "map: real", "map: predicted", "map (tchebycheff)", "ta-pref",
+                                  "direct-search", "ground-truth grid:3"}
+    assert 0 < two["map_real_over_grid_hv"]
 
 
 def test_nested_tree_merges_the_most_alike_tasks_first():
@@ -236,3 +241,65 @@ def test_nmap_family_through_the_cli_and_its_cost(quick_zoo, tmp_path, capsys):
         assert all(0 <= c <= 1 + 1e-9 for c in x["coefficients"]) and "real_accuracy.digits" in x["metrics"]
     vertex = next(x for x in members if x["preference"] == [1.0, 0.0, 0.0])
     assert np.argmax(vertex["coefficients"]) == 0
+
+
+def test_front_shows_map_members_predicted_direct_search_and_igd_against_the_grid(quick_zoo, tmp_path, capsys):
+    """`pmerge front --ground-truth grid:N` on a 3-task MAP family, through the CLI."""
+    main(["train", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--method", "map", "--population", "12",
+          "--generations", "20", "--device", "cpu"])
+    family = open_family(tmp_path, capsys.readouterr().out.strip().splitlines()[-1])
+    spent = family.manifest.metrics["real_evaluations"]
+    members = family.manifest.kind_params["members"]
+    assert spent == default_budget(3) + len(members)
+    out = tmp_path / "front"
+    main(["front", "--store", str(tmp_path), "--out", str(out), "--grid", "1", "--random", "0", "--baselines",
+          "ta-pref", "--ground-truth", "grid:3", "--test-limit", "40", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    front = json.loads((out / "front.json").read_text())
+    models = front["models"]
+    assert set(models) == {"family", "family: members", "family: predicted", "ta-pref", "direct-search",
+                           "ground-truth grid:3"}
+    assert len(models["family: members"]["points"]) == len(members)
+    predicted = [p["accuracy"] for p in models["family: predicted"]["points"]]
+    assert [[a[t] for t in family.tasks] for a in predicted] == [x["predicted"] for x in members]
+    assert len(models["direct-search"]["points"]) == spent  # MAP's peer at the same budget
+    grid = models["ground-truth grid:3"]
+    assert len(grid["points"]) == 27 and grid["igd_plus"] == 0.0
+    assert all(m["igd_plus"] >= 0 for m in models.values()) and set(front["igd_plus"]) == set(models)
+    # the IGD+ of a model is pymoo's, on 1 - accuracy, of its non-dominated points against the grid's
+    from pymoo.indicators.igd_plus import IGDPlus
+    errors = lambda m: np.array([[1 - p["accuracy"][t] for t in family.tasks]  # noqa: E731
+                                 for p in m["points"] if p["on_front"]])
+    assert models["ta-pref"]["igd_plus"] == pytest.approx(IGDPlus(errors(grid))(errors(models["ta-pref"])))
+    assert "| ground-truth grid:3 |" in printed and "IGD+" in printed
+    # the sets of points are not rows of the per-preference tables
+    assert set(front["equal"]["accuracy"]) == {"family", "ta-pref"}
+
+
+def test_ground_truth_is_for_three_tasks_at_most_and_direct_search_can_be_off():
+    from trainer.front import FrontConfig, coefficient_sets
+    with pytest.raises(Exception, match="K <= 3 tasks, this family has 4"):
+        coefficient_sets(FrontConfig(ground_truth="grid:3"), [], 4)
+    with pytest.raises(ValueError):
+        FrontConfig(ground_truth="grid:1")
+    sets = coefficient_sets(FrontConfig(ground_truth="grid:4", direct_search=5, c_max=0.5), [], 2)
+    assert len(sets["direct-search"]) == 5 and sets["direct-search"].max() <= 0.5
+    assert len(sets["ground-truth grid:4"]) == 16 and sets["ground-truth grid:4"].max() == 0.5
+    assert coefficient_sets(FrontConfig(), [], 3) == {}
+
+
+def test_a_zoo_of_some_tasks_shares_the_files(quick_zoo, tmp_path, capsys):
+    from models_store.zoo import Zoo
+    out = tmp_path / "two"
+    main(["zoo", "--from", str(quick_zoo.root), "--only", "glyphs,digits", "--out", str(out)])
+    sub = Zoo(out)
+    assert sub.tasks == ["glyphs", "digits"] and sub.manifest.architecture == quick_zoo.manifest.architecture
+    assert (out / "digits" / "finetuned.safetensors").read_bytes() == \
+        (quick_zoo.root / "digits" / "finetuned.safetensors").read_bytes()
+    assert not (out / "shapes").exists()
+    with pytest.raises(SystemExit):
+        main(["zoo", "--from", str(quick_zoo.root), "--only", "digits,nope", "--out", str(tmp_path / "bad")])
+    assert "has no task 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["zoo", "--from", str(quick_zoo.root), "--only", "digits", "--out", str(out)])
+    assert "already holds a zoo" in capsys.readouterr().err

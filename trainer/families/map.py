@@ -147,7 +147,7 @@ def publish_front(ctx: LearnContext, config: MapConfig, family_id: str, method: 
     real = log.evaluate(evaluator, front, f"{method}: evaluate the front")
     members = [Member(preference=normalised(c), coefficients=[float(x) for x in c], predicted=p.tolist(),
                       metrics=real_metrics(tasks, r)) for c, p, r in zip(front, predicted, real)]
-    metrics = {"evaluations": {"design": len(points), "front": len(front)},
+    metrics = {"evaluations": {"design": len(points), "front": len(front)}, "real_evaluations": len(points) + len(front),
                "surrogates": {t: {"r2": round(s.r2, 5), "loo_rmse": round(s.loo_rmse, 5)} for t, s in zip(tasks, surrogates)},
                "seconds_by_stage": evaluator.seconds.by_stage()} | extra
     return publish_point_set(ctx, family_id, method, config, members, {}, began, pick=config.pick,
@@ -249,6 +249,7 @@ def learn_nested(ctx: LearnContext, config: NestedMapConfig):
                for p, c, r in zip(prefs, chosen, real)]
     k = len(tasks)
     metrics = {"tree": tree.names(tasks), "pairwise_maps": len(search.fronts),
+               "real_evaluations": round(pairwise / k + len(prefs), 2),
                "evaluations": {"pairwise_task_evaluations": pairwise,
                                "pairwise_full_equivalent": round(pairwise / k, 2),
                                "members": len(prefs),

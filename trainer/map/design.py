@@ -24,6 +24,13 @@ def default_budget(k: int) -> int:
     return 2 * surrogate_size(k)
 
 
+def sobol(k: int, n: int, c_max: float, seed: int) -> np.ndarray:
+    """The first n of 2^m scrambled Sobol points in [0, c_max]^K (its balance wants whole powers of two)."""
+    if n <= 0:
+        return np.empty((0, k))
+    return c_max * qmc.Sobol(k, scramble=True, seed=seed).random_base2(int(np.ceil(np.log2(n))))[:n]
+
+
 def design_points(k: int, budget: int, c_max: float, design: Design, seed: int) -> np.ndarray:
     """[budget, K] coefficient vectors: one-hot, isotropic, then the space-filling rest."""
     minimum = surrogate_size(k)
@@ -32,10 +39,8 @@ def design_points(k: int, budget: int, c_max: float, design: Design, seed: int) 
                          f"parameters each: give --budget {minimum} or more (default {default_budget(k)})")
     fixed = [c_max * np.eye(k)[i] for i in range(k)] + [np.full(k, min(t, c_max)) for t in ISOTROPIC]
     rest = budget - len(fixed)
-    if rest <= 0:
-        filled = np.empty((0, k))
-    elif design == "sobol":  # the first `rest` of 2^m points: Sobol's balance wants whole powers of two
-        filled = c_max * qmc.Sobol(k, scramble=True, seed=seed).random_base2(int(np.ceil(np.log2(rest))))[:rest]
+    if design == "sobol":
+        filled = sobol(k, rest, c_max, seed)
     else:
-        filled = c_max * qmc.LatinHypercube(k, seed=seed).random(rest)
+        filled = c_max * qmc.LatinHypercube(k, seed=seed).random(max(rest, 0))
     return np.vstack([np.array(fixed)[:budget], filled])
