@@ -7,7 +7,9 @@
 #      and the point-set kind at batch 64 with 1, 2, 4, 8 distinct members, warm and cold
 #      (target: warm >= 0.85 x plain with up to 4 members);
 #   3. the Pareto Merging training step against a plain step, bf16 autocast, ViT-B/32 and ViT-L/14
-#      (target: PM / plain <= 1.3).
+#      (target: PM / plain <= 1.3);
+#   4. MAP's default 8-task budget on random ViT-B/32 towers, 512 validation images per task,
+#      wall time by stage (target: under 5 minutes).
 # JSON lands in bench/results/ (and in $OUT when set, for the device tool); about 5 minutes on an
 # H200. On a machine without network, run bench/gpu-wheels.sh here first and carry `.whl`:
 #
@@ -36,8 +38,16 @@ fi
 results=bench/results
 started=$(date +%s)
 newest() { ls -t "$results"/"$1"-*.json | head -n 1; }
+copy_out() {  # on every exit: what was measured comes back even when a later step fails or runs out of time
+    if [ -n "${OUT:-}" ]; then
+        find "$results" -newermt "@$started" -name '*.json' -exec cp {} "$OUT"/ \;
+        ls -la "$OUT"
+    fi
+}
+trap copy_out EXIT
+trap "exit 143" TERM INT
 
-echo "== 1/3 correctness: mixed forward vs materialised weights, fp32 and bf16"
+echo "== 1/4 correctness: mixed forward vs materialised weights, fp32 and bf16"
 "$PY" bench/serve_bench.py --device "$DEVICE" --archs "$ARCHS" --batch-sizes "${BATCHES##*,}" --dtype fp32 --members "" \
     --repeats 2 --warmup 0 --tasks 8
 fp32=$(newest serve)
@@ -63,15 +73,18 @@ for path, limit in checks:
 sys.exit(1 if failed else 0)
 EOF
 
-echo "== 2/3 serving speed, bf16 (above: $(basename "$bf16"))"
-echo "== 3/3 training step, PM vs plain"
+echo "== 2/4 serving speed, bf16 (above: $(basename "$bf16"))"
+echo "== 3/4 training step, PM vs plain"
 IFS=, read -ra arch_list <<< "$ARCHS"
 for arch in "${arch_list[@]}"; do
     "$PY" bench/train_bench.py --device "$DEVICE" --arch "$arch"
 done
 
-echo "== done in $(( $(date +%s) - started )) s"
-if [ -n "${OUT:-}" ]; then
-    find "$results" -newermt "@$started" -name '*.json' -exec cp {} "$OUT"/ \;
-    ls -la "$OUT"
+echo "== 4/4 MAP, default 8-task budget"
+if [ "$DEVICE" = cuda ]; then
+    "$PY" bench/map_speed.py --device "$DEVICE"
+else
+    "$PY" bench/map_speed.py --device "$DEVICE" --arch "${arch_list[0]}" --tasks 3 --val-images 64 --population 12 --generations 10
 fi
+
+echo "== done in $(( $(date +%s) - started )) s"

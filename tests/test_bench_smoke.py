@@ -47,3 +47,15 @@ def test_serve_bench_micro(tmp_path):
     assert ps["batch"] == 64 and ps["misses_per_cold_call"] == {"1": 1.0, "2": 2.0, "4": 4.0, "8": 8.0}
     assert all(ps[f"{v}{d}_over_a"] > 0 for v in "wc" for d in (1, 2, 4, 8))
 
+
+
+def test_map_speed_tiny(tmp_path):
+    from bench import map_speed
+    out = map_speed.main(["--device", "cpu", "--arch", "tiny", "--tasks", "2", "--val-images", "16", "--population",
+                          "8", "--generations", "5", "--out-dir", str(tmp_path), "--work-dir", str(tmp_path)])
+    data = json.loads(Path(out["path"]).read_text())
+    assert Path(out["path"]).name.startswith("map-speed-cpu-") and "machine" in data
+    assert data["results"]["evaluations"]["design"] == 12 and data["results"]["seconds"] > 0
+    assert set(data["results"]["seconds_by_stage"]) == {"merge", "evaluate", "fit", "nsga3"}
+    assert data["target"]["applies"] is False
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("map-speed-") and p.is_dir()] == []  # cleaned

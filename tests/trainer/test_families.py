@@ -15,7 +15,7 @@ from trainer.simplex import PointSet
 
 
 def test_every_learner_is_registered_with_its_config():
-    assert list(FAMILIES) == ["pm", "pm++", "ta-pref", "adamerging-pref", "map", "bmap"]
+    assert list(FAMILIES) == ["pm", "pm++", "ta-pref", "adamerging-pref", "map", "bmap", "nmap"]
     with pytest.raises(KeyError, match="unknown family method 'magic'"):
         get_family_learner("magic")
     assert PointSet.model_validate("grid=2,random=1") == PointSet(grid=2, random=1)
@@ -109,7 +109,10 @@ def test_front_compares_families_of_the_store(quick_store, quick_zoo, tmp_path, 
     main(["front", "--store", str(store), "--family", family_id, "--families", points.name, "--grid", "1",
           "--random", "0", "--baselines", "ta-pref", "--test-limit", "40", "--out", str(tmp_path / "f")])
     report = json.loads((tmp_path / "f" / "front.json").read_text())
-    assert set(report["models"]) == {"family", points.name, "ta-pref"}
+    assert set(report["models"]) == {"family", points.name, f"{points.name}: members", "ta-pref"}
+    # each member evaluated: here the members are the front's preferences, so the same points
+    members = {p["canonical"]: p["accuracy"] for p in report["models"][f"{points.name}: members"]["points"]}
+    assert members == {p["canonical"]: p["accuracy"] for p in report["models"][points.name]["points"]}
     # the servable ta-pref family is the on-the-fly baseline at the same points
     for a, b in zip(report["models"][points.name]["points"], report["models"]["ta-pref"]["points"]):
         assert a["preference"] == b["preference"] and a["accuracy"] == b["accuracy"]
