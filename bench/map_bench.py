@@ -24,6 +24,7 @@ against MAP at B (and MAP itself with as few); on the sub-zoos, IGD+ and the gri
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -69,11 +70,18 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def run(args: argparse.Namespace, device: torch.device) -> dict:
+    store = Path(tempfile.mkdtemp(prefix="map-bench-"))
+    try:
+        return measure(args, device, store)
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, device: torch.device, store: Path) -> dict:
     zoo = Zoo(args.zoo)
     k = len(zoo.tasks)
     budget = args.budget or default_budget(k)
     common = {"population": args.population, "generations": args.generations, "seed": args.seed}
-    store = Path(tempfile.mkdtemp(prefix="map-bench-"))
     ctx = LearnContext(zoo, store, device=device, progress=False)
     test = Evaluator(ctx.pool, TaskPool(zoo).test, device)  # every model below, scored on the test split
     fewer = max(surrogate_size(k) + k + 1, round(0.75 * budget))

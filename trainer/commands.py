@@ -365,7 +365,10 @@ COMMANDS = [
             "learned class embeddings, which become the zero-shot heads; then each task fine-tunes the whole tower "
             "with its head frozen."),
     Command("merge", "merge a zoo into one tower with a classic method", merge_flags, merge,
-            "Methods: weight-average, task-arithmetic, ties, adamerging, adamerging++ (each flag says which take it)."),
+            "Methods: weight-average, task-arithmetic, ties, adamerging, adamerging++, tsv-m, iso-c, iso-cts, wudi (each "
+            "flag says which take it). The matrix merges (tsv-m, iso-c, iso-cts, wudi) treat linear layers' weights "
+            "as matrices; norms, biases, the patch convolution and the embeddings fall back to the mean of the task "
+            "vectors."),
     Command("eval", "per-task test accuracy of a tower", eval_flags, evaluate),
     Command("import", "convert task-vectors/AdaMerging checkpoints (pickles!) into a zoo", import_flags, import_,
             "Reads SRC/zeroshot.pt, SRC/<Task>/finetuned.pt and SRC/head_<Task>.pt. This UNPICKLES the files "

@@ -21,8 +21,8 @@ from .ties import ties_preprocess
 
 
 class AdaMergingConfig(MethodConfig):
-    steps: int = Field(500, ge=0, description="AdaMerging: optimisation steps")
-    lr: float = Field(1e-3, gt=0, description="AdaMerging: Adam's learning rate")
+    steps: int = Field(500, ge=0, description="optimisation steps (AdaMerging: of its coefficients; WUDI: per linear layer)")
+    lr: float = Field(1e-3, gt=0, description="Adam's learning rate")
     batch_size: int = Field(16, ge=1, description="unlabeled images per task per step")
     init: float = Field(0.3, ge=0, le=1, description="initial coefficient of every task vector")
     preference: ParsedPreference = preference_field("each task's entropy")

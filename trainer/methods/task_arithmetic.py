@@ -12,7 +12,8 @@ from .registry import MergeContext, MethodConfig, register
 
 
 class TaskArithmeticConfig(MethodConfig):
-    scale: float = Field(0.3, ge=0, description="s in theta0 + s * sum_k tau_k (0.3 is the usual choice for CLIP)")
+    scale: float = Field(0.3, ge=0, description="s in theta0 + s * merged task vector (task arithmetic: the sum, "
+                                                 "0.3 the usual choice for CLIP)")
     preference: ParsedPreference = preference_field("each task vector")
 
 
