@@ -48,6 +48,7 @@ from bench.common import (add_common_args, machine_info, markdown_table, memory_
 from models_store.kinds.lowrank import target_names
 from models_store.tower import build_tower, float_keys, head_logits, image_size, resolve_architecture
 from models_store.zoo import Head
+from trainer.methods.adamerging import LayerwiseMerge
 from trainer.objective import autocast, entropy, task_objectives
 from trainer.pareto.model import ParetoMerge
 from trainer.pareto.train import ParetoConfig, loss_terms, optimizer
@@ -109,7 +110,8 @@ def setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     targets = target_names(keys, [w.strip() for w in args.targets.split(",") if w.strip()])
     cfg = ParetoConfig(rank=args.rank, targets=args.targets.split(","), lr=args.lr, seed=args.seed,
                        batch_size=args.images_per_task)
-    model = ParetoMerge(pretrained, vectors, targets, cfg.rank, cfg.init, cfg.lowrank_init, gen, device)
+    model = ParetoMerge(LayerwiseMerge(pretrained, vectors, cfg.init, device), vectors, targets, cfg.rank, cfg.init,
+                        cfg.lowrank_init, gen, device)
     del vectors
     pm_opt = optimizer(model, cfg)
     frozen = build_tower(arch).to(device)  # the trainer's tower: only its structure is used

@@ -122,3 +122,25 @@ def test_store_ls_show_rm(zoo_dir, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"removed {family_id}"
     with pytest.raises(SystemExit):
         main(["store", "show", family_id, "--store", str(tmp_path)])
+
+
+def test_pareto_merging_on_a_fixed_base(zoo_dir, tmp_path, capsys):
+    """--base tsv-m: the family's base is TSV-M's merge, byte for byte what `pmerge merge` gives, and
+    the default base keeps the id a family had before --base existed."""
+    from models_store.checkpoint import load_state_dict
+    from trainer.family_id import family_id
+    from trainer.pareto.train import run_id
+    zoo = Zoo(zoo_dir)
+    assert run_id(zoo, ParetoConfig(), {}) == run_id(zoo, ParetoConfig(base="adamerging"), {}) == \
+        family_id("pm", zoo, ParetoConfig(), {}, exclude={"checkpoint_every", "base"})
+    assert run_id(zoo, ParetoConfig(base="tsv-m"), {}) != run_id(zoo, ParetoConfig(), {})
+    main(["train", "--zoo", str(zoo_dir), "--store", str(tmp_path), "--steps", "3", "--rank", "4", "--base", "tsv-m"])
+    family = open_family(tmp_path, capsys.readouterr().out.strip().splitlines()[-1])
+    assert family.manifest.hyperparameters["base"] == "tsv-m"
+    main(["merge", "--zoo", str(zoo_dir), "--method", "tsv-m", "--out", str(tmp_path / "tsv.safetensors")])
+    tsv = load_state_dict(tmp_path / "tsv.safetensors")
+    base = load_state_dict(tmp_path / family.family_id / "base.safetensors")
+    assert set(base) == set(tsv) and all(torch.equal(base[k], tsv[k]) for k in tsv)
+    with pytest.raises(SystemExit):
+        main(["train", "--zoo", str(zoo_dir), "--store", str(tmp_path), "--base", "magic"])
+    assert "--base" in capsys.readouterr().err

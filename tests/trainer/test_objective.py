@@ -3,6 +3,8 @@ import math
 
 import torch
 
+from trainer.methods.adamerging import LayerwiseMerge
+
 from trainer.objective import TaskObjectives, entropy, imbalance
 from trainer.pareto.model import ParetoMerge
 from trainer.pareto.train import ParetoConfig, loss_terms
@@ -51,7 +53,7 @@ def test_loss_terms_add_the_weighted_imbalance():
     gen = torch.Generator().manual_seed(0)
     pretrained = {"w": torch.randn(6, 4, generator=gen)}
     vectors = {t: {"w": torch.randn(6, 4, generator=gen) * 0.1} for t in ("a", "b")}
-    model = ParetoMerge(pretrained, vectors, ["w"], rank=2, init=0.3, lowrank_init="kaiming", generator=gen,
+    model = ParetoMerge(LayerwiseMerge(pretrained, vectors, 0.3, torch.device("cpu")), vectors, ["w"], rank=2, init=0.3, lowrank_init="kaiming", generator=gen,
                         device=torch.device("cpu"))
     with torch.no_grad():
         model.G[0].normal_(generator=gen)

@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from trainer.methods.adamerging import LayerwiseMerge
+
 from trainer.pareto.model import ParetoMerge, task_vector_factors
 
 
@@ -41,7 +43,7 @@ def test_both_initialisations_start_at_the_base_merge_for_the_equal_preference(l
     gen = torch.Generator().manual_seed(2)
     pretrained = {"w": torch.randn(6, 4, generator=gen), "b": torch.randn(6, generator=gen)}
     vectors = {t: {k: torch.randn(v.shape, generator=gen) * 0.1 for k, v in pretrained.items()} for t in "xyz"}
-    model = ParetoMerge(pretrained, vectors, ["w"], rank=3, init=0.3, lowrank_init=lowrank_init, generator=gen,
+    model = ParetoMerge(LayerwiseMerge(pretrained, vectors, 0.3, torch.device("cpu")), vectors, ["w"], rank=3, init=0.3, lowrank_init=lowrank_init, generator=gen,
                         device=torch.device("cpu"))
     with torch.no_grad():
         equal = model(torch.full((3,), 1 / 3))
@@ -53,5 +55,21 @@ def test_a_rank_above_the_weight_is_refused():
     pretrained = {"w": torch.zeros(6, 4)}
     vectors = {t: {"w": torch.ones(6, 4)} for t in "xy"}
     with pytest.raises(ValueError, match="rank 5 exceeds the smaller side of w"):
-        ParetoMerge(pretrained, vectors, ["w"], rank=5, init=0.3, lowrank_init="task-vectors",
+        ParetoMerge(LayerwiseMerge(pretrained, vectors, 0.3, torch.device("cpu")), vectors, ["w"], rank=5, init=0.3, lowrank_init="task-vectors",
                     generator=torch.Generator(), device=torch.device("cpu"))
+
+
+def test_a_fixed_base_is_where_the_equal_preference_starts_and_training_leaves_it():
+    from trainer.pareto.model import FixedBase
+    gen = torch.Generator().manual_seed(3)
+    pretrained = {"w": torch.randn(6, 4, generator=gen), "b": torch.randn(6, generator=gen)}
+    vectors = {t: {k: torch.randn(v.shape, generator=gen) * 0.1 for k, v in pretrained.items()} for t in "xyz"}
+    fixed = {k: v + 1.0 for k, v in pretrained.items()}
+    model = ParetoMerge(FixedBase(fixed, torch.device("cpu")), vectors, ["w"], rank=3, init=0.3,
+                        lowrank_init="task-vectors", generator=gen, device=torch.device("cpu"))
+    assert list(model.base.parameters()) == []
+    with torch.no_grad():
+        equal = model(torch.full((3,), 1 / 3))
+        vertex = model(torch.tensor([1.0, 0.0, 0.0]))
+    assert torch.allclose(equal["w"], fixed["w"], atol=1e-6) and torch.equal(equal["b"], fixed["b"])
+    assert not torch.allclose(vertex["w"], fixed["w"], atol=1e-3)  # the preference term steers around the base

@@ -3,7 +3,8 @@
     theta(pref)[P] = theta0[P] + sum_k lambda[P, k] tau_k[P] + A_P (sum_k pref_k G_P[k]) B_P^T
 
 lambda: AdaMerging's layer-wise coefficients (one per tensor per task, init 0.3, clamped to
-[0, 1]); A [d_out, r], B [d_in, r], G [K, r, r]. Tensors without a low-rank term get only the base
+[0, 1]), trained with the rest; or, with a fixed base (TSV-M, Iso-C, ...), that merge in place of
+theta0 + sum_k lambda tau_k, left alone by training. A [d_out, r], B [d_in, r], G [K, r, r]. Tensors without a low-rank term get only the base
 merge. Two initialisations of (A, B, G), both starting training at AdaMerging's starting point at
 the equal preference:
   kaiming       the paper's: A and B Kaiming-uniform, G zero (so every preference starts equal);
@@ -24,17 +25,34 @@ from ..methods.adamerging import LayerwiseMerge
 from ..pool import TaskVector
 
 LowRankInit = Literal["task-vectors", "kaiming"]
+class FixedBase(torch.nn.Module):
+    """A base merge that training leaves alone: its tensors, on the device (no parameters)."""
+
+    def __init__(self, merged: StateDict, device: torch.device):
+        super().__init__()
+        self.merged = {k: v.to(device) for k, v in merged.items()}
+
+    def forward(self) -> StateDict:
+        return dict(self.merged)
+
+    def clamp_(self) -> None:
+        pass
+
+
+Base = LayerwiseMerge | FixedBase
+
+
 class ParetoMerge(torch.nn.Module):
-    def __init__(self, pretrained: StateDict, vectors: dict[str, TaskVector], targets: list[str], rank: int,
+    def __init__(self, base: Base, vectors: dict[str, TaskVector], targets: list[str], rank: int,
                  init: float, lowrank_init: LowRankInit, generator: torch.Generator, device: torch.device):
         super().__init__()
-        self.base = LayerwiseMerge(pretrained, vectors, init, device)
+        self.base = base
         self.targets = targets
         self.A = torch.nn.ParameterList()
         self.B = torch.nn.ParameterList()
         self.G = torch.nn.ParameterList()
         for name in targets:
-            stacked = self.base.stacked[name]
+            stacked = torch.stack([v[name] for v in vectors.values()]).to(device)
             if rank > min(stacked.shape[1:]):
                 raise ValueError(f"rank {rank} exceeds the smaller side of {name} {tuple(stacked.shape[1:])}")
             if lowrank_init == "task-vectors":

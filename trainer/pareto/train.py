@@ -45,13 +45,17 @@ from models_store.kinds.lowrank import target_names
 from models_store.store import published
 from models_store.zoo import Zoo
 
+from ..methods import MergeContext, get_method
+from ..methods.adamerging import LayerwiseMerge
 from ..methods.ties import ties_preprocess
 from ..family_id import family_id
 from ..entropy_loop import FrozenTower, optimise
 from ..objective import TaskObjectives, UnlabeledSampler
 from ..pool import ModelPool
-from .model import LowRankInit, ParetoMerge
+from .model import Base, FixedBase, LowRankInit, ParetoMerge
 
+BASES = ("adamerging", "adamerging++", "task-arithmetic", "ties", "tsv-m", "iso-c", "iso-cts", "wudi")
+LEARNED = {"adamerging": "pm", "adamerging++": "pm++"}  # the learned bases, and whose vectors they merge
 RUNS = ".runs"  # STORE/.runs/<family_id>/checkpoint.safetensors (no manifest.json: never listed)
 
 
@@ -80,7 +84,15 @@ class ParetoConfig(BaseModel):
     lowrank_init: LowRankInit = Field("task-vectors", description=(
         "task-vectors: A, B span the task vectors' top-r singular subspaces and G holds task arithmetic + "
         "preference's steering within them (not in the paper); kaiming: the paper's (A, B random, G zero)"))
-    ties_k: float = Field(20.0, gt=0, le=100, description="pm++: TIES trim, percent kept")
+    ties_k: float = Field(20.0, gt=0, le=100, description="pm++ and the adamerging++ base: TIES trim, percent kept")
+    base: Optional[Literal[BASES]] = Field(None, description=(
+        "the merge under the low-rank preference term: adamerging / adamerging++ (its lambda learned with the "
+        "rest, on plain / TIES task vectors), or a fixed merge of `pmerge merge` with its defaults: "
+        "task-arithmetic, ties, tsv-m, iso-c, iso-cts, wudi (default: adamerging for pm, adamerging++ for pm++)"))
+
+    @property
+    def base_merge(self) -> str:
+        return self.base or ("adamerging" if self.method == "pm" else "adamerging++")
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints (--resume continues from the last)")
 
@@ -102,7 +114,19 @@ def optimizer(model: ParetoMerge, cfg: ParetoConfig) -> torch.optim.Adam:
 
 
 def run_id(zoo: Zoo, cfg: ParetoConfig, unlabeled_specs: dict[str, str]) -> str:
-    return family_id(cfg.method, zoo, cfg, unlabeled_specs, exclude={"checkpoint_every"})
+    # the method's own base is not in the hash: a family trained before --base existed keeps its id
+    own = cfg.base_merge == ParetoConfig(method=cfg.method).base_merge
+    return family_id(cfg.method, zoo, cfg, unlabeled_specs, exclude={"checkpoint_every"} | ({"base"} if own else set()))
+
+
+def base_merge(pool: ModelPool, cfg: ParetoConfig, device: torch.device) -> Base:
+    """The learned AdaMerging lambda, or a fixed merge of the method registry with its defaults."""
+    name = cfg.base_merge
+    if name in LEARNED:
+        vectors = pool.task_vectors if LEARNED[name] == "pm" else ties_preprocess(pool.task_vectors, cfg.ties_k)
+        return LayerwiseMerge(pool.pretrained, vectors, cfg.init, device)
+    merged = get_method(name)(MergeContext(pool=pool, device=device, seed=cfg.seed, progress=False))
+    return FixedBase(merged, device)
 
 
 class Checkpoint:
@@ -157,7 +181,8 @@ def train_family(zoo: Zoo, store: str | Path, cfg: ParetoConfig, unlabeled: dict
     vectors = pool.task_vectors if cfg.method == "pm" else ties_preprocess(pool.task_vectors, cfg.ties_k)
     targets = target_names(pool.keys, cfg.targets)
     init_rng = torch.Generator().manual_seed(cfg.seed)
-    model = ParetoMerge(pool.pretrained, vectors, targets, cfg.rank, cfg.init, cfg.lowrank_init, init_rng, device)
+    model = ParetoMerge(base_merge(pool, cfg, device), vectors, targets, cfg.rank, cfg.init, cfg.lowrank_init,
+                        init_rng, device)
     del vectors
     opt = optimizer(model, cfg)
     frozen = FrozenTower(pool, unlabeled, cfg.batch_size, cfg.seed + 1, device)
