@@ -51,7 +51,8 @@ SWEEP: dict[str, dict] = {
     "batch32": {"batch_size": 32},
     "alpha0.3": {"alpha": 0.3},
     # the base under the preference term (issue 14): the fixed merges of the registry
-    **{f"base-{name}": {"base": name} for name in ("task-arithmetic", "ties", "tsv-m", "iso-c", "iso-cts", "wudi")},
+    **{f"base-{name}": {"base": name} for name in ("adamerging", "task-arithmetic", "ties", "tsv-m", "iso-c",
+                                                    "iso-cts", "wudi")},
 }
 
 

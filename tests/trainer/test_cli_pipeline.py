@@ -125,16 +125,16 @@ def test_store_ls_show_rm(zoo_dir, tmp_path, capsys):
 
 
 def test_pareto_merging_on_a_fixed_base(zoo_dir, tmp_path, capsys):
-    """--base tsv-m: the family's base is TSV-M's merge, byte for byte what `pmerge merge` gives, and
-    the default base keeps the id a family had before --base existed."""
+    """--base tsv-m (pm's default): the family's base is TSV-M's merge, byte for byte what `pmerge
+    merge` gives; the AdaMerging base keeps the id its families had before --base existed."""
     from models_store.checkpoint import load_state_dict
     from trainer.family_id import family_id
     from trainer.pareto.train import run_id
     zoo = Zoo(zoo_dir)
-    assert run_id(zoo, ParetoConfig(), {}) == run_id(zoo, ParetoConfig(base="adamerging"), {}) == \
-        family_id("pm", zoo, ParetoConfig(), {}, exclude={"checkpoint_every", "base"})
-    assert run_id(zoo, ParetoConfig(base="tsv-m"), {}) != run_id(zoo, ParetoConfig(), {})
-    main(["train", "--zoo", str(zoo_dir), "--store", str(tmp_path), "--steps", "3", "--rank", "4", "--base", "tsv-m"])
+    adamerging = ParetoConfig(base="adamerging")
+    assert run_id(zoo, adamerging, {}) == family_id("pm", zoo, adamerging, {}, exclude={"checkpoint_every", "base"})
+    assert run_id(zoo, ParetoConfig(base="tsv-m"), {}) == run_id(zoo, ParetoConfig(), {}) != run_id(zoo, adamerging, {})
+    main(["train", "--zoo", str(zoo_dir), "--store", str(tmp_path), "--steps", "3", "--rank", "4"])
     family = open_family(tmp_path, capsys.readouterr().out.strip().splitlines()[-1])
     assert family.manifest.hyperparameters["base"] == "tsv-m"
     main(["merge", "--zoo", str(zoo_dir), "--method", "tsv-m", "--out", str(tmp_path / "tsv.safetensors")])

@@ -20,6 +20,6 @@ def learn(ctx: LearnContext, config: ParetoConfig):
                         resume=ctx.resume, progress=ctx.progress)
 
 
-register_family("pm", PlainConfig, "Pareto Merging: AdaMerging's base plus a preference-conditioned low-rank "
-                "update A (sum_k p_k G_k) B^T, one training for the whole simplex (kind lowrank)")(learn)
+register_family("pm", PlainConfig, "Pareto Merging: a base merge (--base, default TSV-M) plus a preference-"
+                "conditioned low-rank update A (sum_k p_k G_k) B^T, one training for the whole simplex (kind lowrank)")(learn)
 register_family("pm++", PlusConfig, "Pareto Merging on TIES-preprocessed task vectors (kind lowrank)")(learn)

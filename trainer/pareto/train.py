@@ -36,7 +36,7 @@ from typing import Callable, Literal, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models_store.checkpoint import load_state_dict, save_state_dict
 from models_store.family import FamilyManifest, now_iso, publish_family
@@ -56,6 +56,8 @@ from .model import Base, FixedBase, LowRankInit, ParetoMerge
 
 BASES = ("adamerging", "adamerging++", "task-arithmetic", "ties", "tsv-m", "iso-c", "iso-cts", "wudi")
 LEARNED = {"adamerging": "pm", "adamerging++": "pm++"}  # the learned bases, and whose vectors they merge
+DEFAULT_BASE = {"pm": "tsv-m", "pm++": "adamerging++"}  # pm: the best of bench/results/pm-sweep-* (bases)
+HISTORICAL_BASE = {"pm": "adamerging", "pm++": "adamerging++"}  # before --base: ids hash without it
 RUNS = ".runs"  # STORE/.runs/<family_id>/checkpoint.safetensors (no manifest.json: never listed)
 
 
@@ -88,11 +90,14 @@ class ParetoConfig(BaseModel):
     base: Optional[Literal[BASES]] = Field(None, description=(
         "the merge under the low-rank preference term: adamerging / adamerging++ (its lambda learned with the "
         "rest, on plain / TIES task vectors), or a fixed merge of `pmerge merge` with its defaults: "
-        "task-arithmetic, ties, tsv-m, iso-c, iso-cts, wudi (default: adamerging for pm, adamerging++ for pm++)"))
+        "task-arithmetic, ties, tsv-m, iso-c, iso-cts, wudi (default: tsv-m for pm, the best base of the demo zoo's "
+        "sweep; adamerging++ for pm++)"))
 
-    @property
-    def base_merge(self) -> str:
-        return self.base or ("adamerging" if self.method == "pm" else "adamerging++")
+    @model_validator(mode="after")
+    def _method_default_base(self) -> "ParetoConfig":
+        if self.base is None:
+            self.base = DEFAULT_BASE[self.method]
+        return self
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints (--resume continues from the last)")
 
@@ -114,14 +119,15 @@ def optimizer(model: ParetoMerge, cfg: ParetoConfig) -> torch.optim.Adam:
 
 
 def run_id(zoo: Zoo, cfg: ParetoConfig, unlabeled_specs: dict[str, str]) -> str:
-    # the method's own base is not in the hash: a family trained before --base existed keeps its id
-    own = cfg.base_merge == ParetoConfig(method=cfg.method).base_merge
-    return family_id(cfg.method, zoo, cfg, unlabeled_specs, exclude={"checkpoint_every"} | ({"base"} if own else set()))
+    # the base every family had before --base existed is not in the hash, so those families keep their ids
+    historical = cfg.base == HISTORICAL_BASE[cfg.method]
+    return family_id(cfg.method, zoo, cfg, unlabeled_specs,
+                     exclude={"checkpoint_every"} | ({"base"} if historical else set()))
 
 
 def base_merge(pool: ModelPool, cfg: ParetoConfig, device: torch.device) -> Base:
     """The learned AdaMerging lambda, or a fixed merge of the method registry with its defaults."""
-    name = cfg.base_merge
+    name = cfg.base
     if name in LEARNED:
         vectors = pool.task_vectors if LEARNED[name] == "pm" else ties_preprocess(pool.task_vectors, cfg.ties_k)
         return LayerwiseMerge(pool.pretrained, vectors, cfg.init, device)
