@@ -296,6 +296,18 @@ def run_benchmark(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]
         return run(args, device)
 
 
+@contextlib.contextmanager
+def temporary_store(prefix: str) -> Iterator[Path]:
+    """A scratch store for the families a benchmark trains, removed afterwards."""
+    import shutil
+    import tempfile
+    store = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield store
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+
+
 def result_path(out_dir: Path, name: str, device: torch.device) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return Path(out_dir) / f"{name}-{device_kind(device)}-{stamp}.json"

@@ -24,9 +24,7 @@ against MAP at B (and MAP itself with as few); on the sub-zoos, IGD+ and the gri
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import add_common_args, machine_info, markdown_table, now_iso, run_benchmark, write_result  # noqa: E402
+from bench.common import (add_common_args, machine_info, markdown_table, now_iso, run_benchmark,  # noqa: E402
+                          temporary_store, write_result)
 from models_store.flags import key_values  # noqa: E402
 from models_store.store import open_family  # noqa: E402
 from models_store.zoo import Zoo, write_subset  # noqa: E402
@@ -70,11 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def run(args: argparse.Namespace, device: torch.device) -> dict:
-    store = Path(tempfile.mkdtemp(prefix="map-bench-"))
-    try:
+    with temporary_store("map-bench-") as store:
         return measure(args, device, store)
-    finally:
-        shutil.rmtree(store, ignore_errors=True)
 
 
 def measure(args: argparse.Namespace, device: torch.device, store: Path) -> dict:

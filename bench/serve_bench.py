@@ -16,6 +16,11 @@ rotates every repeat):
   tower on that preference's images with those weights (`torch.func.functional_call`; the
   unadapted tensors are shared, not copied, so this is a lower bound of a naive server's cost).
 
+* **f / feature-map**: the feature-map kind's forward (models_store/kinds/feature_map.py
+  `MappedTower.features`, ReACT): the plain forward, then every image's features through its own
+  preference's d x d map, each a solve from K random per-task maps (every image of the batch has
+  its own preference, so every call solves them all: the worst case of its cache).
+
 And the point-set kind (models_store/kinds/point_set.py `MemberTowers`), at one batch size
 (`--member-batch`, default 64) beside a and b in the same interleaved rounds: a batch whose
 images pick d = 1, 2, 4, 8 distinct members (`--members`), **warm** (every member's tower already
@@ -51,6 +56,7 @@ from torch.func import functional_call
 
 from bench.common import (add_common_args, machine_info, markdown_table, now_iso, round_ratios, run_benchmark,
                           run_interleaved, spread_text, summarize, write_result)
+from models_store.kinds.feature_map import MappedTower
 from models_store.kinds.lowrank import TARGETS, LowRank, PreferenceTower, target_names
 from models_store.kinds.point_set import Member, Members, MemberTowers, PointSetParams
 from models_store.tower import build_tower, image_size, resolve_architecture
@@ -59,7 +65,7 @@ from service.settings import DTYPES
 NAME = "serve"
 GPU_DEFAULTS = {"batch_sizes": {"*": [1, 8, 64, 128]}, "repeats": 30, "warmup": 3, "dtype": "bf16"}
 CPU_DEFAULTS = {"batch_sizes": {"*": [1, 4, 16], "ViT-L-14": [1, 4]}, "repeats": 7, "warmup": 0, "dtype": "fp32"}
-VARIANTS = {"a": "plain", "b": "mixed", "c": "materialise"}
+VARIANTS = {"a": "plain", "b": "mixed", "c": "materialise", "f": "feature-map"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +135,11 @@ class Variants:
         self.size = image_size(self.arch)
         self.params = sum(v.numel() for v in self.base.values())
         self.adapted = len(lowrank)
+        d = self.tower.output_dim
+        maps = torch.eye(d) + 0.1 * torch.randn(tasks, d, d, generator=gen)
+        z = torch.randn(tasks, d, 2 * d, generator=gen)
+        self.feature_map = MappedTower(self.tower, maps, z @ z.transpose(1, 2) / (2 * d) + 0.1 * torch.eye(d), {},
+                                       device, dtype)
 
     def inputs(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.randn(n, 3, self.size, self.size, generator=gen).to(self.device, self.dtype)
@@ -221,7 +232,7 @@ def bench_arch(arch_name: str, sizes: list[int], args: argparse.Namespace, devic
     for n in sizes:
         images, prefs = v.inputs(n, gen)
         fns = {"a": lambda: v.plain(images, prefs), "b": lambda: v.mixed(images, prefs),
-               "c": lambda: v.materialise(images, prefs)}
+               "c": lambda: v.materialise(images, prefs), "f": lambda: v.feature_map.features(images, prefs)}
         fns["a"]()  # one untimed call of each variant before --warmup more: b and c are also compared
         b_out, c_out = fns["b"](), fns["c"]()
         agreement = ((b_out - c_out).abs().max() / c_out.abs().max().clamp(min=1e-12)).item()
@@ -234,13 +245,13 @@ def bench_arch(arch_name: str, sizes: list[int], args: argparse.Namespace, devic
                         "images_per_s": n / stats["p50_s"], "images_per_s_mean": n / stats["mean_s"],
                         "p50_ms": stats["p50_s"] * 1e3, "p99_ms": stats["p99_s"] * 1e3}
         # throughput ratios (> 1: faster than a); from the p50 batch latency, robust to a noisy neighbour
-        for x, y in (("b", "a"), ("c", "a"), ("b", "c")):
+        for x, y in (("b", "a"), ("c", "a"), ("b", "c"), ("f", "a")):
             row[f"{x}_over_{y}"] = row[x]["images_per_s"] / row[y]["images_per_s"]
             row[f"{x}_over_{y}_mean"] = row[x]["images_per_s_mean"] / row[y]["images_per_s_mean"]
             row[f"{x}_over_{y}_per_round"] = round_ratios(samples[x].seconds, samples[y].seconds)
         rows.append(row)
         print(f"  {arch_name} batch {n}: b/a {spread_text(row['b_over_a_per_round'])}, "
-              f"c/a {spread_text(row['c_over_a_per_round'])}", flush=True)
+              f"c/a {spread_text(row['c_over_a_per_round'])}, f/a {spread_text(row['f_over_a_per_round'])}", flush=True)
     counts = [int(c) for c in args.members.split(",") if c.strip()]
     point_set = bench_point_set(v, args, device, dtype, counts, gen) if counts else None
     out = {"arch_name": arch_name, "architecture": v.arch, "image_size": v.size, "params": v.params,

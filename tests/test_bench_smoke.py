@@ -40,13 +40,12 @@ def test_serve_bench_micro(tmp_path):
     for b in batches:
         assert b["distinct_preferences"] == b["batch"]
         assert b["b_vs_c_max_rel_diff"] < 1e-4  # the mixed forward equals per-preference weights
-        for v in "abc":
+        for v in "abcf":
             assert len(b[v]["seconds"]) == 2 and b[v]["images_per_s"] > 0 and b[v]["p99_ms"] >= b[v]["p50_ms"]
-        assert b["b_over_a"] > 0 and b["c_over_a"] > 0
+        assert b["b_over_a"] > 0 and b["c_over_a"] > 0 and b["f_over_a"] > 0
     ps = data["results"][0]["point_set"]  # the point-set rows: 1, 2, 4, 8 members, warm and cold
     assert ps["batch"] == 64 and ps["misses_per_cold_call"] == {"1": 1.0, "2": 2.0, "4": 4.0, "8": 8.0}
     assert all(ps[f"{v}{d}_over_a"] > 0 for v in "wc" for d in (1, 2, 4, 8))
-
 
 
 def test_map_speed_tiny(tmp_path):

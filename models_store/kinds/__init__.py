@@ -11,10 +11,11 @@ materialised towers on the device where it materialises any. The service talks o
 from __future__ import annotations
 
 from .. import StoreError
+from .feature_map import FeatureMapFamily
 from .lowrank import LowRankFamily
 from .point_set import PointSetFamily
 
-KINDS = {kind.name: kind for kind in (LowRankFamily, PointSetFamily)}
+KINDS = {kind.name: kind for kind in (LowRankFamily, PointSetFamily, FeatureMapFamily)}
 
 
 def get_kind(name: str):

@@ -125,3 +125,25 @@ def make_point_set_family(store: Path, family_id: str = POINT_SET_ID, seed: int 
                               tasks=[TaskInfo(name=t, classes=c) for t, c in tasks.items()],
                               kind=point_set.NAME, kind_params={"pick": "nearest", "members": POINT_SET_MEMBERS})
     return publish_family(store, manifest, point_set.family_files(pretrained, vectors, per_tensor), heads)
+
+
+FEATURE_MAP_ID = "react-test"
+
+
+def make_feature_map_family(store: Path, family_id: str = FEATURE_MAP_ID, seed: int = 0,
+                            tasks: dict[str, list[str]] = TASKS) -> Path:
+    """A random micro feature-map family whose per-task maps differ visibly."""
+    from models_store.kinds import feature_map
+
+    g = torch.Generator().manual_seed(seed)
+    base = {k: v.detach().clone() for k, v in build_tower(MICRO).state_dict().items()}
+    dim = MICRO["custom"]["embed_dim"]
+    W = torch.eye(dim) + 0.5 * torch.randn(len(tasks), dim, dim, generator=g)
+    z = torch.randn(len(tasks), dim, 4 * dim, generator=g)
+    C = z @ z.transpose(1, 2) / (4 * dim) + 0.1 * torch.eye(dim)
+    heads = {t: Head(weight=torch.randn(len(c), dim, generator=g) * 5) for t, c in tasks.items()}
+    manifest = FamilyManifest(family_id=family_id, created=now_iso(), method="react", architecture=MICRO,
+                              preprocess=Preprocess(image_size=16),
+                              tasks=[TaskInfo(name=t, classes=c) for t, c in tasks.items()],
+                              kind=feature_map.NAME, kind_params={"dim": dim})
+    return publish_family(store, manifest, feature_map.family_files(base, W, C), heads)

@@ -60,3 +60,23 @@ def quick_store(tmp_path_factory, quick_zoo) -> tuple[Path, str]:
     cfg = ParetoConfig(steps=6, rank=2, lr=0.02, batch_size=8, checkpoint_every=6)
     path = train_family(quick_zoo, store, cfg, unlabeled, {}, torch.device("cpu"), progress=False)
     return store, path.name
+
+
+@pytest.fixture(scope="session")
+def assert_serves_materialised():
+    """check(family, prefs [N, K], images [N, C, H, W]): the family's servable answers a mixed batch
+    as each preference's materialised tower, a plain open_clip tower, does (1e-4, float32)."""
+    from models_store.preference import from_weights
+    from models_store.tower import head_logits, load_tower
+
+    def check(family, prefs: torch.Tensor, images: torch.Tensor, model=None) -> None:
+        model = model or family.servable(torch.device("cpu"), torch.float32, cache=2)
+        logits = model.logits(images, prefs)
+        for i in range(len(prefs)):
+            tower = load_tower(family.manifest.architecture,
+                               family.materialize(from_weights(prefs[i].tolist(), family.tasks)))
+            with torch.no_grad():
+                feats = tower(images[i:i + 1])
+            for t, h in family.heads.items():
+                assert (logits[t][i] - head_logits(feats, h.weight, h.bias)[0]).abs().max() <= 1e-4, (i, t)
+    return check

@@ -124,7 +124,7 @@ def test_store_ls_show_rm(zoo_dir, tmp_path, capsys):
         main(["store", "show", family_id, "--store", str(tmp_path)])
 
 
-def test_pareto_merging_on_a_fixed_base(zoo_dir, tmp_path, capsys):
+def test_pareto_merging_on_a_fixed_base(zoo_dir, tmp_path, capsys, assert_serves_materialised):
     """--base tsv-m (pm's default): the family's base is TSV-M's merge, byte for byte what `pmerge
     merge` gives; the AdaMerging base keeps the id its families had before --base existed."""
     from models_store.checkpoint import load_state_dict
@@ -141,6 +141,9 @@ def test_pareto_merging_on_a_fixed_base(zoo_dir, tmp_path, capsys):
     tsv = load_state_dict(tmp_path / "tsv.safetensors")
     base = load_state_dict(tmp_path / family.family_id / "base.safetensors")
     assert set(base) == set(tsv) and all(torch.equal(base[k], tsv[k]) for k in tsv)
+    from models_store.preference import from_weights
+    prefs = torch.stack([from_weights(w, family.tasks).tensor() for w in ([1, 0], [0, 1], [0.3, 0.7])])
+    assert_serves_materialised(family, prefs, torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
     with pytest.raises(SystemExit):
         main(["train", "--zoo", str(zoo_dir), "--store", str(tmp_path), "--base", "magic"])
     assert "--base" in capsys.readouterr().err

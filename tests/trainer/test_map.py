@@ -12,7 +12,6 @@ from models_store.kinds.point_set import MemberTable, tchebycheff, weighted_sum
 from models_store.preprocess import Preprocess
 from models_store.preference import from_weights
 from models_store.store import open_family
-from models_store.tower import head_logits, load_tower
 from trainer.data import load_dataset
 from trainer.data.load import load_validation
 from trainer.families import map as map_family
@@ -78,7 +77,8 @@ def test_pick_rules_read_the_predicted_metrics():
     assert tchebycheff(prefs, table).tolist() == [0, 1, 2, 1]
 
 
-def test_map_family_through_the_cli_serves_its_members_and_resumes(quick_zoo, tmp_path, capsys, monkeypatch):
+def test_map_family_through_the_cli_serves_its_members_and_resumes(quick_zoo, tmp_path, capsys, monkeypatch,
+                                                                    assert_serves_materialised):
     args = ["train", "--zoo", str(quick_zoo.root), "--method", "map", "--population", "12", "--generations", "20",
             "--val-fraction", "0.2", "--device", "cpu"]
     main(args + ["--store", str(tmp_path / "a")])
@@ -96,15 +96,7 @@ def test_map_family_through_the_cli_serves_its_members_and_resumes(quick_zoo, tm
     predicted = torch.tensor([x["predicted"] for x in members])
     picked = family.body.members.pick(prefs)
     assert picked.tolist() == (prefs @ predicted.T).argmax(1).tolist()
-    model = family.servable(torch.device("cpu"), torch.float32, cache=2)
-    images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    logits = model.logits(images, prefs)
-    for i in range(4):
-        tower = load_tower(m.architecture, family.materialize(from_weights(prefs[i].tolist(), family.tasks)))
-        with torch.no_grad():
-            feats = tower(images[i:i + 1])
-        for t, h in family.heads.items():
-            assert (logits[t][i] - head_logits(feats, h.weight, h.bias)[0]).abs().max() <= 1e-4
+    assert_serves_materialised(family, prefs, torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
 
     # killed after 7 evaluations: the rerun with --resume evaluates only the rest of the design
     calls = []

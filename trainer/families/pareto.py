@@ -3,16 +3,25 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..pareto.train import ParetoConfig, train_family
+from pydantic import Field
+
+from ..pareto.train import BASES, DEFAULT_BASE, ParetoConfig, train_family
 from .registry import LearnContext, register_family
+
+
+def base_field(method: str):
+    """The method's default base, with the base flag's description (its help then says both)."""
+    return Field(DEFAULT_BASE[method], description=ParetoConfig.model_fields["base"].description)
 
 
 class PlusConfig(ParetoConfig):
     method: Literal["pm++"] = "pm++"
+    base: Literal[BASES] = base_field("pm++")
 
 
 class PlainConfig(ParetoConfig):
     method: Literal["pm"] = "pm"
+    base: Literal[BASES] = base_field("pm")
 
 
 def learn(ctx: LearnContext, config: ParetoConfig):

@@ -88,10 +88,9 @@ class ParetoConfig(BaseModel):
         "preference's steering within them (not in the paper); kaiming: the paper's (A, B random, G zero)"))
     ties_k: float = Field(20.0, gt=0, le=100, description="pm++ and the adamerging++ base: TIES trim, percent kept")
     base: Optional[Literal[BASES]] = Field(None, description=(
-        "the merge under the low-rank preference term: adamerging / adamerging++ (its lambda learned with the "
-        "rest, on plain / TIES task vectors), or a fixed merge of `pmerge merge` with its defaults: "
-        "task-arithmetic, ties, tsv-m, iso-c, iso-cts, wudi (default: tsv-m for pm, the best base of the demo zoo's "
-        "sweep; adamerging++ for pm++)"))
+        "the base merge, as `pmerge merge` makes it with its defaults: task-arithmetic, ties, tsv-m, iso-c, iso-cts, "
+        "wudi (fixed), or adamerging / adamerging++, whose lambda pm learns with its low-rank term (on plain / TIES "
+        "task vectors); pm and pm++ put their preference term on it, react corrects its features"))
 
     @model_validator(mode="after")
     def _method_default_base(self) -> "ParetoConfig":

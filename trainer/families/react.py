@@ -1,0 +1,93 @@
+"""ReACT (AAAI 2026, no public code; REFERENCE.md): a representation-space correction of a fixed
+merged tower, per preference, in closed form (kind feature-map).
+
+Per task t, from unlabeled calibration images (the tasks' unlabeled images, as Pareto Merging
+uses), the projected features of the merged tower Z_mtl [d, N] and of task t's fine-tuned tower
+Z_ind [d, N] give
+
+    W_t = (Z_ind Z_mtl^T + beta W_orth) (Z_mtl Z_mtl^T + beta I)^-1,    C_t = Z_mtl Z_mtl^T + beta I,
+
+W_orth = U V^T the orthogonal Procrustes map (U S V^T = Z_ind Z_mtl^T): a ridge regression from
+the merged features to the fine-tuned ones, shrunk towards a rotation. A preference p gets
+W_p = (sum_t p_t W_t C_t)(sum_t p_t C_t)^-1 (models_store/kinds/feature_map.py), which is W_t at
+the vertex of t. The maps act on the features before they are normalised.
+"""
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from models_store.family import FamilyManifest, now_iso, publish_family
+from models_store.kinds import feature_map
+from models_store.store import published
+from models_store.tower import load_tower
+
+from ..methods import MergeContext, get_method
+from ..pareto.train import BASES
+from .registry import LearnContext, LearnerConfig, register_family
+
+
+class ReactConfig(LearnerConfig):
+    base: Literal[BASES] = Field("tsv-m", description=(
+        "react: the fixed merged tower the maps correct, a merge of `pmerge merge` with its defaults"))
+    beta: float = Field(0.1, gt=0, description="react: the ridge beta, pulling each map towards its rotation")
+    calibration: int = Field(2048, ge=1, description="react: unlabeled calibration images per task (at most)")
+    seed: int = 0
+
+
+@torch.inference_mode()
+def projected_features(tower: torch.nn.Module, images: torch.Tensor, device: torch.device,
+                       batch: int = 256) -> torch.Tensor:
+    """[N, C, H, W] -> [d, N], float64 (the tower's output before normalisation)."""
+    tower = tower.to(device).eval()
+    out = [tower(images[i:i + batch].to(device)).double() for i in range(0, len(images), batch)]
+    return torch.cat(out).T.cpu()
+
+
+def task_map(z_mtl: torch.Tensor, z_ind: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W_t, C_t), [d, d] each, from the two towers' features [d, N]."""
+    cross = z_ind @ z_mtl.T
+    u, _, vh = torch.linalg.svd(cross)
+    c = z_mtl @ z_mtl.T + beta * torch.eye(len(z_mtl), dtype=z_mtl.dtype)
+    w = torch.linalg.solve(c, cross + beta * (u @ vh), left=False)
+    return w, c
+
+
+@register_family("react", ReactConfig, "ReACT: per-task closed-form corrections of a fixed merge's features, "
+                 "mixed per preference (kind feature-map)")
+def learn(ctx: LearnContext, config: ReactConfig):
+    family_id = ctx.family_id("react", config)
+    if (path := published(ctx.store, family_id)) is not None:
+        return path
+    began = time.perf_counter()
+    zoo, pool = ctx.zoo, ctx.pool
+    unlabeled = ctx.unlabeled
+    generator = torch.Generator().manual_seed(config.seed)
+    merged = get_method(config.base)(MergeContext(pool=pool, unlabeled=unlabeled, device=ctx.device,
+                                                  seed=config.seed, progress=False))
+    base_tower = load_tower(zoo.manifest.architecture, merged)
+    if base_tower.proj is None:
+        raise ValueError("ReACT folds its maps into the tower's output projection `proj`; this tower has none")
+    maps, grams, stage = [], [], time.perf_counter()
+    for task in zoo.tasks:
+        images = unlabeled[task]
+        chosen = torch.randperm(len(images), generator=generator)[:config.calibration]
+        z_mtl = projected_features(base_tower, images[chosen], ctx.device)
+        z_ind = projected_features(load_tower(zoo.manifest.architecture, zoo.finetuned(task)), images[chosen],
+                                   ctx.device)
+        w, c = task_map(z_mtl, z_ind, config.beta)
+        maps.append(w.float())
+        grams.append(c.float())
+    seconds = time.perf_counter() - stage
+    W, C = torch.stack(maps), torch.stack(grams)
+    manifest = FamilyManifest(
+        family_id=family_id, created=now_iso(), method="react",
+        hyperparameters=config.model_dump() | {"unlabeled": ctx.unlabeled_specs}, zoo=str(zoo.root.resolve()),
+        architecture=zoo.manifest.architecture, preprocess=zoo.manifest.preprocess, tasks=zoo.manifest.tasks,
+        kind=feature_map.NAME, kind_params=feature_map.FeatureMapParams(dim=W.shape[-1]).model_dump(),
+        metrics={"train_seconds_this_run": round(time.perf_counter() - began, 2),
+                 "preference_stage_seconds": round(seconds, 2), "calibration_images": config.calibration})
+    return publish_family(ctx.store, manifest, feature_map.family_files(merged, W, C), pool.heads)
