@@ -9,7 +9,9 @@
 #   3. the Pareto Merging training step against a plain step, bf16 autocast, ViT-B/32 and ViT-L/14
 #      (target: PM / plain <= 1.3);
 #   4. MAP's default 8-task budget on random ViT-B/32 towers, 512 validation images per task,
-#      wall time by stage (target: under 5 minutes).
+#      wall time by stage (target: under 5 minutes);
+#   5. ReACT's preference stage beside PM's training, random ViT-B/32 towers, 8 tasks.
+#   (The serving rows of step 2 include the feature-map kind's forward, f/a.)
 # JSON lands in bench/results/ (and in $OUT when set, for the device tool); about 5 minutes on an
 # H200. On a machine without network, run bench/gpu-wheels.sh here first and carry `.whl`:
 #
@@ -17,12 +19,16 @@
 #
 # ARCHS, BATCHES, DEVICE override the sizes and the device, for a dry run on a CPU:
 #   ARCHS=tiny BATCHES=1,4 DEVICE=cpu bash bench/gpu.sh
+# All five steps may take more than one call's 600 s: STEPS picks some (default all), e.g.
+#   run(command="STEPS=1,2,3 bash bench/gpu.sh", ...) then run(command="STEPS=4,5 bash bench/gpu.sh", ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 ARCHS="${ARCHS:-ViT-B-32,ViT-L-14}"
 BATCHES="${BATCHES:-1,8,64,128}"
 DEVICE="${DEVICE:-cuda}"
+STEPS="${STEPS:-1,2,3,4,5}"
+want() { [[ ",$STEPS," == *",$1,"* ]]; }
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
 
@@ -47,7 +53,9 @@ copy_out() {  # on every exit: what was measured comes back even when a later st
 trap copy_out EXIT
 trap "exit 143" TERM INT
 
-echo "== 1/4 correctness: mixed forward vs materialised weights, fp32 and bf16"
+IFS=, read -ra arch_list <<< "$ARCHS"
+if want 1 || want 2; then
+echo "== 1/5 correctness: mixed forward vs materialised weights, fp32 and bf16"
 "$PY" bench/serve_bench.py --device "$DEVICE" --archs "$ARCHS" --batch-sizes "${BATCHES##*,}" --dtype fp32 --members "" \
     --repeats 2 --warmup 0 --tasks 8
 fp32=$(newest serve)
@@ -73,18 +81,32 @@ for path, limit in checks:
 sys.exit(1 if failed else 0)
 EOF
 
-echo "== 2/4 serving speed, bf16 (above: $(basename "$bf16"))"
-echo "== 3/4 training step, PM vs plain"
-IFS=, read -ra arch_list <<< "$ARCHS"
+echo "== 2/5 serving speed, bf16 (above: $(basename "$bf16"))"
+fi
+
+if want 3; then
+echo "== 3/5 training step, PM vs plain"
 for arch in "${arch_list[@]}"; do
     "$PY" bench/train_bench.py --device "$DEVICE" --arch "$arch"
 done
+fi
 
-echo "== 4/4 MAP, default 8-task budget"
+if want 4; then
+echo "== 4/5 MAP, default 8-task budget"
 if [ "$DEVICE" = cuda ]; then
     "$PY" bench/map_speed.py --device "$DEVICE"
 else
     "$PY" bench/map_speed.py --device "$DEVICE" --arch "${arch_list[0]}" --tasks 3 --val-images 64 --population 12 --generations 10
+fi
+fi
+
+if want 5; then
+echo "== 5/5 ReACT's preference stage beside PM's training"
+if [ "$DEVICE" = cuda ]; then
+    "$PY" bench/react_speed.py --device "$DEVICE"
+else
+    "$PY" bench/react_speed.py --device "$DEVICE" --arch "${arch_list[0]}" --tasks 3 --images 64 --pm-steps 10
+fi
 fi
 
 echo "== done in $(( $(date +%s) - started )) s"

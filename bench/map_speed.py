@@ -39,11 +39,11 @@ CLASSES = 8
 TARGET_SECONDS = 300.0  # on a GPU, the default 8-task budget on ViT-B/32 (the public MAP: about 11.6 GPU-hours)
 
 
-def random_images(root: Path, count: int, seed: int) -> str:
+def random_images(root: Path, count: int, seed: int, test: int = CLASSES) -> str:
     """folder:ROOT with ROOT/{train,test}/<class>/*.png: `count` random 32x32 images in CLASSES
-    classes for train (MAP's validation data), one per class for test (the folder format's)."""
+    classes for train (MAP's validation data), `test` for test (unlabeled data's default)."""
     rng = np.random.default_rng(seed)
-    for split, n in (("train", count), ("test", CLASSES)):
+    for split, n in (("train", count), ("test", test)):
         for i in range(n):
             folder = root / split / f"class{i % CLASSES}"
             folder.mkdir(parents=True, exist_ok=True)

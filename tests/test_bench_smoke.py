@@ -58,3 +58,13 @@ def test_map_speed_tiny(tmp_path):
     assert set(data["results"]["seconds_by_stage"]) == {"merge", "evaluate", "fit", "nsga3"}
     assert data["target"]["applies"] is False
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("map-speed-") and p.is_dir()] == []  # cleaned
+
+
+def test_react_speed_tiny(tmp_path):
+    from bench import react_speed
+    out = react_speed.main(["--device", "cpu", "--arch", "tiny", "--tasks", "2", "--images", "16", "--pm-steps", "2",
+                            "--out-dir", str(tmp_path)])
+    data = json.loads(Path(out["path"]).read_text())
+    assert Path(out["path"]).name.startswith("react-speed-cpu-") and data["config"]["pm_steps"] == 2
+    assert data["results"]["react"]["metrics"]["preference_stage_seconds"] > 0
+    assert data["results"]["pm"]["metrics"]["steps"] == 2 and data["results"]["pm_over_react"] > 0
