@@ -26,7 +26,7 @@ from models_store.store import open_family  # noqa: E402
 from models_store.zoo import Zoo  # noqa: E402
 from trainer.evaluate import evaluate_state  # noqa: E402
 from trainer.families import LearnContext, get_family_learner  # noqa: E402
-from trainer.front import FrontConfig, compute_front  # noqa: E402
+from trainer.front import FAMILY, FrontConfig, compute_front  # noqa: E402
 from trainer.simplex import vertices  # noqa: E402
 from trainer.taskpool import TaskPool  # noqa: E402
 
@@ -68,8 +68,8 @@ def measure(args: argparse.Namespace, device: torch.device, store: Path) -> dict
     finetuned = {t: evaluate_state(zoo.manifest.architecture, zoo.finetuned(t), {t: zoo.heads[t]}, {t: test[t]},
                                    device)[t] for t in tasks}
     rows = {}
-    for (label, family), model in zip(families.items(), [report.models["family"]] +
-                                      [report.models[f.family_id] for f in others]):
+    for label, family in families.items():
+        model = report.models[FAMILY if family is first else family.family_id]
         equal = model.point(equal_preference(tasks)).accuracy
         at_vertex = {t: model.point(v).accuracy[t] for t, v in zip(tasks, vertices(tasks))}
         metrics = family.manifest.metrics

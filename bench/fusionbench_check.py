@@ -1,6 +1,6 @@
 """Our TSV-M, Iso-C, Iso-CTS and WUDI against FusionBench's own functions on the same task vectors
 (the zoo's): per method, the largest |ours - theirs| / max |theirs| over the merged task vector's
-tensors, and the wall time of each, interleaved over --repeats rounds.
+tensors, and the wall time of each, interleaved over --repeats rounds (bench.common.run_interleaved).
 
     bash bench/fusionbench-site.sh
     PYTHONPATH=.cache/fusionbench-site .venv/bin/python bench/fusionbench_check.py --zoo runs/demo/zoo
@@ -15,14 +15,14 @@ import argparse
 import contextlib
 import io
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench.common import add_common_args, machine_info, markdown_table, now_iso, run_benchmark, write_result  # noqa: E402
+from bench.common import (add_common_args, machine_info, markdown_table, now_iso, round_ratios,  # noqa: E402
+                          run_benchmark, run_interleaved, write_result)
 from models_store.zoo import Zoo  # noqa: E402
 from trainer.methods.iso import iso_c_matrix, iso_cts_matrix  # noqa: E402
 from trainer.methods.linear_layers import is_linear, merge_layers  # noqa: E402
@@ -87,22 +87,13 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
     }
     results = {}
     for name, (ours_fn, theirs_fn) in pairs.items():
-        seconds = {"pmerge": [], "fusionbench": []}
-        for r in range(args.repeats):
-            order = [("pmerge", ours_fn), ("fusionbench", theirs_fn)][::1 if r % 2 == 0 else -1]
-            for side, fn in order:
-                start = time.perf_counter()
-                out = fn()
-                seconds[side].append(time.perf_counter() - start)
-                if side == "pmerge":
-                    ours = out
-                else:
-                    theirs = out
-        difference, key = relative_difference(ours, theirs)
+        samples = run_interleaved({"pmerge": ours_fn, "fusionbench": theirs_fn}, args.repeats, 0, torch.device(where),
+                                  keep_outputs=True)
+        difference, key = relative_difference(samples["pmerge"].outputs[-1], samples["fusionbench"].outputs[-1])
+        ratio = round_ratios(samples["pmerge"].seconds, samples["fusionbench"].seconds)
         results[name] = {"max_relative_difference": difference, "worst_tensor": key,
-                         "seconds": {s: sorted(v) for s, v in seconds.items()},
-                         "median_ratio_fusionbench_over_pmerge": sorted(seconds["fusionbench"])[len(seconds["fusionbench"]) // 2]
-                         / sorted(seconds["pmerge"])[len(seconds["pmerge"]) // 2]}
+                         "seconds": {side: smp.seconds for side, smp in samples.items()},
+                         "median_ratio_fusionbench_over_pmerge": ratio["median"], "ratio_per_round": ratio}
         print(f"{name}: max |ours - theirs| / max |theirs| = {difference:.2e} ({key})", flush=True)
     import fusion_bench
     payload = {"benchmark": NAME, "created": now_iso(), "machine": machine_info(device),

@@ -41,8 +41,7 @@ class ReactConfig(LearnerConfig):
 @torch.inference_mode()
 def projected_features(tower: torch.nn.Module, images: torch.Tensor, device: torch.device,
                        batch: int = 256) -> torch.Tensor:
-    """[N, C, H, W] -> [d, N], float64 (the tower's output before normalisation)."""
-    tower = tower.to(device).eval()
+    """[N, C, H, W] -> [d, N], float64 (the tower's output before normalisation); `tower` on `device`."""
     out = [tower(images[i:i + batch].to(device)).double() for i in range(0, len(images), batch)]
     return torch.cat(out).T.cpu()
 
@@ -68,7 +67,7 @@ def learn(ctx: LearnContext, config: ReactConfig):
     generator = torch.Generator().manual_seed(config.seed)
     merged = get_method(config.base)(MergeContext(pool=pool, unlabeled=unlabeled, device=ctx.device,
                                                   seed=config.seed, progress=False))
-    base_tower = load_tower(zoo.manifest.architecture, merged)
+    base_tower = load_tower(zoo.manifest.architecture, merged).to(ctx.device).eval()
     if base_tower.proj is None:
         raise ValueError("ReACT folds its maps into the tower's output projection `proj`; this tower has none")
     maps, grams, stage = [], [], time.perf_counter()
@@ -76,8 +75,8 @@ def learn(ctx: LearnContext, config: ReactConfig):
         images = unlabeled[task]
         chosen = torch.randperm(len(images), generator=generator)[:config.calibration]
         z_mtl = projected_features(base_tower, images[chosen], ctx.device)
-        z_ind = projected_features(load_tower(zoo.manifest.architecture, zoo.finetuned(task)), images[chosen],
-                                   ctx.device)
+        finetuned = load_tower(zoo.manifest.architecture, zoo.finetuned(task)).to(ctx.device).eval()
+        z_ind = projected_features(finetuned, images[chosen], ctx.device)
         w, c = task_map(z_mtl, z_ind, config.beta)
         maps.append(w.float())
         grams.append(c.float())
