@@ -7,7 +7,27 @@ import types
 import typing
 from typing import Any, Optional
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+
+class KeyValueModel(BaseModel):
+    """A config that is also one flag: `name=value,name=value` (any of its fields), as its default
+    is shown in --help."""
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, data: Any) -> Any:
+        if not isinstance(data, str):
+            return data
+        fields: dict[str, str] = {}
+        for item in filter(None, (i.strip() for i in data.split(","))):
+            name, sep, value = item.partition("=")
+            if not sep or name.strip() not in cls.model_fields:
+                expected = ",".join(f"{n}=..." for n in cls.model_fields)
+                raise ValueError(f"expected {expected} (any of them), got {item!r}")
+            fields[name.strip()] = value.strip()
+        return fields
 
 
 def _flag_type(annotation: Any) -> dict[str, Any]:

@@ -61,6 +61,36 @@ def build_tower(arch: Architecture) -> VisionTransformer:
     return tower.eval()
 
 
+def with_layers(arch: Architecture, layers: int) -> Architecture:
+    """The same tower with `layers` transformer blocks, as a custom architecture (a point-set member
+    whose skipped blocks are left out)."""
+    embed_dim, vision_cfg, quick_gelu = _tower_config(arch)
+    return {"custom": {"embed_dim": embed_dim, "quick_gelu": quick_gelu, "vision_cfg": vision_cfg | {"layers": layers}}}
+
+
+# The tower's forward in three stages, for paths that run each block from a different model
+# (HM3). The one place that knows open_clip's VisionTransformer internals; `forward_in_stages`
+# is tested against the tower's own forward.
+def embed(tower: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
+    """Patch embedding, class token, positions, ln_pre: the tokens the first block takes."""
+    x = tower._embeds(images)
+    return x if tower.transformer.batch_first else x.transpose(0, 1)
+
+
+def pool_project(tower: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """The last block's tokens -> the tower's output features (ln_post, pooling, proj)."""
+    x = x if tower.transformer.batch_first else x.transpose(0, 1)
+    pooled, _ = tower._pool(x)
+    return pooled if tower.proj is None else pooled @ tower.proj
+
+
+def forward_in_stages(tower: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
+    x = embed(tower, images)
+    for block in tower.transformer.resblocks:
+        x = block(x)
+    return pool_project(tower, x)
+
+
 def image_size(arch: Architecture) -> int:
     size = _tower_config(arch)[1].get("image_size", 224)
     return size if isinstance(size, int) else int(size[0])

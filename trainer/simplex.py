@@ -6,11 +6,12 @@ canonical text and in a stable order, so the same arguments give the same set on
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 
+from models_store.flags import KeyValueModel
 from models_store.preference import Preference, equal_preference, from_weights
 
 PRIORITY = 0.7  # the "priority" preference of the quality bar: 0.7 on one task, the rest spread evenly
@@ -64,27 +65,13 @@ def unique(prefs: Iterable[Preference]) -> list[Preference]:
     return list(seen.values())
 
 
-class PointSet(BaseModel):
+class PointSet(KeyValueModel):
     """The preferences a report evaluates and a point-set learner makes members for: the simplex grid
     with N divisions (vertices included), the anchors, and M Dirichlet(1) draws. As text (a flag):
     `grid=3,random=5,seed=0`, any of the three."""
-    model_config = ConfigDict(extra="forbid")
     grid: int = Field(3, ge=1, description="simplex grid divisions N (K=4, N=3: 20 points)")
     random: int = Field(5, ge=0, description="extra Dirichlet(1) preferences")
     seed: int = 0
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_text(cls, data: Any) -> Any:
-        if not isinstance(data, str):
-            return data
-        fields: dict[str, str] = {}
-        for item in filter(None, (i.strip() for i in data.split(","))):
-            name, sep, value = item.partition("=")
-            if not sep or name.strip() not in cls.model_fields:
-                raise ValueError(f"expected grid=N,random=M,seed=S (any of them), got {item!r}")
-            fields[name.strip()] = value.strip()
-        return fields
 
     def preferences(self, tasks: Sequence[str]) -> list[Preference]:
         return unique([*simplex_grid(tasks, self.grid), *anchors(tasks), *dirichlet_samples(tasks, self.random, self.seed)])

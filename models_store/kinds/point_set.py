@@ -1,23 +1,28 @@
-"""Kind `point-set` (preference-aware baselines; MAP and HM3 to come): finitely many members, each
-a merged tower made for one preference, and a pick rule that maps any preference to one member.
+"""Kind `point-set` (preference-aware baselines, MAP, HM3): finitely many members, each a merged
+tower made for one preference, and a pick rule that maps any preference to one member.
 
 Files: `pretrained.safetensors` (theta0, the zoo's tower), `task_vectors.safetensors`
 ("<task>/<param>" = tau_task[param] = finetuned - pretrained, in the zoo's dtype, for every float
-parameter) and `coefficients.safetensors` ("<member>/<param>" [K], only for per-tensor members).
-kind_params: `pick` (a rule of PICK_RULES) and `members`, each
+parameter; with `merge_vectors`, also "merge/<task>/<param>" = v_task[param], the vectors that the
+members' merges combine, e.g. HM3's DARE-TIES-processed task vectors) and
+`coefficients.safetensors` ("<member>/<param>" [K], only for per-tensor members).
+kind_params: `pick` (a rule of PICK_RULES), `merge_vectors` (bool) and `members`, each
 
     preference    [K] the preference it was made for (task order, sums to 1)
     coefficients  [K] task-level lambda, or null when `per_tensor` (then coefficients.safetensors)
     blocks        null, or one source per transformer block: "merge", "finetuned:<task>" or "skip"
     metrics       what its method measured or predicted (MAP's predicted accuracies, say)
 
-    theta_m[P] = theta0[P] + sum_k lambda_m[P, k] tau_k[P]     (lambda_m[P] = coefficients or per tensor)
+    theta_m[P] = theta0[P] + sum_k lambda_m[P, k] v_k[P]     (lambda_m[P] = coefficients or per tensor;
+                                                              v = the merge vectors, or tau without them)
 
 except in a block whose source is "finetuned:<task>" (theta0 + tau_task: that task's fine-tuned
 block) or "skip": the member's merge with the block's residual branches zeroed (attention
-`out_proj` and `mlp.c_proj`, weight and bias), so the block is the identity and the member is
-still a plain open_clip tower. Serving groups a batch by member and runs each member's tower on
-its images, keeping the last `cache` materialised towers on the device (least recently used out).
+`out_proj` and `mlp.c_proj`, weight and bias), so the block is the identity and the member, as a
+download writes it, is still a plain open_clip tower of the family's depth. Serving groups a batch
+by member and runs each member's tower on its images (a member's skipped blocks left out, so
+skipping saves their time), keeping the last `cache` materialised towers on the device (least
+recently used out).
 """
 from __future__ import annotations
 
@@ -32,12 +37,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .. import StoreError
 from ..checkpoint import StateDict, load_state_dict
-from ..tower import build_tower, head_logits
+from ..tower import build_tower, head_logits, with_layers
 from ..zoo import Head
 
 NAME = "point-set"
 PRETRAINED = "pretrained.safetensors"
 TASK_VECTORS = "task_vectors.safetensors"
+MERGE_PREFIX = "merge/"  # the merge vectors' keys in TASK_VECTORS
 COEFFICIENTS = "coefficients.safetensors"
 FILES = (PRETRAINED, TASK_VECTORS, COEFFICIENTS)
 
@@ -98,6 +104,9 @@ class PointSetParams(BaseModel):
     """kind_params of a point-set family."""
     model_config = ConfigDict(extra="forbid")
     pick: str = "nearest"
+    merge_vectors: bool = Field(False, description=(
+        f"the members' merges combine the {MERGE_PREFIX}<task>/<param> vectors of {TASK_VECTORS} (a preprocessing "
+        "of the task vectors, HM3's DARE-TIES) instead of the task vectors; finetuned:<task> blocks still use tau"))
     sense: Literal["max", "min"] = Field("max", description="whether higher `predicted` metrics are better")
     members: list[Member] = Field(min_length=1)
 
@@ -130,26 +139,40 @@ class Members:
     """The members' weights from theta0 and the task vectors, one tensor at a time, on one device."""
 
     def __init__(self, pretrained: StateDict, vectors: dict[str, torch.Tensor], params: PointSetParams,
-                 per_tensor: dict[int, dict[str, torch.Tensor]], tasks: list[str]):
+                 per_tensor: dict[int, dict[str, torch.Tensor]], tasks: list[str],
+                 merge_vectors: Optional[dict[str, torch.Tensor]] = None):
         self.pretrained, self.vectors, self.params, self.per_tensor, self.tasks = pretrained, vectors, params, per_tensor, tasks
+        self.merge_vectors = vectors if merge_vectors is None else merge_vectors
         predicted = [m.predicted for m in params.members]
         scores = None if None in predicted else torch.tensor(predicted) * (1 if params.sense == "max" else -1)
         self.table = MemberTable(torch.tensor([m.preference for m in params.members]), scores)
 
     def to(self, device: torch.device) -> "Members":
         move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
-        return Members(move(self.pretrained), move(self.vectors), self.params,
-                       {i: move(c) for i, c in self.per_tensor.items()}, self.tasks)
+        vectors = move(self.vectors)
+        merge_vectors = vectors if self.merge_vectors is self.vectors else move(self.merge_vectors)
+        return Members(move(self.pretrained), vectors, self.params,
+                       {i: move(c) for i, c in self.per_tensor.items()}, self.tasks, merge_vectors)
 
     def pick(self, prefs: torch.Tensor) -> torch.Tensor:
         """prefs [N, K] -> [N] member index."""
         return PICK_RULES[self.params.pick](prefs.cpu(), self.table)
 
+    def source(self, index: int, name: str) -> str:
+        """Where member `index` takes parameter `name` from: merge, finetuned:<task> or skip."""
+        blocks, block = self.params.members[index].blocks, block_of(name)
+        return MERGE if blocks is None or block is None else blocks[block[0]]
+
+    def kept_blocks(self, index: int) -> Optional[list[int]]:
+        """The blocks member `index` runs, or None when it skips none."""
+        blocks = self.params.members[index].blocks
+        if blocks is None or SKIP not in blocks:
+            return None
+        return [b for b, s in enumerate(blocks) if s != SKIP]
+
     def coefficients(self, index: int, name: str) -> torch.Tensor:
-        """lambda of member `index` for parameter `name`, [K] float32, its block's source applied."""
-        member = self.params.members[index]
-        block = block_of(name)
-        source = member.blocks[block[0]] if member.blocks is not None and block is not None else MERGE
+        """lambda of member `index` for parameter `name`, [K] float32, over the vectors `tensor` combines."""
+        member, source = self.params.members[index], self.source(index, name)
         if source.startswith(FINETUNED):
             return torch.nn.functional.one_hot(torch.tensor(self.tasks.index(source[len(FINETUNED):])),
                                                len(self.tasks)).float()
@@ -162,10 +185,11 @@ class Members:
         w = self.pretrained[name]
         if name not in self.vectors:  # not a float parameter: never merged
             return w
-        member, block = self.params.members[index], block_of(name)
-        if member.blocks is not None and block is not None and member.blocks[block[0]] == SKIP and block[1] in SKIPPED:
+        source = self.source(index, name)
+        if source == SKIP and block_of(name)[1] in SKIPPED:
             return torch.zeros_like(w)
-        return task_arithmetic(w, self.coefficients(index, name), self.vectors[name])
+        basis = self.vectors if source.startswith(FINETUNED) else self.merge_vectors
+        return task_arithmetic(w, self.coefficients(index, name), basis[name])
 
     def iter_tensors(self, index: int) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.pretrained:
@@ -173,10 +197,14 @@ class Members:
 
 
 def family_files(pretrained: StateDict, task_vectors: dict[str, dict[str, torch.Tensor]],
-                 per_tensor: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, StateDict]:
-    """The files `publish_family` writes for this kind: task_vectors {task: {param: tau}} are stored
-    in theta0's dtype; per_tensor {member index: {param: lambda [K]}} for per-tensor members."""
-    vectors = {f"{t}/{k}": v.to(pretrained[k].dtype) for t, tv in task_vectors.items() for k, v in tv.items()}
+                 per_tensor: dict[int, dict[str, torch.Tensor]] | None = None,
+                 merge_vectors: dict[str, dict[str, torch.Tensor]] | None = None) -> dict[str, StateDict]:
+    """The files `publish_family` writes for this kind: task_vectors {task: {param: tau}} (and the
+    merge vectors, same layout, for a family with `merge_vectors`) are stored in theta0's dtype;
+    per_tensor {member index: {param: lambda [K]}} for per-tensor members."""
+    vectors = {f"{prefix}{t}/{k}": v.to(pretrained[k].dtype)
+               for prefix, sets in (("", task_vectors), (MERGE_PREFIX, merge_vectors or {}))
+               for t, tv in sets.items() for k, v in tv.items()}
     coefficients = {f"{i}/{k}": c.float() for i, cs in (per_tensor or {}).items() for k, c in cs.items()}
     return {PRETRAINED: pretrained, TASK_VECTORS: vectors, COEFFICIENTS: coefficients}
 
@@ -198,13 +226,21 @@ class MemberTowers:
         if index in self.towers:
             self.towers.move_to_end(index)
             return self.towers[index]
-        if len(self.towers) >= self.cache:  # reuse the evicted tower's memory
-            _, tower = self.towers.popitem(last=False)
-        else:
-            tower = build_tower(self.architecture).to(self.device, self.dtype)
+        kept = self.members.kept_blocks(index)
+        depth = None if kept is None else len(kept)
+        tower = None
+        if len(self.towers) >= self.cache:  # reuse the evicted tower's memory when it is as deep
+            _, evicted = self.towers.popitem(last=False)
+            tower = evicted if evicted.kept_depth == depth else None
+        if tower is None:
+            arch = self.architecture if kept is None else with_layers(self.architecture, len(kept))
+            tower = build_tower(arch).to(self.device, self.dtype)
+            tower.kept_depth = depth
         with torch.no_grad():
             for name, target in tower.state_dict().items():
-                target.copy_(self.members.tensor(index, name))
+                block = block_of(name)
+                source = name if kept is None or block is None else f"transformer.resblocks.{kept[block[0]]}.{block[1]}"
+                target.copy_(self.members.tensor(index, source))
         self.materialized += 1
         self.towers[index] = tower
         return tower
@@ -241,9 +277,10 @@ class PointSetFamily:
     def __init__(self, members: Members, architecture: dict, family_id: str):
         self.members, self.architecture = members, architecture
         tasks, k = members.tasks, len(members.tasks)
-        missing = [p for p, w in members.pretrained.items() if w.is_floating_point() and p not in members.vectors]
-        if missing:
-            raise StoreError(f"family {family_id}: {TASK_VECTORS} lacks some task's vector of {missing[0]}")
+        for kind, vectors in (("vector", members.vectors), ("merge vector", members.merge_vectors)):
+            missing = [p for p, w in members.pretrained.items() if w.is_floating_point() and p not in vectors]
+            if missing:
+                raise StoreError(f"family {family_id}: {TASK_VECTORS} lacks some task's {kind} of {missing[0]}")
         n_blocks = 1 + max((b[0] for p in members.pretrained if (b := block_of(p))), default=-1)
         for i, m in enumerate(members.params.members):
             where = f"family {family_id}: member {i}"
@@ -274,15 +311,17 @@ class PointSetFamily:
              family_id: str) -> "PointSetFamily":
         pretrained = load_state_dict(path / PRETRAINED)
         stored = load_state_dict(path / TASK_VECTORS)
-        vectors = {}
-        for p in pretrained:
-            if all(f"{t}/{p}" in stored for t in tasks):
-                vectors[p] = torch.stack([stored.pop(f"{t}/{p}") for t in tasks])
+
+        def stacked(prefix: str) -> dict[str, torch.Tensor]:
+            return {p: torch.stack([stored.pop(f"{prefix}{t}/{p}") for t in tasks])
+                    for p in pretrained if all(f"{prefix}{t}/{p}" in stored for t in tasks)}
+        vectors = stacked("")
+        merge_vectors = stacked(MERGE_PREFIX) if params.merge_vectors else None
         per_tensor: dict[int, dict[str, torch.Tensor]] = {}
         for key, c in load_state_dict(path / COEFFICIENTS).items():
             index, _, p = key.partition("/")
             per_tensor.setdefault(int(index), {})[p] = c
-        return cls(Members(pretrained, vectors, params, per_tensor, tasks), architecture, family_id)
+        return cls(Members(pretrained, vectors, params, per_tensor, tasks, merge_vectors), architecture, family_id)
 
     def tower_specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
         return [(k, v.dtype, tuple(v.shape)) for k, v in self.members.pretrained.items()]

@@ -5,7 +5,7 @@ import torch
 from models_store import StoreError
 from models_store.checkpoint import load_state_dict
 from models_store.family import Family
-from models_store.kinds.point_set import COEFFICIENTS, PRETRAINED, TASK_VECTORS
+from models_store.kinds.point_set import COEFFICIENTS, MERGE_PREFIX, PRETRAINED, TASK_VECTORS
 from models_store.preference import from_weights
 from models_store.tower import head_logits, load_tower
 
@@ -22,22 +22,32 @@ def family(tmp_path_factory) -> Family:
     return Family(make_point_set_family(tmp_path_factory.mktemp("store")))
 
 
-def stored(family):
+@pytest.fixture(scope="module")
+def merging_family(tmp_path_factory) -> Family:
+    """The same members over merge vectors (HM3's layout)."""
+    return Family(make_point_set_family(tmp_path_factory.mktemp("store"), merge_vectors=True))
+
+
+def stored(family, prefix=""):
     pre = load_state_dict(family.path / PRETRAINED)
     tv = load_state_dict(family.path / TASK_VECTORS)
     coef = load_state_dict(family.path / COEFFICIENTS)
-    return pre, {t: {k: tv[f"{t}/{k}"] for k in pre} for t in TASK_NAMES}, coef
+    return pre, {t: {k: tv[f"{prefix}{t}/{k}"] for k in pre} for t in TASK_NAMES}, coef
 
 
-def test_each_member_is_its_formula(family):
+@pytest.mark.parametrize("which", ["task vectors", "merge vectors"])
+def test_each_member_is_its_formula(family, merging_family, which):
+    family = family if which == "task vectors" else merging_family
     pre, tau, coef = stored(family)
+    merges = tau if which == "task vectors" else stored(family, MERGE_PREFIX)[1]
     for i, member in enumerate(POINT_SET_MEMBERS):
         theta = family.materialize(from_weights(member["preference"], TASK_NAMES))
         for k, w in pre.items():
             lam = [coef[f"{i}/{k}"][j].item() for j in range(3)] if member.get("per_tensor") else member["coefficients"]
+            basis = merges
             if member.get("blocks") and k.startswith("transformer.resblocks.0."):
-                lam = [0.0, 1.0, 0.0]  # finetuned:fashion: theta0 + tau_fashion
-            expected = w + sum(l * tau[t][k] for l, t in zip(lam, TASK_NAMES))
+                lam, basis = [0.0, 1.0, 0.0], tau  # finetuned:fashion: theta0 + tau_fashion, never a merge vector
+            expected = w + sum(l * basis[t][k] for l, t in zip(lam, TASK_NAMES))
             if member.get("blocks") and k in {f"transformer.resblocks.1.{s}" for s in
                                               ("attn.out_proj.weight", "attn.out_proj.bias", "mlp.c_proj.weight",
                                                "mlp.c_proj.bias")}:
@@ -62,7 +72,9 @@ def test_any_preference_picks_the_nearest_member(family):
     assert all(torch.equal(near[k], member[k]) for k in member)
 
 
-def test_servable_equals_each_members_tower_cold_and_warm(family):
+@pytest.mark.parametrize("which", ["task vectors", "merge vectors"])
+def test_servable_equals_each_members_tower_cold_and_warm(family, merging_family, which):
+    family = family if which == "task vectors" else merging_family
     model = family.servable(torch.device("cpu"), torch.float32, cache=2)
     g = torch.Generator().manual_seed(3)
     images = torch.randn(8, 3, 16, 16, generator=g)
@@ -82,6 +94,8 @@ def test_servable_equals_each_members_tower_cold_and_warm(family):
     model.logits(images[:2], prefs[[0, 0]])  # members run in index order: 3 and 4 were the last, 0 is a miss
     model.logits(images[:2], prefs[[0, 0]])  # now a hit
     assert model.materialized == before + 1
+    # the member that skips block 1 runs a tower of one block: skipping saves its time
+    assert [len(model.tower(i).transformer.resblocks) for i in (3, 4)] == [2, 1]
 
 
 def test_members_inconsistent_with_the_family_are_refused(family, tmp_path):
@@ -105,4 +119,16 @@ def test_members_inconsistent_with_the_family_are_refused(family, tmp_path):
     manifest["kind_params"]["pick"] = "magic"
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(StoreError, match="unknown pick rule 'magic'"):
+        Family(bad, verify=False)
+
+
+def test_a_family_that_says_merge_vectors_needs_them(family, tmp_path):
+    import json
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(family.path, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["kind_params"]["merge_vectors"] = True
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="lacks some task's merge vector of"):
         Family(bad, verify=False)

@@ -110,8 +110,9 @@ POINT_SET_MEMBERS = [
 
 
 def make_point_set_family(store: Path, family_id: str = POINT_SET_ID, seed: int = 0,
-                          tasks: dict[str, list[str]] = TASKS) -> Path:
-    """A random micro point-set family whose members differ visibly."""
+                          tasks: dict[str, list[str]] = TASKS, merge_vectors: bool = False) -> Path:
+    """A random micro point-set family whose members differ visibly; with `merge_vectors`, the merges
+    combine other random vectors than the task vectors (HM3's layout)."""
     from models_store.kinds import point_set
 
     g = torch.Generator().manual_seed(seed)
@@ -123,8 +124,11 @@ def make_point_set_family(store: Path, family_id: str = POINT_SET_ID, seed: int 
     manifest = FamilyManifest(family_id=family_id, created=now_iso(), method="ta-pref", architecture=MICRO,
                               preprocess=Preprocess(image_size=16),
                               tasks=[TaskInfo(name=t, classes=c) for t, c in tasks.items()],
-                              kind=point_set.NAME, kind_params={"pick": "nearest", "members": POINT_SET_MEMBERS})
-    return publish_family(store, manifest, point_set.family_files(pretrained, vectors, per_tensor), heads)
+                              kind=point_set.NAME, kind_params={"pick": "nearest", "members": POINT_SET_MEMBERS,
+                                                                "merge_vectors": merge_vectors})
+    merges = {t: {k: torch.randn(v.shape, generator=g) * 0.2 for k, v in pretrained.items()} for t in tasks}
+    files = point_set.family_files(pretrained, vectors, per_tensor, merges if merge_vectors else None)
+    return publish_family(store, manifest, files, heads)
 
 
 FEATURE_MAP_ID = "react-test"

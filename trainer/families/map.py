@@ -32,7 +32,6 @@ from models_store.atomic import write_text
 from models_store.kinds.point_set import Member
 from models_store.store import published
 
-from ..data.load import load_dataset, load_validation
 from ..map.adaptive import next_points
 from ..map.design import Design, default_budget, design_points, surrogate_size
 from ..map.evaluate import Evaluator, Scores
@@ -41,12 +40,13 @@ from ..map.search import fit_surrogates, surrogate_front
 from ..map.surrogate import Metric
 from ..progress import progress_bar
 from .point_set import PointsConfig, publish_point_set
-from .registry import LearnContext, LearnerConfig, register_family
+from .registry import LearnContext, register_family
+from .validation import ValidationConfig, validation_sets
 
 RUNS = ".runs"  # STORE/.runs/<family_id>/evaluations.json: the design points evaluated so far
 
 
-class MapConfig(LearnerConfig):
+class MapConfig(ValidationConfig):
     budget: Optional[int] = Field(None, ge=1, description="real evaluations of the design (default 2 (K+1)(K+2)/2, "
                                                           "at least (K+1)(K+2)/2: the surrogate's parameters; "
                                                           "nmap: of each pairwise merge, K = 2)")
@@ -55,35 +55,12 @@ class MapConfig(LearnerConfig):
                                                    "mean cross-entropy (through a softplus)")
     design: Design = Field("sobol", description="the space-filling design (scipy.stats.qmc), beside the K one-hot and "
                                                 "3 isotropic points")
-    val_fraction: float = Field(0.1, gt=0, lt=1, description=(
-        "labelled validation data: this class-stratified fraction of each task's TRAIN split, held apart "
-        "(never the test split, which stays for eval and front)"))
-    val: dict[str, str] = Field({}, description="TASK=SPEC: the whole train split of SPEC as that task's validation "
-                                                "data instead; repeatable")
     pick: Literal["weighted-sum", "tchebycheff"] = Field("weighted-sum", description=(
         "how a preference picks a member: the largest preference-weighted predicted metric (the paper's), or "
         "the smallest weighted Tchebycheff gap to the best predicted metric per task"))
     population: int = Field(100, ge=4, description="NSGA-III population (Das-Dennis reference directions)")
     generations: int = Field(200, ge=1, description="NSGA-III generations")
     eval_batch: int = Field(256, ge=1, description="validation images per forward pass")
-    seed: int = 0
-
-
-def validation_sets(ctx: LearnContext, config: MapConfig) -> dict:
-    unknown = set(config.val) - set(ctx.zoo.tasks)
-    if unknown:
-        raise ValueError(f"--val names unknown tasks {sorted(unknown)}; tasks are {ctx.zoo.tasks}")
-    pre = ctx.zoo.manifest.preprocess
-    out = {}
-    for task in ctx.zoo.tasks:
-        if task in config.val:
-            out[task] = load_dataset(config.val[task], "train", pre)
-        else:
-            spec = ctx.zoo.task(task).data
-            if spec is None:
-                raise ValueError(f"zoo task {task!r} records no dataset spec: give --val {task}=SPEC")
-            out[task] = load_validation(spec, pre, config.val_fraction, config.seed)
-    return out
 
 
 def point_key(c) -> tuple[float, ...]:

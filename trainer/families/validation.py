@@ -1,0 +1,35 @@
+"""Labelled validation data of the learners that evaluate merges for real (MAP, HM3): one
+definition of the flags and of where the data come from."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from ..data import TaskData
+from ..data.load import load_dataset, load_validation
+from .registry import LearnContext, LearnerConfig
+
+
+class ValidationConfig(LearnerConfig):
+    val_fraction: float = Field(0.1, gt=0, lt=1, description=(
+        "labelled validation data: this class-stratified fraction of each task's TRAIN split, held apart "
+        "(never the test split, which stays for eval and front)"))
+    val: dict[str, str] = Field({}, description="TASK=SPEC: the whole train split of SPEC as that task's validation "
+                                                "data instead; repeatable")
+    seed: int = 0
+
+
+def validation_sets(ctx: LearnContext, config: ValidationConfig) -> dict[str, TaskData]:
+    unknown = set(config.val) - set(ctx.zoo.tasks)
+    if unknown:
+        raise ValueError(f"--val names unknown tasks {sorted(unknown)}; tasks are {ctx.zoo.tasks}")
+    pre = ctx.zoo.manifest.preprocess
+    out = {}
+    for task in ctx.zoo.tasks:
+        if task in config.val:
+            out[task] = load_dataset(config.val[task], "train", pre)
+        else:
+            spec = ctx.zoo.task(task).data
+            if spec is None:
+                raise ValueError(f"zoo task {task!r} records no dataset spec: give --val {task}=SPEC")
+            out[task] = load_validation(spec, pre, config.val_fraction, config.seed)
+    return out

@@ -1,0 +1,203 @@
+"""Rewards of inference paths: at every depth the block comes from theta(lambda), from a fine-tuned
+model, or is skipped; the stem, ln_post and proj come from theta(lambda).
+
+reward(lambda, path) = sum_k lambda_k acc_k(path on lambda's merge) - penalty x blocks run,
+
+on a fixed labelled validation subset. The tokens after every prefix of a path are cached (least
+recently used out, within a byte budget), so a path that shares its first d blocks with one seen
+runs only the rest; the accuracies of every (member, path) evaluated are kept, so no path is
+evaluated twice."""
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path as PathLike
+from typing import Sequence
+
+import torch
+
+from models_store.atomic import write_text
+from models_store.kinds.point_set import FINETUNED, MERGE, SKIP, task_arithmetic
+from models_store.tower import embed, head_logits, pool_project
+
+from ..data import TaskData
+from ..objective import autocast
+from ..pool import ModelPool
+
+Path = tuple[int, ...]  # one source index per block
+
+
+@dataclass
+class SearchSeconds:
+    """Wall time of an HM3 run by stage, and what the caches saved."""
+    merge: float = 0.0
+    evaluate: float = 0.0
+    policy: float = 0.0
+    paths: int = 0           # distinct (member, path) evaluated
+    blocks_run: int = 0      # block forwards actually computed
+    blocks_needed: int = 0   # block forwards the paths would need without the prefix cache
+
+    def by_stage(self) -> dict[str, float]:
+        return {name: round(getattr(self, name), 3) for name in ("merge", "evaluate", "policy")}
+
+
+def sources(tasks: Sequence[str], allow_skip: bool) -> list[str]:
+    """The block sources, in the policy's order: merge, finetuned:<task>..., skip."""
+    return [MERGE, *(f"{FINETUNED}{t}" for t in tasks), *([SKIP] if allow_skip else [])]
+
+
+def validation_subset(val: dict[str, TaskData], per_task: int, seed: int) -> dict[str, TaskData]:
+    """A fixed, seeded subset of each task's validation data: every path is scored on the same images."""
+    out = {}
+    for i, (t, d) in enumerate(val.items()):
+        n = len(d.labels)
+        pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + i))[:min(per_task, n)].sort().values
+        out[t] = TaskData(d.images[pick], d.labels[pick], d.classes)
+    return out
+
+
+@dataclass
+class Accuracies:
+    per_task: list[float]
+    blocks: int  # blocks the path runs
+
+    def reward(self, pref: Sequence[float], penalty: float) -> float:
+        return self.objective(pref) - penalty * self.blocks
+
+    def objective(self, pref: Sequence[float]) -> float:
+        return float(sum(p * a for p, a in zip(pref, self.per_task)))
+
+
+class PathEvaluator:
+    """Accuracies of (member, path) on the validation subset; members are given by their merge
+    coefficients alpha lambda over the merge vectors."""
+
+    def __init__(self, pool: ModelPool, merge_vectors: dict[str, dict[str, torch.Tensor]], coefficients: list[list[float]],
+                 val: dict[str, TaskData], allow_skip: bool, device: torch.device, batch_size: int = 256,
+                 cache_bytes: int = 1 << 30):
+        self.tasks, self.device, self.batch_size, self.cache_bytes = pool.tasks, device, batch_size, cache_bytes
+        self.sources = sources(pool.tasks, allow_skip)
+        self.coefficients = coefficients
+        self.theta0 = {k: v.to(device) for k, v in pool.pretrained.items()}
+        self.vectors = {k: torch.stack([merge_vectors[t][k] for t in pool.tasks]).to(device) for k in pool.keys}
+        self.merged_tower = pool.tower().to(device).eval()
+        self.finetuned = [self._tower(pool, {k: self.theta0[k] + pool.task_vectors[t][k].to(device) for k in pool.keys})
+                          for t in pool.tasks]
+        self.depth = len(self.merged_tower.transformer.resblocks)
+        self.heads = {t: h.to(device) for t, h in pool.heads.items()}
+        self.images = torch.cat([val[t].images for t in pool.tasks]).to(device)
+        self.labels = [val[t].labels.to(device) for t in pool.tasks]
+        self.member = -1  # whose merge the merged tower holds
+        self.tokens: OrderedDict[tuple[int, Path], torch.Tensor] = OrderedDict()
+        self.cached_bytes = 0
+        self.results: dict[tuple[int, Path], Accuracies] = {}
+        self.seconds = SearchSeconds()
+
+    def _tower(self, pool: ModelPool, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+        tower = pool.tower().to(self.device).eval()
+        with torch.no_grad():
+            for name, target in tower.state_dict().items():
+                target.copy_(weights.get(name, self.theta0[name]))
+        return tower
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _load_member(self, member: int) -> None:
+        if member == self.member:
+            return
+        start = time.perf_counter()
+        lam = torch.tensor(self.coefficients[member], device=self.device)
+        with torch.no_grad():
+            for name, target in self.merged_tower.state_dict().items():
+                target.copy_(task_arithmetic(self.theta0[name], lam, self.vectors[name]) if name in self.vectors
+                             else self.theta0[name])
+        self._sync()
+        self.member = member
+        self.seconds.merge += time.perf_counter() - start
+
+    def _block(self, source: int, depth: int) -> torch.nn.Module | None:
+        name = self.sources[source]
+        if name == SKIP:
+            return None
+        tower = self.merged_tower if name == MERGE else self.finetuned[source - 1]
+        return tower.transformer.resblocks[depth]
+
+    def _remember(self, key: tuple[int, Path], x: torch.Tensor) -> None:
+        size = x.numel() * x.element_size()
+        if size > self.cache_bytes:
+            return
+        while self.cached_bytes + size > self.cache_bytes:
+            _, old = self.tokens.popitem(last=False)
+            self.cached_bytes -= old.numel() * old.element_size()
+        self.tokens[key] = x
+        self.cached_bytes += size
+
+    def _in_chunks(self, fn, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([fn(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
+
+    @torch.inference_mode()
+    def __call__(self, member: int, path: Path) -> Accuracies:
+        key = (member, tuple(path))
+        if key in self.results:
+            return self.results[key]
+        self._load_member(member)
+        start = time.perf_counter()
+        done = next(d for d in range(len(path), -1, -1) if d == 0 or (member, key[1][:d]) in self.tokens)
+        prefix = (member, key[1][:done])
+        if prefix in self.tokens:
+            self.tokens.move_to_end(prefix)
+            x = self.tokens[prefix]
+        else:  # done == 0 and the stem's tokens are not cached
+            with autocast(self.device):
+                x = self._in_chunks(lambda im: embed(self.merged_tower, im), self.images)
+            self._remember(prefix, x)
+        for d in range(done, self.depth):
+            block = self._block(path[d], d)
+            if block is not None:
+                with autocast(self.device):
+                    x = self._in_chunks(block, x)
+                self.seconds.blocks_run += 1
+            if d + 1 < self.depth:  # the whole path's tokens are never asked for again
+                self._remember((member, key[1][:d + 1]), x)
+        with autocast(self.device):
+            features = pool_project(self.merged_tower, x).float()
+        per_task, offset = [], 0
+        for t, y in zip(self.tasks, self.labels):
+            head = self.heads[t]
+            logits = head_logits(features[offset:offset + len(y)], head.weight, head.bias)
+            per_task.append(float((logits.argmax(-1) == y).float().mean()))
+            offset += len(y)
+        self._sync()
+        blocks = sum(self.sources[s] != SKIP for s in path)
+        self.seconds.evaluate += time.perf_counter() - start
+        self.seconds.paths += 1
+        self.seconds.blocks_needed += blocks
+        self.results[key] = Accuracies(per_task, blocks)
+        return self.results[key]
+
+    def seen(self, member: int) -> dict[Path, Accuracies]:
+        return {p: a for (m, p), a in self.results.items() if m == member}
+
+
+def save_results(evaluator: PathEvaluator, file: PathLike) -> None:
+    """Every (member, path) evaluated so far, atomically: a killed run resumes from them."""
+    entries = [{"member": m, "path": list(p), "accuracy": a.per_task, "blocks": a.blocks}
+               for (m, p), a in evaluator.results.items()]
+    file.parent.mkdir(parents=True, exist_ok=True)
+    write_text(file, json.dumps({"sources": evaluator.sources, "paths": entries}))
+
+
+def load_results(evaluator: PathEvaluator, file: PathLike) -> int:
+    """The saved evaluations of an earlier run of the same family; how many."""
+    if not file.is_file():
+        return 0
+    saved = json.loads(file.read_text())
+    if saved["sources"] != evaluator.sources:
+        raise ValueError(f"{file} was written with block sources {saved['sources']}, not {evaluator.sources}")
+    for e in saved["paths"]:
+        evaluator.results[(e["member"], tuple(e["path"]))] = Accuracies(e["accuracy"], e["blocks"])
+    return len(saved["paths"])
