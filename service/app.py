@@ -3,6 +3,8 @@
     POST /classify?pref=&task=&top_k=   multipart images -> top-k labels per task
     GET|HEAD /models/{pref}             merged checkpoint (safetensors) for a preference
     GET /family                         what is served
+    GET /families                       every family served; each also under /families/{id}/ with
+                                        the three routes above (the unprefixed ones: the default)
     GET /healthz, /readyz, /metrics     probes and Prometheus text
 
 Every error is `{"error": <code>, "detail": <message>}` with the status from `errors.py`.
@@ -15,7 +17,7 @@ import logging
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import PurePath
-from typing import Annotated, Optional
+from typing import Annotated, AsyncIterator, Callable, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models_store.preference import PREFERENCE_PATTERN, PreferenceError
+from models_store.store import list_families
 
 from .classify import MAX_TOP_K, image_results, select_tasks
 from .errors import (ErrorBody, InvalidParameter, NotReady, PayloadTooLarge, ServiceError, Unauthorized, error_code,
@@ -35,8 +38,9 @@ from .errors import (ErrorBody, InvalidParameter, NotReady, PayloadTooLarge, Ser
 from .images import bombs_are_errors
 from .limits import BodyLimitMiddleware
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
+from .families import Served
 from .runtime import Runtime
-from .schemas import ClassifyResponse, FamilyOut, Health, TaskOut
+from .schemas import ClassifyResponse, FamilyOut, FamilySummary, Health, TaskOut
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,31 +107,6 @@ MULTIPART_DOC = {"requestBody": {"required": True, "content": {"multipart/form-d
 PREFERENCE_SCHEMA = {"pattern": PREFERENCE_PATTERN}
 
 
-@api.post("/classify", response_model=ClassifyResponse, responses=ERRORS, openapi_extra=MULTIPART_DOC,
-          tags=["inference"])
-async def classify(
-    request: Request,
-    runtime: RuntimeDep,
-    pref: Annotated[Optional[str], Query(description="preference, `0.2,0.8` or `digits:0.7,fashion:0.3`; "
-                                                     "default: equal", json_schema_extra=PREFERENCE_SCHEMA)] = None,
-    task: Annotated[Optional[list[str]], Query(description="task(s) to answer, repeated or comma-separated; "
-                                                           "default: all")] = None,
-    top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description="labels per task (capped at its class count)")] = 5,
-) -> ClassifyResponse:
-    """Top-k labels per task for each uploaded image, under one preference."""
-    family = runtime.require_ready()
-    # the cheap checks first: parameters, and room in the queue, before reading a (possibly large) body
-    preference = family.preference(pref)
-    tasks = select_tasks(task, family.tasks)
-    runtime.require_room(1)
-    files = await read_uploads(request, runtime.settings.max_files)
-    logits = await runtime.classify(files, preference.tensor())
-    classes = {t.name: t.classes for t in family.manifest.tasks}
-    return ClassifyResponse(family_id=family.family_id, preference=preference.canonical,
-                            weights=preference.as_dict(),
-                            results=image_results(logits, tasks, classes, top_k, [name for name, _ in files]))
-
-
 async def read_uploads(request: Request, max_files: int) -> list[tuple[str, bytes]]:
     """The image parts of a multipart body (size already bounded by BodyLimitMiddleware)."""
     try:
@@ -152,32 +131,6 @@ async def read_uploads(request: Request, max_files: int) -> list[tuple[str, byte
     return files
 
 
-DOWNLOAD_RESPONSES = {200: {"content": {"application/octet-stream": {}}, "description": "safetensors checkpoint"},
-                      304: {"description": "not modified (If-None-Match)"}, **ERRORS}
-
-
-@api.head("/models/{pref:path}", response_class=Response, tags=["models"], responses=DOWNLOAD_RESPONSES,
-          operation_id="model_headers", summary="Headers of the merged checkpoint (size, ETag)")
-@api.get("/models/{pref:path}", response_class=Response, tags=["models"], responses=DOWNLOAD_RESPONSES,
-         operation_id="download_model")
-async def download(pref: Annotated[str, Path(json_schema_extra=PREFERENCE_SCHEMA)], request: Request,
-                   runtime: RuntimeDep) -> Response:
-    """The merged checkpoint theta(pref): `visual.*` tower weights, `heads.*`, metadata."""
-    family = runtime.require_ready()
-    preference = family.preference(pref)
-    etag = runtime.downloads.etag(preference)
-    if etag_matches(request.headers.get("if-none-match"), etag):  # content is a pure function of the key
-        return Response(status_code=304, headers={"ETag": etag})
-    cached = await runtime.checkpoint(preference)
-    headers = {"ETag": cached.etag, "Content-Length": str(cached.size),
-               "Content-Disposition": f'attachment; filename="{cached.filename}"',
-               "X-Pmerge-Preference": preference.canonical}
-    if request.method == "HEAD":
-        cached.close()
-        return Response(headers=headers, media_type="application/octet-stream")
-    return StreamingResponse(cached.chunks(), headers=headers, media_type="application/octet-stream")
-
-
 def etag_matches(header: Optional[str], etag: str) -> bool:
     if not header:
         return False
@@ -185,9 +138,89 @@ def etag_matches(header: Optional[str], etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-@api.get("/family", response_model=FamilyOut, responses={503: {"model": ErrorBody}}, tags=["models"])
-async def family_info(runtime: RuntimeDep) -> FamilyOut:
-    m = runtime.require_ready().manifest
+async def default_family(runtime: RuntimeDep) -> AsyncIterator[Served]:
+    """The default family, held for the request."""
+    served = await runtime.acquire(None)
+    try:
+        yield served
+    finally:
+        runtime.release(served)
+
+
+async def named_family(runtime: RuntimeDep, family_id: Annotated[str, Path(
+        description="a family id of GET /families; loaded on first use")]) -> AsyncIterator[Served]:
+    """The family of the path, loaded on first use and held for the request (never evicted meanwhile)."""
+    served = await runtime.acquire(family_id)
+    try:
+        yield served
+    finally:
+        runtime.release(served)
+
+
+DOWNLOAD_RESPONSES = {200: {"content": {"application/octet-stream": {}}, "description": "safetensors checkpoint"},
+                      304: {"description": "not modified (If-None-Match)"}, **ERRORS}
+
+
+def family_routes(served: Callable[..., AsyncIterator[Served]], operation_prefix: str) -> APIRouter:
+    """classify, models/{pref} and family for one way of naming the family (the default, or a path's id)."""
+    router = APIRouter()
+    held = Depends(served)  # a default value, not an annotation: annotations are strings here
+    op = lambda name: f"{operation_prefix}{name}"  # noqa: E731  (OpenAPI ids are unique per route)
+
+    @router.post("/classify", response_model=ClassifyResponse, responses=ERRORS | {404: {"model": ErrorBody}},
+                 openapi_extra=MULTIPART_DOC, tags=["inference"], operation_id=op("classify"))
+    async def classify(
+        request: Request,
+        runtime: RuntimeDep,
+        pref: Annotated[Optional[str], Query(description="preference, `0.2,0.8` or `digits:0.7,fashion:0.3`; "
+                                                         "default: equal", json_schema_extra=PREFERENCE_SCHEMA)] = None,
+        task: Annotated[Optional[list[str]], Query(description="task(s) to answer, repeated or comma-separated; "
+                                                               "default: all")] = None,
+        top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description="labels per task (capped at its class count)")] = 5,
+        family: Served = held,
+    ) -> ClassifyResponse:
+        """Top-k labels per task for each uploaded image, under one preference."""
+        # the cheap checks first: parameters, and room in the queue, before reading a (possibly large) body
+        preference = family.family.preference(pref)
+        tasks = select_tasks(task, family.family.tasks)
+        with family.engine.admission(1):
+            pass
+        files = await read_uploads(request, runtime.settings.max_files)
+        logits = await runtime.classify(family, files, preference.tensor())
+        classes = {t.name: t.classes for t in family.family.manifest.tasks}
+        return ClassifyResponse(family_id=family.family_id, preference=preference.canonical,
+                                weights=preference.as_dict(),
+                                results=image_results(logits, tasks, classes, top_k, [name for name, _ in files]))
+
+    @router.head("/models/{pref:path}", response_class=Response, tags=["models"], responses=DOWNLOAD_RESPONSES,
+                 operation_id=op("model_headers"), summary="Headers of the merged checkpoint (size, ETag)")
+    @router.get("/models/{pref:path}", response_class=Response, tags=["models"], responses=DOWNLOAD_RESPONSES,
+                operation_id=op("download_model"))
+    async def download(pref: Annotated[str, Path(json_schema_extra=PREFERENCE_SCHEMA)], request: Request,
+                       runtime: RuntimeDep, family: Served = held) -> Response:
+        """The merged checkpoint theta(pref): `visual.*` tower weights, `heads.*`, metadata."""
+        preference = family.family.preference(pref)
+        etag = family.downloads.etag(preference)
+        if etag_matches(request.headers.get("if-none-match"), etag):  # content is a pure function of the key
+            return Response(status_code=304, headers={"ETag": etag})
+        cached = await runtime.checkpoint(family, preference)
+        headers = {"ETag": cached.etag, "Content-Length": str(cached.size),
+                   "Content-Disposition": f'attachment; filename="{cached.filename}"',
+                   "X-Pmerge-Preference": preference.canonical}
+        if request.method == "HEAD":
+            cached.close()
+            return Response(headers=headers, media_type="application/octet-stream")
+        return StreamingResponse(cached.chunks(), headers=headers, media_type="application/octet-stream")
+
+    @router.get("/family", response_model=FamilyOut, responses={503: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+                tags=["models"], operation_id=op("family_info"))
+    async def family_info(family: Served = held) -> FamilyOut:
+        return family_out(family.family.manifest)
+
+    return router
+
+
+def family_out(m) -> FamilyOut:
     # the zoo is a path on the server that trained the family: its name is what a client can use
     zoo = PurePath(m.zoo).name if m.zoo else None
     hyperparameters = {k: v for k, v in m.hyperparameters.items() if k != "zoo"}  # format 1 kept it there
@@ -197,6 +230,23 @@ async def family_info(runtime: RuntimeDep) -> FamilyOut:
                      tasks=[TaskOut(name=t.name, classes=t.classes) for t in m.tasks],
                      architecture=m.architecture, image_size=m.preprocess.image_size,
                      hyperparameters=hyperparameters, metrics=m.metrics)
+
+
+@api.get("/families", response_model=list[FamilySummary], responses={503: {"model": ErrorBody}}, tags=["models"])
+async def families(runtime: RuntimeDep) -> list[FamilySummary]:
+    """Every family this service serves (newest first): which is the default, which are resident."""
+    runtime.require_ready()
+    known = runtime.families
+    manifests = await asyncio.to_thread(list_families, runtime.settings.store)
+    return [FamilySummary(family_id=m.family_id, method=m.method, kind=m.kind, created=m.created,
+                          tasks=m.task_names, default=m.family_id == known.default_id,
+                          resident=m.family_id in known.resident)
+            for m in manifests if known.allowed is None or m.family_id in known.allowed or
+            m.family_id == known.default_id]
+
+
+api.include_router(family_routes(default_family, ""))
+api.include_router(family_routes(named_family, "family_"), prefix="/families/{family_id}")
 
 
 @api.get("/metrics", response_class=Response, tags=["probes"],
@@ -232,7 +282,7 @@ async def on_validation_error(request: Request, exc: RequestValidationError) -> 
 
 async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     detail = exc.detail
-    if exc.status_code == 400 and request.url.path == "/classify":
+    if exc.status_code == 400 and request.url.path.endswith("/classify"):
         detail = f"malformed multipart body: {detail}"
     return error_response(exc.status_code, error_code(exc.status_code), detail, exc.headers)
 

@@ -54,6 +54,10 @@ class UnsupportedImage(ServiceError):
     status, error = 415, "unsupported_media_type"
 
 
+class UnknownFamily(ServiceError):
+    status, error = 404, "unknown_family"
+
+
 class InvalidParameter(ServiceError):
     status, error = 422, "invalid_parameter"
 

@@ -1,4 +1,4 @@
-"""What the routes use: the family, the engine, the download cache, the decode pool.
+"""What the routes use: the families (each with its engine and download cache), the decode pool.
 
 Built by the app's lifespan; loading is blocking (hash checks, weights, warm-up) and runs in a
 thread so the event loop keeps answering /healthz and /readyz (503) meanwhile.
@@ -18,6 +18,7 @@ from models_store.store import open_family
 from .downloads import CachedFile, DownloadCache
 from .engine import Engine, EngineConfig, Logits
 from .errors import NotReady
+from .families import Families, Served, parse_family_ids
 from .images import decode_images
 from .metrics import Metrics
 from .settings import Settings
@@ -29,9 +30,8 @@ class Runtime:
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
         self.metrics = metrics
-        self.family: Optional[Family] = None
-        self.engine: Optional[Engine] = None
-        self.downloads: Optional[DownloadCache] = None
+        allowed = parse_family_ids(settings.families)
+        self.families = Families(settings.store, allowed, settings.max_families, self._serve)
         self.error: Optional[str] = None  # why loading failed, for /readyz
         self._decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="pmerge-decode")
         self._downloader = ThreadPoolExecutor(2, thread_name_prefix="pmerge-download")
@@ -39,8 +39,18 @@ class Runtime:
     # --- lifecycle (blocking; the lifespan runs these in a thread) -------------------------
 
     def load(self) -> None:
+        """The default family: PMERGE_FAMILY, else the first of PMERGE_FAMILIES, else the newest."""
         s = self.settings
-        family = open_family(s.store, s.family)  # verifies the sha256 of every file
+        default = s.family or (self.families.allowed or [None])[0]
+        served = self._served(open_family(s.store, default))  # verifies the sha256 of every file
+        self.metrics.track_queue(self.families.queued)
+        self.families.set_default(served)
+
+    def _serve(self, family_id: str) -> Served:
+        return self._served(open_family(self.settings.store, family_id))
+
+    def _served(self, family: Family) -> Served:
+        s = self.settings
         device = s.torch_device()
         config = EngineConfig(device=device, dtype=s.torch_dtype(device), max_batch=s.max_batch,
                               max_wait_ms=s.max_wait_ms, queue_size=s.queue_size,
@@ -49,16 +59,26 @@ class Runtime:
                                     on_queue_wait=self.metrics.queue_wait.observe)
         pre = family.manifest.preprocess
         engine.start(sample=torch.zeros(pre.channels, pre.image_size, pre.image_size))
-        self.metrics.track_queue(lambda: engine.queued)
-        self.downloads = DownloadCache(s.downloads_dir, s.download_cache_bytes, family)
-        self.family, self.engine = family, engine
         log.info("serving family %s (%s) on %s/%s", family.family_id, ", ".join(family.tasks), device, config.dtype)
+        return Served(family, engine, DownloadCache(s.downloads_dir, s.download_cache_bytes, family))
 
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.stop()
+        self.families.close()
         self._decoder.shutdown(wait=False, cancel_futures=True)
         self._downloader.shutdown(wait=False, cancel_futures=True)
+
+    # the default family's parts (the routes without a /families/{id} prefix)
+    @property
+    def family(self) -> Optional[Family]:
+        return None if self.families.default is None else self.families.default.family
+
+    @property
+    def engine(self) -> Optional[Engine]:
+        return None if self.families.default is None else self.families.default.engine
+
+    @property
+    def downloads(self) -> Optional[DownloadCache]:
+        return None if self.families.default is None else self.families.default.downloads
 
     @property
     def ready(self) -> bool:
@@ -71,24 +91,29 @@ class Runtime:
 
     # --- async helpers for routes: blocking work off the event loop -------------------------
 
-    def require_room(self, images: int) -> None:
-        """Overloaded now, before a body is read, when the queue cannot take `images` more."""
-        with self.engine.admission(images):
-            pass
+    async def acquire(self, family_id: Optional[str]) -> Served:
+        """The default family (None) or a named one, loaded on first use; `release` it afterwards."""
+        self.require_ready()
+        if family_id is None:
+            family_id = self.families.default_id
+        return await asyncio.to_thread(self.families.acquire, family_id)
 
-    async def classify(self, files: Sequence[tuple[str, bytes]], pref: torch.Tensor) -> Logits:
+    def release(self, served: Served) -> None:
+        self.families.release(served)
+
+    async def classify(self, served: Served, files: Sequence[tuple[str, bytes]], pref: torch.Tensor) -> Logits:
         """Decode (in the decode pool) and classify; queue places are held first, so a request the
         queue cannot take is refused undecoded."""
-        pre = self.family.manifest.preprocess
+        pre = served.family.manifest.preprocess
         loop = asyncio.get_running_loop()
-        with self.engine.admission(len(files)) as ticket:
+        with served.engine.admission(len(files)) as ticket:
             pixels = await loop.run_in_executor(self._decoder, decode_images, files, pre,
                                                 self.settings.max_image_pixels)
             future = ticket.submit(pixels, pref)
         return await asyncio.wrap_future(future)
 
-    async def checkpoint(self, pref) -> CachedFile:
+    async def checkpoint(self, served: Served, pref) -> CachedFile:
         loop = asyncio.get_running_loop()
-        cached = await loop.run_in_executor(self._downloader, self.downloads.get, pref)
+        cached = await loop.run_in_executor(self._downloader, served.downloads.get, pref)
         self.metrics.downloads.labels("build" if cached.built else "hit").inc()
         return cached

@@ -47,6 +47,16 @@ class FamilyOut(BaseModel):
     metrics: dict[str, Any]
 
 
+class FamilySummary(BaseModel):
+    family_id: str
+    method: str
+    kind: str
+    created: str
+    tasks: list[str]
+    default: bool = Field(description="served by the routes without a /families/{id} prefix")
+    resident: bool = Field(description="loaded now (else loaded by its first request)")
+
+
 class Health(BaseModel):
     status: str
     family_id: Optional[str] = None

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import torch
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models_store.device import pick_device
@@ -26,7 +26,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     store: Path = Field(Path("store"), description="the family store directory")
-    family: Optional[str] = Field(None, description="the family id to serve (unset: the newest valid one)")
+    family: Optional[str] = Field(None, description="the default family, served by the routes without a "
+                                                    "/families/{id} prefix (unset: the first of `families`, else the "
+                                                    "newest valid one)")
+    families: Optional[str] = Field(None, description="comma-separated ids of the families served under "
+                                                      "/families/{id}/ (unset: every family of the store, found "
+                                                      "when first asked for)")
+    max_families: int = Field(4, ge=1, description="families resident at once, each with its engine (least "
+                                                   "recently used out, never one with requests in flight)")
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: a CUDA GPU when there is one")
     dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="GPU precision (the CPU always runs fp32)")
     host: str = Field("127.0.0.1", description="bind address")
@@ -48,6 +55,13 @@ class Settings(BaseSettings):
     download_cache_dir: Optional[Path] = None
     download_cache_bytes: int = Field(2 * GiB, ge=0)
     api_key: Optional[SecretStr] = None
+
+    @field_validator("families")
+    @classmethod
+    def _family_ids(cls, v: Optional[str]) -> Optional[str]:
+        from .families import parse_family_ids
+        parse_family_ids(v)  # the error names the bad id
+        return v
 
     @property
     def downloads_dir(self) -> Path:

@@ -70,6 +70,17 @@ def test_validation_is_a_stratified_part_of_the_train_split():
     assert all((flat == v.flatten()).all(1).any() for v in val.images[:5])
 
 
+def test_validation_avoids_the_images_the_zoo_fine_tuned_on():
+    pre = Preprocess(image_size=16)
+    seen = load_dataset("builtin:digits", "train", pre, limit=600, seed=3).images.flatten(1)
+    val = load_validation("builtin:digits", pre, 0.1, seed=0, finetuning=(600, 3))
+    assert len(val) == pytest.approx(0.1 * (1347 - 600), abs=10)
+    assert not any((seen == v.flatten()).all(1).any() for v in val.images)
+    # a fine-tuning that read the whole split leaves nothing unseen: a part of it, as without one
+    whole = load_validation("builtin:digits", pre, 0.1, seed=0, finetuning=(4000, 0))
+    assert torch.equal(whole.images, load_validation("builtin:digits", pre, 0.1, seed=0).images)
+
+
 def test_pick_rules_read_the_predicted_metrics():
     table = MemberTable(torch.full((3, 2), 0.5), torch.tensor([[0.9, 0.1], [0.6, 0.6], [0.1, 0.9]]))
     prefs = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.6, 0.4]])

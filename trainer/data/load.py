@@ -1,6 +1,8 @@
 """Entry points: spec string -> class names, spec string + split -> preprocessed TaskData."""
 from __future__ import annotations
 
+from typing import Optional
+
 from pathlib import Path
 
 import numpy as np
@@ -40,18 +42,31 @@ def load_dataset(spec: str, split: str, preprocess: Preprocess, limit: int | Non
     return TaskData(images_to_tensor(raw.images, preprocess), _labels_tensor(raw.labels), list(raw.classes))
 
 
-def load_validation(spec: str, preprocess: Preprocess, fraction: float, seed: int = 0) -> TaskData:
+def load_validation(spec: str, preprocess: Preprocess, fraction: float, seed: int = 0,
+                    finetuning: Optional[tuple[int, int]] = None) -> TaskData:
     """A labelled validation set: a class-stratified `fraction` of the TRAIN split (never the test
-    split, which stays for eval and front), chosen before any image is decoded."""
+    split, which stays for eval and front), chosen before any image is decoded. `finetuning`
+    (limit, seed): the subset of the train split that the zoo's fine-tuning read (as `load_dataset`
+    draws it); the validation set is then drawn from the other images, which no fine-tuned tower
+    has seen, when there are any."""
     parsed = parse_spec(spec)
     if parsed.kind == "folder":
         listing = list_folder_split(_existing_dir(parsed), "train")
-        indices = stratified_indices(np.asarray(listing.labels), fraction, seed)
+        indices = _validation_indices(np.asarray(listing.labels), fraction, seed, finetuning)
         return TaskData(decode_images([listing.paths[i] for i in indices], preprocess),
                         _labels_tensor(np.asarray(listing.labels)[indices]), list(listing.classes))
     raw = _load_raw(parsed, "train")
-    raw = raw.take(stratified_indices(np.asarray(raw.labels), fraction, seed))
+    raw = raw.take(_validation_indices(np.asarray(raw.labels), fraction, seed, finetuning))
     return TaskData(images_to_tensor(raw.images, preprocess), _labels_tensor(raw.labels), list(raw.classes))
+
+
+def _validation_indices(labels: np.ndarray, fraction: float, seed: int,
+                        finetuning: Optional[tuple[int, int]]) -> np.ndarray:
+    seen = None if finetuning is None else subset_indices(len(labels), *finetuning)
+    if seen is None:  # fine-tuning read the whole split (or nobody says): a part of it
+        return stratified_indices(labels, fraction, seed)
+    unseen = np.setdiff1d(np.arange(len(labels)), seen)
+    return unseen[stratified_indices(labels[unseen], fraction, seed)]
 
 
 def _load_raw(parsed: DatasetSpec, split: str) -> RawSplit:

@@ -2,6 +2,8 @@
 definition of the flags and of where the data come from."""
 from __future__ import annotations
 
+from typing import Optional
+
 from pydantic import Field
 
 from ..data import TaskData
@@ -31,5 +33,12 @@ def validation_sets(ctx: LearnContext, config: ValidationConfig) -> dict[str, Ta
             spec = ctx.zoo.task(task).data
             if spec is None:
                 raise ValueError(f"zoo task {task!r} records no dataset spec: give --val {task}=SPEC")
-            out[task] = load_validation(spec, pre, config.val_fraction, config.seed)
+            out[task] = load_validation(spec, pre, config.val_fraction, config.seed, finetuning_subset(ctx.zoo))
     return out
+
+
+def finetuning_subset(zoo) -> Optional[tuple[int, int]]:
+    """(train_limit, seed) of a zoo that `pmerge zoo` built (its manifest records them), else None."""
+    config = (zoo.manifest.metrics or {}).get("config") or {}
+    limit, seed = config.get("train_limit"), config.get("seed")
+    return None if limit is None or seed is None else (int(limit), int(seed))
