@@ -29,13 +29,12 @@ import torch  # noqa: E402
 
 from bench.common import (add_common_args, machine_info, markdown_table, now_iso, run_benchmark,  # noqa: E402
                           temporary_store, write_result)
-from models_store.kinds.point_set import Member  # noqa: E402
-from models_store.preference import equal_preference  # noqa: E402
+from models_store.preference import equal_preference, from_weights  # noqa: E402
 from models_store.store import open_family  # noqa: E402
 from models_store.zoo import Zoo  # noqa: E402
 from trainer.families import LearnContext, get_family_learner  # noqa: E402
 from trainer.families.point_set import publish_point_set  # noqa: E402
-from trainer.families.ta_pref import TaPrefConfig  # noqa: E402
+from trainer.families.ta_pref import TaPrefConfig, members_at  # noqa: E402
 from trainer.front import FAMILY, FrontConfig, compute_front  # noqa: E402
 
 NAME = "hm3"
@@ -63,10 +62,9 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 def ta_pref_at(ctx: LearnContext, prefs: list[list[float]]):
-    """Task arithmetic + preference (0.3 sum_k K p_k tau_k) at exactly these preferences."""
-    config = TaPrefConfig()
-    k = len(ctx.zoo.tasks)
-    members = [Member(preference=p, coefficients=[config.scale * k * w for w in p]) for p in prefs]
+    """Task arithmetic + preference at exactly these preferences."""
+    config, tasks = TaPrefConfig(), ctx.zoo.tasks
+    members = members_at([from_weights(p, tasks) for p in prefs], config.scale, tasks)
     family_id = ctx.family_id("ta-pref-at", config) + f"-{len(prefs)}"
     return publish_point_set(ctx, family_id, "ta-pref", config, members, {}, time.perf_counter())
 

@@ -7,6 +7,7 @@ import time
 from pydantic import Field
 
 from models_store.kinds.point_set import Member
+from models_store.preference import Preference
 from models_store.store import published
 
 from ..methods.preference import task_weights
@@ -18,6 +19,11 @@ class TaPrefConfig(PointsConfig):
     scale: float = Field(0.3, ge=0, description="s in theta0 + s sum_k K p_k tau_k (task arithmetic's, 0.3 for CLIP)")
 
 
+def members_at(prefs: list[Preference], scale: float, tasks: list[str]) -> list[Member]:
+    """One task-arithmetic + preference member per preference (the one convention, task_weights)."""
+    return [Member(preference=list(p.weights), coefficients=[scale * w for w in task_weights(p, tasks)]) for p in prefs]
+
+
 @register_family("ta-pref", TaPrefConfig, "task arithmetic + preference at each point (kind point-set)")
 def learn(ctx: LearnContext, config: TaPrefConfig):
     family_id = ctx.family_id("ta-pref", config)
@@ -25,6 +31,5 @@ def learn(ctx: LearnContext, config: TaPrefConfig):
         return path
     began = time.perf_counter()
     tasks = ctx.zoo.tasks
-    members = [Member(preference=list(p.weights), coefficients=[config.scale * w for w in task_weights(p, tasks)])
-               for p in config.points.preferences(tasks)]
+    members = members_at(config.points.preferences(tasks), config.scale, tasks)
     return publish_point_set(ctx, family_id, "ta-pref", config, members, {}, began)
