@@ -13,7 +13,8 @@ from trainer.families.hm3 import Hm3Config, member_preferences
 from trainer.families.validation import validation_sets
 from trainer.families.registry import LearnContext
 from trainer.hm3.dare_ties import dare, dare_ties
-from trainer.hm3.paths import PathEvaluator, validation_subset
+from trainer.hm3.paths import Accuracies, PathEvaluator, validation_parts
+from trainer.hm3.search import choose_paths
 from trainer.hm3.policy import PathPolicy, PPOConfig, ppo_update, sample
 from trainer.methods.ties import ties_preprocess
 
@@ -59,11 +60,55 @@ def test_the_policy_starts_at_the_fine_tuned_model_of_a_vertex_and_ppo_finds_a_r
 def quick_evaluator(zoo, cache_bytes: int = 1 << 30, allow_skip: bool = True) -> PathEvaluator:
     ctx = LearnContext(zoo=zoo, store=zoo.root.parent, progress=False)
     config = Hm3Config(val_fraction=0.2)
-    val = validation_subset(validation_sets(ctx, config), 40, 0)
+    val, _ = validation_parts(validation_sets(ctx, config), 40, 0)
     vectors = dare_ties(ctx.pool.task_vectors, 0.5, 20.0, 0)
     prefs = member_preferences(zoo.tasks, 4, 0)
     return PathEvaluator(ctx.pool, vectors, [[0.9 * w for w in p.weights] for p in prefs], val, allow_skip,
                          torch.device("cpu"), batch_size=32, cache_bytes=cache_bytes), val
+
+
+def test_validation_parts_are_disjoint_seeded_and_the_search_part_at_most_half():
+    from trainer.data import TaskData
+    images = torch.arange(50, dtype=torch.float32).view(50, 1, 1, 1).expand(50, 3, 2, 2)
+    val = {"a": TaskData(images, torch.arange(50) % 5, list("vwxyz")), "b": TaskData(images[:9], torch.zeros(9).long(), ["z"])}
+    search, confirm = validation_parts(val, 40, seed=3)
+    assert [len(search[t].labels) for t in val] == [25, 4] and [len(confirm[t].labels) for t in val] == [25, 5]
+    ids = lambda d: set(d.images[:, 0, 0, 0].long().tolist())  # noqa: E731
+    assert not ids(search["a"]) & ids(confirm["a"]) and ids(search["a"]) | ids(confirm["a"]) == set(range(50))
+    assert ids(validation_parts(val, 40, seed=3)[0]["a"]) == ids(search["a"]) != ids(validation_parts(val, 40, 4)[0]["a"])
+    with pytest.raises(ValueError, match="'b' has 1 validation image"):
+        validation_parts({"b": TaskData(images[:1], torch.zeros(1).long(), ["z"])}, 40, 0)
+
+
+class Scored:
+    """An evaluator of known per-image results: {path: per task, which images are right}."""
+    depth = 2
+
+    def __init__(self, right: dict):
+        self.right = right
+
+    def __call__(self, member, path):
+        correct = [torch.tensor(c, dtype=torch.bool) for c in self.right[path]]
+        return Accuracies([float(c.float().mean()) for c in correct], 2, correct)
+
+    def seen(self, member):
+        return {p: self(member, p) for p in self.right}
+
+
+def test_a_path_is_chosen_only_when_its_gain_holds_on_the_confirmation_images():
+    start, lucky, real = (0, 0), (1, 1), (2, 0)
+    search = Scored({start: [[1, 0, 0, 0]], lucky: [[1, 1, 1, 1]], real: [[1, 1, 0, 0]]})
+    prefs = torch.tensor([[1.0]])
+    n = 400  # confirmation: lucky no better than the start, real better by 0.1 (40 images of 400)
+    confirm = Scored({start: [[1] * 200 + [0] * 200], lucky: [[1] * 200 + [0] * 200],
+                      real: [[1] * 240 + [0] * 160]})
+    assert choose_paths(search, confirm, prefs, 0.0, None, finalists=4, margin=1.0)[1] == [real]
+    gain, error = confirm(0, real).gain_over(confirm(0, start), [1.0])
+    assert gain == pytest.approx(0.1) and error == pytest.approx((0.1 * 0.9 / n) ** 0.5)
+    # one finalist (the lucky one) and nothing is confirmed: the member keeps its merge
+    assert choose_paths(search, confirm, prefs, 0.0, None, finalists=1, margin=1.0)[1] == [start]
+    # a margin the real gain does not clear (0.1 < 7 standard errors of 0.015)
+    assert choose_paths(search, confirm, prefs, 0.0, None, finalists=4, margin=7.0)[1] == [start]
 
 
 def test_the_prefix_cache_changes_no_reward_and_saves_blocks(quick_zoo):
@@ -96,14 +141,15 @@ def test_hm3_through_the_cli_serves_its_paths_and_never_makes_a_member_worse(qui
     assert 6 <= m.metrics["path_evaluations"] <= 96 + 12
     # the member's validation accuracies are those of its materialised tower (the download)
     ctx = LearnContext(zoo=quick_zoo, store=tmp_path, progress=False)
-    val = validation_subset(validation_sets(ctx, Hm3Config(val_fraction=0.2)), 40, 0)
+    val, confirm = validation_parts(validation_sets(ctx, Hm3Config(val_fraction=0.2)), 40, 0)
+    assert m.metrics["confirmation_images_per_task"] == {t: len(confirm[t].labels) for t in family.tasks}
     for x in members:
         tower = load_tower(m.architecture, family.materialize(from_weights(x["preference"], family.tasks)))
         for t in family.tasks:
             with torch.no_grad():
                 logits = head_logits(tower(val[t].images), family.heads[t].weight, family.heads[t].bias)
             assert (logits.argmax(-1) == val[t].labels).float().mean().item() == pytest.approx(
-                x["metrics"][f"val_accuracy.{t}"], abs=1 / 40 + 1e-9)
+                x["metrics"][f"val_accuracy.{t}"], abs=1 / len(val[t].labels) + 1e-9)
     prefs = torch.stack([from_weights(w, family.tasks).tensor()
                          for w in ([1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7])])
     assert_serves_materialised(family, prefs, torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(0)))

@@ -59,12 +59,13 @@ def test_predicted_pareto_set_trades_off_two_tasks_inside_the_box():
 
 def test_validation_is_a_stratified_part_of_the_train_split():
     pre = Preprocess(image_size=16)
-    val = load_validation("builtin:digits", pre, 0.1, seed=0)
+    val, unseen = load_validation("builtin:digits", pre, 0.1, seed=0)
+    assert unseen is None  # nobody said what the fine-tuning read
     train = load_dataset("builtin:digits", "train", pre)
     counts, totals = torch.bincount(val.labels), torch.bincount(train.labels)
     assert len(val) == pytest.approx(0.1 * len(train), abs=10) and (counts >= 1).all()
     assert ((counts.float() / totals.float()) - 0.1).abs().max() < 0.02  # every class in proportion
-    assert torch.equal(val.images, load_validation("builtin:digits", pre, 0.1, seed=0).images)
+    assert torch.equal(val.images, load_validation("builtin:digits", pre, 0.1, seed=0)[0].images)
     # drawn from the train images: every validation image is one of them
     flat = train.images.flatten(1)
     assert all((flat == v.flatten()).all(1).any() for v in val.images[:5])
@@ -73,12 +74,13 @@ def test_validation_is_a_stratified_part_of_the_train_split():
 def test_validation_avoids_the_images_the_zoo_fine_tuned_on():
     pre = Preprocess(image_size=16)
     seen = load_dataset("builtin:digits", "train", pre, limit=600, seed=3).images.flatten(1)
-    val = load_validation("builtin:digits", pre, 0.1, seed=0, finetuning=(600, 3))
-    assert len(val) == pytest.approx(0.1 * (1347 - 600), abs=10)
+    val, unseen = load_validation("builtin:digits", pre, 0.1, seed=0, finetuning=(600, 3))
+    assert unseen is True and len(val) == pytest.approx(0.1 * (1347 - 600), abs=10)
     assert not any((seen == v.flatten()).all(1).any() for v in val.images)
     # a fine-tuning that read the whole split leaves nothing unseen: a part of it, as without one
-    whole = load_validation("builtin:digits", pre, 0.1, seed=0, finetuning=(4000, 0))
-    assert torch.equal(whole.images, load_validation("builtin:digits", pre, 0.1, seed=0).images)
+    whole, unseen = load_validation("builtin:digits", pre, 0.1, seed=0, finetuning=(4000, 0))
+    assert unseen is False
+    assert torch.equal(whole.images, load_validation("builtin:digits", pre, 0.1, seed=0)[0].images)
 
 
 def test_pick_rules_read_the_predicted_metrics():
@@ -306,3 +308,20 @@ def test_a_zoo_of_some_tasks_shares_the_files(quick_zoo, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["zoo", "--from", str(quick_zoo.root), "--only", "digits", "--out", str(out)])
     assert "already holds a zoo" in capsys.readouterr().err
+
+
+def test_validation_sets_say_when_the_fine_tuning_saw_every_validation_image(quick_zoo, capsys):
+    from types import SimpleNamespace
+
+    from trainer.families.validation import ValidationConfig, validation_sets
+
+    def sets(train_limit):
+        manifest = quick_zoo.manifest.model_copy(update={"metrics": {"config": {"train_limit": train_limit, "seed": 0}}})
+        ctx = SimpleNamespace(zoo=SimpleNamespace(tasks=quick_zoo.tasks, manifest=manifest, task=quick_zoo.task))
+        validation_sets(ctx, ValidationConfig())
+        return capsys.readouterr().err
+
+    assert f"note: the validation images of {', '.join(quick_zoo.tasks)} are images their fine-tuned towers " \
+           f"trained on" in sets(10 ** 6)
+    assert "are images their fine-tuned towers trained on" in sets(None)  # `pmerge zoo` without --train-limit
+    assert sets(300) == ""  # every task's train split has images its fine-tuning did not read

@@ -43,30 +43,32 @@ def load_dataset(spec: str, split: str, preprocess: Preprocess, limit: int | Non
 
 
 def load_validation(spec: str, preprocess: Preprocess, fraction: float, seed: int = 0,
-                    finetuning: Optional[tuple[int, int]] = None) -> TaskData:
+                    finetuning: Optional[tuple[Optional[int], int]] = None) -> tuple[TaskData, Optional[bool]]:
     """A labelled validation set: a class-stratified `fraction` of the TRAIN split (never the test
     split, which stays for eval and front), chosen before any image is decoded. `finetuning`
     (limit, seed): the subset of the train split that the zoo's fine-tuning read (as `load_dataset`
     draws it); the validation set is then drawn from the other images, which no fine-tuned tower
-    has seen, when there are any."""
+    has seen, when there are any. Also whether its images are unseen by the fine-tuning: True,
+    False (it read every train image), None (`finetuning` not given: nobody says)."""
     parsed = parse_spec(spec)
     if parsed.kind == "folder":
         listing = list_folder_split(_existing_dir(parsed), "train")
-        indices = _validation_indices(np.asarray(listing.labels), fraction, seed, finetuning)
+        indices, unseen = _validation_indices(np.asarray(listing.labels), fraction, seed, finetuning)
         return TaskData(decode_images([listing.paths[i] for i in indices], preprocess),
-                        _labels_tensor(np.asarray(listing.labels)[indices]), list(listing.classes))
+                        _labels_tensor(np.asarray(listing.labels)[indices]), list(listing.classes)), unseen
     raw = _load_raw(parsed, "train")
-    raw = raw.take(_validation_indices(np.asarray(raw.labels), fraction, seed, finetuning))
-    return TaskData(images_to_tensor(raw.images, preprocess), _labels_tensor(raw.labels), list(raw.classes))
+    indices, unseen = _validation_indices(np.asarray(raw.labels), fraction, seed, finetuning)
+    raw = raw.take(indices)
+    return TaskData(images_to_tensor(raw.images, preprocess), _labels_tensor(raw.labels), list(raw.classes)), unseen
 
 
 def _validation_indices(labels: np.ndarray, fraction: float, seed: int,
-                        finetuning: Optional[tuple[int, int]]) -> np.ndarray:
+                        finetuning: Optional[tuple[Optional[int], int]]) -> tuple[np.ndarray, Optional[bool]]:
     seen = None if finetuning is None else subset_indices(len(labels), *finetuning)
     if seen is None:  # fine-tuning read the whole split (or nobody says): a part of it
-        return stratified_indices(labels, fraction, seed)
+        return stratified_indices(labels, fraction, seed), None if finetuning is None else False
     unseen = np.setdiff1d(np.arange(len(labels)), seen)
-    return unseen[stratified_indices(labels[unseen], fraction, seed)]
+    return unseen[stratified_indices(labels[unseen], fraction, seed)], True
 
 
 def _load_raw(parsed: DatasetSpec, split: str) -> RawSplit:

@@ -28,7 +28,7 @@ from models_store.preference import Preference, equal_preference
 from models_store.store import published
 
 from ..hm3.dare_ties import dare_ties
-from ..hm3.paths import PathEvaluator, load_results, save_results, validation_subset
+from ..hm3.paths import PathEvaluator, load_results, save_results, validation_parts
 from ..hm3.policy import PPOConfig
 from ..hm3.search import choose_paths, ppo_search, random_search
 from ..simplex import dirichlet_samples, unique, vertices
@@ -54,8 +54,13 @@ class Hm3Config(ValidationConfig):
                                                   "batch; random: paths evaluated")
     depth_penalty: float = Field(0.002, ge=0, description="reward = sum_k lambda_k acc_k - this x blocks run")
     allow_skip: bool = Field(False, description="a block may also be skipped (then it costs no time when served)")
-    search_images: int = Field(128, ge=1, description="validation images per task, a fixed subset, on which every "
-                                                      "path is scored")
+    search_images: int = Field(128, ge=1, description="validation images per task (at most half of them), a fixed "
+                                                      "subset on which every path is scored; the rest confirm")
+    finalists: int = Field(4, ge=1, description="per member, the best paths of the search scored again on the "
+                                                "confirmation images")
+    confirm_margin: float = Field(1.0, ge=0, description="a finalist replaces the member's merge only if its reward "
+                                                         "gain on the confirmation images exceeds this many standard "
+                                                         "errors (paired per image)")
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO's settings, as name=value,...")
     eval_batch: int = Field(256, ge=1, description="validation images per forward pass")
     cache_mb: int = Field(1024, ge=0, description="the cache of tokens after each path prefix (a path sharing its "
@@ -87,7 +92,7 @@ def learn(ctx: LearnContext, config: Hm3Config):
     alpha = config.scale * len(tasks)
     prefs = member_preferences(tasks, config.members, config.seed)
     coefficients = [[alpha * w for w in p.weights] for p in prefs]
-    val = validation_subset(validation_sets(ctx, config), config.search_images, config.seed)
+    val, confirm = validation_parts(validation_sets(ctx, config), config.search_images, config.seed)
     evaluator = PathEvaluator(pool, vectors, coefficients, val, config.allow_skip, ctx.device, config.eval_batch,
                               config.cache_mb << 20)
     evaluator.seconds.merge += dare_seconds
@@ -101,20 +106,29 @@ def learn(ctx: LearnContext, config: Hm3Config):
                             checkpoint, ctx.progress)
     elif config.search == "random":
         random_search(evaluator, len(prefs), config.episodes, config.seed, checkpoint, ctx.progress)
-    starts, chosen = choose_paths(evaluator, weights, config.depth_penalty, policy)
+    confirmation = evaluator.on(confirm)
+    starts, chosen = choose_paths(evaluator, confirmation, weights, config.depth_penalty, policy, config.finalists,
+                                  config.confirm_margin)
     checkpoint()
     members, gains = [], []
     for i, (pref, c, s, p) in enumerate(zip(prefs, coefficients, starts, chosen)):
         before, after = evaluator(i, s), evaluator(i, p)
+        confirmed_before, confirmed_after = confirmation(i, s), confirmation(i, p)
         gains.append(float(after.objective(pref.weights) - before.objective(pref.weights)))
         members.append(Member(preference=pref.weights, coefficients=c, blocks=[evaluator.sources[j] for j in p],
                               metrics={f"val_accuracy.{t}": a for t, a in zip(tasks, after.per_task)}
                               | {"val_objective": after.objective(pref.weights),
-                                 "start_val_objective": before.objective(pref.weights), "blocks_run": after.blocks}))
+                                 "start_val_objective": before.objective(pref.weights),
+                                 "confirm_objective": confirmed_after.objective(pref.weights),
+                                 "start_confirm_objective": confirmed_before.objective(pref.weights),
+                                 "blocks_run": after.blocks}))
     seconds = evaluator.seconds
     metrics = {"search": config.search, "alpha": alpha, "path_evaluations": len(evaluator.results),
                "path_evaluations_resumed": resumed, "validation_images_per_task": {t: len(val[t].labels) for t in tasks},
+               "confirmation_images_per_task": {t: len(confirm[t].labels) for t in tasks},
+               "confirmation_evaluations": len(confirmation.results),
                "block_forwards": {"run": seconds.blocks_run, "needed": seconds.blocks_needed},
-               "members_improved": int(sum(g > 0 for g in gains)), "mean_objective_gain": float(np.mean(gains)),
+               "members_changed": int(sum(s != p for s, p in zip(starts, chosen))),
+               "mean_objective_gain": float(np.mean(gains)),
                "seconds_by_stage": seconds.by_stage()}
     return publish_point_set(ctx, family_id, "hm3", config, members, {}, began, metrics=metrics, merge_vectors=vectors)

@@ -2,6 +2,7 @@
 definition of the flags and of where the data come from."""
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 from pydantic import Field
@@ -25,7 +26,7 @@ def validation_sets(ctx: LearnContext, config: ValidationConfig) -> dict[str, Ta
     if unknown:
         raise ValueError(f"--val names unknown tasks {sorted(unknown)}; tasks are {ctx.zoo.tasks}")
     pre = ctx.zoo.manifest.preprocess
-    out = {}
+    out, seen = {}, []
     for task in ctx.zoo.tasks:
         if task in config.val:
             out[task] = load_dataset(config.val[task], "train", pre)
@@ -33,12 +34,23 @@ def validation_sets(ctx: LearnContext, config: ValidationConfig) -> dict[str, Ta
             spec = ctx.zoo.task(task).data
             if spec is None:
                 raise ValueError(f"zoo task {task!r} records no dataset spec: give --val {task}=SPEC")
-            out[task] = load_validation(spec, pre, config.val_fraction, config.seed, finetuning_subset(ctx.zoo))
+            out[task], unseen = load_validation(spec, pre, config.val_fraction, config.seed,
+                                                finetuning_subset(ctx.zoo))
+            if unseen is False:
+                seen.append(task)
+    if seen:
+        print(f"note: the validation images of {', '.join(seen)} are images their fine-tuned towers trained on (the "
+              f"zoo's fine-tuning read every train image), so merges and paths that lean on fine-tuned weights score "
+              f"better there than on new images; give --val TASK=SPEC with held-out images, or build the zoo with a "
+              f"--train-limit below the train split's size", file=sys.stderr)
     return out
 
 
-def finetuning_subset(zoo) -> Optional[tuple[int, int]]:
-    """(train_limit, seed) of a zoo that `pmerge zoo` built (its manifest records them), else None."""
+def finetuning_subset(zoo) -> Optional[tuple[Optional[int], int]]:
+    """(train_limit, seed) of a zoo that `pmerge zoo` built (its manifest records them; a limit of
+    None: every train image), else None."""
     config = (zoo.manifest.metrics or {}).get("config") or {}
-    limit, seed = config.get("train_limit"), config.get("seed")
-    return None if limit is None or seed is None else (int(limit), int(seed))
+    if "train_limit" not in config or config.get("seed") is None:
+        return None
+    limit = config["train_limit"]
+    return None if limit is None else int(limit), int(config["seed"])

@@ -3,18 +3,22 @@ model, or is skipped; the stem, ln_post and proj come from theta(lambda).
 
 reward(lambda, path) = sum_k lambda_k acc_k(path on lambda's merge) - penalty x blocks run,
 
-on a fixed labelled validation subset. The tokens after every prefix of a path are cached (least
+on a fixed labelled validation subset (the search part). The search's best paths are then scored
+again on the validation images it never saw (the confirmation part), so a path that only fits the
+search part's images is not chosen. The tokens after every prefix of a path are cached (least
 recently used out, within a byte budget), so a path that shares its first d blocks with one seen
 runs only the rest; the accuracies of every (member, path) evaluated are kept, so no path is
 evaluated twice."""
 from __future__ import annotations
 
+import copy
 import json
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path as PathLike
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -48,26 +52,46 @@ def sources(tasks: Sequence[str], allow_skip: bool) -> list[str]:
     return [MERGE, *(f"{FINETUNED}{t}" for t in tasks), *([SKIP] if allow_skip else [])]
 
 
-def validation_subset(val: dict[str, TaskData], per_task: int, seed: int) -> dict[str, TaskData]:
-    """A fixed, seeded subset of each task's validation data: every path is scored on the same images."""
-    out = {}
+def validation_parts(val: dict[str, TaskData], search_images: int,
+                     seed: int) -> tuple[dict[str, TaskData], dict[str, TaskData]]:
+    """Each task's validation data split in two fixed, seeded, disjoint parts: the search part (at
+    most `search_images`, at most half) on which every path is scored, and the rest, on which the
+    search's finalists are confirmed."""
+    search, confirm = {}, {}
     for i, (t, d) in enumerate(val.items()):
         n = len(d.labels)
-        pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + i))[:min(per_task, n)].sort().values
-        out[t] = TaskData(d.images[pick], d.labels[pick], d.classes)
-    return out
+        if n < 2:
+            raise ValueError(f"task {t!r} has {n} validation image(s); HM3 needs at least 2 (a search and a "
+                             f"confirmation part): raise --val-fraction or give --val {t}=SPEC")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + i))
+        cut = min(search_images, n // 2)
+        for part, pick in ((search, order[:cut]), (confirm, order[cut:])):
+            pick = pick.sort().values
+            part[t] = TaskData(d.images[pick], d.labels[pick], d.classes)
+    return search, confirm
 
 
 @dataclass
 class Accuracies:
     per_task: list[float]
     blocks: int  # blocks the path runs
+    correct: Optional[list[torch.Tensor]] = None  # per task, which images it classified right (not saved)
 
     def reward(self, pref: Sequence[float], penalty: float) -> float:
         return self.objective(pref) - penalty * self.blocks
 
     def objective(self, pref: Sequence[float]) -> float:
         return float(sum(p * a for p, a in zip(pref, self.per_task)))
+
+    def gain_over(self, start: "Accuracies", pref: Sequence[float]) -> tuple[float, float]:
+        """The objective's gain over `start` on the same images, and its standard error from the
+        paired per-image differences."""
+        gain, variance = 0.0, 0.0
+        for p, mine, theirs in zip(pref, self.correct, start.correct):
+            d = mine.float() - theirs.float()
+            gain += p * float(d.mean())
+            variance += p * p * float(d.var(unbiased=False)) / len(d)
+        return gain, math.sqrt(variance)
 
 
 class PathEvaluator:
@@ -89,7 +113,7 @@ class PathEvaluator:
         self.heads = {t: h.to(device) for t, h in pool.heads.items()}
         self.images = torch.cat([val[t].images for t in pool.tasks]).to(device)
         self.labels = [val[t].labels.to(device) for t in pool.tasks]
-        self.member = -1  # whose merge the merged tower holds
+        self.loaded = {"member": -1}  # whose merge the merged tower holds (shared with `on`'s evaluators)
         self.tokens: OrderedDict[tuple[int, Path], torch.Tensor] = OrderedDict()
         self.cached_bytes = 0
         self.results: dict[tuple[int, Path], Accuracies] = {}
@@ -107,7 +131,7 @@ class PathEvaluator:
             torch.cuda.synchronize(self.device)
 
     def _load_member(self, member: int) -> None:
-        if member == self.member:
+        if member == self.loaded["member"]:
             return
         start = time.perf_counter()
         lam = torch.tensor(self.coefficients[member], device=self.device)
@@ -116,7 +140,7 @@ class PathEvaluator:
                 target.copy_(task_arithmetic(self.theta0[name], lam, self.vectors[name]) if name in self.vectors
                              else self.theta0[name])
         self._sync()
-        self.member = member
+        self.loaded["member"] = member
         self.seconds.merge += time.perf_counter() - start
 
     def _block(self, source: int, depth: int) -> torch.nn.Module | None:
@@ -165,22 +189,31 @@ class PathEvaluator:
                 self._remember((member, key[1][:d + 1]), x)
         with autocast(self.device):
             features = pool_project(self.merged_tower, x).float()
-        per_task, offset = [], 0
+        correct, offset = [], 0
         for t, y in zip(self.tasks, self.labels):
             head = self.heads[t]
             logits = head_logits(features[offset:offset + len(y)], head.weight, head.bias)
-            per_task.append(float((logits.argmax(-1) == y).float().mean()))
+            correct.append((logits.argmax(-1) == y).cpu())
             offset += len(y)
         self._sync()
         blocks = sum(self.sources[s] != SKIP for s in path)
         self.seconds.evaluate += time.perf_counter() - start
         self.seconds.paths += 1
         self.seconds.blocks_needed += blocks
-        self.results[key] = Accuracies(per_task, blocks)
+        self.results[key] = Accuracies([float(c.float().mean()) for c in correct], blocks, correct)
         return self.results[key]
 
     def seen(self, member: int) -> dict[Path, Accuracies]:
         return {p: a for (m, p), a in self.results.items() if m == member}
+
+    def on(self, val: dict[str, TaskData]) -> "PathEvaluator":
+        """An evaluator of the same members and towers on other images, with its own results and
+        token cache (and the same stage timings)."""
+        other = copy.copy(self)
+        other.images = torch.cat([val[t].images for t in self.tasks]).to(self.device)
+        other.labels = [val[t].labels.to(self.device) for t in self.tasks]
+        other.tokens, other.cached_bytes, other.results = OrderedDict(), 0, {}
+        return other
 
 
 def save_results(evaluator: PathEvaluator, file: PathLike) -> None:

@@ -1,7 +1,9 @@
 """The two ways HM3's run spends its path evaluations: PPO on the policy, or uniformly random
-paths (the ablation); then each member's path: the best of its start (every block from its merge),
-the policy's greedy path and every path evaluated for it, so the search never makes a member worse
-than its parameter-level merge on the validation objective."""
+paths (the ablation); then each member's path: its start (every block from its merge) unless one
+of the search's best paths for it, the policy's greedy path among them, also beats the start on
+validation images the search never saw, so the search never makes a member worse than its
+parameter-level merge on the validation objective and does not pick a path for the noise of the
+search's images."""
 from __future__ import annotations
 
 import time
@@ -59,15 +61,27 @@ def random_search(evaluator: PathEvaluator, members: int, evaluations: int, seed
     checkpoint()
 
 
-def choose_paths(evaluator: PathEvaluator, prefs: torch.Tensor, penalty: float,
-                 policy: Optional[PathPolicy]) -> tuple[list[Path], list[Path]]:
-    """Per member: its start and the best-rewarded of start, greedy path and paths evaluated (ties
-    keep the earlier: the start first)."""
+def choose_paths(evaluator: PathEvaluator, confirmation: PathEvaluator, prefs: torch.Tensor, penalty: float,
+                 policy: Optional[PathPolicy], finalists: int, margin: float) -> tuple[list[Path], list[Path]]:
+    """Per member: its start (every block from its merge) and its chosen path. The finalists are the
+    `finalists` best-rewarded of the greedy path and the paths evaluated for it that beat the start
+    on the search part; the chosen one is the finalist whose reward gain over the start on the
+    confirmation part, less `margin` standard errors of that gain, is largest and positive, or else
+    the start (ties keep the earlier)."""
     start: Path = (0,) * evaluator.depth
     greedy = policy.greedy(prefs).tolist() if policy is not None else [None] * len(prefs)
     chosen = []
     for member, g in enumerate(greedy):
         pref = prefs[member].tolist()
-        candidates = [start, *([tuple(g)] if g is not None else []), *evaluator.seen(member)]
-        chosen.append(max(candidates, key=lambda p: evaluator(member, p).reward(pref, penalty)))
+        reward = lambda p: evaluator(member, p).reward(pref, penalty)  # noqa: E731
+        candidates = dict.fromkeys([*([tuple(g)] if g is not None else []), *evaluator.seen(member)])
+        better = sorted((p for p in candidates if reward(p) > reward(start)), key=reward, reverse=True)[:finalists]
+        best, best_bound = start, 0.0
+        for path in better:
+            before, after = confirmation(member, start), confirmation(member, path)
+            gain, error = after.gain_over(before, pref)
+            bound = gain - penalty * (after.blocks - before.blocks) - margin * error
+            if bound > best_bound:
+                best, best_bound = path, bound
+        chosen.append(best)
     return [start] * len(prefs), chosen
