@@ -167,12 +167,23 @@ def evaluate(args: argparse.Namespace) -> None:
 
 # ---- pmerge import ---------------------------------------------------------------------------
 
+IMPORT_FORMATS = ("task-vectors", "fusionbench", "hf")
+
+
 def import_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=IMPORT_FORMATS, default="task-vectors",
+                   help="task-vectors: SRC/zeroshot.pt, SRC/<task>/finetuned.pt, SRC/head_<task>.pt (pickles); "
+                        "fusionbench: SRC is a FusionBench OpenCLIPVisionModelPool YAML naming those files and the "
+                        "tasks (pickles); hf: SRC/pretrained and SRC/<task> are transformers CLIP directories "
+                        "(safetensors only), SRC/<task>/head.safetensors optional (else zero-shot heads from "
+                        "--classes)")
     p.add_argument("--src", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--arch", required=True, help="tiny, micro, an open_clip model name (e.g. ViT-B-32), or a JSON file "
-                                               "(an architecture as zoo.json writes it, or an open_clip model config)")
-    p.add_argument("--tasks", required=True, help="comma-separated task (dataset) names, e.g. MNIST,SVHN")
+    p.add_argument("--arch", help="task-vectors, fusionbench: tiny, micro, an open_clip model name (e.g. ViT-B-32), or "
+                                  "a JSON file (an architecture as zoo.json writes it, or an open_clip model config); "
+                                  "fusionbench defaults to its model_name; hf reads it from config.json")
+    p.add_argument("--tasks", help="comma-separated task (dataset) names, e.g. MNIST,SVHN (fusionbench: default every "
+                                   "task of the YAML)")
     p.add_argument("--classes", action="append", metavar="TASK=FILE", help="class names, one per line")
     p.add_argument("--data", action="append", metavar="TASK=SPEC",
                    help="the task's dataset spec (idx:DIR, folder:DIR, builtin:NAME), recorded in the zoo: eval, "
@@ -180,11 +191,35 @@ def import_flags(p: argparse.ArgumentParser) -> None:
 
 
 def import_(args: argparse.Namespace) -> None:
-    from .importer import import_zoo
     classes = {t: Path(f).read_text().split("\n") for t, f in key_values(args.classes, "--classes").items()}
     classes = {t: [c for c in names if c.strip()] for t, names in classes.items()}
     data = key_values(args.data, "--data")
-    imported = import_zoo(args.src, args.out, args.arch, args.tasks.split(","), classes, data)
+    tasks = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
+    src = Path(args.src)
+    if args.format == "hf":
+        from .hf_import import import_hf_zoo
+        if args.arch:
+            raise ValueError("--arch: an hf import reads the architecture from each directory's config.json")
+        if not tasks:
+            raise ValueError("--tasks is required: the directories SRC/<task>")
+        imported = import_hf_zoo(src, args.out, tasks, classes, data)
+    else:
+        from .importer import fusionbench_files, import_zoo, task_vector_files
+        if args.format == "fusionbench":
+            pretrained, files, model_name = fusionbench_files(src)
+            unknown = sorted(set(tasks) - set(files))
+            if unknown:
+                raise ValueError(f"--tasks {unknown}: not in {src} (its tasks: {', '.join(files)})")
+            files = {t: files[t] for t in tasks} if tasks else files
+            arch = args.arch or model_name
+            if arch is None:
+                raise ValueError(f"--arch is required: {src} names no model_name")
+        else:
+            if not args.arch or not tasks:
+                raise ValueError("--arch and --tasks are required with --format task-vectors")
+            pretrained, files = task_vector_files(src, tasks)
+            arch = args.arch
+        imported = import_zoo(pretrained, files, args.out, arch, classes, data, source=str(src))
     print(f"imported {len(imported.tasks)} tasks into {args.out}")
     missing = [t for t in imported.tasks if t not in data]
     if missing:
@@ -370,9 +405,12 @@ COMMANDS = [
             "as matrices; norms, biases, the patch convolution and the embeddings fall back to the mean of the task "
             "vectors."),
     Command("eval", "per-task test accuracy of a tower", eval_flags, evaluate),
-    Command("import", "convert task-vectors/AdaMerging checkpoints (pickles!) into a zoo", import_flags, import_,
-            "Reads SRC/zeroshot.pt, SRC/<Task>/finetuned.pt and SRC/head_<Task>.pt. This UNPICKLES the files "
-            "(weights_only=True first, a full unpickle for whole pickled modules): import only files you trust."),
+    Command("import", "convert fine-tuned checkpoints into a zoo: task-vectors or FusionBench pickles, or Hugging Face "
+            "CLIP directories", import_flags, import_,
+            "--format task-vectors reads SRC/zeroshot.pt, SRC/<Task>/finetuned.pt and SRC/head_<Task>.pt, and "
+            "--format fusionbench the files its model-pool YAML names: both UNPICKLE them (weights_only=True first, a "
+            "full unpickle for whole pickled modules): import only files you trust. --format hf reads safetensors "
+            "only and never unpickles."),
     Command("train", "learn a family of merged models (Pareto Merging, or a servable baseline) into a store",
             train_flags, train,
             "--method pm / pm++: Pareto Merging (kind lowrank), one training for the whole simplex; ta-pref / "

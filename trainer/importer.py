@@ -1,8 +1,11 @@
-"""`pmerge import`: checkpoints of the task-vectors / AdaMerging layout -> a zoo.
+"""`pmerge import --format task-vectors|fusionbench`: pickled checkpoints -> a zoo.
 
+task-vectors (the task-vectors / AdaMerging layout; --src a directory):
     SRC/zeroshot.pt                  the pretrained image encoder (a pickled whole module)
     SRC/<Dataset>/finetuned.pt        one fine-tuned image encoder per task
     SRC/head_<Dataset>.pt             its classification head (nn.Linear subclass)
+fusionbench (--src a FusionBench OpenCLIPVisionModelPool YAML, which names the tasks and files).
+Hugging Face transformers directories are read without any pickle: trainer/hf_import.py.
 
 This is the ONLY place in pmerge that unpickles, and it says so on stderr. Each file is first
 tried with `torch.load(weights_only=True)` (enough for state-dict pickles); whole pickled modules
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import sys
 import types
 from contextlib import contextmanager
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
+import yaml
 
 from models_store.preprocess import Preprocess
 from models_store.tower import Architecture, build_tower, image_size, resolve_architecture
@@ -136,21 +141,69 @@ def head_of(obj: Any, path: Path) -> Head:
     return Head(weight=state["weight"].detach().clone(), bias=None if bias is None else bias.detach().clone())
 
 
-def import_zoo(src: str | Path, out: str | Path, architecture: str, tasks: list[str],
-               classes: Optional[dict[str, list[str]]] = None, data: Optional[dict[str, str]] = None):
-    src = Path(src)
+def task_vector_files(src: Path, tasks: list[str]) -> tuple[Path, dict[str, tuple[Path, Path]]]:
+    """The task-vectors layout: SRC/zeroshot.pt, SRC/<task>/finetuned.pt, SRC/head_<task>.pt."""
+    return src / "zeroshot.pt", {t: (src / t / "finetuned.pt", src / f"head_{t}.pt") for t in tasks}
+
+
+INTERPOLATION = re.compile(r"\$\{\.+model_dir\}")
+
+
+def fusionbench_files(pool_yaml: Path) -> tuple[Path, dict[str, tuple[Path, Path]], Optional[str]]:
+    """FusionBench's OpenCLIPVisionModelPool YAML: `models` (`_pretrained_` and one entry per task,
+    each a pickle path or {model_name, pickle_path}), `classification_heads` (task -> path), and
+    `model_dir`, which the paths may name as ${..model_dir} / ${...model_dir} (its only
+    interpolation). Relative paths are relative to the working directory, as FusionBench reads them.
+    Also the pool's open_clip model name, when it gives one."""
+    try:
+        pool = yaml.safe_load(pool_yaml.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{pool_yaml}: not a readable YAML file: {e}") from e
+    if not isinstance(pool, dict) or not isinstance(pool.get("models"), dict) \
+            or not isinstance(pool.get("classification_heads"), dict):
+        raise ValueError(f"{pool_yaml}: expected a FusionBench OpenCLIP model pool (keys models and "
+                         f"classification_heads)")
+    model_dir = str(pool.get("model_dir", ""))
+
+    def path(value, what: str) -> Path:
+        if isinstance(value, dict):
+            value = value.get("pickle_path")
+        if not isinstance(value, str):
+            raise ValueError(f"{pool_yaml}: {what} has no pickle path")
+        resolved = INTERPOLATION.sub(lambda _: model_dir, value)
+        if "${" in resolved:
+            raise ValueError(f"{pool_yaml}: {what}: interpolation {value!r} (pmerge resolves only model_dir)")
+        return Path(resolved)
+
+    models = dict(pool["models"])
+    if "_pretrained_" not in models:
+        raise ValueError(f"{pool_yaml}: models has no _pretrained_ entry")
+    pretrained = models.pop("_pretrained_")
+    missing = sorted(set(models) - set(pool["classification_heads"]))
+    if missing:
+        raise ValueError(f"{pool_yaml}: no classification_heads entry for {missing}")
+    files = {t: (path(m, f"models.{t}"), path(pool["classification_heads"][t], f"classification_heads.{t}"))
+             for t, m in models.items()}
+    names = {m.get("model_name") for m in [pretrained, *models.values()] if isinstance(m, dict)} - {None}
+    if len(names) > 1:
+        raise ValueError(f"{pool_yaml}: models of different architectures {sorted(names)}")
+    return path(pretrained, "models._pretrained_"), files, next(iter(names), None)
+
+
+def import_zoo(pretrained_file: Path, files: dict[str, tuple[Path, Path]], out: str | Path, architecture: str,
+               classes: Optional[dict[str, list[str]]] = None, data: Optional[dict[str, str]] = None,
+               source: str = ""):
+    """Pickled towers and heads (the pretrained file; per task its fine-tuned file and its head) -> a zoo."""
     arch = import_architecture(architecture)
     arch_name = architecture if isinstance(architecture, str) else json.dumps(architecture)
-    tasks = [t.strip() for t in tasks if t.strip()]
-    if not tasks:
+    if not files:
         raise ValueError("no tasks given")
     tower = build_tower(arch)
     expected, out_dim = tower.state_dict(), tower.output_dim
-    pretrained = visual_state(unpickle(src / "zeroshot.pt"), src / "zeroshot.pt")
-    check_tower(pretrained, expected, src / "zeroshot.pt", arch_name)
+    pretrained = visual_state(unpickle(pretrained_file), pretrained_file)
+    check_tower(pretrained, expected, pretrained_file, arch_name)
     finetuned, heads, infos = {}, {}, []
-    for task in tasks:
-        ft_path, head_path = src / task / "finetuned.pt", src / f"head_{task}.pt"
+    for task, (ft_path, head_path) in files.items():
         for p in (ft_path, head_path):
             if not p.is_file():
                 raise FileNotFoundError(f"missing {p}")
@@ -166,5 +219,5 @@ def import_zoo(src: str | Path, out: str | Path, architecture: str, tasks: list[
             raise ValueError(f"task {task}: {len(names)} class names for a head of {n} classes")
         infos.append(TaskInfo(name=task, classes=names, data=(data or {}).get(task)))
     manifest = ZooManifest(architecture=arch, preprocess=Preprocess(image_size=image_size(arch)), tasks=infos,
-                           metrics={"imported_from": str(src)})
+                           metrics={"imported_from": source or str(pretrained_file.parent)})
     return write_zoo(out, manifest, pretrained, finetuned, heads)

@@ -9,15 +9,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+import httpx
 import numpy as np
 import torch
 import uvicorn
 from PIL import Image
+from safetensors.torch import load as load_safetensors
 
 from models_store.family import FamilyManifest, now_iso, publish_family
 from models_store.kinds.lowrank import LowRank, family_files, target_names
 from models_store.preprocess import Preprocess
-from models_store.tower import MICRO, build_tower
+from models_store.tower import MICRO, build_tower, head_logits
 from models_store.zoo import Head, TaskInfo
 from service.server import uvicorn_config
 
@@ -71,8 +73,6 @@ def free_port() -> int:
 @contextmanager
 def running_server(app, ready: bool = True) -> Iterator[str]:
     """A real uvicorn server in a thread on a free port; yields its base URL."""
-    import httpx
-
     port = free_port()
     settings = app.state.settings.model_copy(update={"host": "127.0.0.1", "port": port})
     server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
@@ -151,3 +151,17 @@ def make_feature_map_family(store: Path, family_id: str = FEATURE_MAP_ID, seed: 
                               tasks=[TaskInfo(name=t, classes=c) for t, c in tasks.items()],
                               kind=feature_map.NAME, kind_params={"dim": dim})
     return publish_family(store, manifest, feature_map.family_files(base, W, C), heads)
+
+
+def downloaded_probs(url: str, pref: str, pixels: torch.Tensor, family) -> dict[str, torch.Tensor]:
+    """Plain open_clip on the checkpoint downloaded for `pref`."""
+    r = httpx.get(f"{url}/models/{pref}", timeout=30)
+    assert r.status_code == 200, r.text
+    state = load_safetensors(r.content)
+    tower = build_tower(family.manifest.architecture)
+    tower.load_state_dict({k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")},
+                          strict=True)
+    with torch.no_grad():
+        feats = tower(pixels[None])
+    return {t: torch.softmax(head_logits(feats, state[f"heads.{t}.weight"], state.get(f"heads.{t}.bias"))[0], -1)
+            for t in family.tasks}

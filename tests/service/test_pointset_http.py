@@ -7,16 +7,14 @@ import threading
 
 import httpx
 import pytest
-import torch
-from safetensors.torch import load as load_safetensors
 
 from models_store.preference import parse_preference
-from models_store.tower import build_tower, head_logits
 from service.app import create_app
 from service.images import decode_image
 from service.settings import Settings
 
-from svc_helpers import POINT_SET_ID, POINT_SET_MEMBERS, make_point_set_family, png_bytes, running_server
+from svc_helpers import (POINT_SET_ID, POINT_SET_MEMBERS, downloaded_probs, make_point_set_family, png_bytes,
+                         running_server)
 
 # each picks another member (nearest): 0, 1, 2, 3 and 4
 PREFS = ["0.9,0.05,0.05", "fashion:1", "0.1,0.1,0.8", "1,1,1", "digits:0.45,fashion:0.45,letters:0.1"]
@@ -32,20 +30,6 @@ def server(tmp_path_factory):
     app = create_app(settings)
     with running_server(app) as url:
         yield url, app
-
-
-def downloaded_probs(url: str, pref: str, pixels: torch.Tensor, family) -> dict[str, torch.Tensor]:
-    """Plain open_clip on the checkpoint downloaded for `pref`."""
-    r = httpx.get(f"{url}/models/{pref}", timeout=30)
-    assert r.status_code == 200, r.text
-    state = load_safetensors(r.content)
-    tower = build_tower(family.manifest.architecture)
-    tower.load_state_dict({k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")},
-                          strict=True)
-    with torch.no_grad():
-        feats = tower(pixels[None])
-    return {t: torch.softmax(head_logits(feats, state[f"heads.{t}.weight"], state.get(f"heads.{t}.bias"))[0], -1)
-            for t in family.tasks}
 
 
 def classify_all(url: str, jobs: list[tuple[bytes, str]]) -> list[httpx.Response]:

@@ -222,3 +222,50 @@ def test_heads_that_the_zoo_cannot_hold_are_named(original, tmp_path, capsys):
     torch.save({"weight": torch.randn(3, 32)}, src / "head_SVHN.pt")
     err = import_error(capsys, src, tmp_path / "zoo")
     assert f"{src / 'head_SVHN.pt'}: a head for 32-d features; the tower of --arch micro outputs 16" in err
+
+
+def fusionbench_pool(tmp_path, src, **extra) -> str:
+    """A FusionBench OpenCLIPVisionModelPool YAML over the task-vectors layout in `src`, as its configs write it."""
+    lines = ["_target_: fusion_bench.modelpool.OpenCLIPVisionModelPool", "_recursive_: false", f"model_dir: {src}",
+             "models:", "  _pretrained_:", "    model_name: micro", "    pickle_path: ${...model_dir}/zeroshot.pt"]
+    for task in TASKS:
+        lines += [f"  {task.lower()}:", "    model_name: micro", f"    pickle_path: ${{...model_dir}}/{task}/finetuned.pt"]
+    lines += ["classification_heads:"] + [f"  {t.lower()}: ${{..model_dir}}/head_{t}.pt" for t in TASKS]
+    lines += [f"{k}: {v}" for k, v in extra.items()]
+    path = tmp_path / "pool.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_imports_a_fusionbench_model_pool_with_its_tasks_and_architecture(original, tmp_path, capsys):
+    src = write_checkpoints(tmp_path / "ckpt", original, state_dicts=True)
+    main(["import", "--format", "fusionbench", "--src", fusionbench_pool(tmp_path, src), "--out", str(tmp_path / "zoo")])
+    out, err = capsys.readouterr()
+    assert "imported 2 tasks" in out and err.count("pmerge import: unpickling") == 5
+    zoo = Zoo(tmp_path / "zoo")
+    assert zoo.tasks == ["mnist", "svhn"] and zoo.manifest.architecture == MICRO
+    for task in TASKS:
+        assert all(torch.equal(zoo.finetuned(task.lower())[k], v)
+                   for k, v in original.finetuned[task].model.visual.state_dict().items())
+        assert torch.equal(zoo.heads[task.lower()].weight, original.heads[task].weight)
+    main(["import", "--format", "fusionbench", "--src", fusionbench_pool(tmp_path, src), "--out", str(tmp_path / "one"),
+          "--tasks", "svhn"])
+    assert Zoo(tmp_path / "one").tasks == ["svhn"]
+
+
+def test_a_fusionbench_pool_pmerge_cannot_read_is_named(original, tmp_path, capsys):
+    src = write_checkpoints(tmp_path / "ckpt", original, state_dicts=True)
+    pool = fusionbench_pool(tmp_path, src)
+    for args, message in (
+            (["--tasks", "dtd"], "--tasks ['dtd']: not in " + pool + " (its tasks: mnist, svhn)"),
+            (["--arch", "tiny"], "the vision tower does not match --arch tiny")):
+        with pytest.raises(SystemExit):
+            main(["import", "--format", "fusionbench", "--src", pool, "--out", str(tmp_path / "zoo"), *args])
+        assert message in capsys.readouterr().err
+    text = open(pool).read().replace("${..model_dir}/head_SVHN.pt", "${..other}/head_SVHN.pt")
+    open(pool, "w").write(text)
+    with pytest.raises(SystemExit):
+        main(["import", "--format", "fusionbench", "--src", pool, "--out", str(tmp_path / "zoo")])
+    assert "classification_heads.svhn: interpolation '${..other}/head_SVHN.pt' (pmerge resolves only model_dir)" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "zoo").exists()
