@@ -14,6 +14,9 @@
 #   TORCH_INDEX  empty (default): torch/torchvision come from PyPI = the CUDA build
 #                (several GB). Set to https://download.pytorch.org/whl/cpu for a much
 #                smaller CPU-only image.
+#   EXTRAS       pmerge's optional extras to install too, comma-separated: `ray` for
+#                `pmerge serve --ray` and KubeRay (ray/rayservice.yaml), `hf` for zero-shot
+#                heads in `pmerge import --format hf`. Default: none.
 #   PIP_INDEX_URL  the package index (default: PyPI); set it to use a mirror.
 #   EXTRA_CA_CERT  PEM text of an extra CA to trust while pip downloads (a TLS-inspecting
 #                proxy): --build-arg EXTRA_CA_CERT="$(cat proxy-ca.pem)". Used by the
@@ -38,6 +41,7 @@ ENV LANG=C.UTF-8 \
 # ---- deps: a virtualenv with the pinned dependencies (the big, rarely-changing layer) ---
 FROM python AS deps
 ARG TORCH_INDEX=
+ARG EXTRAS=
 ARG PIP_INDEX_URL=https://pypi.org/simple
 ARG EXTRA_CA_CERT=
 ENV PIP_DEFAULT_TIMEOUT=120 \
@@ -50,7 +54,7 @@ RUN /usr/local/sbin/install-python.sh --venv \
 ENV PATH=/opt/venv/bin:$PATH
 # Only pyproject.toml here: code changes do not invalidate this layer.
 COPY pyproject.toml docker/requirements-from-pyproject.py /tmp/build/
-RUN python /tmp/build/requirements-from-pyproject.py /tmp/build/pyproject.toml > /tmp/build/requirements.txt \
+RUN python /tmp/build/requirements-from-pyproject.py /tmp/build/pyproject.toml "$EXTRAS" > /tmp/build/requirements.txt \
  && if [ -n "$TORCH_INDEX" ]; then \
         pip install --no-cache-dir --index-url "$TORCH_INDEX" --extra-index-url "$PIP_INDEX_URL" \
             $(grep -E '^(torch|torchvision)==' /tmp/build/requirements.txt); \

@@ -329,6 +329,10 @@ async def lifespan(app: FastAPI):
     runtime = Runtime(app.state.settings, app.state.metrics)
     app.state.runtime = runtime
     loading = asyncio.create_task(_load(app, runtime))  # /healthz answers meanwhile; /readyz says 503
+    if app.state.load_before_serving:  # Ray Serve: a replica takes traffic once its family is loaded
+        await loading
+        if runtime.error:
+            raise RuntimeError(f"could not load the family: {runtime.error}")
     try:
         yield
     finally:
@@ -355,6 +359,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                   description="Pareto-merged open_clip vision towers: any task trade-off, per request.")
     app.state.settings = settings
     app.state.on_load_failure = lambda error: None
+    app.state.load_before_serving = False
     add_offline_docs(app)
     app.state.metrics = Metrics()
     app.include_router(probes)

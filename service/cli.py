@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import sys
 from typing import Any
 
 from models_store.cli import Command
@@ -21,7 +23,61 @@ SERVE_FLAGS = ("store", "family", "device", "dtype", "host", "port", "max_batch"
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_model_flags(parser, {"serve": Settings}, include=SERVE_FLAGS, env_prefix=ENV_PREFIX)
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    ray = parser.add_argument_group("Ray Serve (pip install 'pmerge[ray]')")
+    ray.add_argument("--ray", action="store_true", help="serve on Ray Serve replicas (a local Ray cluster, or the one "
+                                                        "RAY_ADDRESS names), each with its own engine")
+    scale = ray.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=int, default=None, metavar="N", help="--ray: this many replicas (default 1)")
+    scale.add_argument("--autoscale", default=None, metavar="MIN,MAX",
+                       help="--ray: between MIN and MAX replicas, on ongoing requests per replica (a batch's worth)")
+    ray.add_argument("--gpus-per-replica", type=float, default=None, metavar="G", help="--ray: GPUs each replica "
+                                                                                        "reserves (default 0)")
     return parser
+
+
+def ray_options(args: argparse.Namespace) -> dict:
+    """--replicas / --autoscale / --gpus-per-replica as `application`'s arguments; refused without --ray."""
+    given = [f for f, v in (("--replicas", args.replicas), ("--autoscale", args.autoscale),
+                            ("--gpus-per-replica", args.gpus_per_replica)) if v is not None]
+    if not args.ray:
+        if given:
+            raise SystemExit(f"pmerge serve: error: {', '.join(given)} need --ray")
+        return {}
+    options: dict = {"gpus_per_replica": args.gpus_per_replica or 0.0}
+    if args.replicas is not None:
+        if args.replicas < 1:
+            raise SystemExit("pmerge serve: error: --replicas must be at least 1")
+        options["replicas"] = args.replicas
+    if args.autoscale is not None:
+        try:
+            low, high = (int(x) for x in args.autoscale.split(","))
+        except ValueError:
+            raise SystemExit(f"pmerge serve: error: --autoscale {args.autoscale!r}: expected MIN,MAX") from None
+        if not 0 <= low <= high or high < 1:
+            raise SystemExit(f"pmerge serve: error: --autoscale {args.autoscale!r}: need 0 <= MIN <= MAX, MAX >= 1")
+        options["autoscale"] = (low, high)
+    return options
+
+
+def serve_on_ray(settings: Settings, options: dict) -> None:
+    try:
+        import ray
+        from ray import serve
+
+        from .ray_serve import application
+    except ImportError as e:
+        raise SystemExit(f"pmerge serve: error: --ray needs Ray Serve: pip install 'pmerge[ray]' ({e})") from None
+    ray.init()  # a local cluster, or the one RAY_ADDRESS names
+    # SIGTERM (docker stop, Kubernetes) ends the deployment as Ctrl-C does, not leaving Ray's processes behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.run(application(settings, **options), name="pmerge", route_prefix="/", blocking=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
@@ -57,6 +113,7 @@ def serve(args: argparse.Namespace) -> None:
         settings = settings_from_args(args)
     except ValidationError as e:
         raise SystemExit(f"pmerge serve: error: {describe_flags(e, ENV_PREFIX)}") from None
+    options = ray_options(args)
     try:  # fail fast on a wrong store or family id, or a taken port; hashes are checked while loading
         path = family_path(settings.store, settings.family)
         check_port_free(settings.host, settings.port)
@@ -64,6 +121,8 @@ def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"pmerge serve: error: {e.strerror if isinstance(e, OSError) and e.strerror else e}") from None
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger(__name__).info("serving %s on http://%s:%d", path, settings.host, settings.port)
+    if args.ray:
+        return serve_on_ray(settings, options)
     app = create_app(settings)
     # one process per GPU: scale out with replicas, not uvicorn workers
     server = uvicorn.Server(uvicorn_config(app, settings, log_level=args.log_level))

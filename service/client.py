@@ -16,6 +16,7 @@ import httpx
 from models_store.cli import Command
 
 MAX_RETRY_WAIT_S = 30.0
+MULTIPLEXED_MODEL_ID = "serve_multiplexed_model_id"  # Ray Serve's header
 
 
 class ClientError(Exception):
@@ -27,6 +28,8 @@ class Client:
                  timeout: float = 120.0, sleep=time.sleep):
         self.base = url.rstrip("/") + (f"/families/{family}" if family else "")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        if family:  # Ray Serve routes a family's requests to a replica that holds it (service/ray_serve.py)
+            headers[MULTIPLEXED_MODEL_ID] = family
         self.http = httpx.Client(headers=headers, timeout=timeout)
         self.tries, self.sleep = max(1, tries), sleep
 

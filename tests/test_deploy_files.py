@@ -186,6 +186,38 @@ def test_requirements_helper_matches_pyproject():
     out = subprocess.run([sys.executable, str(ROOT / "docker" / "requirements-from-pyproject.py"),
                           str(ROOT / "pyproject.toml")], capture_output=True, text=True, check=True).stdout
     assert out.split() == deps
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    out = subprocess.run([sys.executable, str(ROOT / "docker" / "requirements-from-pyproject.py"),
+                          str(ROOT / "pyproject.toml"), "ray"], capture_output=True, text=True, check=True).stdout
+    assert out.split() == deps + extras["ray"]
+    wrong = subprocess.run([sys.executable, str(ROOT / "docker" / "requirements-from-pyproject.py"),
+                            str(ROOT / "pyproject.toml"), "rya"], capture_output=True, text=True)
+    assert wrong.returncode != 0 and "unknown extras ['rya']" in wrong.stderr
+
+
+def test_the_ray_serve_configs_deploy_the_service_and_agree():
+    """ray/serve.yaml and the RayService's inline config are valid Serve configs of the same
+    application, whose args are service settings."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from service.ray_serve import build
+    local = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "ray" / "serve.yaml").read_text()))
+    service = yaml.safe_load((ROOT / "ray" / "rayservice.yaml").read_text())
+    assert service["kind"] == "RayService"
+    cluster = ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    for config in (local, cluster):
+        (app,) = config.applications
+        assert app.import_path == "service.ray_serve:build" and app.route_prefix == "/"
+        assert [d.name for d in app.deployments] == ["pmerge"]
+        build(app.args)  # every arg is a setting
+    assert cluster.applications[0].deployments[0].ray_actor_options.num_gpus == 1
+    assert service["spec"]["rayClusterConfig"]["rayVersion"] in (ROOT / "pyproject.toml").read_text()
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```yaml\n(apiVersion: ray.io/v1.*?)```", readme, re.S).group(1)
+    assert yaml.safe_load(block) == service, "the README's RayService is ray/rayservice.yaml"
+    with pytest.raises(ValueError, match=r"unknown pmerge settings in the Serve config's args: \['stroe'\]"):
+        build({"stroe": "/store"})
 
 
 def test_build_context_has_what_copy_needs_and_nothing_big():

@@ -10,7 +10,7 @@ from pydantic import SecretStr
 
 from models_store.cli import main
 from service.app import create_app
-from service.client import Client, ClientError
+from service.client import MULTIPLEXED_MODEL_ID, Client, ClientError
 from service.errors import NotReady
 from service.settings import Settings
 
@@ -50,6 +50,10 @@ def test_classify_prints_a_table_or_the_json_and_names_the_family(server, images
           "--json"])
     answer = json.loads(capsys.readouterr().out)
     assert answer["family_id"] == POINT_SET_ID and list(answer["results"][0]["predictions"]) == ["digits"]
+    # the family is also Ray Serve's multiplexed model id, so a Ray deployment routes to a replica holding it
+    with Client(url, family=POINT_SET_ID) as client, Client(url) as default:
+        assert client.http.headers[MULTIPLEXED_MODEL_ID] == POINT_SET_ID
+        assert MULTIPLEXED_MODEL_ID not in default.http.headers
 
 
 def test_fetch_streams_the_served_checkpoint_and_checks_its_length(server, tmp_path, capsys):

@@ -373,6 +373,16 @@ def test_a_bad_setting_names_its_flag_and_its_variable(store):
         in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--replicas", "2"], "--replicas need --ray"),
+    (["--ray", "--autoscale", "3,1"], "--autoscale '3,1': need 0 <= MIN <= MAX, MAX >= 1"),
+    (["--ray", "--autoscale", "two"], "--autoscale 'two': expected MIN,MAX"),
+])
+def test_ray_flags_that_cannot_work_are_refused_before_anything_starts(store, flags, message):
+    done = pmerge("serve", "--store", str(store), "--device", "cpu", *flags, timeout=60)
+    assert done.returncode != 0 and f"pmerge serve: error: {message}" in done.stderr, done.stderr
+
+
 # --- 11. status nits ----------------------------------------------------------------------------
 
 def test_too_many_files_is_413(settings):

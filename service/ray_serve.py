@@ -1,0 +1,97 @@
+"""`pmerge serve --ray`: the same FastAPI app (service/app.py) on Ray Serve replicas.
+
+Each replica builds the app (`@serve.ingress` with `__serve_build_asgi_app__`), so each owns one
+engine and batches its own requests; the preference stays in the request. A replica takes
+traffic once its default family is loaded. The family id is Serve's multiplexed model id: a
+request under /families/<id>/ marks <id> as held by the replica that answers it (bounded by
+max_families, as the app's own resident families are), and a request that carries the header
+`serve_multiplexed_model_id: <id>` (pmerge's client sends it) is routed to a replica holding it.
+Every answer says which replica gave it (`X-Pmerge-Replica`).
+
+Ray is an optional extra: `pip install 'pmerge[ray]'`. `deploy/ray/serve.yaml` is the same
+deployment for `serve run` / KubeRay; `build` is its import path.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+from ray import serve
+
+from .app import create_app
+from .settings import Settings
+
+REPLICA_HEADER = b"x-pmerge-replica"
+FAMILY_PATH = re.compile(r"^/families/([^/]+)(?:/|$)")
+
+
+class HoldFamilies:
+    """ASGI middleware: before a request under /families/<id>/ runs, `hold(id)` tells Serve this
+    replica holds that family; every response names the replica."""
+
+    def __init__(self, app, hold, replica: str):
+        self.app, self.hold, self.replica = app, hold, replica.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        match = FAMILY_PATH.match(scope["path"])
+        if match:
+            try:
+                await self.hold(match.group(1))
+            except Exception:  # noqa: BLE001 - an id the app does not serve: its route answers 404
+                pass
+
+        async def named(message):
+            if message["type"] == "http.response.start":
+                message = message | {"headers": [*message.get("headers", []), (REPLICA_HEADER, self.replica)]}
+            await send(message)
+        await self.app(scope, receive, named)
+
+
+@serve.ingress()
+class Replica:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.replica = serve.get_replica_context().replica_id.unique_id
+
+    def __serve_build_asgi_app__(self):
+        self.fastapi = create_app(self.settings)
+        self.fastapi.state.load_before_serving = True
+
+        @serve.multiplexed(max_num_models_per_replica=self.settings.max_families)
+        async def hold(family_id: str) -> str:
+            self.fastapi.state.runtime.families.check_known(family_id)  # unknown ids are not held
+            return family_id
+        return HoldFamilies(self.fastapi, hold, self.replica)
+
+    def check_health(self) -> None:
+        error = getattr(getattr(self.fastapi.state, "runtime", None), "error", None)
+        if error:
+            raise RuntimeError(f"could not load the family: {error}")
+
+
+def application(settings: Settings, replicas: int = 1, autoscale: Optional[tuple[int, int]] = None,
+                gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0) -> serve.Application:
+    """The deployment: `replicas` replicas, or autoscaling between MIN and MAX on ongoing requests."""
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_gpus": gpus_per_replica, "num_cpus": cpus_per_replica},
+        # a replica must be sent at least a whole batch to fill it; beyond its queue it answers 503 itself
+        "max_ongoing_requests": settings.max_batch + settings.queue_size}
+    if autoscale is None:
+        options["num_replicas"] = replicas
+    else:
+        low, high = autoscale
+        options["autoscaling_config"] = {"min_replicas": low, "max_replicas": high,
+                                         "target_ongoing_requests": settings.max_batch}
+    return serve.deployment(Replica, name="pmerge", **options).bind(settings)
+
+
+def build(args: dict[str, Any]) -> serve.Application:
+    """`serve run service.ray_serve:build store=... family=...`: the settings from the args (and
+    PMERGE_* variables); replicas, autoscaling and GPUs come from the config's deployment options."""
+    unknown = sorted(set(args) - set(Settings.model_fields))
+    if unknown:
+        raise ValueError(f"unknown pmerge settings in the Serve config's args: {unknown} (settings: "
+                         f"{', '.join(Settings.model_fields)})")
+    return application(Settings(**args))
