@@ -68,3 +68,22 @@ def test_react_speed_tiny(tmp_path):
     assert Path(out["path"]).name.startswith("react-speed-cpu-") and data["config"]["pm_steps"] == 2
     assert data["results"]["react"]["metrics"]["preference_stage_seconds"] > 0
     assert data["results"]["pm"]["metrics"]["steps"] == 2 and data["results"]["pm_over_react"] > 0
+
+
+def test_http_bench_micro(tmp_path):
+    from bench import http_bench
+    out = http_bench.main(["--arch", "micro", "--tasks", "2", "--images", "6", "--repeats", "2", "--concurrency", "3",
+                           "--max-batch", "4", "--port", str(free_port()), "--out-dir", str(tmp_path)])
+    data = json.loads(Path(out["path"]).read_text())
+    assert Path(out["path"]).name.startswith("http-cpu-") and "machine" in data
+    assert sorted(data["config"]["families"].values()) == ["lowrank", "point-set"]
+    for variant in ("http", "engine", "http-2", "engine-2"):
+        assert len(data["results"][variant]["seconds"]) == 2 and data["results"][variant]["images_per_s"] > 0
+    assert all(len(r["rounds"]) == 2 and r["median"] > 0 for r in data["ratios"].values())
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
