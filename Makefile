@@ -1,7 +1,7 @@
 .PHONY: demo test
 # make demo PORT=8001 (or PMERGE_PORT=8001 make demo) when 8000 is taken
 PORT ?=
-# The first run installs into .venv: about 3 minutes and 5.9 GB here (torch 2.14.1 with its CUDA
+# The first run installs into .venv: about 4 minutes and 6.4 GB here (torch 2.14.1 with its CUDA
 # libraries, which a CPU-only machine installs too); pip shows its progress.
 .venv/bin/pmerge: pyproject.toml
 	python3.11 -m venv .venv
