@@ -184,8 +184,9 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    rows = {name: summarize(s) | {"seconds": s, "images_per_s": args.images / summarize(s)["p50_s"]}
-            for name, s in seconds.items()}
+    rows = {name: summarize(s) | {"seconds": s} for name, s in seconds.items()}
+    for row in rows.values():
+        row["images_per_s"] = args.images / row["p50_s"]
     ratios = {"http_over_engine": round_ratios(seconds["http"], seconds["engine"]),
               "http2_over_engine2": round_ratios(seconds["http-2"], seconds["engine-2"])}
     payload = {"benchmark": NAME, "created": now_iso(), "machine": machine_info(torch.device("cpu")),

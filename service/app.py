@@ -147,11 +147,12 @@ async def default_family(runtime: RuntimeDep) -> AsyncIterator[Served]:
         runtime.release(served)
 
 
-async def named_family(runtime: RuntimeDep, family_id: Annotated[str, Path(
+async def named_family(request: Request, runtime: RuntimeDep, family_id: Annotated[str, Path(
         description="a family id of GET /families; loaded on first use")]) -> AsyncIterator[Served]:
     """The family of the path, loaded on first use and held for the request (never evicted meanwhile)."""
     served = await runtime.acquire(family_id)
     try:
+        await request.app.state.on_named_family(family_id)
         yield served
     finally:
         runtime.release(served)
@@ -183,8 +184,7 @@ def family_routes(served: Callable[..., AsyncIterator[Served]], operation_prefix
         # the cheap checks first: parameters, and room in the queue, before reading a (possibly large) body
         preference = family.family.preference(pref)
         tasks = select_tasks(task, family.family.tasks)
-        with family.engine.admission(1):
-            pass
+        family.engine.require_room(1)
         files = await read_uploads(request, runtime.settings.max_files)
         logits = await runtime.classify(family, files, preference.tensor())
         classes = {t.name: t.classes for t in family.family.manifest.tasks}
@@ -241,8 +241,7 @@ async def families(runtime: RuntimeDep) -> list[FamilySummary]:
     return [FamilySummary(family_id=m.family_id, method=m.method, kind=m.kind, created=m.created,
                           tasks=m.task_names, default=m.family_id == known.default_id,
                           resident=m.family_id in known.resident)
-            for m in manifests if known.allowed is None or m.family_id in known.allowed or
-            m.family_id == known.default_id]
+            for m in manifests if known.allows(m.family_id)]
 
 
 api.include_router(family_routes(default_family, ""))
@@ -351,6 +350,10 @@ async def _load(app: FastAPI, runtime: Runtime) -> None:
         app.state.on_load_failure(runtime.error)
 
 
+async def _nothing(family_id: str) -> None:
+    return None
+
+
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
     settings = settings or Settings()
     bombs_are_errors()
@@ -360,6 +363,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.state.settings = settings
     app.state.on_load_failure = lambda error: None
     app.state.load_before_serving = False
+    app.state.on_named_family = _nothing  # Ray Serve: tells Serve the replica holds that family
     add_offline_docs(app)
     app.state.metrics = Metrics()
     app.include_router(probes)

@@ -173,6 +173,11 @@ class Engine:
                 with self._cond:
                     self._held -= n
 
+    def require_room(self, n: int) -> None:
+        """Overloaded (or PayloadTooLarge) now, before a body is read, when the queue cannot take n more."""
+        with self.admission(n):
+            pass
+
     def _enqueue(self, ticket: "Ticket", pixels: torch.Tensor, pref: torch.Tensor) -> Future[Logits]:
         n = pixels.shape[0]
         if ticket.submitted or n != ticket.places:

@@ -73,10 +73,13 @@ class Families:
     def default(self) -> Optional[Served]:
         return self.resident.get(self.default_id) if self.default_id else None
 
+    def allows(self, family_id: str) -> bool:
+        """Whether PMERGE_FAMILIES (or its absence) lets this service serve the id."""
+        return self.allowed is None or family_id in self.allowed or family_id == self.default_id
+
     def check_known(self, family_id: str) -> None:
         """UnknownFamily (404) unless the id names a family this service may serve."""
-        if not FAMILY_ID.match(family_id) or (self.allowed is not None and family_id not in self.allowed
-                                              and family_id != self.default_id):
+        if not FAMILY_ID.match(family_id) or not self.allows(family_id):
             raise UnknownFamily(f"family {family_id!r} is not served here (GET /families lists those that are)")
         if published(self.store, family_id) is None:
             raise UnknownFamily(f"no family {family_id!r} in this service's store (GET /families lists them)")

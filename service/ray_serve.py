@@ -2,18 +2,17 @@
 
 Each replica builds the app (`@serve.ingress` with `__serve_build_asgi_app__`), so each owns one
 engine and batches its own requests; the preference stays in the request. A replica takes
-traffic once its default family is loaded. The family id is Serve's multiplexed model id: a
-request under /families/<id>/ marks <id> as held by the replica that answers it (bounded by
-max_families, as the app's own resident families are), and a request that carries the header
+traffic once its default family is loaded. The family id is Serve's multiplexed model id: once a
+request under /families/<id>/ has acquired its family, the app tells Serve that the replica holds
+<id> (bounded by max_families, as the app's own resident families are), and a request with the header
 `serve_multiplexed_model_id: <id>` (pmerge's client sends it) is routed to a replica holding it.
 Every answer says which replica gave it (`X-Pmerge-Replica`).
 
-Ray is an optional extra: `pip install 'pmerge[ray]'`. `deploy/ray/serve.yaml` is the same
+Ray is an optional extra: `pip install 'pmerge[ray]'`. `ray/serve.yaml` is the same
 deployment for `serve run` / KubeRay; `build` is its import path.
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Optional
 
 from ray import serve
@@ -22,25 +21,17 @@ from .app import create_app
 from .settings import Settings
 
 REPLICA_HEADER = b"x-pmerge-replica"
-FAMILY_PATH = re.compile(r"^/families/([^/]+)(?:/|$)")
 
 
-class HoldFamilies:
-    """ASGI middleware: before a request under /families/<id>/ runs, `hold(id)` tells Serve this
-    replica holds that family; every response names the replica."""
+class NameReplica:
+    """ASGI middleware: every response says which replica gave it."""
 
-    def __init__(self, app, hold, replica: str):
-        self.app, self.hold, self.replica = app, hold, replica.encode()
+    def __init__(self, app, replica: str):
+        self.app, self.replica = app, replica.encode()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        match = FAMILY_PATH.match(scope["path"])
-        if match:
-            try:
-                await self.hold(match.group(1))
-            except Exception:  # noqa: BLE001 - an id the app does not serve: its route answers 404
-                pass
 
         async def named(message):
             if message["type"] == "http.response.start":
@@ -60,10 +51,10 @@ class Replica:
         self.fastapi.state.load_before_serving = True
 
         @serve.multiplexed(max_num_models_per_replica=self.settings.max_families)
-        async def hold(family_id: str) -> str:
-            self.fastapi.state.runtime.families.check_known(family_id)  # unknown ids are not held
+        async def hold(family_id: str) -> str:  # the app calls it once the family is acquired: a known id
             return family_id
-        return HoldFamilies(self.fastapi, hold, self.replica)
+        self.fastapi.state.on_named_family = hold
+        return NameReplica(self.fastapi, self.replica)
 
     def check_health(self) -> None:
         error = getattr(getattr(self.fastapi.state, "runtime", None), "error", None)
