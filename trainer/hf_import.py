@@ -21,6 +21,7 @@ default GELU would give other features without any error). A tower without proje
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -124,16 +125,21 @@ def to_open_clip(vision: dict[str, torch.Tensor], projection: Optional[torch.Ten
     return state
 
 
+@lru_cache(maxsize=4)
+def tower_shapes(arch_json: str) -> dict[str, tuple[int, ...]]:
+    """The state dict's shapes of an architecture: built once for the pretrained and every task."""
+    return {k: tuple(v.shape) for k, v in build_tower(json.loads(arch_json)).state_dict().items()}
+
+
 def read_tower(directory: Path) -> tuple[Architecture, dict[str, torch.Tensor]]:
     """A transformers CLIP directory -> (open_clip architecture, state dict), checked by loading it."""
     config = read_config(directory)
     vision, projection = vision_weights(read_weights(directory))
     arch = architecture(config, projection, directory)
     state = to_open_clip(vision, projection, arch["custom"]["vision_cfg"]["layers"], directory)
-    tower = build_tower(arch)
-    expected = tower.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} (config: {tuple(expected[k].shape)})" for k, v in state.items()
-             if k in expected and v.shape != expected[k].shape]
+    expected = tower_shapes(json.dumps(arch, sort_keys=True))
+    wrong = [f"{k} {tuple(v.shape)} (config: {expected[k]})" for k, v in state.items()
+             if k in expected and tuple(v.shape) != expected[k]]
     if wrong or set(state) != set(expected):
         problems = wrong[:3] or sorted(set(state) ^ set(expected))[:5]
         raise ValueError(f"{directory}: its weights do not fit its config.json: {problems}")
