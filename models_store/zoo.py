@@ -1,6 +1,7 @@
 """The zoo contract (docs/formats.md, "Zoo"): a pretrained tower, K fine-tuned towers and their heads."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from functools import cached_property
@@ -98,6 +99,17 @@ class Zoo:
     @cached_property
     def heads(self) -> dict[str, Head]:
         return {t: self.head(t) for t in self.tasks}
+
+    @cached_property
+    def weights_sha256(self) -> dict[str, str]:
+        """{file: sha256} of every tensor file: what the towers and heads are, which the manifest
+        alone does not say (two builds or imports of one layout share a manifest)."""
+        names = [PRETRAINED] + [f"{t}/{name}" for t in self.tasks for name in (FINETUNED, HEAD)]
+        out = {}
+        for name in names:
+            with open(self.root / name, "rb") as f:
+                out[name] = hashlib.file_digest(f, "sha256").hexdigest()
+        return out
 
 
 def write_zoo(root: str | Path, manifest: ZooManifest, pretrained: StateDict,

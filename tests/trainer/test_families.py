@@ -56,6 +56,30 @@ def test_ta_pref_family_serves_task_arithmetic_at_each_point(quick_zoo, tmp_path
     assert not (store / family_id).exists()
 
 
+def test_a_zoo_with_other_weights_under_the_same_manifest_trains_another_family(quick_zoo, tmp_path, capsys):
+    """The family id hashes the zoo's tensor files: a rebuilt or re-imported zoo of the same layout
+    must not reuse a family trained on the old weights (it did while the id hashed the manifest)."""
+    from models_store.checkpoint import save_state_dict
+    store, same, other = tmp_path / "store", tmp_path / "same", tmp_path / "other"
+    shutil.copytree(quick_zoo.root, same)
+    shutil.copytree(quick_zoo.root, other)
+    task = quick_zoo.tasks[0]
+    state = load_state_dict(other / task / "finetuned.safetensors")
+    save_state_dict(other / task / "finetuned.safetensors", {k: v * 1.01 for k, v in state.items()})
+
+    def train(zoo):
+        main(["train", "--zoo", str(zoo), "--store", str(store), "--method", "ta-pref", "--points", "grid=1"])
+        return capsys.readouterr().out.strip().splitlines()[-1]
+
+    first = train(quick_zoo.root)
+    assert train(same) == first  # the same bytes: the same family, reused
+    second = train(other)
+    assert second != first
+    pref = open_family(store, first).preference(f"{task}:1")
+    assert not torch.equal(open_family(store, first).materialize(pref)["proj"],
+                           open_family(store, second).materialize(pref)["proj"])
+
+
 def test_flags_of_another_method_are_refused(quick_zoo, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--method", "ta-pref", "--rank", "4"])

@@ -57,7 +57,6 @@ from .model import Base, FixedBase, LowRankInit, ParetoMerge
 BASES = ("adamerging", "adamerging++", "task-arithmetic", "ties", "tsv-m", "iso-c", "iso-cts", "wudi")
 LEARNED = {"adamerging": "pm", "adamerging++": "pm++"}  # the learned bases, and whose vectors they merge
 DEFAULT_BASE = {"pm": "tsv-m", "pm++": "adamerging++"}  # pm: the best of bench/results/pm-sweep-* (bases)
-HISTORICAL_BASE = {"pm": "adamerging", "pm++": "adamerging++"}  # before --base: ids hash without it
 RUNS = ".runs"  # STORE/.runs/<family_id>/checkpoint.safetensors (no manifest.json: never listed)
 
 
@@ -118,10 +117,7 @@ def optimizer(model: ParetoMerge, cfg: ParetoConfig) -> torch.optim.Adam:
 
 
 def run_id(zoo: Zoo, cfg: ParetoConfig, unlabeled_specs: dict[str, str]) -> str:
-    # the base every family had before --base existed is not in the hash, so those families keep their ids
-    historical = cfg.base == HISTORICAL_BASE[cfg.method]
-    return family_id(cfg.method, zoo, cfg, unlabeled_specs,
-                     exclude={"checkpoint_every"} | ({"base"} if historical else set()))
+    return family_id(cfg.method, zoo, cfg, unlabeled_specs, exclude={"checkpoint_every"})
 
 
 def base_merge(pool: ModelPool, cfg: ParetoConfig, device: torch.device) -> Base:
