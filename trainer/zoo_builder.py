@@ -5,6 +5,8 @@
    per task contrasted with a learned embedding per class name. Those class embeddings are the
    zero-shot heads (normalize(features) @ W^T, the logit scale folded into W).
 2. Per task, fine-tune the whole tower with its zero-shot head frozen (Ilharco et al.'s recipe).
+Neither stage reads a held-out part of each train split (`holdout`), so the learners that score
+merges on labelled data validate on images no tower has seen.
 Same seed, same zoo: every random draw comes from generators seeded from `seed`.
 """
 from __future__ import annotations
@@ -38,7 +40,10 @@ class ZooConfig(BaseModel):
     tasks: dict[str, str] = Field(min_length=1, description="task name -> dataset spec")
     seed: int = 0
     channels: int = Field(3, description="image channels of the preprocess (1: grayscale)")
-    train_limit: Optional[int] = Field(4000, description="training images per task")
+    holdout: float = Field(0.1, ge=0, lt=1, description=(
+        "class-stratified fraction of each task's train split that no tower trains on (neither pretraining nor "
+        "fine-tuning): the unseen labelled validation images of the learners that score merges (MAP, HM3)"))
+    train_limit: Optional[int] = Field(4000, description="training images per task (after --holdout)")
     test_limit: Optional[int] = Field(1000, description="test images per task")
     pretrain_steps: int = Field(200, description="contrastive pretraining steps")
     pretrain_batch: int = Field(128, description="pretraining batch")
@@ -186,7 +191,7 @@ def build_zoo(out: str | Path, cfg: ZooConfig) -> tuple[Zoo, dict[str, dict[str,
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    train = {t: load_dataset(s, "train", pre, limit=cfg.train_limit, seed=cfg.seed) for t, s in cfg.tasks.items()}
+    train = {t: load_dataset(s, "train", pre, limit=cfg.train_limit, seed=cfg.seed, holdout=cfg.holdout) for t, s in cfg.tasks.items()}
     test = {t: load_dataset(s, "test", pre, limit=cfg.test_limit, seed=cfg.seed) for t, s in cfg.tasks.items()}
     timings["data_s"] = time.perf_counter() - t0
 

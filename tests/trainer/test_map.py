@@ -13,7 +13,8 @@ from models_store.preprocess import Preprocess
 from models_store.preference import from_weights
 from models_store.store import open_family
 from trainer.data import load_dataset
-from trainer.data.load import load_validation
+from trainer.data import DatasetError
+from trainer.data.load import TrainingPart, load_validation
 from trainer.families import map as map_family
 from trainer.map.design import default_budget, design_points, surrogate_size
 from trainer.map.search import predicted_pareto_set
@@ -74,13 +75,33 @@ def test_validation_is_a_stratified_part_of_the_train_split():
 def test_validation_avoids_the_images_the_zoo_fine_tuned_on():
     pre = Preprocess(image_size=16)
     seen = load_dataset("builtin:digits", "train", pre, limit=600, seed=3).images.flatten(1)
-    val, unseen = load_validation("builtin:digits", pre, 0.1, seed=0, finetuning=(600, 3))
-    assert unseen is True and len(val) == pytest.approx(0.1 * (1347 - 600), abs=10)
+    val, unseen = load_validation("builtin:digits", pre, 0.1, seed=0, finetuning=TrainingPart(600, 3))
+    assert unseen is True and len(val) == pytest.approx(0.1 * 1347, abs=10)  # a tenth of the split, all unseen
     assert not any((seen == v.flatten()).all(1).any() for v in val.images)
     # a fine-tuning that read the whole split leaves nothing unseen: a part of it, as without one
-    whole, unseen = load_validation("builtin:digits", pre, 0.1, seed=0, finetuning=(4000, 0))
+    whole, unseen = load_validation("builtin:digits", pre, 0.1, seed=0, finetuning=TrainingPart(4000, 0))
     assert unseen is False
     assert torch.equal(whole.images, load_validation("builtin:digits", pre, 0.1, seed=0)[0].images)
+
+
+def test_a_held_out_part_is_never_trained_on_and_is_the_validation_set():
+    pre = Preprocess(image_size=16)
+    part = TrainingPart(None, 2, holdout=0.1)
+    train = load_dataset("builtin:digits", "train", pre, seed=2, holdout=0.1)
+    whole = load_dataset("builtin:digits", "train", pre)
+    val, unseen = load_validation("builtin:digits", pre, 0.1, seed=0, finetuning=part)
+    assert unseen is True and len(train) + len(val) == len(whole)  # every image is in exactly one of them
+    flat = train.images.flatten(1)
+    assert not any((flat == v.flatten()).all(1).any() for v in val.images)
+    assert (torch.bincount(val.labels) >= 13).all()  # stratified: about a tenth of every class
+    # a limit draws from what the holdout leaves; a smaller validation fraction is a part of the holdout
+    limited = load_dataset("builtin:digits", "train", pre, limit=500, seed=2, holdout=0.1)
+    assert len(limited) == 500 and not any((limited.images.flatten(1) == v.flatten()).all(1).any() for v in val.images)
+    small, _ = load_validation("builtin:digits", pre, 0.05, seed=0, finetuning=part)
+    assert len(small) == pytest.approx(0.05 * len(whole), abs=10)
+    assert all((val.images.flatten(1) == v.flatten()).all(1).any() for v in small.images)
+    with pytest.raises(DatasetError, match="held-out fraction"):
+        load_dataset("builtin:digits", "train", pre, holdout=1.0)
 
 
 def test_pick_rules_read_the_predicted_metrics():
@@ -315,13 +336,16 @@ def test_validation_sets_say_when_the_fine_tuning_saw_every_validation_image(qui
 
     from trainer.families.validation import ValidationConfig, validation_sets
 
-    def sets(train_limit):
-        manifest = quick_zoo.manifest.model_copy(update={"metrics": {"config": {"train_limit": train_limit, "seed": 0}}})
+    def sets(train_limit, **held):
+        config = {"train_limit": train_limit, "seed": 0} | held
+        manifest = quick_zoo.manifest.model_copy(update={"metrics": {"config": config}})
         ctx = SimpleNamespace(zoo=SimpleNamespace(tasks=quick_zoo.tasks, manifest=manifest, task=quick_zoo.task))
         validation_sets(ctx, ValidationConfig())
         return capsys.readouterr().err
 
     assert f"note: the validation images of {', '.join(quick_zoo.tasks)} are images their fine-tuned towers " \
            f"trained on" in sets(10 ** 6)
-    assert "are images their fine-tuned towers trained on" in sets(None)  # `pmerge zoo` without --train-limit
+    assert "are images their fine-tuned towers trained on" in sets(None)  # a zoo from before --holdout
+    assert "are images their fine-tuned towers trained on" in sets(None, holdout=0.0)
+    assert sets(None, holdout=0.1) == ""  # `pmerge zoo`'s default holds a tenth of every train split out
     assert sets(300) == ""  # every task's train split has images its fine-tuning did not read

@@ -1,6 +1,7 @@
 """Entry points: spec string -> class names, spec string + split -> preprocessed TaskData."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 from pathlib import Path
@@ -29,27 +30,49 @@ def dataset_classes(spec: str) -> list[str]:
     return get_builtin(parsed.target).classes()
 
 
-def load_dataset(spec: str, split: str, preprocess: Preprocess, limit: int | None = None, seed: int = 0) -> TaskData:
-    """One split, preprocessed; `limit` keeps a deterministic random subset (drawn with `seed`)."""
+def load_dataset(spec: str, split: str, preprocess: Preprocess, limit: int | None = None, seed: int = 0,
+                 holdout: float = 0.0) -> TaskData:
+    """One split, preprocessed; `holdout` and `limit` keep the images `training_indices` names."""
     parsed = parse_spec(spec)
     check_split(split)
     if parsed.kind == "folder":
-        return _load_folder(parsed, split, preprocess, limit, seed)
+        return _load_folder(parsed, split, preprocess, TrainingPart(limit, seed, holdout))
     raw = _load_raw(parsed, split)
-    indices = subset_indices(len(raw.labels), limit, seed)
+    indices = TrainingPart(limit, seed, holdout).indices(np.asarray(raw.labels))
     if indices is not None:
         raw = raw.take(indices)
     return TaskData(images_to_tensor(raw.images, preprocess), _labels_tensor(raw.labels), list(raw.classes))
 
 
+@dataclass(frozen=True)
+class TrainingPart:
+    """The images of a split that a zoo's towers train on: first a class-stratified `holdout`
+    fraction (drawn with `seed`) is set apart and never read, then `limit` of the rest are drawn
+    with `seed` (None: all of them). The same on every machine, so a learner can tell which train
+    images no tower has seen."""
+    limit: Optional[int] = None
+    seed: int = 0
+    holdout: float = 0.0
+
+    def indices(self, labels: np.ndarray) -> Optional[np.ndarray]:
+        """Sorted indices of the part; None when it is the whole split."""
+        if not self.holdout:
+            return subset_indices(len(labels), self.limit, self.seed)
+        if not 0 < self.holdout < 1:
+            raise DatasetError(f"the held-out fraction must be in [0, 1), got {self.holdout}")
+        rest = np.setdiff1d(np.arange(len(labels)), stratified_indices(labels, self.holdout, self.seed))
+        picked = subset_indices(len(rest), self.limit, self.seed)
+        return rest if picked is None else rest[picked]
+
+
 def load_validation(spec: str, preprocess: Preprocess, fraction: float, seed: int = 0,
-                    finetuning: Optional[tuple[Optional[int], int]] = None) -> tuple[TaskData, Optional[bool]]:
+                    finetuning: Optional[TrainingPart] = None) -> tuple[TaskData, Optional[bool]]:
     """A labelled validation set: a class-stratified `fraction` of the TRAIN split (never the test
-    split, which stays for eval and front), chosen before any image is decoded. `finetuning`
-    (limit, seed): the subset of the train split that the zoo's fine-tuning read (as `load_dataset`
-    draws it); the validation set is then drawn from the other images, which no fine-tuned tower
-    has seen, when there are any. Also whether its images are unseen by the fine-tuning: True,
-    False (it read every train image), None (`finetuning` not given: nobody says)."""
+    split, which stays for eval and front), chosen before any image is decoded. `finetuning`: the
+    part of the train split that the zoo's towers trained on; the validation set is then drawn from
+    the other images, which no tower has seen (all of them when they are fewer than `fraction` of
+    the split). Also whether its images are unseen by the towers: True, False (they trained on
+    every train image), None (`finetuning` not given: nobody says)."""
     parsed = parse_spec(spec)
     if parsed.kind == "folder":
         listing = list_folder_split(_existing_dir(parsed), "train")
@@ -63,12 +86,13 @@ def load_validation(spec: str, preprocess: Preprocess, fraction: float, seed: in
 
 
 def _validation_indices(labels: np.ndarray, fraction: float, seed: int,
-                        finetuning: Optional[tuple[Optional[int], int]]) -> tuple[np.ndarray, Optional[bool]]:
-    seen = None if finetuning is None else subset_indices(len(labels), *finetuning)
-    if seen is None:  # fine-tuning read the whole split (or nobody says): a part of it
+                        finetuning: Optional[TrainingPart]) -> tuple[np.ndarray, Optional[bool]]:
+    seen = None if finetuning is None else finetuning.indices(labels)
+    if seen is None:  # the towers trained on the whole split (or nobody says): a part of it
         return stratified_indices(labels, fraction, seed), None if finetuning is None else False
     unseen = np.setdiff1d(np.arange(len(labels)), seen)
-    return unseen[stratified_indices(labels[unseen], fraction, seed)], True
+    share = fraction * len(labels) / len(unseen)  # of the unseen images, for `fraction` of the split
+    return (unseen if share >= 1 else unseen[stratified_indices(labels[unseen], share, seed)]), True
 
 
 def _load_raw(parsed: DatasetSpec, split: str) -> RawSplit:
@@ -77,11 +101,11 @@ def _load_raw(parsed: DatasetSpec, split: str) -> RawSplit:
     return get_builtin(parsed.target).load(split)
 
 
-def _load_folder(parsed: DatasetSpec, split: str, preprocess: Preprocess, limit: int | None, seed: int) -> TaskData:
+def _load_folder(parsed: DatasetSpec, split: str, preprocess: Preprocess, part: TrainingPart) -> TaskData:
     listing = list_folder_split(_existing_dir(parsed), split)
     paths, labels = listing.paths, listing.labels
-    # Pick the subset before decoding: with a limit, only the chosen files are read.
-    indices = subset_indices(len(paths), limit, seed)
+    # Pick the subset before decoding: only the chosen files are read.
+    indices = part.indices(np.asarray(labels))
     if indices is not None:
         paths, labels = [paths[i] for i in indices], labels[indices]
     return TaskData(decode_images(paths, preprocess), _labels_tensor(labels), list(listing.classes))

@@ -8,14 +8,15 @@ from typing import Optional
 from pydantic import Field
 
 from ..data import TaskData
-from ..data.load import load_dataset, load_validation
+from ..data.load import TrainingPart, load_dataset, load_validation
 from .registry import LearnContext, LearnerConfig
 
 
 class ValidationConfig(LearnerConfig):
     val_fraction: float = Field(0.1, gt=0, lt=1, description=(
-        "labelled validation data: this class-stratified fraction of each task's TRAIN split, held apart "
-        "(never the test split, which stays for eval and front)"))
+        "labelled validation data: this class-stratified fraction of each task's TRAIN split, drawn from the "
+        "images the zoo's towers did not train on when its manifest says which (all of them when fewer; never "
+        "the test split, which stays for eval and front)"))
     val: dict[str, str] = Field({}, description="TASK=SPEC: the whole train split of SPEC as that task's validation "
                                                 "data instead; repeatable")
     seed: int = 0
@@ -40,17 +41,18 @@ def validation_sets(ctx: LearnContext, config: ValidationConfig) -> dict[str, Ta
                 seen.append(task)
     if seen:
         print(f"note: the validation images of {', '.join(seen)} are images their fine-tuned towers trained on (the "
-              f"zoo's fine-tuning read every train image), so merges and paths that lean on fine-tuned weights score "
-              f"better there than on new images; give --val TASK=SPEC with held-out images, or build the zoo with a "
-              f"--train-limit below the train split's size", file=sys.stderr)
+              f"zoo was built with --holdout 0 and no --train-limit below the train split's size), so merges and "
+              f"paths that lean on fine-tuned weights score better there than on new images; give --val TASK=SPEC "
+              f"with held-out images, or build the zoo with `pmerge zoo --holdout`", file=sys.stderr)
     return out
 
 
-def finetuning_subset(zoo) -> Optional[tuple[Optional[int], int]]:
-    """(train_limit, seed) of a zoo that `pmerge zoo` built (its manifest records them; a limit of
-    None: every train image), else None."""
+def finetuning_subset(zoo) -> Optional[TrainingPart]:
+    """The part of each train split that the towers of a zoo `pmerge zoo` built trained on (its
+    manifest records the flags that drew it; a zoo from before --holdout held nothing out), else
+    None."""
     config = (zoo.manifest.metrics or {}).get("config") or {}
     if "train_limit" not in config or config.get("seed") is None:
         return None
     limit = config["train_limit"]
-    return None if limit is None else int(limit), int(config["seed"])
+    return TrainingPart(None if limit is None else int(limit), int(config["seed"]), float(config.get("holdout", 0.0)))
