@@ -102,6 +102,8 @@ def test_a_held_out_part_is_never_trained_on_and_is_the_validation_set():
     assert all((val.images.flatten(1) == v.flatten()).all(1).any() for v in small.images)
     with pytest.raises(DatasetError, match="held-out fraction"):
         load_dataset("builtin:digits", "train", pre, holdout=1.0)
+    with pytest.raises(DatasetError, match="leaves class index 1 without a training image"):
+        TrainingPart(holdout=0.1).indices(np.array([0, 0, 0, 1, 2, 2]))
 
 
 def test_pick_rules_read_the_predicted_metrics():

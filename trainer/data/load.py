@@ -61,6 +61,10 @@ class TrainingPart:
         if not 0 < self.holdout < 1:
             raise DatasetError(f"the held-out fraction must be in [0, 1), got {self.holdout}")
         rest = np.setdiff1d(np.arange(len(labels)), stratified_indices(labels, self.holdout, self.seed))
+        bare = np.setdiff1d(np.unique(labels), labels[rest])
+        if len(bare):  # every class keeps one image out, so a class of one would train on none
+            raise DatasetError(f"--holdout {self.holdout} leaves class index {int(bare[0])} without a training "
+                               f"image (it has {int((labels == bare[0]).sum())}): give more images or --holdout 0")
         picked = subset_indices(len(rest), self.limit, self.seed)
         return rest if picked is None else rest[picked]
 
