@@ -32,7 +32,7 @@ def dataset_classes(spec: str) -> list[str]:
 
 def load_dataset(spec: str, split: str, preprocess: Preprocess, limit: int | None = None, seed: int = 0,
                  holdout: float = 0.0) -> TaskData:
-    """One split, preprocessed; `holdout` and `limit` keep the images `training_indices` names."""
+    """One split, preprocessed; `holdout` and `limit` keep the images `TrainingPart` names."""
     parsed = parse_spec(spec)
     check_split(split)
     if parsed.kind == "folder":
