@@ -65,6 +65,11 @@ class Head(BaseModel, arbitrary_types_allowed=True):
         return Head(weight=self.weight.to(device, dtype), bias=bias)
 
 
+def tensor_files(tasks: list[str]) -> list[str]:
+    """The zoo's tensor files of `tasks`, relative to its root, pretrained first."""
+    return [PRETRAINED] + [f"{t}/{name}" for t in tasks for name in (FINETUNED, HEAD)]
+
+
 class Zoo:
     """A zoo on disk. Tensors are read lazily, one file at a time."""
 
@@ -104,9 +109,8 @@ class Zoo:
     def weights_sha256(self) -> dict[str, str]:
         """{file: sha256} of every tensor file: what the towers and heads are, which the manifest
         alone does not say (two builds or imports of one layout share a manifest)."""
-        names = [PRETRAINED] + [f"{t}/{name}" for t in self.tasks for name in (FINETUNED, HEAD)]
         out = {}
-        for name in names:
+        for name in tensor_files(self.tasks):
             with open(self.root / name, "rb") as f:
                 out[name] = hashlib.file_digest(f, "sha256").hexdigest()
         return out
@@ -139,8 +143,7 @@ def write_subset(zoo: Zoo, tasks: list[str], root: str | Path) -> Zoo:
         raise StoreError(f"a subset needs one or more distinct tasks, got {tasks}")
     if (root / MANIFEST).exists():
         raise StoreError(f"{root} already holds a zoo: give a new directory")
-    files = [PRETRAINED] + [f"{t}/{name}" for t in tasks for name in (FINETUNED, HEAD)]
-    for name in files:
+    for name in tensor_files(tasks):
         target = root / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.unlink(missing_ok=True)  # a half-written subset from a killed run

@@ -35,10 +35,11 @@ def load_dataset(spec: str, split: str, preprocess: Preprocess, limit: int | Non
     """One split, preprocessed; `holdout` and `limit` keep the images `TrainingPart` names."""
     parsed = parse_spec(spec)
     check_split(split)
+    part = TrainingPart(limit, seed, holdout)
     if parsed.kind == "folder":
-        return _load_folder(parsed, split, preprocess, TrainingPart(limit, seed, holdout))
+        return _load_folder(parsed, split, preprocess, part)
     raw = _load_raw(parsed, split)
-    indices = TrainingPart(limit, seed, holdout).indices(np.asarray(raw.labels))
+    indices = part.indices(np.asarray(raw.labels))
     if indices is not None:
         raw = raw.take(indices)
     return TaskData(images_to_tensor(raw.images, preprocess), _labels_tensor(raw.labels), list(raw.classes))
