@@ -2,6 +2,9 @@
 kind `lowrank`), loading and verification, publication. The math of each kind is in kinds/."""
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -14,17 +17,31 @@ from .atomic import atomic_dir
 from .checkpoint import StateDict, load_state_dict, save_state_dict, sha256_file
 from .preference import Preference, parse_preference
 from .preprocess import Preprocess
-from .manifest import check_format, read_manifest
+from .manifest import check_format, parse_manifest, read_manifest
 from .zoo import Head, TaskInfo
 
 FAMILY_FORMAT = 2
 MANIFEST = "manifest.json"
 HEADS = "heads.safetensors"
+# A family id is a directory name of the store and a path segment of the API: never a path, never
+# longer than a file name may be. The one definition, for manifests, stores and routes.
+FAMILY_ID_MAX = 128
+_FAMILY_ID = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.+-]{{0,{FAMILY_ID_MAX - 1}}}")
+
+
+def is_family_id(text: str) -> bool:
+    """Whether `text` is a valid family id (the whole text: a trailing newline is not)."""
+    return isinstance(text, str) and _FAMILY_ID.fullmatch(text) is not None
+
+
+def shown_id(text: str) -> str:
+    """An id as an error message shows it: repr'd, and cut when too long to be one."""
+    return repr(text) if len(text) <= FAMILY_ID_MAX else repr(text[:48]) + f"... ({len(text)} characters)"
 
 
 class FamilyManifest(BaseModel):
     format: int = FAMILY_FORMAT
-    family_id: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+    family_id: str
     created: str
     method: str
     hyperparameters: dict[str, Any] = {}
@@ -53,6 +70,14 @@ class FamilyManifest(BaseModel):
     def _known_format(cls, v: int) -> int:
         return check_format("family", v, FAMILY_FORMAT, older=(1,))
 
+    @field_validator("family_id")
+    @classmethod
+    def _valid_id(cls, v: str) -> str:
+        if not is_family_id(v):
+            raise ValueError(f"{shown_id(v)} is not a family id (1 to {FAMILY_ID_MAX} letters, digits, _ . + -, "
+                             f"not starting with . + -)")
+        return v
+
     @model_validator(mode="after")
     def _known_kind(self) -> "FamilyManifest":
         from .kinds import get_kind
@@ -73,13 +98,33 @@ class FamilyManifest(BaseModel):
         return [t.name for t in self.tasks]
 
 
+def read_family_manifest(path: Path) -> tuple[FamilyManifest, str]:
+    """The manifest of the family directory `path` and the sha256 of its bytes; refused when the id
+    it claims is not the directory's name (a copy under another name would pose as that family)."""
+    file = path / MANIFEST
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"missing manifest: {file}") from None
+    except OSError as e:
+        raise StoreError(f"{file} cannot be read: {e.strerror or e}") from None
+    manifest = parse_manifest(raw, file, FamilyManifest)
+    if manifest.family_id != path.name:
+        raise StoreError(f"{file} claims family id {shown_id(manifest.family_id)}, but its directory is "
+                         f"{shown_id(path.name)}: a family's id is its directory's name")
+    return manifest, hashlib.sha256(raw).hexdigest()
+
+
 class Family:
-    """A verified family, loaded in memory: its manifest, heads and its kind's tensors (`body`)."""
+    """A verified family, loaded in memory: its manifest, heads and its kind's tensors (`body`).
+
+    `digest` is the sha256 of the manifest's bytes: with the files verified against the hashes it
+    lists, it names exactly what was loaded (the download cache keys its files by it)."""
 
     def __init__(self, path: str | Path, verify: bool = True):
         from .kinds import get_kind
         self.path = Path(path)
-        self.manifest: FamilyManifest = read_manifest(self.path / MANIFEST, FamilyManifest)
+        self.manifest, self.digest = read_family_manifest(self.path)
         self.kind = get_kind(self.manifest.kind)
         if verify:
             self.verify()

@@ -29,8 +29,18 @@ def read_manifest(path: Path, model: type[M]) -> M:
     if not path.is_file():
         raise StoreError(f"missing manifest: {path}")
     try:
-        return model.model_validate(json.loads(path.read_text()))
-    except (OSError, UnicodeDecodeError) as e:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise StoreError(f"{path} cannot be read: {e}") from e
+    return parse_manifest(raw, path, model)
+
+
+def parse_manifest(raw: bytes, path: Path, model: type[M]) -> M:
+    """The bytes of the manifest file `path`, validated by `model`; every way it can be bad is a
+    StoreError that names the file."""
+    try:
+        return model.model_validate(json.loads(raw.decode()))
+    except UnicodeDecodeError as e:
         raise StoreError(f"{path} cannot be read: {e}") from e
     except json.JSONDecodeError as e:
         raise StoreError(f"{path} is not valid JSON: {e}") from e

@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 DECIMALS = 6
 # The grammar the parser reads, as a regular expression for API schemas (the parser is the judge:
@@ -38,8 +39,9 @@ class Preference:
     def as_dict(self) -> dict[str, float]:
         return dict(zip(self.tasks, self.weights))
 
-    def tensor(self, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> torch.Tensor:
-        return torch.tensor(self.weights, dtype=dtype, device=device)
+    def tensor(self, dtype: "torch.dtype | None" = None, device: "str | torch.device" = "cpu") -> "torch.Tensor":
+        import torch  # the parser itself is torch-free: the HTTP client parses preferences too
+        return torch.tensor(self.weights, dtype=dtype or torch.float32, device=device)
 
     def __str__(self) -> str:
         return self.canonical

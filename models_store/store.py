@@ -13,9 +13,8 @@ from typing import Optional
 
 from . import StoreError
 from .atomic import TMP_PREFIX
-from .family import HEADS, MANIFEST, Family, FamilyManifest
+from .family import HEADS, MANIFEST, Family, FamilyManifest, is_family_id, read_family_manifest, shown_id
 from .kinds import get_kind
-from .manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +23,8 @@ def list_families(store: str | Path) -> list[FamilyManifest]:
     """Manifests of the published families, newest first.
 
     Temporary siblings are ignored; a directory whose manifest cannot be read (an interrupted
-    copy, say) is skipped with a warning that names it, so one bad directory never hides the rest.
+    copy, say), or claims another id than the directory's name, is skipped with a warning that
+    names it, so one bad directory never hides the rest nor poses as another family.
     """
     return [m for m, _ in _published(store)]
 
@@ -37,7 +37,7 @@ def _published(store: str | Path) -> list[tuple[FamilyManifest, Path]]:
     for d in sorted(store.iterdir()):
         if d.is_dir() and not d.name.startswith(TMP_PREFIX) and (d / MANIFEST).is_file():
             try:
-                out.append((read_manifest(d / MANIFEST, FamilyManifest), d))
+                out.append((read_family_manifest(d)[0], d))
             except StoreError as e:
                 log.warning("skipping %s: %s", d, e)
     return sorted(out, key=lambda e: (e[0].created, e[0].family_id), reverse=True)
@@ -58,14 +58,17 @@ def family_path(store: str | Path, family_id: Optional[str] = None) -> Path:
             if _complete(path, manifest):
                 return path
         raise StoreError(f"store {store} holds no family; train one with `pmerge train`")
-    path = store / family_id
-    if "/" in family_id or family_id.startswith(".") or not (path / MANIFEST).is_file():
-        raise StoreError(f"store {store} has no family {family_id!r}")
+    path = published(store, family_id)
+    if path is None:
+        raise StoreError(f"store {store} has no family {shown_id(family_id)}")
     return path
 
 
 def published(store: str | Path, family_id: str) -> Optional[Path]:
-    """The path of family `family_id` when the store already holds it (a rerun reuses it), else None."""
+    """The path of family `family_id` when the store already holds it (a rerun reuses it), else None.
+    Any text is safe to ask for: what is not a family id is never looked up on disk."""
+    if not is_family_id(family_id):
+        return None
     path = Path(store) / family_id
     return path if (path / MANIFEST).is_file() else None
 

@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel, Field, field_validator
 
 from . import StoreError
-from .atomic import write_text
+from .atomic import atomic_dir, write_text
 from .checkpoint import StateDict, load_state_dict, save_state_dict
 from .manifest import check_format, read_manifest
 from .preprocess import Preprocess
@@ -116,19 +116,31 @@ class Zoo:
         return out
 
 
+def refuse_existing(root: Path) -> None:
+    """A zoo is written into a new directory (or an empty one), never over another zoo."""
+    if root.is_dir() and not any(root.iterdir()):
+        root.rmdir()
+    elif root.exists():
+        what = "a zoo" if (root / MANIFEST).is_file() else "files"
+        raise StoreError(f"{root} already holds {what}: give a new directory (nothing was written)")
+
+
 def write_zoo(root: str | Path, manifest: ZooManifest, pretrained: StateDict,
               finetuned: dict[str, StateDict], heads: dict[str, Head]) -> Zoo:
-    """Write every file of the zoo contract; the manifest goes last so a zoo is complete once readable."""
+    """Write every file of the zoo contract into a new directory, atomically: built beside it and
+    renamed, so a failure part-way leaves no zoo, and never an old manifest beside new weights."""
     root = Path(root)
     names = manifest.task_names
     if set(finetuned) != set(names) or set(heads) != set(names):
         raise StoreError(f"finetuned and heads must cover exactly the tasks {names}")
-    save_state_dict(root / PRETRAINED, pretrained)
-    for name in names:
-        save_state_dict(root / name / FINETUNED, finetuned[name])
-        head = {"weight": heads[name].weight} | ({"bias": heads[name].bias} if heads[name].bias is not None else {})
-        save_state_dict(root / name / HEAD, head)
-    write_text(root / MANIFEST, manifest.model_dump_json(indent=2))
+    refuse_existing(root)
+    with atomic_dir(root) as tmp:
+        save_state_dict(tmp / PRETRAINED, pretrained)
+        for name in names:
+            save_state_dict(tmp / name / FINETUNED, finetuned[name])
+            head = {"weight": heads[name].weight} | ({"bias": heads[name].bias} if heads[name].bias is not None else {})
+            save_state_dict(tmp / name / HEAD, head)
+        write_text(tmp / MANIFEST, manifest.model_dump_json(indent=2))
     return Zoo(root)
 
 
@@ -142,7 +154,7 @@ def write_subset(zoo: Zoo, tasks: list[str], root: str | Path) -> Zoo:
     if not tasks or len(set(tasks)) != len(tasks):
         raise StoreError(f"a subset needs one or more distinct tasks, got {tasks}")
     if (root / MANIFEST).exists():
-        raise StoreError(f"{root} already holds a zoo: give a new directory")
+        raise StoreError(f"{root} already holds a zoo: give a new directory (nothing was written)")
     for name in tensor_files(tasks):
         target = root / name
         target.parent.mkdir(parents=True, exist_ok=True)

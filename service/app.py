@@ -162,9 +162,10 @@ DOWNLOAD_RESPONSES = {200: {"content": {"application/octet-stream": {}}, "descri
                       304: {"description": "not modified (If-None-Match)"}, **ERRORS}
 
 
-def family_routes(served: Callable[..., AsyncIterator[Served]], operation_prefix: str) -> APIRouter:
-    """classify, models/{pref} and family for one way of naming the family (the default, or a path's id)."""
-    router = APIRouter()
+def family_routes(served: Callable[..., AsyncIterator[Served]], operation_prefix: str, prefix: str = "") -> APIRouter:
+    """classify, models/{pref} and family for one way of naming the family (the default, or a path's id).
+    The prefix is part of each route's own path, so metrics and logs name the route a request took."""
+    router = APIRouter(prefix=prefix)
     held = Depends(served)  # a default value, not an annotation: annotations are strings here
     op = lambda name: f"{operation_prefix}{name}"  # noqa: E731  (OpenAPI ids are unique per route)
 
@@ -245,7 +246,7 @@ async def families(runtime: RuntimeDep) -> list[FamilySummary]:
 
 
 api.include_router(family_routes(default_family, ""))
-api.include_router(family_routes(named_family, "family_"), prefix="/families/{family_id}")
+api.include_router(family_routes(named_family, "family_", prefix="/families/{family_id}"))
 
 
 @api.get("/metrics", response_class=Response, tags=["probes"],

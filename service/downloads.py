@@ -1,17 +1,20 @@
 """Merged checkpoints for download (docs/formats.md, "Merged checkpoint"), cached on disk with an exact LRU byte bound.
 
-The file name is a hash of (format, family_id, canonical preference): the preference text from
-the URL is parsed, never used as a path. A file is built once per key (a per-key lock makes
+The file name is a hash of (format, family id, the verified manifest's sha256, canonical
+preference): the preference text from the URL is parsed, never used as a path, and a family
+removed and published again with other bytes under the same id never meets its old files. A file is built once per key (a per-key lock makes
 concurrent requests wait for the first build), written atomically, and streamed from an open
 file handle so eviction by another request cannot pull it from under a running download.
 
 The bound counts the cached files plus the exact sizes of the builds in progress: a build
 reserves its size first, evicting least recently used files, and waits for running builds when
 only they stand in the way. A checkpoint larger than the whole bound is streamed as it is
-materialised, without touching the disk.
+materialised, without touching the disk. A full disk (ENOSPC, EDQUOT) evicts every cached file
+that no download is reading and tries once more, then answers 507; no partial file is ever kept.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -26,16 +29,18 @@ from models_store.family import Family
 from models_store.merged import checkpoint_chunks, checkpoint_size, write_checkpoint
 from models_store.preference import Preference
 
+from .errors import InsufficientStorage
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_FORMAT = "1"  # part of the cache key: a layout change never serves stale files
+DOWNLOAD_FORMAT = "2"  # part of the cache key: a layout change never serves stale files
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 SUFFIX = ".safetensors"
 CHUNK = 1 << 20
 
 
-def cache_key(family_id: str, pref: Preference) -> str:
-    text = "\0".join(("pmerge-download", DOWNLOAD_FORMAT, family_id, pref.canonical))
+def cache_key(family: Family, pref: Preference) -> str:
+    text = "\0".join(("pmerge-download", DOWNLOAD_FORMAT, family.family_id, family.digest, pref.canonical))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -76,11 +81,11 @@ class DownloadCache:
 
     def etag(self, pref: Preference) -> str:
         # the file is a pure function of its key (families are immutable), so the key is the ETag
-        return f'"{cache_key(self.family.family_id, pref)}"'
+        return f'"{cache_key(self.family, pref)}"'
 
     def get(self, pref: Preference) -> CachedFile:
         """Open the checkpoint of `pref`, building it first if needed. Blocking: run it in a thread."""
-        key = cache_key(self.family.family_id, pref)
+        key = cache_key(self.family, pref)
         path = self.root / f"{key}{SUFFIX}"
         name = f"{self.family.family_id}-{key[:12]}{SUFFIX}"
         with self._key_lock(key):
@@ -98,7 +103,7 @@ class DownloadCache:
                 self._reserve(size, key)
                 try:
                     t0 = time.monotonic()
-                    write_checkpoint(path, self.family, pref)
+                    self._write(path, pref, key)
                     log.info("built checkpoint %s for %s in %.2fs", path.name, pref.canonical, time.monotonic() - t0)
                     f = open(path, "rb")
                 finally:
@@ -113,6 +118,25 @@ class DownloadCache:
                     self.hits += 1
         size = os.fstat(f.fileno()).st_size
         return CachedFile(size=size, etag=self.etag(pref), filename=name, built=built, file=f)
+
+    def _write(self, path: Path, pref: Preference, key: str) -> None:
+        """Write the checkpoint (atomically: a failed write leaves nothing); on a full disk, evict
+        every other cached file no one is reading and try once more."""
+        for attempt in (1, 2):
+            try:
+                return write_checkpoint(path, self.family, pref)
+            except OSError as e:
+                if e.errno not in DISK_FULL:
+                    raise
+                if attempt == 1:
+                    with self._guard:
+                        freed = sum(st.st_size for p, st in self.entries() if self._evict(p, key))
+                    log.warning("download cache %s: disk full (%s); evicted %d bytes, trying again", self.root,
+                                os.strerror(e.errno), freed)
+                    continue
+                raise InsufficientStorage(f"no room on the download cache's disk for the {pref.canonical} checkpoint "
+                                          f"of family {self.family.family_id} ({os.strerror(e.errno)}, after evicting "
+                                          f"every cached file not being read)") from None
 
     def _key_lock(self, key: str) -> threading.Lock:
         with self._guard:

@@ -79,10 +79,20 @@ class NotReady(Unavailable):
     error = "not_ready"
 
 
+class FamilyUnavailable(Unavailable):
+    """A family of the store that cannot be loaded (corrupt, incomplete): the detail says which and why."""
+    error = "family_unavailable"
+
+
+class InsufficientStorage(ServiceError):
+    """The download cache's disk is full, even after evicting what it could."""
+    status, error = 507, "insufficient_storage"
+
+
 # error codes for statuses raised by FastAPI/Starlette themselves (HTTPException)
 STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                 413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_parameter",
-                503: "unavailable"}
+                503: "unavailable", 507: "insufficient_storage"}
 
 
 def error_code(status: int) -> str:

@@ -30,6 +30,11 @@ class Metrics:
         self.queue_depth = Gauge("pmerge_queue_images", "Images waiting in the engine queue", registry=r)
         self.downloads = Counter("pmerge_downloads", "Checkpoint requests by cache result (hit, build)",
                                  ["result"], registry=r)
+        self.family_events = Counter("pmerge_family_events", "Families loaded, failed to load, evicted (least "
+                                     "recently used) and unloaded (removed or replaced in the store)", ["event"],
+                                     registry=r)
+        for event in ("loaded", "load_failed", "evicted", "unloaded"):
+            self.family_events.labels(event)
         self.unhandled = Counter("pmerge_unhandled_exceptions", "Exceptions that reached the last-resort 500 handler",
                                  registry=r)
 

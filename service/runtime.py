@@ -31,7 +31,8 @@ class Runtime:
         self.settings = settings
         self.metrics = metrics
         allowed = parse_family_ids(settings.families)
-        self.families = Families(settings.store, allowed, settings.max_families, self._serve)
+        self.families = Families(settings.store, allowed, settings.max_families, open=self._open, serve=self._served,
+                                 metrics=metrics)
         self.error: Optional[str] = None  # why loading failed, for /readyz
         self._decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="pmerge-decode")
         self._downloader = ThreadPoolExecutor(2, thread_name_prefix="pmerge-download")
@@ -46,8 +47,8 @@ class Runtime:
         self.metrics.track_queue(self.families.queued)
         self.families.set_default(served)
 
-    def _serve(self, family_id: str) -> Served:
-        return self._served(open_family(self.settings.store, family_id))
+    def _open(self, family_id: str) -> Family:
+        return open_family(self.settings.store, family_id)
 
     def _served(self, family: Family) -> Served:
         s = self.settings
@@ -86,17 +87,24 @@ class Runtime:
 
     def require_ready(self) -> Family:
         if not self.ready:
-            raise NotReady(f"model not ready: {self.error}" if self.error else "model is loading", retry_after=5)
+            if self.error:
+                raise NotReady(f"model not ready: {self.error}", retry_after=5)
+            if self.families.default_id is not None and self.families.default is None:
+                raise NotReady(f"the default family {self.families.default_id!r} is not loaded: it was removed or "
+                               f"replaced in the store, and loads again on its next request", retry_after=5)
+            raise NotReady("model is loading", retry_after=5)
         return self.family
 
     # --- async helpers for routes: blocking work off the event loop -------------------------
 
     async def acquire(self, family_id: Optional[str]) -> Served:
-        """The default family (None) or a named one, loaded on first use; `release` it afterwards."""
-        self.require_ready()
-        if family_id is None:
-            family_id = self.families.default_id
-        return await asyncio.to_thread(self.families.acquire, family_id)
+        """The default family (None) or a named one, loaded on first use; `release` it afterwards.
+        A resident family is held right here; only a load takes a thread."""
+        if self.families.default_id is None:  # the default family is still loading (or failed to)
+            self.require_ready()
+        family_id = family_id or self.families.default_id
+        served = self.families.try_acquire(family_id)
+        return served if served is not None else await asyncio.to_thread(self.families.acquire, family_id)
 
     def release(self, served: Served) -> None:
         self.families.release(served)

@@ -68,6 +68,8 @@ def zoo(args: argparse.Namespace) -> None:
     tasks = key_values(args.task, "--task") or (demo_tasks() if args.demo else {})
     if not tasks:
         raise ValueError("give --task NAME=SPEC (repeatable), --demo, or --from ZOO --only TASK,...")
+    from models_store.zoo import refuse_existing
+    refuse_existing(Path(args.out))  # before minutes of training
     cfg = ZooConfig(architecture=resolve_architecture(args.arch), tasks=tasks, **model_values(args, ZooConfig))
     start = time.perf_counter()
     built, matrix = build_zoo(args.out, cfg)
@@ -188,9 +190,14 @@ def import_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", action="append", metavar="TASK=SPEC",
                    help="the task's dataset spec (idx:DIR, folder:DIR, builtin:NAME), recorded in the zoo: eval, "
                         "train and front read it from there; repeatable")
+    p.add_argument("--trust-pickles", action="store_true",
+                   help="task-vectors, fusionbench: fully unpickle files that weights_only=True refuses (whole pickled "
+                        "modules). A full unpickle RUNS CODE the file names: only for files you trust")
 
 
 def import_(args: argparse.Namespace) -> None:
+    from models_store.zoo import refuse_existing
+    refuse_existing(Path(args.out))  # before minutes of reading checkpoints
     classes = {t: Path(f).read_text().split("\n") for t, f in key_values(args.classes, "--classes").items()}
     classes = {t: [c for c in names if c.strip()] for t, names in classes.items()}
     data = key_values(args.data, "--data")
@@ -200,6 +207,8 @@ def import_(args: argparse.Namespace) -> None:
         from .hf_import import import_hf_zoo
         if args.arch:
             raise ValueError("--arch: an hf import reads the architecture from each directory's config.json")
+        if args.trust_pickles:
+            raise ValueError("--trust-pickles: an hf import reads safetensors only and never unpickles")
         if not tasks:
             raise ValueError("--tasks is required: the directories SRC/<task>")
         imported = import_hf_zoo(src, args.out, tasks, classes, data)
@@ -219,7 +228,8 @@ def import_(args: argparse.Namespace) -> None:
                 raise ValueError("--arch and --tasks are required with --format task-vectors")
             pretrained, files = task_vector_files(src, tasks)
             arch = args.arch
-        imported = import_zoo(pretrained, files, args.out, arch, classes, data, source=str(src))
+        imported = import_zoo(pretrained, files, args.out, arch, classes, data, source=str(src),
+                              trust=args.trust_pickles)
     print(f"imported {len(imported.tasks)} tasks into {args.out}")
     missing = [t for t in imported.tasks if t not in data]
     if missing:
@@ -408,9 +418,10 @@ COMMANDS = [
     Command("import", "convert fine-tuned checkpoints into a zoo: task-vectors or FusionBench pickles, or Hugging Face "
             "CLIP directories", import_flags, import_,
             "--format task-vectors reads SRC/zeroshot.pt, SRC/<Task>/finetuned.pt and SRC/head_<Task>.pt, and "
-            "--format fusionbench the files its model-pool YAML names: both UNPICKLE them (weights_only=True first, a "
-            "full unpickle for whole pickled modules): import only files you trust. --format hf reads safetensors "
-            "only and never unpickles."),
+            "--format fusionbench the files its model-pool YAML names: both unpickle them with weights_only=True, "
+            "which reads state dicts and refuses anything else (whole pickled modules too) by name; "
+            "--trust-pickles fully unpickles those, which runs code from the files. --format hf reads "
+            "safetensors only and never unpickles."),
     Command("train", "learn a family of merged models (Pareto Merging, or a servable baseline) into a store",
             train_flags, train,
             "--method pm / pm++: Pareto Merging (kind lowrank), one training for the whole simplex; ta-pref / "

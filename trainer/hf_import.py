@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import load_file
 
+from models_store.checkpoint import load_state_dict
 from models_store.preprocess import CLIP_MEAN, CLIP_STD, Preprocess
 from models_store.tower import Architecture, build_tower
 from models_store.zoo import Head, TaskInfo, ZooManifest, write_zoo
@@ -40,28 +40,60 @@ OPEN_CLIP_LN_EPS = 1e-5
 IGNORED = ("position_ids",)  # a buffer some transformers versions save
 
 
+def read_json(file: Path) -> object:
+    """A JSON file, or one line that names it and what is wrong."""
+    try:
+        return json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file}: cannot be read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON: {e}") from None
+
+
 def read_config(directory: Path) -> dict:
-    """The vision config of a transformers CLIP directory (a CLIPModel's `vision_config`)."""
+    """The vision config of a transformers CLIP directory (a CLIPModel's `vision_config`), with the
+    file's name beside it for errors (`_file`)."""
     file = directory / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{directory}: no config.json (not a transformers model directory)")
-    config = json.loads(file.read_text())
+    config = read_json(file)
+    if not isinstance(config, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}")
     kind = config.get("model_type")
     if kind == "clip":
-        return config["vision_config"] | {"projection_dim": config.get("projection_dim")}
+        vision = config.get("vision_config")
+        if not isinstance(vision, dict):
+            raise ValueError(f"{file}: a CLIP config needs a vision_config object")
+        return vision | {"projection_dim": config.get("projection_dim"), "_file": str(file)}
     if kind == "clip_vision_model":
-        return config
+        return config | {"_file": str(file)}
     raise ValueError(f"{file}: model_type {kind!r}; pmerge imports CLIP models (model_type clip or clip_vision_model)")
+
+
+def shard_paths(directory: Path, index: Path) -> list[Path]:
+    """The shard files an index names, each inside `directory` (an index may not reach elsewhere)."""
+    weight_map = read_json(index)
+    weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{index}: expected a weight_map object of tensor name -> shard file name")
+    root = directory.resolve()
+    paths = []
+    for shard in sorted(set(weight_map.values())):
+        path = (directory / shard).resolve()
+        if Path(shard).is_absolute() or not path.is_relative_to(root):
+            raise ValueError(f"{index}: shard {shard!r} is outside {directory}; an index names files of its own "
+                             f"directory only")
+        paths.append(directory / shard)
+    return paths
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """Every tensor of the directory's safetensors file or shards; pickles are refused."""
     single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
     if single.is_file():
-        return load_file(single)
+        return load_state_dict(single)
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for shard in shards for k, v in load_file(directory / shard).items()}
+        return {k: v for shard in shard_paths(directory, index) for k, v in load_state_dict(shard).items()}
     if any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
         raise ValueError(f"{directory}: only pickled weights (.bin/.pt), which pmerge does not unpickle here; save "
                          f"the model with save_pretrained(..., safe_serialization=True) to get model.safetensors")
@@ -77,20 +109,28 @@ def vision_weights(weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
     return vision, weights.get("visual_projection.weight")
 
 
+def positive_int(config: dict, key: str) -> int:
+    """config[key] as a positive integer, or an error that names the file and the key."""
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+        raise ValueError(f"{config.get('_file', 'config.json')}: {key} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def architecture(config: dict, projection: Optional[torch.Tensor], where: Path) -> Architecture:
     """The open_clip architecture of a transformers vision config."""
     act = config.get("hidden_act", "quick_gelu")
     if act not in ACTIVATIONS:
         raise ValueError(f"{where}: hidden_act {act!r}; open_clip towers run {' or '.join(ACTIVATIONS)}")
     eps = config.get("layer_norm_eps", OPEN_CLIP_LN_EPS)
-    if abs(eps - OPEN_CLIP_LN_EPS) > 1e-12:
-        raise ValueError(f"{where}: layer_norm_eps {eps}; open_clip's vision towers use {OPEN_CLIP_LN_EPS}")
-    width, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+    if not isinstance(eps, (int, float)) or abs(eps - OPEN_CLIP_LN_EPS) > 1e-12:
+        raise ValueError(f"{where}: layer_norm_eps {eps!r}; open_clip's vision towers use {OPEN_CLIP_LN_EPS}")
+    width, heads = positive_int(config, "hidden_size"), positive_int(config, "num_attention_heads")
     if width % heads:
         raise ValueError(f"{where}: hidden_size {width} is not a multiple of num_attention_heads {heads}")
-    vision_cfg = {"image_size": int(config["image_size"]), "patch_size": int(config["patch_size"]), "width": width,
-                  "layers": int(config["num_hidden_layers"]), "head_width": width // heads,
-                  "mlp_ratio": int(config["intermediate_size"]) / width}
+    vision_cfg = {"image_size": positive_int(config, "image_size"), "patch_size": positive_int(config, "patch_size"),
+                  "width": width, "layers": positive_int(config, "num_hidden_layers"), "head_width": width // heads,
+                  "mlp_ratio": positive_int(config, "intermediate_size") / width}
     embed_dim = width if projection is None else int(projection.shape[0])
     return {"custom": {"embed_dim": embed_dim, "quick_gelu": ACTIVATIONS[act], "vision_cfg": vision_cfg}}
 
@@ -149,13 +189,15 @@ def read_tower(directory: Path) -> tuple[Architecture, dict[str, torch.Tensor]]:
 def preprocess_of(directory: Path, arch: Architecture) -> Preprocess:
     """The image size of the config, the mean and std of preprocessor_config.json (CLIP's without)."""
     file = directory / "preprocessor_config.json"
-    config = json.loads(file.read_text()) if file.is_file() else {}
+    config = read_json(file) if file.is_file() else {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}")
     return Preprocess(image_size=arch["custom"]["vision_cfg"]["image_size"],
                       mean=tuple(config.get("image_mean", CLIP_MEAN)), std=tuple(config.get("image_std", CLIP_STD)))
 
 
 def read_head(file: Path, out_dim: int) -> Head:
-    tensors = load_file(file)
+    tensors = load_state_dict(file)
     weight = tensors.get("weight")
     if weight is None or weight.dim() != 2 or weight.shape[1] != out_dim:
         raise ValueError(f"{file}: expected `weight` [classes, {out_dim}] (and optionally `bias` [classes]), "
@@ -176,7 +218,8 @@ def zero_shot_heads(directory: Path, classes: dict[str, list[str]],
     except ImportError as e:
         raise RuntimeError("zero-shot heads need transformers: pip install 'pmerge[hf]' (or give each task a "
                            f"{HEAD_FILE})") from e
-    if json.loads((directory / "config.json").read_text()).get("model_type") != "clip":
+    config = read_json(directory / "config.json")
+    if not isinstance(config, dict) or config.get("model_type") != "clip":
         raise ValueError(f"{directory} is a vision model only: zero-shot heads need a whole CLIPModel (with its text "
                          f"tower and tokenizer); give each task a {HEAD_FILE} instead")
     try:

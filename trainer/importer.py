@@ -7,11 +7,13 @@ task-vectors (the task-vectors / AdaMerging layout; --src a directory):
 fusionbench (--src a FusionBench OpenCLIPVisionModelPool YAML, which names the tasks and files).
 Hugging Face transformers directories are read without any pickle: trainer/hf_import.py.
 
-This is the ONLY place in pmerge that unpickles, and it says so on stderr. Each file is first
-tried with `torch.load(weights_only=True)` (enough for state-dict pickles); whole pickled modules
-need a full unpickle, which runs code from the file: import only files you trust. The classes of
-the original repositories (`src.modeling.ImageEncoder`, `ClassificationHead`) are stood in for,
-so their code need not be installed.
+This is the ONLY place in pmerge that unpickles, and it says so on stderr. Every file is read with
+`torch.load(weights_only=True)`, which builds tensors and plain containers only: enough for
+state-dict pickles. A file that names any other global (a whole pickled module, or a crafted
+`__reduce__`) is refused, naming the file and the globals it would run, unless the user passes
+`--trust-pickles`: then it is fully unpickled, which runs whatever code the file names. The
+classes of the original repositories (`src.modeling.ImageEncoder`, `ClassificationHead`) are stood
+in for then, so their code need not be installed.
 
 `--arch` is what `pmerge zoo --arch` takes (tiny, micro, an open_clip model name) or a JSON file:
 an architecture as zoo.json writes it (`{"open_clip": NAME}` / `{"custom": {...}}`) or an open_clip
@@ -88,15 +90,42 @@ def import_architecture(value: str | Architecture) -> Architecture:
     return arch
 
 
-def unpickle(path: Path) -> Any:
+class UntrustedPickle(ValueError):
+    """A pickle that only a full unpickle reads, and the user did not say they trust it."""
+
+
+def unsafe_globals(path: Path) -> list[str]:
+    """The globals a checkpoint names beyond what weights_only allows, read without running any."""
+    try:
+        named = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001  (not a zip checkpoint: the error below says the file is unreadable)
+        return []
+    # what no known library defines first: the classes a user may not expect, or an attacker's callable
+    known = ("torch.", "torchvision.", "open_clip.", "collections.", "numpy.")
+    return sorted(named, key=lambda g: (g.startswith(known), g))
+
+
+def unpickle(path: Path, trust: bool = False) -> Any:
+    """A checkpoint pickle, read with weights_only=True; one that needs more is refused (naming the
+    globals it would run) unless `trust` (--trust-pickles), which fully unpickles it."""
     if not path.is_file():
         raise FileNotFoundError(f"missing {path}")
-    print(f"pmerge import: unpickling {path} (pickles can run code; import only files you trust)", file=sys.stderr)
+    print(f"pmerge import: unpickling {path} (weights_only=True)", file=sys.stderr)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # a whole pickled module: needs the full unpickler
-    print(f"pmerge import: {path} is a whole pickled module: full unpickle", file=sys.stderr)
+    except pickle.UnpicklingError as e:
+        named = unsafe_globals(path) or re.findall(r"GLOBAL (\S+)", str(e))
+        if not named:
+            raise ValueError(f"{path}: not a readable checkpoint pickle: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001  (torch raises many types on bytes that are no checkpoint)
+        raise ValueError(f"{path}: not a readable checkpoint pickle ({type(e).__name__}: {e})") from None
+    if not trust:
+        shown = ", ".join(named[:8]) + (f" and {len(named) - 8} more" if len(named) > 8 else "")
+        raise UntrustedPickle(f"{path}: refused: reading it needs a full unpickle, which would run code the file "
+                              f"names ({shown}); save the weights as a state dict, or pass --trust-pickles if you "
+                              f"trust the file and where it came from")
+    print(f"pmerge import: {path} names {len(named)} globals beyond weights_only: full unpickle (--trust-pickles)",
+          file=sys.stderr)
     with stand_in_classes():
         return torch.load(path, map_location="cpu", weights_only=False)
 
@@ -192,24 +221,25 @@ def fusionbench_files(pool_yaml: Path) -> tuple[Path, dict[str, tuple[Path, Path
 
 def import_zoo(pretrained_file: Path, files: dict[str, tuple[Path, Path]], out: str | Path, architecture: str,
                classes: Optional[dict[str, list[str]]] = None, data: Optional[dict[str, str]] = None,
-               source: str = ""):
-    """Pickled towers and heads (the pretrained file; per task its fine-tuned file and its head) -> a zoo."""
+               source: str = "", trust: bool = False):
+    """Pickled towers and heads (the pretrained file; per task its fine-tuned file and its head) -> a zoo;
+    `trust` (--trust-pickles) allows full unpickles."""
     arch = import_architecture(architecture)
     arch_name = architecture if isinstance(architecture, str) else json.dumps(architecture)
     if not files:
         raise ValueError("no tasks given")
     tower = build_tower(arch)
     expected, out_dim = tower.state_dict(), tower.output_dim
-    pretrained = visual_state(unpickle(pretrained_file), pretrained_file)
+    pretrained = visual_state(unpickle(pretrained_file, trust), pretrained_file)
     check_tower(pretrained, expected, pretrained_file, arch_name)
     finetuned, heads, infos = {}, {}, []
     for task, (ft_path, head_path) in files.items():
         for p in (ft_path, head_path):
             if not p.is_file():
                 raise FileNotFoundError(f"missing {p}")
-        finetuned[task] = visual_state(unpickle(ft_path), ft_path)
+        finetuned[task] = visual_state(unpickle(ft_path, trust), ft_path)
         check_tower(finetuned[task], expected, ft_path, arch_name)
-        heads[task] = head_of(unpickle(head_path), head_path)
+        heads[task] = head_of(unpickle(head_path, trust), head_path)
         n, dim = heads[task].weight.shape
         if dim != out_dim:
             raise ValueError(f"{head_path}: a head for {dim}-d features; the tower of --arch {arch_name} "

@@ -101,7 +101,7 @@ def test_servable_equals_each_members_tower_cold_and_warm(family, merging_family
 def test_members_inconsistent_with_the_family_are_refused(family, tmp_path):
     import json
     import shutil
-    bad = tmp_path / "bad"
+    bad = tmp_path / "copy" / family.path.name  # a family is named by its directory
     shutil.copytree(family.path, bad)
     manifest = json.loads((bad / "manifest.json").read_text())
     manifest["kind_params"]["members"][4]["blocks"] = ["merge"]
@@ -125,7 +125,7 @@ def test_members_inconsistent_with_the_family_are_refused(family, tmp_path):
 def test_a_family_that_says_merge_vectors_needs_them(family, tmp_path):
     import json
     import shutil
-    bad = tmp_path / "bad"
+    bad = tmp_path / "copy" / family.path.name  # a family is named by its directory
     shutil.copytree(family.path, bad)
     manifest = json.loads((bad / "manifest.json").read_text())
     manifest["kind_params"]["merge_vectors"] = True

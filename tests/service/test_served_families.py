@@ -21,23 +21,32 @@ class FakeEngine:
         self.stopped = True
 
 
-def fake_served(family_id: str) -> Served:
-    return Served(SimpleNamespace(family_id=family_id), FakeEngine(), None)
+def fake_served(family) -> Served:
+    return Served(family, FakeEngine(), None)
+
+
+def publish(store, name: str) -> None:
+    (store / name).mkdir()
+    (store / name / "manifest.json").write_text("{}")
+
+
+def opener(store):
+    return lambda family_id: SimpleNamespace(family_id=family_id, path=store / family_id)
 
 
 @pytest.fixture
 def families(tmp_path):
     for name in ("a", "b", "c", "d"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "manifest.json").write_text("{}")
+        publish(tmp_path, name)
     loaded = []
+    plain = opener(tmp_path)
 
-    def load(family_id):
+    def open_family(family_id):
         time.sleep(0.05)  # long enough for concurrent first requests to meet
         loaded.append(family_id)
-        return fake_served(family_id)
-    f = Families(tmp_path, None, 3, load)
-    f.set_default(fake_served("a"))
+        return plain(family_id)
+    f = Families(tmp_path, None, 3, open=open_family, serve=fake_served)
+    f.set_default(fake_served(plain("a")))
     f.loaded = loaded
     return f
 
@@ -76,8 +85,7 @@ def test_the_families_setting_limits_what_is_served_and_names_a_bad_id(tmp_path)
     assert parse_family_ids(" a, b ,") == ["a", "b"] and parse_family_ids("") is None
     with pytest.raises(ValueError, match="'../b' is not a family id"):
         Settings(families="a,../b")
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "manifest.json").write_text("{}")
-    f = Families(tmp_path, ["a"], 2, fake_served)
+    publish(tmp_path, "b")
+    f = Families(tmp_path, ["a"], 2, open=opener(tmp_path), serve=fake_served)
     with pytest.raises(UnknownFamily, match="'b' is not served here"):
         f.acquire("b")

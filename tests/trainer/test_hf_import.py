@@ -112,3 +112,69 @@ def test_what_pmerge_cannot_import_is_named_and_no_zoo_is_left(tmp_path, capsys)
         capsys, src, "--tasks", "a")
     assert not (tmp_path / "zoo").exists()
     assert build_tower  # noqa: the import of the module under test stays explicit
+
+
+def raw_safetensors(path, header: dict, data: bytes = b"", length=None) -> None:
+    import struct
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text) if length is None else length) + text + data)
+
+
+HOSTILE_WEIGHTS = {
+    "symlink to a text file": None,
+    "shapes that do not fit their offsets": ({"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, b"\0" * 8),
+    "offsets past the end": ({"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8),
+    "a 2^62 header length": ({}, b"", 2 ** 62),
+    "an unknown dtype": ({"x": {"dtype": "Q99", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_WEIGHTS))
+def test_a_hostile_weights_file_is_one_line_that_names_it(tmp_path, capsys, case):
+    src = tmp_path / "src"
+    hf_source(src, "projection", TINY, tasks=("a",))
+    target = src / "a" / "model.safetensors"
+    target.unlink()
+    if HOSTILE_WEIGHTS[case] is None:
+        (tmp_path / "notes.txt").write_text("not a safetensors file at all, just some text\n" * 10)
+        target.symlink_to(tmp_path / "notes.txt")
+    else:
+        raw_safetensors(target, *HOSTILE_WEIGHTS[case])
+    capsys.readouterr()  # transformers' own progress lines while saving
+    err = import_error(capsys, src, "--tasks", "a")
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert err.startswith(f"pmerge import: error: {target} is not a readable safetensors file"), err
+
+
+HOSTILE_CONFIGS = {
+    "[]": "config.json: expected a JSON object, got list",
+    '{"model_type": "clip_vision_model", "hidden_size": null}': "hidden_size must be a positive integer, got None",
+    '{"model_type": "clip", "vision_config": 3}': "a CLIP config needs a vision_config object",
+    "{not json": "config.json: not valid JSON",
+}
+
+
+@pytest.mark.parametrize("text", list(HOSTILE_CONFIGS))
+def test_a_hostile_config_is_one_line_that_names_it(tmp_path, capsys, text):
+    src = tmp_path / "src"
+    hf_source(src, "projection", TINY, tasks=("a",))
+    (src / "a" / "config.json").write_text(text)
+    capsys.readouterr()
+    err = import_error(capsys, src, "--tasks", "a")
+    assert err.count("\n") == 0 and str(src / "a" / "config.json") in err and HOSTILE_CONFIGS[text] in err, err
+
+
+def test_a_sharded_index_may_name_only_its_own_files(tmp_path, capsys):
+    src = tmp_path / "src"
+    hf_source(src, "projection", TINY, tasks=("a",))
+    weights = src / "a" / "model.safetensors"
+    index = src / "a" / "model.safetensors.index.json"
+    (tmp_path / "outside.safetensors").write_bytes(weights.read_bytes())
+    weights.unlink()
+    capsys.readouterr()
+    for weight_map, message in (([], "expected a weight_map object"),
+                                ({"x": "../../outside.safetensors"}, "shard '../../outside.safetensors' is outside"),
+                                ({"x": str(tmp_path / "outside.safetensors")}, "is outside")):
+        index.write_text(json.dumps({"weight_map": weight_map}))
+        err = import_error(capsys, src, "--tasks", "a")
+        assert err.count("\n") == 0 and str(index) in err and message in err, err

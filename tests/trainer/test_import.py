@@ -139,24 +139,97 @@ def assert_zoo_is_the_checkpoints(zoo: Zoo, original) -> None:
 
 
 @pytest.mark.parametrize("module_name", ["src.modeling", "modeling"])  # task-vectors, AdaMerging (src/ on the path)
-def test_imports_whole_pickled_modules(original, tmp_path, capsys, module_name):
+def test_imports_whole_pickled_modules_only_when_trusted(original, tmp_path, capsys, module_name):
     src = write_checkpoints(tmp_path / "ckpt", original, module_name)
     assert module_name not in sys.modules  # the original classes are not importable
     (tmp_path / "mnist.txt").write_text("zero\none\ntwo\nthree\n")
-    main(["import", "--src", str(src), "--out", str(tmp_path / "zoo"), "--arch", "micro", "--tasks", "MNIST,SVHN",
-          "--classes", f"MNIST={tmp_path / 'mnist.txt'}", "--data", "SVHN=builtin:digits"])
+    args = ["import", "--src", str(src), "--out", str(tmp_path / "zoo"), "--arch", "micro", "--tasks", "MNIST,SVHN",
+            "--classes", f"MNIST={tmp_path / 'mnist.txt'}", "--data", "SVHN=builtin:digits"]
+    with pytest.raises(SystemExit):
+        main(args)  # a whole module needs a full unpickle: refused, naming the file and what it would run
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"pmerge import: error: {src / 'zeroshot.pt'}: refused: reading it needs a full unpickle")
+    assert f"{module_name}.ImageEncoder" in err and "--trust-pickles" in err
+    assert not (tmp_path / "zoo").exists()
+    main(args + ["--trust-pickles"])
     out, err = capsys.readouterr()
     assert "imported 2 tasks" in out
     files = [src / "zeroshot.pt"] + [src / t / "finetuned.pt" for t in TASKS] + [src / f"head_{t}.pt" for t in TASKS]
     for f in files:
-        assert f"unpickling {f} (pickles can run code; import only files you trust)" in err
-        assert f"{f} is a whole pickled module: full unpickle" in err
+        assert f"unpickling {f} (weights_only=True)" in err
+        assert f"pmerge import: {f} names " in err and "full unpickle (--trust-pickles)" in err
     assert module_name not in sys.modules and "src" not in sys.modules  # the stand-ins do not leak
     zoo = Zoo(tmp_path / "zoo")
     assert zoo.manifest.architecture == MICRO and zoo.manifest.preprocess.image_size == 16
     assert zoo.task("MNIST").classes == ["zero", "one", "two", "three"]
     assert zoo.task("SVHN").classes == ["0", "1", "2"] and zoo.task("SVHN").data == "builtin:digits"
     assert_zoo_is_the_checkpoints(zoo, original)
+
+
+class RunsCode:
+    """A crafted checkpoint's payload: unpickling it creates a file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (pathlib_touch, (self.marker,))
+
+
+def pathlib_touch(path):  # stands for any callable an attacker names (os.system, ...)
+    open(path, "w").close()
+
+
+@pytest.mark.parametrize("where", ["zeroshot.pt", "MNIST/finetuned.pt", "head_SVHN.pt", "fusionbench"])
+def test_a_crafted_pickle_never_runs_without_trust(original, tmp_path, capsys, where):
+    src = write_checkpoints(tmp_path / "ckpt", original, state_dicts=True)
+    marker = tmp_path / "pwned"
+    target = src / ("zeroshot.pt" if where == "fusionbench" else where)
+    torch.save({"weight": torch.randn(3, 16), "payload": RunsCode(marker)}, target)
+    if where == "fusionbench":
+        args = ["import", "--format", "fusionbench", "--src", fusionbench_pool(tmp_path, src)]
+    else:
+        args = ["import", "--src", str(src), "--arch", "micro", "--tasks", "MNIST,SVHN"]
+    with pytest.raises(SystemExit):
+        main(args + ["--out", str(tmp_path / "zoo")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert not marker.exists()  # nothing ran
+    assert f"{target}: refused" in err and "pathlib_touch" in err, err
+    assert not (tmp_path / "zoo").exists()
+    try:  # trusted, it runs: the flag is the only way, and it says what it does
+        main(args + ["--out", str(tmp_path / "zoo2"), "--trust-pickles"])
+    except SystemExit:
+        pass  # the payload is no tower: the import may fail after it ran
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a pickle", b"PK\x03\x04 truncated zip"])
+def test_a_file_that_is_no_checkpoint_is_one_line_naming_it(original, tmp_path, capsys, content):
+    src = write_checkpoints(tmp_path / "ckpt", original, state_dicts=True)
+    (src / "head_SVHN.pt").write_bytes(content)
+    for args in (["--src", str(src), "--arch", "micro", "--tasks", "MNIST,SVHN"],
+                 ["--format", "fusionbench", "--src", fusionbench_pool(tmp_path, src)]):
+        err = import_error(capsys, src, tmp_path / "zoo", argv=["import", *args])
+        assert err.startswith(f"pmerge import: error: {src / 'head_SVHN.pt'}: not a readable checkpoint pickle"), err
+
+
+def test_an_existing_zoo_is_never_overwritten(original, tmp_path, capsys):
+    src = write_checkpoints(tmp_path / "ckpt", original, state_dicts=True)
+    out = tmp_path / "zoo"
+    main(["import", "--src", str(src), "--out", str(out), "--arch", "micro", "--tasks", "MNIST,SVHN"])
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit):
+        main(["import", "--src", str(src), "--out", str(out), "--arch", "micro", "--tasks", "MNIST"])
+    assert f"{out} already holds a zoo: give a new directory" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # a failure part-way leaves nothing behind: no zoo.json beside half the weights
+    (src / "head_SVHN.pt").write_bytes(b"garbage")
+    with pytest.raises(SystemExit):
+        main(["import", "--src", str(src), "--out", str(tmp_path / "new"), "--arch", "micro", "--tasks", "MNIST,SVHN"])
+    assert not (tmp_path / "new").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    (tmp_path / "empty").mkdir()  # an empty directory is fine
+    main(["import", "--src", str(src), "--out", str(tmp_path / "empty"), "--arch", "micro", "--tasks", "MNIST"])
+    assert Zoo(tmp_path / "empty").tasks == ["MNIST"]
 
 
 def test_imports_state_dicts_without_a_full_unpickle(original, tmp_path, capsys):
@@ -173,9 +246,9 @@ def test_imports_state_dicts_without_a_full_unpickle(original, tmp_path, capsys)
     assert_zoo_is_the_checkpoints(zoo, original)
 
 
-def import_error(capsys, src, out, arch="micro", tasks="MNIST,SVHN") -> str:
+def import_error(capsys, src, out, arch="micro", tasks="MNIST,SVHN", argv=None) -> str:
     with pytest.raises(SystemExit) as exit_info:
-        main(["import", "--src", str(src), "--out", str(out), "--arch", arch, "--tasks", tasks])
+        main((argv or ["import", "--src", str(src), "--arch", arch, "--tasks", tasks]) + ["--out", str(out)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert not (out / "zoo.json").exists()
@@ -218,9 +291,10 @@ def test_heads_that_the_zoo_cannot_hold_are_named(original, tmp_path, capsys):
     with original_module("src.modeling"):
         head = ClassificationHead(False, original.heads["SVHN"].weight.detach())
         torch.save(head, src / "head_SVHN.pt")
-    assert "head_SVHN.pt: a head with normalize=False" in import_error(capsys, src, tmp_path / "zoo")
+    trusted = ["import", "--src", str(src), "--arch", "micro", "--tasks", "MNIST,SVHN", "--trust-pickles"]
+    assert "head_SVHN.pt: a head with normalize=False" in import_error(capsys, src, tmp_path / "zoo", argv=trusted)
     torch.save({"weight": torch.randn(3, 32)}, src / "head_SVHN.pt")
-    err = import_error(capsys, src, tmp_path / "zoo")
+    err = import_error(capsys, src, tmp_path / "zoo", argv=trusted)
     assert f"{src / 'head_SVHN.pt'}: a head for 32-d features; the tower of --arch micro outputs 16" in err
 
 
