@@ -273,7 +273,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     for key in ("repeats", "warmup", "dtype"):
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
-    dtype = DTYPES[args.dtype]
+    dtype = getattr(torch, DTYPES[args.dtype])
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     plan = {a: batch_sizes.get(a, batch_sizes["*"]) for a in archs}
 

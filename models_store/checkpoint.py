@@ -1,33 +1,39 @@
-"""State dicts on disk: safetensors only, written atomically, hashed for manifests."""
+"""State dicts on disk: safetensors only, written atomically, hashed for manifests.
+
+Torch is imported by the functions that read or write tensors, so that reading manifests (and the
+commands that only do that) never pays for it."""
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from . import StoreError
 from .atomic import atomic_file
 
-StateDict = dict[str, torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+StateDict = dict[str, "torch.Tensor"]
 
 
 def save_state_dict(path: str | Path, state: StateDict, metadata: dict[str, str] | None = None) -> None:
     """Write `state` as safetensors atomically (contiguous CPU copies; shared storage is fine)."""
+    from safetensors.torch import save_file
     tensors = {k: v.detach().to("cpu").contiguous().clone() if _shares_storage(v) else v.detach().to("cpu").contiguous()
                for k, v in state.items()}
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def _shares_storage(t: torch.Tensor) -> bool:
+def _shares_storage(t: "torch.Tensor") -> bool:
     # safetensors refuses views of a larger storage (tied or sliced tensors): copy those only
     return t.untyped_storage().nbytes() != t.numel() * t.element_size()
 
 
-def load_state_dict(path: str | Path, device: str | torch.device = "cpu") -> StateDict:
+def load_state_dict(path: str | Path, device: "str | torch.device" = "cpu") -> StateDict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"missing file: {path}")

@@ -5,6 +5,10 @@ names a list of `Command`s, the trainer's and the service's. So `pmerge demo` (t
 through the registered `serve` command, and the one dependency rule (trainer -> models_store <-
 service) holds for the command line too. Flags of pydantic configs come from their fields
 (models_store/flags.py): a new hyperparameter is one field with one description.
+
+Only the command being run builds its flags (which may import what its configs need), and each
+command imports what it runs when it runs: `pmerge --help`, the client commands and `pmerge
+store ls` never import torch.
 """
 from __future__ import annotations
 
@@ -48,19 +52,27 @@ def command(name: str) -> Command:
 
 # ---- main ------------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(chosen: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser; only the `chosen` command's flags are built (every command's when None)."""
     parser = argparse.ArgumentParser(prog="pmerge", description="On-demand merged models: learn a family of "
                                      "merged open_clip towers once, serve any trade-off between the tasks.")
     sub = parser.add_subparsers(dest="command", required=True)
     for cmd in commands().values():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help)
-        cmd.add_arguments(p)
+        if chosen is None or cmd.name == chosen:
+            cmd.add_arguments(p)
         p.set_defaults(run=cmd.run)
     return parser
 
 
+def chosen_command(argv: list[str]) -> str:
+    """The subcommand named in argv (its first word that is no option), or '' for none."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(chosen_command(argv)).parse_args(argv)
     try:
         args.run(args)
     except (StoreError, ValueError, FileNotFoundError, KeyError) as e:

@@ -3,22 +3,25 @@ kind `lowrank`), loading and verification, publication. The math of each kind is
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-import torch
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from . import StoreError
 from .atomic import atomic_dir
 from .checkpoint import StateDict, load_state_dict, save_state_dict, sha256_file
 from .preference import Preference, parse_preference
 from .preprocess import Preprocess
-from .manifest import check_format, parse_manifest, read_manifest
+from .kinds import KINDS, get_kind
+from .manifest import check_format, describe, parse_manifest
 from .zoo import Head, TaskInfo
+
+if TYPE_CHECKING:
+    import torch
 
 FAMILY_FORMAT = 2
 MANIFEST = "manifest.json"
@@ -78,20 +81,25 @@ class FamilyManifest(BaseModel):
                              f"not starting with . + -)")
         return v
 
-    @model_validator(mode="after")
-    def _known_kind(self) -> "FamilyManifest":
-        from .kinds import get_kind
-        try:
-            get_kind(self.kind).Params.model_validate(self.kind_params)
-        except StoreError as e:
-            raise ValueError(str(e)) from None
-        return self
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in KINDS:
+            raise ValueError(f"unknown family kind {v!r} (this pmerge knows {', '.join(KINDS)})")
+        return v
 
-    @property
+    @cached_property
     def params(self) -> BaseModel:
-        """kind_params, validated by the kind's own model."""
-        from .kinds import get_kind
+        """kind_params, validated by the kind's own model, once. Not at parse time: that would import
+        every kind's code (torch) for commands that only list manifests."""
         return get_kind(self.kind).Params.model_validate(self.kind_params)
+
+    def check_params(self, where: Path | str) -> BaseModel:
+        """`params`, or a StoreError that names `where` and what is wrong with kind_params."""
+        try:
+            return self.params
+        except ValidationError as e:
+            raise StoreError(f"{where} is invalid: kind_params: {describe(e)}") from None
 
     @property
     def task_names(self) -> list[str]:
@@ -122,9 +130,9 @@ class Family:
     lists, it names exactly what was loaded (the download cache keys its files by it)."""
 
     def __init__(self, path: str | Path, verify: bool = True):
-        from .kinds import get_kind
         self.path = Path(path)
         self.manifest, self.digest = read_family_manifest(self.path)
+        self.manifest.check_params(self.path / MANIFEST)
         self.kind = get_kind(self.manifest.kind)
         if verify:
             self.verify()
@@ -160,7 +168,7 @@ class Family:
     def preference(self, text: str | None) -> Preference:
         return parse_preference(text, self.tasks)
 
-    def tower_specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    def tower_specs(self) -> list[tuple[str, "torch.dtype", tuple[int, ...]]]:
         """(name, dtype, shape) of every tensor of theta(pref), the same for every preference."""
         return self.body.tower_specs()
 
@@ -168,11 +176,11 @@ class Family:
         """The full tower state dict for one preference."""
         return dict(self.iter_materialized(pref))
 
-    def iter_materialized(self, pref: Preference) -> Iterator[tuple[str, torch.Tensor]]:
+    def iter_materialized(self, pref: Preference) -> Iterator[tuple[str, "torch.Tensor"]]:
         """Lazily, one tensor at a time, so a writer holds at most one extra tensor."""
         return self.body.iter_materialized(pref.tensor())
 
-    def servable(self, device: torch.device, dtype: torch.dtype, cache: int = 4):
+    def servable(self, device: "torch.device", dtype: "torch.dtype", cache: int = 4):
         """The kind's model of `logits(images [N, C, H, W], prefs [N, K])`, on `device`, keeping at
         most `cache` materialised towers there (kinds that materialise none ignore it)."""
         return self.body.servable(self.heads, device, dtype, cache)
@@ -183,6 +191,7 @@ def publish_family(store: str | Path, manifest: FamilyManifest, files: dict[str,
     """Write a family atomically into STORE/<family_id>: its kind's `files` (name -> tensors), the
     heads, and the manifest with every file's sha256."""
     target = Path(store) / manifest.family_id
+    manifest.check_params(f"family {manifest.family_id}'s manifest")
     head_state: StateDict = {}
     for t, h in heads.items():
         head_state[f"{t}.weight"] = h.weight

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 from pydantic import BaseModel, Field, field_validator
+
+if TYPE_CHECKING:
+    import torch
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -28,7 +31,7 @@ class Preprocess(BaseModel):
             raise ValueError("channels must be 1 or 3")
         return v
 
-    def pil_to_tensor(self, image: Image.Image) -> torch.Tensor:
+    def pil_to_tensor(self, image: Image.Image) -> "torch.Tensor":
         """PIL image -> normalised float tensor [C, S, S]: upright (EXIF), 8 bits, resize the short side, centre crop.
 
         The pixels are those of open_clip's preprocessing (torchvision's Resize(S, bicubic) and
@@ -51,14 +54,16 @@ class Preprocess(BaseModel):
         array = np.asarray(image, dtype=np.float32) / 255.0
         if array.ndim == 2:
             array = array[:, :, None]
+        import torch
         return self.normalize(torch.from_numpy(array).permute(2, 0, 1))
 
     @property
     def mode(self) -> str:
         return "RGB" if self.channels == 3 else "L"
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+    def normalize(self, x: "torch.Tensor") -> "torch.Tensor":
         """[.., C, H, W] in [0, 1] -> normalised; grayscale input is repeated to 3 channels."""
+        import torch
         if x.shape[-3] == 1 and self.channels == 3:
             x = x.expand(*x.shape[:-3], 3, *x.shape[-2:])
         mean = torch.tensor(self.mean[: self.channels], dtype=x.dtype).view(-1, 1, 1)

@@ -4,16 +4,19 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
 from pydantic import BaseModel, Field, field_validator
 
 from . import StoreError
 from .atomic import atomic_dir, write_text
 from .checkpoint import StateDict, load_state_dict, save_state_dict
+
+if TYPE_CHECKING:
+    import torch
 from .manifest import check_format, read_manifest
 from .preprocess import Preprocess
 
@@ -55,11 +58,13 @@ class ZooManifest(BaseModel):
         return [t.name for t in self.tasks]
 
 
-class Head(BaseModel, arbitrary_types_allowed=True):
-    weight: torch.Tensor
-    bias: Optional[torch.Tensor] = None
+@dataclass(frozen=True)
+class Head:
+    """A task's classification head: logits = normalize(features) @ weight^T (+ bias)."""
+    weight: "torch.Tensor"  # [C, D], the logit scale folded in
+    bias: "Optional[torch.Tensor]" = None
 
-    def to(self, device: str | torch.device, dtype: Optional[torch.dtype] = None) -> "Head":
+    def to(self, device: "str | torch.device", dtype: "Optional[torch.dtype]" = None) -> "Head":
         """A copy on `device` (and in `dtype` when given)."""
         bias = None if self.bias is None else self.bias.to(device, dtype)
         return Head(weight=self.weight.to(device, dtype), bias=bias)

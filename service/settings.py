@@ -6,17 +6,17 @@ names each); docs/serving.md says what the bounds protect.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
-import torch
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models_store.device import pick_device
+if TYPE_CHECKING:
+    import torch
 
 MiB = 1 << 20
 GiB = 1 << 30
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # names of torch dtypes
 
 
 ENV_PREFIX = "PMERGE_"
@@ -68,9 +68,11 @@ class Settings(BaseSettings):
         # inside the store but without manifest.json: list_families/family_path never see it
         return self.download_cache_dir or self.store / ".downloads"
 
-    def torch_device(self) -> torch.device:
+    def torch_device(self) -> "torch.device":
+        from models_store.device import pick_device
         return pick_device(self.device)
 
-    def torch_dtype(self, device: torch.device) -> torch.dtype:
+    def torch_dtype(self, device: "torch.device") -> "torch.dtype":
+        import torch
         # reduced precision only where it pays: CPU bf16/fp16 matmuls are slow or missing
-        return DTYPES[self.dtype] if device.type == "cuda" else torch.float32
+        return getattr(torch, DTYPES[self.dtype]) if device.type == "cuda" else torch.float32

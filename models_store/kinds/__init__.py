@@ -10,15 +10,18 @@ materialised towers on the device where it materialises any. The service talks o
 """
 from __future__ import annotations
 
-from .. import StoreError
-from .feature_map import FeatureMapFamily
-from .lowrank import LowRankFamily
-from .point_set import PointSetFamily
+from importlib import import_module
 
-KINDS = {kind.name: kind for kind in (LowRankFamily, PointSetFamily, FeatureMapFamily)}
+from .. import StoreError
+
+# name -> module:class; a kind's code (torch, open_clip) is imported when the kind is first used,
+# so reading and listing manifests costs none of it
+KINDS = {"lowrank": "lowrank:LowRankFamily", "point-set": "point_set:PointSetFamily",
+         "feature-map": "feature_map:FeatureMapFamily"}
 
 
 def get_kind(name: str):
     if name not in KINDS:
         raise StoreError(f"unknown family kind {name!r} (this pmerge knows {', '.join(KINDS)})")
-    return KINDS[name]
+    module, _, cls = KINDS[name].partition(":")
+    return getattr(import_module(f"{__name__}.{module}"), cls)

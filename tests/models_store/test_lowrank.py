@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from models_store.family import FamilyManifest
+from models_store import StoreError
+from models_store.family import FamilyManifest, publish_family
 from models_store.kinds.lowrank import LowRank, lowrank_delta, mix, parse_target, target_names
 from models_store.preprocess import Preprocess
 from models_store.tower import MICRO, build_tower
@@ -32,8 +33,11 @@ def test_the_trainer_picks_only_what_the_manifest_accepts_and_the_service_serves
         target_names(keys, ["mlp"])
     manifest = dict(family_id="f", created="now", method="pm", architecture=MICRO, preprocess=Preprocess(image_size=16),
                     tasks=[TaskInfo(name="a", classes=["x", "y"])], kind="lowrank")
-    FamilyManifest(**manifest, kind_params={"rank": 2, "targets": names})
+    assert FamilyManifest(**manifest, kind_params={"rank": 2, "targets": names}).params.rank == 2
+    refused = FamilyManifest(**manifest, kind_params={"rank": 2, "targets": ["attn_pool.attn.in_proj_weight"]})
     with pytest.raises(ValueError, match="cannot adapt 'attn_pool.attn.in_proj_weight'"):
-        FamilyManifest(**manifest, kind_params={"rank": 2, "targets": ["attn_pool.attn.in_proj_weight"]})
+        refused.params  # validated when the family is loaded or published, not to list it
+    with pytest.raises(StoreError, match="cannot adapt 'attn_pool.attn.in_proj_weight'"):
+        publish_family("unused-store", refused, {}, {})
     with pytest.raises(ValueError, match="unknown family kind 'magic'"):
         FamilyManifest(**(manifest | {"kind": "magic"}))

@@ -1,7 +1,11 @@
 """The README's examples, run as a newcomer runs them: every `sh` line and `python` block between
 `readme-example` markers, verbatim but for the port, from a directory laid out as `make demo`
 leaves it (`runs/demo/zoo`, `runs/demo/families`, `.venv`), against a real server of a family with
-the demo's tasks. The README's settings table must name every setting."""
+the demo's tasks. The README's settings table must name every setting.
+
+`.venv/bin/pmerge` there runs each command line in a process forked from one that imported torch
+once (tests/cli_zygote.py): the lines, their shell and the processes are real, the thirty imports
+are not repeated. tests/test_cli_startup.py and the CLI tests run the real console script."""
 from __future__ import annotations
 
 import json
@@ -22,6 +26,9 @@ from trainer.data import load_dataset
 from trainer.zoo_builder import demo_tasks
 
 from svc_helpers import make_family, running_server
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from cli_zygote import shim_venv  # noqa: E402
 
 ROOT = Path(__file__).parents[2]
 README = (ROOT / "README.md").read_text()
@@ -52,7 +59,6 @@ def demo_like(root: Path) -> Path:
     store = root / "runs" / "demo" / "families"
     make_family(store, "pm-demo", tasks={t.name: t.classes for t in infos}, base=pretrained, heads=heads,
                 zoo=str(zoo_dir), data={t.name: t.data for t in infos})
-    (root / ".venv").symlink_to(Path(sys.executable).parents[1])  # the environment running the tests
     return store
 
 
@@ -65,7 +71,7 @@ def test_readme_examples_run_verbatim_against_the_demo(tmp_path):
     store = demo_like(tmp_path)
     app = create_app(Settings(store=store, device="cpu", download_cache_dir=tmp_path / "downloads"))
     outputs = {}
-    with running_server(app) as url:
+    with shim_venv(tmp_path / ".venv", Path(sys.executable).parents[1]), running_server(app) as url:
         port = url.rsplit(":", 1)[1]
         for lang, code in examples():
             if lang == "sh":
