@@ -7,7 +7,7 @@ rotates every repeat):
 
 * **a / plain**: the plain tower forward `tower(images)`: one model, no preference at all;
   the ceiling.
-* **b / mixed**: the service's forward (models_store/kinds/lowrank.py `PreferenceTower.features`) where
+* **b / mixed**: the service's forward (models_store/kinds/lowrank.py `LowRankServable.features`) where
   every image of the batch carries its own random preference: base GEMMs plus
   `((x B) M_i^T) A^T` per adapted projection, no weights materialised.
 * **c / materialise**: what a naive server does: for every distinct preference in the batch
@@ -17,16 +17,21 @@ rotates every repeat):
   unadapted tensors are shared, not copied, so this is a lower bound of a naive server's cost).
 
 * **f / feature-map**: the feature-map kind's forward (models_store/kinds/feature_map.py
-  `MappedTower.features`, ReACT): the plain forward, then every image's features through its own
-  preference's d x d map, each a solve from K random per-task maps (every image of the batch has
-  its own preference, so every call solves them all: the worst case of its cache).
+  `FeatureMapServable.features`, ReACT): the plain forward, then every image's features through its
+  own preference's d x d map, solved from K random per-task maps (every image of the batch has its
+  own preference and the cache is emptied before every call: the worst case of its cache).
+* **ag, bg, fg**: a, b and f replayed from CUDA graphs, one per batch size (kinds/base.py
+  `GraphedCalls`; CUDA only, `--graphs`): what the service runs with PMERGE_CUDA_GRAPHS.
+  c is timed only with `--time-materialise` (it is seconds per batch on a GPU); its one untimed
+  call per batch size checks b against it.
 
-And the point-set kind (models_store/kinds/point_set.py `MemberTowers`), at one batch size
+And the point-set kind (models_store/kinds/point_set.py `PointSetServable`), at one batch size
 (`--member-batch`, default 64) beside a and b in the same interleaved rounds: a batch whose
 images pick d = 1, 2, 4, 8 distinct members (`--members`), **warm** (every member's tower already
 on the device) and **cold** (every call picks d members that are not cached, so each is
 materialised from theta0 and the task vectors into an evicted tower's memory first: the
-steady-state cost of a cache miss). Target on a GPU: warm >= 0.85 x a with up to 4 members.
+steady-state cost of a cache miss), and with CUDA graphs, warm (`wg<d>`, against `ag`). Target on
+a GPU: warm >= 0.85 x plain with up to 4 members (graphed against graphed when graphs are on).
 
 Precision as the service (service/settings.py): bf16 on CUDA by default (`--dtype`), float32
 on CPU. Reported per batch: p50 / p99 latency, images/s (batch / p50 latency; the mean-based
@@ -56,16 +61,18 @@ from torch.func import functional_call
 
 from bench.common import (add_common_args, machine_info, markdown_table, now_iso, round_ratios, run_benchmark,
                           run_interleaved, spread_text, summarize, write_result)
-from models_store.kinds.feature_map import MappedTower
-from models_store.kinds.lowrank import TARGETS, LowRank, PreferenceTower, target_names
-from models_store.kinds.point_set import Member, Members, MemberTowers, PointSetParams
+from models_store.kinds.base import GraphedCalls
+from models_store.kinds.feature_map import FeatureMapServable
+from models_store.kinds.lowrank import TARGETS, LowRank, LowRankServable, target_names
+from models_store.kinds.point_set import Member, Members, PointSetParams, PointSetServable
 from models_store.tower import build_tower, image_size, resolve_architecture
 from service.settings import DTYPES
 
 NAME = "serve"
 GPU_DEFAULTS = {"batch_sizes": {"*": [1, 8, 64, 128]}, "repeats": 30, "warmup": 3, "dtype": "bf16"}
 CPU_DEFAULTS = {"batch_sizes": {"*": [1, 4, 16], "ViT-L-14": [1, 4]}, "repeats": 7, "warmup": 0, "dtype": "fp32"}
-VARIANTS = {"a": "plain", "b": "mixed", "c": "materialise", "f": "feature-map"}
+VARIANTS = {"a": "plain", "b": "mixed", "c": "materialise", "f": "feature-map", "ag": "plain, CUDA graphs",
+            "bg": "mixed, CUDA graphs", "fg": "feature-map, CUDA graphs"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--members", default="1,2,4,8", help="distinct point-set members per batch ('' skips the kind)")
     p.add_argument("--member-batch", type=int, default=64, help="the batch size of the point-set rows")
+    p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="also the CUDA-graph variants (default: on CUDA)")
+    p.add_argument("--time-materialise", action="store_true", help="time c too (default: one untimed call)")
+    p.add_argument("--cold", default="1,4", help="member counts of the cold point-set rows ('' none)")
     add_common_args(p)
     return p
 
@@ -117,20 +128,23 @@ def random_family(tower: torch.nn.Module, tasks: int, rank: int, generator: torc
 
 
 class Variants:
-    """The three forwards of one architecture, sharing one tower on the device."""
+    """The forwards of one architecture, sharing one tower on the device."""
 
-    def __init__(self, arch_name: str, tasks: int, rank: int, device: torch.device, dtype: torch.dtype, seed: int):
+    def __init__(self, arch_name: str, tasks: int, rank: int, device: torch.device, dtype: torch.dtype, seed: int,
+                 graphs: bool):
         self.arch_name = arch_name
         self.arch = resolve_architecture(arch_name)
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         tower = build_tower(self.arch)
         lowrank = random_family(tower, tasks, rank, gen)
-        self.model = PreferenceTower(tower, lowrank, {}).to(device, dtype)  # moves `tower` in place
+        self.model = LowRankServable(tower, lowrank, {}, device, dtype)  # moves `tower` in place
+        self.graphed_model = LowRankServable(tower, lowrank, {}, device, dtype, graphs=True) if graphs else None
         self.tower = self.model.tower
+        self.graphs = GraphedCalls(device) if graphs else None
         self.base = dict(self.tower.state_dict())  # references to the device weights, no copy
         # a naive server keeps the family's factors (float32) next to the base on the device
-        self.lowrank = {n: LowRank(f.A.to(device), f.B.to(device), f.G.to(device)) for n, f in lowrank.items()}
+        self.lowrank = {n: f.to(device) for n, f in lowrank.items()}
         self.device, self.dtype, self.tasks = device, dtype, tasks
         self.size = image_size(self.arch)
         self.params = sum(v.numel() for v in self.base.values())
@@ -138,20 +152,34 @@ class Variants:
         d = self.tower.output_dim
         maps = torch.eye(d) + 0.1 * torch.randn(tasks, d, d, generator=gen)
         z = torch.randn(tasks, d, 2 * d, generator=gen)
-        self.feature_map = MappedTower(self.tower, maps, z @ z.transpose(1, 2) / (2 * d) + 0.1 * torch.eye(d), {},
-                                       device, dtype)
+        grams = z @ z.transpose(1, 2) / (2 * d) + 0.1 * torch.eye(d)
+        self.feature_maps = {g: FeatureMapServable(self.tower, maps, grams, {}, device, dtype, 1 << 30, graphs=g)
+                             for g in ((False, True) if graphs else (False,))}
 
     def inputs(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.randn(n, 3, self.size, self.size, generator=gen).to(self.device, self.dtype)
-        prefs = torch.distributions.Dirichlet(torch.ones(self.tasks)).sample((n,)).to(self.device)
+        prefs = torch.distributions.Dirichlet(torch.ones(self.tasks)).sample((n,))  # on the host, as the engine has them
         return images, prefs
 
     @torch.inference_mode()
     def plain(self, images: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
         return self.tower(images).float()
 
-    def mixed(self, images: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
-        return self.model.features(images, prefs)
+    @torch.inference_mode()
+    def plain_graphed(self, images: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
+        return self.graphs("plain", self.tower, images).float()
+
+    @torch.inference_mode()
+    def mixed(self, images: torch.Tensor, prefs: torch.Tensor, graphed: bool = False) -> torch.Tensor:
+        model = self.graphed_model if graphed else self.model
+        return model.features(images, prefs.to(self.device), None)
+
+    @torch.inference_mode()
+    def feature_map(self, images: torch.Tensor, prefs: torch.Tensor, graphed: bool = False) -> torch.Tensor:
+        model = self.feature_maps[graphed]
+        model.maps.entries.clear()  # every call solves every preference: the worst case of the cache
+        model.maps.bytes = 0
+        return model.features(images, prefs.to(self.device), model.plan(prefs))
 
     def materialized(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
         # Family.iter_materialized's math, on the device
@@ -165,8 +193,8 @@ class Variants:
     def materialise(self, images: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
         distinct, inverse = torch.unique(prefs, dim=0, return_inverse=True)
         out = torch.empty(len(images), self.tower.output_dim, device=self.device)
-        for j, pref in enumerate(distinct):
-            rows = (inverse == j).nonzero().squeeze(1)
+        for j, pref in enumerate(distinct.to(self.device)):
+            rows = (inverse == j).nonzero().squeeze(1).to(self.device)
             out[rows] = functional_call(self.tower, self.materialized(pref), (images[rows],)).float()
         return out
 
@@ -183,77 +211,106 @@ def random_members(tower: torch.nn.Module, tasks: int, count: int, generator: to
 
 
 def bench_point_set(v: "Variants", args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
-                    counts: list[int], gen: torch.Generator) -> dict[str, Any]:
-    """a, b and the point-set variants w<d> (warm) and c<d> (cold), interleaved, at one batch size."""
+                    counts: list[int], cold_counts: list[int], gen: torch.Generator) -> dict[str, Any]:
+    """a, b and the point-set variants w<d> (warm), c<d> (cold) and, with graphs, ag, bg and wg<d>,
+    interleaved, at one batch size."""
     n, most = args.member_batch, max(counts)
-    members = random_members(v.tower, v.tasks, 2 * most, gen).to(device)  # sets A (warm) and B (cold's other half)
-    warm = MemberTowers(members, v.arch, {}, device, dtype, cache=most)
+    members = random_members(v.tower, v.tasks, 2 * most, gen)  # sets A (warm) and B (cold's other half)
+    tower_bytes = sum(t.numel() * (t.element_size() if not t.is_floating_point() else
+                                   torch.empty((), dtype=dtype).element_size()) for t in members.pretrained.values())
+    graph_modes = (False, True) if v.graphs is not None else (False,)
+    warm = {g: PointSetServable(members, v.arch, {}, device, dtype, most * tower_bytes, graphs=g) for g in graph_modes}
     images, prefs = v.inputs(n, gen)
 
     def batch_prefs(first: int, d: int) -> torch.Tensor:
-        return members.table.preferences[[first + i % d for i in range(n)]].to(device)
+        return members.table.preferences[[first + i % d for i in range(n)]]
+
+    def member_features(model: PointSetServable, p: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model.features(images, p.to(device), model.plan(p))
 
     fns = {"a": lambda: v.plain(images, prefs), "b": lambda: v.mixed(images, prefs)}
-    colds: dict[int, MemberTowers] = {}
+    if v.graphs is not None:
+        fns |= {"ag": lambda: v.plain_graphed(images, prefs), "bg": lambda: v.mixed(images, prefs, graphed=True)}
+    colds: dict[int, PointSetServable] = {}
     for d in counts:
-        fns[f"w{d}"] = (lambda p: lambda: warm.features(images, p))(batch_prefs(0, d))
-        cold = colds[d] = MemberTowers(members, v.arch, {}, device, dtype, cache=d)
+        for g in graph_modes:
+            fns[f"w{'g' if g else ''}{d}"] = (lambda m, p: lambda: member_features(m, p))(warm[g], batch_prefs(0, d))
+    for d in cold_counts:
+        cold = colds[d] = PointSetServable(members, v.arch, {}, device, dtype, d * tower_bytes)
         sets = [batch_prefs(0, d), batch_prefs(most, d)]
-        # alternate between two disjoint sets of d members through d places: every member misses
-        fns[f"c{d}"] = (lambda model, sets, d: lambda: model.features(images, sets[model.materialized // d % 2]))(
+        # alternate between two disjoint sets of d members through room for d: every member misses
+        fns[f"c{d}"] = (lambda model, sets, d: lambda: member_features(model, sets[model.materialized // d % 2]))(
             cold, sets, d)
-    for name, fn in fns.items():  # fill the warm cache, and a first call of everything
+    for name, fn in fns.items():  # fill the warm caches, and a first call of everything
         fn()
     before = {d: cold.materialized for d, cold in colds.items()}
     samples = run_interleaved(fns, args.repeats, args.warmup, device)
     # every cold call materialised all its d members, no warm call any
     misses = {d: (cold.materialized - before[d]) / (args.repeats + args.warmup) for d, cold in colds.items()}
-    if any(m != d for d, m in misses.items()) or warm.materialized != most:
+    if any(m != d for d, m in misses.items()) or any(w.materialized != most for w in warm.values()):
         raise RuntimeError(f"the cache did not behave as benchmarked: misses per cold call {misses}, "
-                           f"warm materialisations {warm.materialized}")
-    row: dict[str, Any] = {"batch": n, "members": counts, "cached_towers_warm": most, "misses_per_cold_call": misses}
+                           f"warm materialisations {[w.materialized for w in warm.values()]}")
+    row: dict[str, Any] = {"batch": n, "members": counts, "cold_members": cold_counts, "cached_towers_warm": most,
+                           "misses_per_cold_call": misses}
     for key, smp in samples.items():
         stats = summarize(smp.seconds)
         row[key] = {"seconds": smp.seconds, "stats": stats, "images_per_s": n / stats["p50_s"],
                     "p50_ms": stats["p50_s"] * 1e3}
-        if key != "a":
-            row[f"{key}_over_a"] = row[key]["images_per_s"] / row["a"]["images_per_s"] if "a" in row else None
-            row[f"{key}_over_a_per_round"] = round_ratios(smp.seconds, samples["a"].seconds)
+    for key in samples:
+        plain = "ag" if key.startswith(("wg", "bg")) else "a"  # graphed against graphed
+        if key != plain:
+            row[f"{key}_over_{plain}"] = row[key]["images_per_s"] / row[plain]["images_per_s"]
+            row[f"{key}_over_{plain}_per_round"] = round_ratios(samples[key].seconds, samples[plain].seconds)
     print(f"  {v.arch_name} point-set batch {n}: " + ", ".join(
-        f"{k}/a {spread_text(row[f'{k}_over_a_per_round'])}" for k in fns if k != "a"), flush=True)
+        f"{k}/{p} {spread_text(row[f'{k}_over_{p}_per_round'])}" for k in fns
+        for p in ("a", "ag") if f"{k}_over_{p}_per_round" in row), flush=True)
     return row
 
 
 def bench_arch(arch_name: str, sizes: list[int], args: argparse.Namespace, device: torch.device,
                dtype: torch.dtype) -> dict[str, Any]:
-    v = Variants(arch_name, args.tasks, args.rank, device, dtype, args.seed)
+    v = Variants(arch_name, args.tasks, args.rank, device, dtype, args.seed, args.graphs)
     gen = torch.Generator().manual_seed(args.seed + 1)
     rows = []
     for n in sizes:
         images, prefs = v.inputs(n, gen)
         fns = {"a": lambda: v.plain(images, prefs), "b": lambda: v.mixed(images, prefs),
-               "c": lambda: v.materialise(images, prefs), "f": lambda: v.feature_map.features(images, prefs)}
+               "f": lambda: v.feature_map(images, prefs)}
+        if args.graphs:
+            fns |= {"ag": lambda: v.plain_graphed(images, prefs), "bg": lambda: v.mixed(images, prefs, graphed=True),
+                    "fg": lambda: v.feature_map(images, prefs, graphed=True)}
+        if args.time_materialise:
+            fns["c"] = lambda: v.materialise(images, prefs)
         fns["a"]()  # one untimed call of each variant before --warmup more: b and c are also compared
-        b_out, c_out = fns["b"](), fns["c"]()
+        b_out, c_out = fns["b"](), v.materialise(images, prefs)
         agreement = ((b_out - c_out).abs().max() / c_out.abs().max().clamp(min=1e-12)).item()
+        graphed_agreement = {}
+        for x in ("a", "b", "f"):
+            if f"{x}g" in fns:  # graphs replay the same computation: equal to rounding
+                eager, replayed = fns[x](), fns[f"{x}g"]().clone()
+                graphed_agreement[x] = ((replayed - eager).abs().max() / eager.abs().max().clamp(min=1e-12)).item()
         samples = run_interleaved(fns, args.repeats, args.warmup, device)
-        row: dict[str, Any] = {"batch": n, "b_vs_c_max_rel_diff": agreement,
-                               "distinct_preferences": int(torch.unique(prefs, dim=0).shape[0])}
+        row: dict[str, Any] = {"batch": n, "b_vs_c_max_rel_diff": agreement, "graphed_vs_eager_max_rel_diff":
+                               graphed_agreement, "distinct_preferences": int(torch.unique(prefs, dim=0).shape[0])}
         for key, smp in samples.items():
             stats = summarize(smp.seconds)
             row[key] = {"variant": VARIANTS[key], "seconds": smp.seconds, "stats": stats,
                         "images_per_s": n / stats["p50_s"], "images_per_s_mean": n / stats["mean_s"],
                         "p50_ms": stats["p50_s"] * 1e3, "p99_ms": stats["p99_s"] * 1e3}
         # throughput ratios (> 1: faster than a); from the p50 batch latency, robust to a noisy neighbour
-        for x, y in (("b", "a"), ("c", "a"), ("b", "c"), ("f", "a")):
-            row[f"{x}_over_{y}"] = row[x]["images_per_s"] / row[y]["images_per_s"]
-            row[f"{x}_over_{y}_mean"] = row[x]["images_per_s_mean"] / row[y]["images_per_s_mean"]
-            row[f"{x}_over_{y}_per_round"] = round_ratios(samples[x].seconds, samples[y].seconds)
+        pairs = [("b", "a"), ("c", "a"), ("b", "c"), ("f", "a"), ("bg", "ag"), ("fg", "ag"), ("ag", "a"), ("bg", "b")]
+        for x, y in pairs:
+            if x in row and y in row:
+                row[f"{x}_over_{y}"] = row[x]["images_per_s"] / row[y]["images_per_s"]
+                row[f"{x}_over_{y}_mean"] = row[x]["images_per_s_mean"] / row[y]["images_per_s_mean"]
+                row[f"{x}_over_{y}_per_round"] = round_ratios(samples[x].seconds, samples[y].seconds)
         rows.append(row)
-        print(f"  {arch_name} batch {n}: b/a {spread_text(row['b_over_a_per_round'])}, "
-              f"c/a {spread_text(row['c_over_a_per_round'])}, f/a {spread_text(row['f_over_a_per_round'])}", flush=True)
+        print(f"  {arch_name} batch {n}: " + ", ".join(f"{x}/{y} {spread_text(row[f'{x}_over_{y}_per_round'])}"
+                                                      for x, y in pairs if f"{x}_over_{y}_per_round" in row), flush=True)
     counts = [int(c) for c in args.members.split(",") if c.strip()]
-    point_set = bench_point_set(v, args, device, dtype, counts, gen) if counts else None
+    cold_counts = [int(c) for c in args.cold.split(",") if c.strip()]
+    point_set = bench_point_set(v, args, device, dtype, counts, cold_counts, gen) if counts else None
     out = {"arch_name": arch_name, "architecture": v.arch, "image_size": v.size, "params": v.params,
            "adapted_tensors": v.adapted, "batches": rows, "point_set": point_set}
     del v
@@ -273,6 +330,10 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     for key in ("repeats", "warmup", "dtype"):
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
+    if args.graphs is None:
+        args.graphs = device.type == "cuda"
+    elif args.graphs and device.type != "cuda":
+        raise SystemExit("--graphs: CUDA graphs need a CUDA device")
     dtype = getattr(torch, DTYPES[args.dtype])
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     plan = {a: batch_sizes.get(a, batch_sizes["*"]) for a in archs}
@@ -280,14 +341,17 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     results = [bench_arch(a, plan[a], args, device, dtype) for a in archs]
 
     gpu = device.type == "cuda"
-    checks = [{"arch": r["arch_name"], "batch": b["batch"], "b_over_a": b["b_over_a"], "met": b["b_over_a"] >= 0.9}
-              for r in results for b in r["batches"] if b["batch"] >= 64]
-    target = {"b_over_a_min": 0.9, "at_batch_at_least": 64, "applies": gpu,
+    modes = [("eager", "b", "a", "w")] + ([("graphs", "bg", "ag", "wg")] if args.graphs else [])
+    checks = [{"arch": r["arch_name"], "batch": b["batch"], "mode": mode, "ratio": b[f"{x}_over_{y}"],
+               "met": b[f"{x}_over_{y}"] >= 0.9}
+              for r in results for b in r["batches"] if b["batch"] >= 64 for mode, x, y, _ in modes]
+    target = {"mixed_over_plain_min": 0.9, "at_batch_at_least": 64, "applies": gpu,
               "met": (all(c["met"] for c in checks) if checks else None) if gpu else None, "checks": checks}
-    ps_checks = [{"arch": r["arch_name"], "members": d, "warm_over_a": r["point_set"][f"w{d}_over_a"],
-                  "met": r["point_set"][f"w{d}_over_a"] >= 0.85}
-                 for r in results if r["point_set"] for d in r["point_set"]["members"] if d <= 4]
-    target["point_set"] = {"warm_over_a_min": 0.85, "members_at_most": 4, "batch": args.member_batch,
+    ps_checks = [{"arch": r["arch_name"], "members": d, "mode": mode,
+                  "warm_over_plain": r["point_set"][f"{w}{d}_over_{y}"], "met": r["point_set"][f"{w}{d}_over_{y}"] >= 0.85}
+                 for r in results if r["point_set"] for d in r["point_set"]["members"] if d <= 4
+                 for mode, _, y, w in modes]
+    target["point_set"] = {"warm_over_plain_min": 0.85, "members_at_most": 4, "batch": args.member_batch,
                            "applies": gpu and args.member_batch >= 64,
                            "met": (all(c["met"] for c in ps_checks) if ps_checks else None) if gpu else None,
                            "checks": ps_checks}
@@ -295,40 +359,46 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "benchmark": NAME, "created": now_iso(), "machine": machine_info(device),
         "config": {"argv": args.argv, "threads": threads, "archs": archs, "batch_sizes": plan,
                    "repeats": args.repeats, "warmup": args.warmup, "dtype": args.dtype, "device": str(device),
-                   "tasks": args.tasks, "rank": args.rank, "seed": args.seed,
+                   "tasks": args.tasks, "rank": args.rank, "seed": args.seed, "graphs": args.graphs,
                    "targets": list(TARGETS), "defaults_used": "gpu" if gpu else "cpu",
                    "preferences": "one Dirichlet(1) preference per image",
-                   "interleaving": "a, b, c in an order rotated every repeat; the point-set rows: a, b, w<d>, "
-                                   "c<d> in one rotated order", "members": args.members,
-                   "member_batch": args.member_batch},
+                   "interleaving": "every variant of a batch size in an order rotated every repeat; the point-set "
+                                   "rows: a, b, w<d>, c<d> (and ag, bg, wg<d>) in one rotated order",
+                   "members": args.members, "cold": args.cold, "member_batch": args.member_batch},
         "variants": VARIANTS, "results": results, "target": target,
     }
     path = write_result(args.out_dir, NAME, device, payload)
     payload["path"] = str(path)
 
-    table = [[r["arch_name"], b["batch"], b["a"]["images_per_s"], b["b"]["images_per_s"], b["c"]["images_per_s"],
-              b["a"]["p50_ms"], b["b"]["p50_ms"], b["c"]["p50_ms"], b["a"]["p99_ms"], b["b"]["p99_ms"],
-              b["c"]["p99_ms"], spread_text(b["b_over_a_per_round"]), spread_text(b["c_over_a_per_round"])]
-             for r in results for b in r["batches"]]
+    shown = [k for k in ("a", "b", "f", "ag", "bg", "fg", "c") if any(k in b for r in results for b in r["batches"])]
+    ratios = [(x, y) for x, y in (("b", "a"), ("f", "a"), ("bg", "ag"), ("fg", "ag"), ("ag", "a"))
+              if f"{x}_over_{y}_per_round" in results[0]["batches"][0]]
+    table = [[r["arch_name"], b["batch"], *(b[k]["images_per_s"] for k in shown),
+              *(spread_text(b[f"{x}_over_{y}_per_round"]) for x, y in ratios)] for r in results for b in r["batches"]]
     print(f"\n{device} ({payload['machine']['cuda_device'] or payload['machine']['cpu_model']}), {args.dtype}, "
           f"K={args.tasks}, rank {args.rank}, {args.repeats} repeats after 1 + {args.warmup} warm-up; "
-          f"{threads} CPU thread(s); a plain, b mixed preferences, c materialise per preference\n")
-    print(markdown_table(["arch", "batch", "a img/s", "b img/s", "c img/s", "a p50 ms", "b p50 ms", "c p50 ms",
-                          "a p99 ms", "b p99 ms", "c p99 ms", "b/a [IQR]", "c/a [IQR]"], table))
-    ps = [[r["arch_name"], r["point_set"]["batch"], key, r["point_set"][key]["images_per_s"],
-           r["point_set"][key]["p50_ms"], spread_text(r["point_set"][f"{key}_over_a_per_round"])]
-          for r in results if r["point_set"] for key in r["point_set"] if key[:1] in "bwc" and key[1:].isdigit() or key == "b"]
+          f"{threads} CPU thread(s); " + ", ".join(f"{k} {VARIANTS[k]}" for k in shown) + "\n")
+    print(markdown_table(["arch", "batch", *(f"{k} img/s" for k in shown), *(f"{x}/{y} [IQR]" for x, y in ratios)],
+                         table))
+    ps = [[r["arch_name"], r["point_set"]["batch"], key, r["point_set"][key]["images_per_s"], r["point_set"][key]["p50_ms"],
+           next((f"{spread_text(r['point_set'][f'{key}_over_{y}_per_round'])} (/{y})" for y in ("a", "ag")
+                 if f"{key}_over_{y}_per_round" in r["point_set"]), "")]
+          for r in results if r["point_set"] for key in r["point_set"] if isinstance(r["point_set"][key], dict)
+          and "images_per_s" in r["point_set"][key]]
     if ps:
-        print("\npoint-set: w<d> warm, c<d> cold, d distinct members per batch; b the low-rank mixed forward\n")
-        print(markdown_table(["arch", "batch", "variant", "img/s", "p50 ms", "x/a [IQR]"], ps))
-    print("\nb/a, c/a: median throughput ratio over the interleaved rounds [its interquartile range]")
+        print("\npoint-set: w<d> warm, c<d> cold, wg<d> warm with CUDA graphs; d distinct members per batch\n")
+        print(markdown_table(["arch", "batch", "variant", "img/s", "p50 ms", "over plain [IQR]"], ps))
+    print("\nratios: median throughput ratio over the interleaved rounds [its interquartile range]")
     if gpu:
-        verdict = "met" if target["met"] else "NOT met" if checks else "no such batch"
-        print(f"\ntarget b/a >= 0.9 at batch >= 64: {verdict}")
-        ps_met = target["point_set"]["met"]
-        print(f"target point-set warm >= 0.85 x a with <= 4 members: {'n/a' if ps_met is None else 'met' if ps_met else 'NOT met'}")
+        for mode, x, y, w in modes:
+            mine = [c for c in checks if c["mode"] == mode]
+            print(f"target {x}/{y} >= 0.9 at batch >= 64 ({mode}): "
+                  f"{'met' if all(c['met'] for c in mine) else 'NOT met' if mine else 'no such batch'}")
+            mine = [c for c in ps_checks if c["mode"] == mode]
+            print(f"target point-set {w}<d>/{y} >= 0.85 with <= 4 members ({mode}): "
+                  f"{'met' if all(c['met'] for c in mine) else 'NOT met' if mine else 'n/a'}")
     else:
-        print("\ntarget (b/a >= 0.9 at batch >= 64) applies on a GPU only")
+        print("\ntargets (mixed >= 0.9 x plain at batch >= 64; point-set warm >= 0.85 x plain) apply on a GPU only")
     print(f"wrote {path}")
     return payload
 

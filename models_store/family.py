@@ -172,18 +172,31 @@ class Family:
         """(name, dtype, shape) of every tensor of theta(pref), the same for every preference."""
         return self.body.tower_specs()
 
+    def tower_bytes(self, dtype: "Optional[torch.dtype]" = None) -> int:
+        """Bytes of one materialised tower, its floating-point tensors in `dtype` (default: as stored)."""
+        import torch
+        total = 0
+        for _, stored, shape in self.tower_specs():
+            kind = dtype if dtype is not None and stored.is_floating_point else stored
+            total += torch.Size(shape).numel() * torch.empty((), dtype=kind).element_size()
+        return total
+
     def materialize(self, pref: Preference) -> StateDict:
-        """The full tower state dict for one preference."""
+        """The full tower state dict for one preference (on the CPU)."""
         return dict(self.iter_materialized(pref))
 
-    def iter_materialized(self, pref: Preference) -> Iterator[tuple[str, "torch.Tensor"]]:
-        """Lazily, one tensor at a time, so a writer holds at most one extra tensor."""
-        return self.body.iter_materialized(pref.tensor())
+    def iter_materialized(self, pref: Preference, device: "torch.device | str" = "cpu"
+                          ) -> Iterator[tuple[str, "torch.Tensor"]]:
+        """Lazily, one tensor at a time, computed on `device`, so a writer holds at most one extra tensor."""
+        import torch
+        return self.body.iter_materialized(pref.tensor(), torch.device(device))
 
-    def servable(self, device: "torch.device", dtype: "torch.dtype", cache: int = 4):
-        """The kind's model of `logits(images [N, C, H, W], prefs [N, K])`, on `device`, keeping at
-        most `cache` materialised towers there (kinds that materialise none ignore it)."""
-        return self.body.servable(self.heads, device, dtype, cache)
+    def servable(self, device: "torch.device", dtype: "torch.dtype", cache_bytes: int = 1 << 30,
+                 graphs: bool = False):
+        """The kind's model (kinds/base.py, Servable) on `device`, keeping at most `cache_bytes` of
+        materialised objects there (point-set towers, feature-map maps); with `graphs`, its forwards
+        replay CUDA graphs (CUDA only)."""
+        return self.body.servable(self.heads, device, dtype, cache_bytes, graphs)
 
 
 def publish_family(store: str | Path, manifest: FamilyManifest, files: dict[str, StateDict],

@@ -36,10 +36,11 @@ def checkpoint_specs(family: Family) -> list[Spec]:
     return specs
 
 
-def checkpoint_tensors(family: Family, pref: Preference) -> Iterator[tuple[str, torch.Tensor]]:
-    # iter_materialized: at most one merged tensor alive at a time
-    for k, v in family.iter_materialized(pref):
-        yield f"{VISUAL}{k}", v
+def checkpoint_tensors(family: Family, pref: Preference, device: str | torch.device = "cpu"
+                       ) -> Iterator[tuple[str, torch.Tensor]]:
+    # iter_materialized: at most one merged tensor alive at a time, made on `device`
+    for k, v in family.iter_materialized(pref, device):
+        yield f"{VISUAL}{k}", v.cpu()
     for task, head in family.heads.items():
         yield f"{HEADS}{task}.weight", head.weight
         if head.bias is not None:
@@ -52,14 +53,16 @@ def checkpoint_metadata(family: Family, pref: Preference) -> dict[str, str]:
             "architecture": json.dumps(family.manifest.architecture)}
 
 
-def checkpoint_chunks(family: Family, pref: Preference) -> Iterator[bytes | memoryview]:
-    """The bytes of the checkpoint of `pref`, in order, one tensor at a time."""
-    return stream_chunks(checkpoint_specs(family), checkpoint_tensors(family, pref), checkpoint_metadata(family, pref))
+def checkpoint_chunks(family: Family, pref: Preference, device: str | torch.device = "cpu"
+                      ) -> Iterator[bytes | memoryview]:
+    """The bytes of the checkpoint of `pref`, in order, one tensor at a time (merged on `device`)."""
+    return stream_chunks(checkpoint_specs(family), checkpoint_tensors(family, pref, device),
+                         checkpoint_metadata(family, pref))
 
 
-def write_checkpoint(path: Path, family: Family, pref: Preference) -> None:
+def write_checkpoint(path: Path, family: Family, pref: Preference, device: str | torch.device = "cpu") -> None:
     with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        for chunk in checkpoint_chunks(family, pref):
+        for chunk in checkpoint_chunks(family, pref, device):
             f.write(chunk)
 
 

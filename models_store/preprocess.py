@@ -32,7 +32,11 @@ class Preprocess(BaseModel):
         return v
 
     def pil_to_tensor(self, image: Image.Image) -> "torch.Tensor":
-        """PIL image -> normalised float tensor [C, S, S]: upright (EXIF), 8 bits, resize the short side, centre crop.
+        """PIL image -> normalised float tensor [C, S, S] (`pixels`, then `normalize`)."""
+        return self.normalize(self.pixels(image))
+
+    def pixels(self, image: Image.Image) -> "torch.Tensor":
+        """PIL image -> 8-bit pixels [C, S, S]: upright (EXIF), 8 bits, resize the short side, centre crop.
 
         The pixels are those of open_clip's preprocessing (torchvision's Resize(S, bicubic) and
         CenterCrop(S)). An image whose resized size would exceed MAX_RESIZED (thin strips, whose long
@@ -51,23 +55,25 @@ class Preprocess(BaseModel):
         else:
             image = _resize_crop(image, (left * w / rw, top * h / rh, (left + s) * w / rw, (top + s) * h / rh), s)
             image = image.convert(self.mode)
-        array = np.asarray(image, dtype=np.float32) / 255.0
+        import torch
+        array = np.asarray(image, dtype=np.uint8)
         if array.ndim == 2:
             array = array[:, :, None]
-        import torch
-        return self.normalize(torch.from_numpy(array).permute(2, 0, 1))
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
     @property
     def mode(self) -> str:
         return "RGB" if self.channels == 3 else "L"
 
     def normalize(self, x: "torch.Tensor") -> "torch.Tensor":
-        """[.., C, H, W] in [0, 1] -> normalised; grayscale input is repeated to 3 channels."""
+        """[.., C, H, W] 8-bit pixels (or floats in [0, 1]) -> normalised float32, on x's device;
+        grayscale input is repeated to 3 channels."""
         import torch
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
         if x.shape[-3] == 1 and self.channels == 3:
             x = x.expand(*x.shape[:-3], 3, *x.shape[-2:])
-        mean = torch.tensor(self.mean[: self.channels], dtype=x.dtype).view(-1, 1, 1)
-        std = torch.tensor(self.std[: self.channels], dtype=x.dtype).view(-1, 1, 1)
+        mean = torch.tensor(self.mean[: self.channels], dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std[: self.channels], dtype=x.dtype, device=x.device).view(-1, 1, 1)
         return (x - mean) / std
 
 

@@ -17,7 +17,7 @@ from .settings import ENV_PREFIX, Settings
 
 # the settings that are also flags; the others are environment variables only (README, Settings)
 SERVE_FLAGS = ("store", "family", "device", "dtype", "host", "port", "max_batch", "max_wait_ms", "queue_size",
-               "cached_towers", "families", "max_families")
+               "device_cache_bytes", "cuda_graphs", "families", "max_families")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

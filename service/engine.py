@@ -1,11 +1,15 @@
 """The batching engine: one worker thread owns the model; requests with any preferences share batches.
 
-`submit(images, pref)` is cheap and thread-safe (the event loop calls it); it splits a request
+`submit(pixels, prefs)` is cheap and thread-safe (the event loop calls it); it splits a request
 into per-image items on a bounded queue and returns a `concurrent.futures.Future` of the
 request's logits. The worker takes up to `max_batch` images, waiting at most `max_wait_ms`
 after the oldest one arrived, and runs ONE forward pass where every image carries its own
 preference row. When the queue holds `queue_size` images, `submit` raises `Overloaded`;
 `admission(n)` holds n places first, so a server can refuse a request before decoding its images.
+
+Images arrive as decoded 8-bit pixels [C, S, S] (what the front end made of the upload); the
+worker moves a batch's pixels to the device in one copy and normalises them there (`forward`),
+so the host never handles float images.
 """
 from __future__ import annotations
 
@@ -17,23 +21,19 @@ from collections import deque
 from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Protocol
+from typing import Callable, Iterator, Optional
 
 import torch
 
 from models_store.family import Family
+from models_store.kinds.base import BUCKETS, Servable
+from models_store.preprocess import Preprocess
 
 from .errors import NotReady, Overloaded, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
 Logits = dict[str, torch.Tensor]  # task -> [N, C_task], float32 on CPU
-
-
-class Servable(Protocol):
-    """What a family's kind serves (models_store.kinds): one preference row per image."""
-
-    def logits(self, images: torch.Tensor, prefs: torch.Tensor) -> Logits: ...
 
 
 @dataclass
@@ -43,7 +43,8 @@ class EngineConfig:
     max_batch: int = 64
     max_wait_ms: float = 5.0
     queue_size: int = 1024
-    cached_towers: int = 4  # materialised towers the servable may keep on the device
+    device_cache_bytes: int = 1 << 30  # what the servable may keep materialised on the device
+    graphs: bool = False  # CUDA graphs (CUDA only)
 
 
 class _Request:
@@ -74,8 +75,8 @@ def _resolve(future: Future, result=None, error: Optional[BaseException] = None)
 
 @dataclass
 class _Item:
-    pixels: torch.Tensor  # [C, S, S]
-    pref: torch.Tensor  # [K]
+    pixels: torch.Tensor  # [C, S, S] uint8
+    pref: torch.Tensor  # [K] float32
     request: _Request
     index: int
     enqueued: float
@@ -88,18 +89,20 @@ class Ticket:
     places: int
     submitted: bool = False
 
-    def submit(self, pixels: torch.Tensor, pref: torch.Tensor) -> Future[Logits]:
-        return self.engine._enqueue(self, pixels, pref)
+    def submit(self, pixels: torch.Tensor, prefs: torch.Tensor) -> Future[Logits]:
+        return self.engine._enqueue(self, pixels, prefs)
 
 
 class Engine:
-    def __init__(self, model: Servable, config: EngineConfig, *, tasks: int,
+    def __init__(self, model: Servable, config: EngineConfig, *, tasks: int, preprocess: Preprocess,
                  on_batch: Optional[Callable[[int, float], None]] = None,
                  on_queue_wait: Optional[Callable[[float], None]] = None):
-        """`model.logits(images [N, C, S, S], prefs [N, tasks])` serves a batch; `on_batch(images,
-        seconds)` after every forward pass; `on_queue_wait(seconds)` per image."""
+        """`model.logits(images [N, C, S, S], prefs [N, tasks])` serves a batch of images that
+        `preprocess` normalises; `on_batch(images, seconds)` after every forward pass;
+        `on_queue_wait(seconds)` per image."""
         self.model = model
         self.tasks = tasks
+        self.preprocess = preprocess
         self.config = config
         self.on_batch = on_batch or (lambda n, s: None)
         self.on_queue_wait = on_queue_wait or (lambda s: None)
@@ -115,13 +118,15 @@ class Engine:
 
     @classmethod
     def from_family(cls, family: Family, config: EngineConfig, **hooks) -> "Engine":
-        return cls(family.servable(config.device, config.dtype, config.cached_towers), config, tasks=len(family.tasks), **hooks)
+        graphs = config.graphs and config.device.type == "cuda"
+        return cls(family.servable(config.device, config.dtype, config.device_cache_bytes, graphs), config,
+                   tasks=len(family.tasks), preprocess=family.manifest.preprocess, **hooks)
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def start(self, sample: Optional[torch.Tensor] = None, timeout: float = 600) -> None:
-        """Start the worker, which warms up on `sample` [C, S, S] first; blocks until ready."""
-        self._thread = threading.Thread(target=self._run, args=(sample,), name="pmerge-engine", daemon=True)
+    def start(self, warm_up: bool = True, timeout: float = 600) -> None:
+        """Start the worker, which warms up first (unless told not to); blocks until ready."""
+        self._thread = threading.Thread(target=self._run, args=(warm_up,), name="pmerge-engine", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
             raise RuntimeError("engine warm-up timed out")
@@ -146,10 +151,11 @@ class Engine:
 
     # --- the event loop's side ------------------------------------------------------------
 
-    def submit(self, pixels: torch.Tensor, pref: torch.Tensor) -> Future[Logits]:
-        """Queue N images [N, C, S, S] sharing one preference [K]; raises Overloaded when full."""
+    def submit(self, pixels: torch.Tensor, prefs: torch.Tensor) -> Future[Logits]:
+        """Queue N images [N, C, S, S] (uint8) with their preferences [N, K], or one [K] for all;
+        raises Overloaded when full."""
         with self.admission(pixels.shape[0]) as ticket:
-            return ticket.submit(pixels, pref)
+            return ticket.submit(pixels, prefs)
 
     @contextmanager
     def admission(self, n: int) -> Iterator["Ticket"]:
@@ -178,16 +184,19 @@ class Engine:
         with self.admission(n):
             pass
 
-    def _enqueue(self, ticket: "Ticket", pixels: torch.Tensor, pref: torch.Tensor) -> Future[Logits]:
+    def _enqueue(self, ticket: "Ticket", pixels: torch.Tensor, prefs: torch.Tensor) -> Future[Logits]:
         n = pixels.shape[0]
         if ticket.submitted or n != ticket.places:
             raise ValueError(f"a ticket for {ticket.places} images submits them once, got {n}")
+        if pixels.dtype != torch.uint8:
+            raise TypeError(f"the engine takes 8-bit pixels, got {pixels.dtype}")
+        prefs = prefs.float().expand(n, self.tasks) if prefs.dim() == 1 else prefs.float()
         request = _Request(n)
         with self._cond:
             if not self.ready:
                 raise NotReady("the model is not loaded yet (or shutting down)")
             now = time.monotonic()
-            self._queue.extend(_Item(pixels[i], pref, request, i, now) for i in range(n))
+            self._queue.extend(_Item(pixels[i], prefs[i], request, i, now) for i in range(n))
             self._held -= n
             ticket.submitted = True
             self._cond.notify()
@@ -199,10 +208,10 @@ class Engine:
 
     # --- the worker ---------------------------------------------------------------------------
 
-    def _run(self, sample: Optional[torch.Tensor]) -> None:
+    def _run(self, warm_up: bool) -> None:
         try:
-            if sample is not None:
-                self._warm_up(sample)
+            if warm_up:
+                self._warm_up()
         except BaseException as e:  # reported by start()
             self._start_error = e
             self._ready.set()
@@ -214,15 +223,31 @@ class Engine:
             except Exception:  # a bug in a hook must not kill the only worker
                 log.exception("engine worker: unexpected error")
 
-    def _warm_up(self, sample: torch.Tensor) -> None:
+    def _warm_up(self) -> None:
         # a single image and a full batch whose images have different preferences (the vertices in
         # turn, as clients send them): allocator and kernels are ready for the first client
-        for n in {1, self.config.max_batch}:
+        pre = self.preprocess
+        sizes = {1, self.config.max_batch}
+        if self.config.graphs and self.config.device.type == "cuda":  # capture every graph a batch can take
+            sizes |= {b for b in BUCKETS if b < self.config.max_batch}
+        for n in sorted(sizes):
             prefs = torch.eye(self.tasks)[torch.arange(n) % self.tasks] if n > 1 else \
                 torch.full((1, self.tasks), 1.0 / self.tasks)
-            self.model.logits(sample.expand(n, *sample.shape), prefs)
-        if self.config.device.type == "cuda":
-            torch.cuda.synchronize(self.config.device)
+            self.forward(torch.zeros(n, pre.channels, pre.image_size, pre.image_size, dtype=torch.uint8), prefs)
+
+    def forward(self, pixels: torch.Tensor, prefs: torch.Tensor, plan=...) -> Logits:
+        """The device path of one batch: pixels [N, C, S, S] uint8 and prefs [N, K] on the host ->
+        logits on the host. One copy to the device, normalised there; one copy of all tasks' logits back."""
+        if plan is ...:
+            plan = self.model.plan(prefs)
+        device = self.config.device
+        if device.type == "cuda":
+            pixels = pixels.pin_memory()
+        images = self.preprocess.normalize(pixels.to(device, non_blocking=True))
+        logits = self.model.logits(images, prefs, plan)
+        sizes = [v.shape[1] for v in logits.values()]
+        host = torch.cat(list(logits.values()), dim=1).cpu()
+        return dict(zip(logits, host.split(sizes, dim=1)))
 
     def _next_batch(self) -> Optional[list[_Item]]:
         max_batch, max_wait = self.config.max_batch, self.config.max_wait_ms / 1000
@@ -248,9 +273,7 @@ class Engine:
         for it in items:
             self.on_queue_wait(start - it.enqueued)
         try:
-            pixels = torch.stack([it.pixels for it in items])
-            prefs = torch.stack([it.pref for it in items])
-            logits = {t: v.cpu() for t, v in self.model.logits(pixels, prefs).items()}
+            logits = self.forward(torch.stack([it.pixels for it in items]), torch.stack([it.pref for it in items]))
         except Exception as e:  # fail this batch's requests; the engine keeps serving
             log.exception("forward pass failed for a batch of %d images", len(items))
             for request in {id(it.request): it.request for it in items}.values():

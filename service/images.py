@@ -22,7 +22,8 @@ def bombs_are_errors() -> None:
 
 
 def decode_image(data: bytes, preprocess: Preprocess, max_pixels: int, name: str = "image") -> torch.Tensor:
-    """Bytes of one image -> normalised tensor [C, S, S]; 415 if not an image, 413 if too many pixels."""
+    """Bytes of one image -> its 8-bit pixels [C, S, S] as the tower sees them before normalisation;
+    415 if not an image, 413 if too many pixels."""
     if not data:
         raise UnsupportedImage(f"{name}: empty file")
     try:
@@ -40,7 +41,7 @@ def decode_image(data: bytes, preprocess: Preprocess, max_pixels: int, name: str
                                   f"more than the limit of {max_pixels}")
         try:
             image.load()
-            return preprocess.pil_to_tensor(image)
+            return preprocess.pixels(image)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise PayloadTooLarge(f"{name}: image too large: {e}") from None
         except MemoryError:
@@ -50,7 +51,7 @@ def decode_image(data: bytes, preprocess: Preprocess, max_pixels: int, name: str
 
 
 def decode_images(files: Sequence[tuple[str, bytes]], preprocess: Preprocess, max_pixels: int) -> torch.Tensor:
-    """[(name, bytes), ...] -> [N, C, S, S]; the first bad file fails the request, named."""
+    """[(name, bytes), ...] -> [N, C, S, S] uint8; the first bad file fails the request, named."""
     tensors = [decode_image(data, preprocess, max_pixels, name=f"file {i + 1} ({name!r})")
                for i, (name, data) in enumerate(files)]
     return torch.stack(tensors)

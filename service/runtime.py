@@ -55,11 +55,10 @@ class Runtime:
         device = s.torch_device()
         config = EngineConfig(device=device, dtype=s.torch_dtype(device), max_batch=s.max_batch,
                               max_wait_ms=s.max_wait_ms, queue_size=s.queue_size,
-                              cached_towers=s.cached_towers)
+                              device_cache_bytes=s.device_cache_bytes, graphs=s.cuda_graphs)
         engine = Engine.from_family(family, config, on_batch=self.metrics.observe_batch,
                                     on_queue_wait=self.metrics.queue_wait.observe)
-        pre = family.manifest.preprocess
-        engine.start(sample=torch.zeros(pre.channels, pre.image_size, pre.image_size))
+        engine.start()
         log.info("serving family %s (%s) on %s/%s", family.family_id, ", ".join(family.tasks), device, config.dtype)
         return Served(family, engine, DownloadCache(s.downloads_dir, s.download_cache_bytes, family))
 
@@ -109,7 +108,7 @@ class Runtime:
     def release(self, served: Served) -> None:
         self.families.release(served)
 
-    async def classify(self, served: Served, files: Sequence[tuple[str, bytes]], pref: torch.Tensor) -> Logits:
+    async def classify(self, served: Served, files: Sequence[tuple[str, bytes]], prefs: torch.Tensor) -> Logits:
         """Decode (in the decode pool) and classify; queue places are held first, so a request the
         queue cannot take is refused undecoded."""
         pre = served.family.manifest.preprocess
@@ -117,7 +116,7 @@ class Runtime:
         with served.engine.admission(len(files)) as ticket:
             pixels = await loop.run_in_executor(self._decoder, decode_images, files, pre,
                                                 self.settings.max_image_pixels)
-            future = ticket.submit(pixels, pref)
+            future = ticket.submit(pixels, prefs)
         return await asyncio.wrap_future(future)
 
     async def checkpoint(self, served: Served, pref) -> CachedFile:

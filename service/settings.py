@@ -5,10 +5,11 @@ names each); docs/serving.md says what the bounds protect.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -41,8 +42,11 @@ class Settings(BaseSettings):
     max_batch: int = Field(64, ge=1, description="images per forward pass")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill")
     queue_size: int = Field(1024, ge=1, description="images queued before 503")
-    cached_towers: int = Field(4, ge=1, description="materialised towers kept on the device (point-set families), "
-                                                    "least recently used out")
+    device_cache_bytes: int = Field(GiB, ge=1, description="what a family's servable keeps materialised on the "
+                                                           "device, at most (point-set towers, feature-map maps; "
+                                                           "least recently used out, one always kept)")
+    cuda_graphs: bool = Field(True, description="on CUDA, replay each forward from a CUDA graph captured per "
+                                                "batch size (one launch instead of hundreds)")
     max_files: int = Field(64, ge=1)
     max_upload_bytes: int = Field(20 * MiB, ge=1)
     max_inflight_bytes: int = Field(256 * MiB, ge=1)
@@ -55,6 +59,14 @@ class Settings(BaseSettings):
     download_cache_dir: Optional[Path] = None
     download_cache_bytes: int = Field(2 * GiB, ge=0)
     api_key: Optional[SecretStr] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if "PMERGE_CACHED_TOWERS" in os.environ:  # a count of towers, until the one byte bound of every kind
+            raise ValueError("PMERGE_CACHED_TOWERS is now PMERGE_DEVICE_CACHE_BYTES (bytes, for every kind); "
+                             "unset it and set that instead")
+        return data
 
     @field_validator("families")
     @classmethod

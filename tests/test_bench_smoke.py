@@ -31,7 +31,8 @@ def test_train_bench_micro(tmp_path):
 
 def test_serve_bench_micro(tmp_path):
     out = serve_bench.main(["--archs", "micro", "--device", "cpu", "--batch-sizes", "1,3", "--repeats", "2",
-                            "--tasks", "3", "--rank", "2", "--threads", "1", "--out-dir", str(tmp_path)])
+                            "--tasks", "3", "--rank", "2", "--threads", "1", "--out-dir", str(tmp_path),
+                            "--time-materialise", "--cold", "1,2,4,8"])
     data = json.loads(Path(out["path"]).read_text())
     assert Path(out["path"]).name.startswith("serve-cpu-") and data["config"]["dtype"] == "fp32"
     assert "machine" in data and data["config"]["batch_sizes"] == {"micro": [1, 3]}

@@ -35,7 +35,6 @@ from pymoo.indicators.igd_plus import IGDPlus
 from models_store import StoreError
 from models_store.checkpoint import StateDict
 from models_store.family import Family
-from models_store.kinds import point_set
 from models_store.preference import Preference, equal_preference, from_weights
 from models_store.tower import build_tower
 from models_store.zoo import Zoo
@@ -191,19 +190,21 @@ def baseline_zoo(family: Family, zoo: Optional[str | Path]) -> Zoo:
 
 def member_fronts(name: str, family: Family, tower: torch.nn.Module, test: dict[str, TaskData],
                   device: torch.device, log: Callable[[str], None]) -> list[ModelFront]:
-    """A point-set family's members, each evaluated, and their predicted accuracies where it has them."""
-    if family.manifest.kind != point_set.NAME:
+    """A family's members (a point-set's), each evaluated, and their predicted accuracies where its
+    method predicted them (MAP's, oriented so that higher is better)."""
+    members = family.body.members()
+    if not members:
         return []
-    members = family.body.members
     start = time.perf_counter()
-    prefs = [from_weights(m.preference, family.tasks) for m in members.params.members]
-    evaluated = [FrontPoint(p, evaluate_tower(tower, dict(members.iter_tensors(i)), family.heads, test, device))
+    prefs = [from_weights(m["preference"], family.tasks) for m in members]
+    evaluated = [FrontPoint(p, evaluate_tower(tower, {k: v.cpu() for k, v in family.body.iter_member(i, device)},
+                                              family.heads, test, device))
                  for i, p in enumerate(prefs)]
     seconds = time.perf_counter() - start
     log(f"{name}: {len(evaluated)} members in {seconds:.1f} s")
     out = [ModelFront(f"{name}: members", evaluated, seconds, per_preference=False)]
-    predicted = [m.predicted for m in members.params.members]
-    if None not in predicted and members.params.sense == "max":
+    predicted = [m.get("predicted") for m in members]
+    if None not in predicted:
         points = [FrontPoint(p, dict(zip(family.tasks, v))) for p, v in zip(prefs, predicted)]
         out.append(ModelFront(f"{name}: predicted", points, 0.0, per_preference=False))
     return out

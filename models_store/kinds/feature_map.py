@@ -10,13 +10,13 @@ Files: `base.safetensors` (the base merged tower) and `maps.safetensors`: "W" [K
 "C" [K, d, d], float32. kind_params: `dim` (d, the features' size).
 
 Serving is per image and exact in one forward pass: the base tower's features of every image go
-through its own preference's W_p (one solve per distinct preference of a batch, kept in a bounded
-cache). A download folds W_p into the output projection, proj_p = proj W_p^T (f_p = x proj_p), so
+through its own preference's W_p (the new preferences of a batch solved together, the maps kept
+in the kinds' one bounded cache). A download folds W_p into the output projection, proj_p = proj W_p^T (f_p = x proj_p), so
 the checkpoint is a plain open_clip tower that loads with strict=True.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -25,75 +25,85 @@ from pydantic import BaseModel, Field
 
 from .. import StoreError
 from ..checkpoint import StateDict, load_state_dict
-from ..tower import head_logits, load_tower
+from ..tower import load_tower
 from ..zoo import Head
+from .base import DeviceCache, KindFormat, Servable
 
 NAME = "feature-map"
 BASE = "base.safetensors"
 MAPS = "maps.safetensors"
 FILES = (BASE, MAPS)
 PROJ = "proj"
-MAPS_CACHED = 64  # preference maps kept on the device (d x d each: 1 MiB at d = 512)
 
 
 class FeatureMapParams(BaseModel):
     dim: int = Field(ge=1, description="d: the size of the tower's output features")
 
 
-def preference_map(W: torch.Tensor, C: torch.Tensor, pref: torch.Tensor) -> torch.Tensor:
-    """W_p = (sum_t p_t W_t C_t)(sum_t p_t C_t)^-1, W and C [K, d, d], pref [K] -> [d, d] (float32)."""
-    pref = pref.to(W.device, torch.float32)
-    numerator = torch.einsum("k,kij,kjl->il", pref, W, C)
-    denominator = torch.einsum("k,kij->ij", pref, C)
+def preference_maps(WC: torch.Tensor, C: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
+    """W_p = (sum_t p_t W_t C_t)(sum_t p_t C_t)^-1 for each row p of prefs [M, K]: WC = W_t C_t and C
+    [K, d, d] -> [M, d, d], float32. One batched solve for all of them."""
+    prefs = prefs.to(WC.device, torch.float32)
+    numerator = torch.einsum("mk,kil->mil", prefs, WC)
+    denominator = torch.einsum("mk,kij->mij", prefs, C)
     return torch.linalg.solve(denominator, numerator, left=False)  # numerator @ denominator^-1
+
+
+def preference_map(W: torch.Tensor, C: torch.Tensor, pref: torch.Tensor) -> torch.Tensor:
+    """W_p for one preference [K] -> [d, d] (float32)."""
+    return preference_maps(W.float() @ C.float(), C.float(), pref[None])[0]
 
 
 def family_files(base: StateDict, W: torch.Tensor, C: torch.Tensor) -> dict[str, StateDict]:
     return {BASE: base, MAPS: {"W": W.float().contiguous(), "C": C.float().contiguous()}}
 
 
-class MappedTower:
-    """The base tower, then each image's preference map on its features."""
+@dataclass(frozen=True)
+class MapPlan:
+    """A batch's distinct preferences [M, K] and which one each image has [N] (CPU)."""
+    distinct: torch.Tensor
+    inverse: torch.Tensor
+
+
+class FeatureMapServable(Servable):
+    """The base tower once for the whole batch, then each image's preference map on its features.
+    Maps of a batch's new preferences are solved together; they stay in the kinds' one cache."""
 
     def __init__(self, tower: torch.nn.Module, W: torch.Tensor, C: torch.Tensor, heads: dict[str, Head],
-                 device: torch.device, dtype: torch.dtype):
-        self.tower = tower.to(device=device, dtype=dtype).eval()
-        self.W, self.C = W.to(device, torch.float32), C.to(device, torch.float32)
-        self.heads = {t: h.to(device, torch.float32) for t, h in heads.items()}
-        self.device, self.dtype = device, dtype
-        self.maps: OrderedDict[tuple[float, ...], torch.Tensor] = OrderedDict()
-        self.solved = 0  # maps computed (a cache miss each)
+                 device: torch.device, dtype: torch.dtype, cache_bytes: int, graphs: bool = False):
+        super().__init__(heads, device, dtype, graphs)
+        self.tower = tower.to(device=self.device, dtype=dtype).eval()
+        self.C = C.to(self.device, torch.float32)
+        self.WC = W.to(self.device, torch.float32) @ self.C
+        self.maps: DeviceCache[torch.Tensor] = DeviceCache(cache_bytes)
 
-    def preference_map(self, pref: torch.Tensor) -> torch.Tensor:
-        key = tuple(pref.tolist())
-        if key in self.maps:
-            self.maps.move_to_end(key)
-            return self.maps[key]
-        self.solved += 1
-        self.maps[key] = preference_map(self.W, self.C, pref)
-        if len(self.maps) > MAPS_CACHED:
-            self.maps.popitem(last=False)
-        return self.maps[key]
+    @property
+    def solved(self) -> int:
+        """Maps solved so far, a cache miss each (tests, benchmarks)."""
+        return self.maps.misses
 
-    @torch.inference_mode()
-    def features(self, images: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
-        """images [N, C, H, W], prefs [N, K] -> corrected features [N, d], float32."""
-        if images.shape[1] == 1:  # grayscale preprocess (channels=1): the patch conv takes RGB
-            images = images.expand(-1, 3, -1, -1)
-        features = self.tower(images.to(self.device, self.dtype)).float()
-        out = torch.empty_like(features)
-        distinct, inverse = torch.unique(prefs.float().cpu(), dim=0, return_inverse=True)
-        for i, pref in enumerate(distinct):
-            rows = (inverse == i).nonzero().flatten().to(self.device)
-            out[rows] = features[rows] @ self.preference_map(pref).T
-        return out
+    def plan(self, prefs: torch.Tensor) -> MapPlan:
+        distinct, inverse = torch.unique(prefs.float(), dim=0, return_inverse=True)
+        return MapPlan(distinct, inverse)
 
-    def logits(self, images: torch.Tensor, prefs: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = self.features(images, prefs)
-        return {t: head_logits(feats, h.weight, h.bias) for t, h in self.heads.items()}
+    def features(self, images: torch.Tensor, prefs: torch.Tensor, plan: MapPlan) -> torch.Tensor:
+        features = self.run("base", self.tower, images).float()
+        keys = [tuple(row) for row in plan.distinct.tolist()]  # host values of the plan, not the device's
+        missing = [i for i, key in enumerate(keys) if key not in self.maps]
+        if missing:
+            solved = preference_maps(self.WC, self.C, plan.distinct[missing].to(self.device))
+            d = solved.shape[-1]
+            self.maps.room(len(missing) * d * d * 4, keep=frozenset(keys))  # a batch keeps its own maps
+            for i, m in zip(missing, solved):
+                self.maps.put(keys[i], m, d * d * 4)
+        maps = torch.stack([self.maps.get(key) for key in keys])  # [M, d, d]
+        if len(keys) == 1:
+            return features @ maps[0].T
+        per_image = maps[plan.inverse.to(self.device, non_blocking=True)]  # [N, d, d]
+        return torch.bmm(per_image, features.unsqueeze(2)).squeeze(2)
 
 
-class FeatureMapFamily:
+class FeatureMapFamily(KindFormat):
     name = NAME
     files = FILES
     Params = FeatureMapParams
@@ -121,13 +131,16 @@ class FeatureMapFamily:
     def tower_specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
         return [(k, v.dtype, tuple(v.shape)) for k, v in self.base.items()]
 
-    def iter_materialized(self, pref: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+    def iter_materialized(self, pref: torch.Tensor, device: torch.device = torch.device("cpu")
+                          ) -> Iterator[tuple[str, torch.Tensor]]:
         """The base tower with W_p folded into proj: x proj W_p^T = W_p f."""
         for name, w in self.base.items():
+            w = w.to(device)
             if name == PROJ:
-                w = (w.float() @ preference_map(self.W, self.C, pref).T).to(w.dtype)
+                w = (w.float() @ preference_map(self.W.to(device), self.C.to(device), pref.to(device)).T).to(w.dtype)
             yield name, w
 
-    def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype, cache: int) -> MappedTower:
-        # the maps are d x d, cached up to MAPS_CACHED; no tower is materialised (`cache` unused)
-        return MappedTower(load_tower(self.architecture, self.base), self.W, self.C, heads, device, dtype)
+    def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype,
+                 cache_bytes: int, graphs: bool = False) -> FeatureMapServable:
+        return FeatureMapServable(load_tower(self.architecture, self.base), self.W, self.C, heads, device, dtype,
+                                  cache_bytes, graphs)

@@ -33,8 +33,9 @@ from torch import nn
 
 from .. import StoreError
 from ..checkpoint import StateDict, load_state_dict
-from ..tower import head_logits, load_tower
+from ..tower import embed, load_tower, pool_project
 from ..zoo import Head
+from .base import KindFormat, Servable
 
 NAME = "lowrank"
 BASE = "base.safetensors"
@@ -89,6 +90,9 @@ class LowRank:
     def delta(self, pref: torch.Tensor) -> torch.Tensor:
         return lowrank_delta(self.A, self.B, self.G, pref)
 
+    def to(self, device: torch.device, dtype: Optional[torch.dtype] = None) -> "LowRank":
+        return LowRank(*(t.to(device, dtype) for t in (self.A, self.B, self.G)))
+
 
 def lowrank_to_state(lowrank: dict[str, LowRank]) -> StateDict:
     out: StateDict = {}
@@ -108,36 +112,6 @@ class UnsupportedTower(ValueError):
     """The tower or the family's targets are outside what this forward implements."""
 
 
-@dataclass
-class Factors:
-    A: torch.Tensor  # [d_out, r]
-    B: torch.Tensor  # [d_in, r]
-    G: torch.Tensor  # [K, r, r]
-
-    def to(self, device: torch.device, dtype: torch.dtype) -> "Factors":
-        return Factors(*(t.to(device=device, dtype=dtype) for t in (self.A, self.B, self.G)))
-
-    def cores(self, prefs: torch.Tensor) -> torch.Tensor:
-        """prefs [N, K] -> M [N, r, r], M_i = sum_k prefs_ik G_k."""
-        return mix(prefs, self.G)
-
-
-@dataclass
-class BlockFactors:
-    in_proj: Optional[Factors] = None
-    out_proj: Optional[Factors] = None
-
-
-def lowrank_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                   f: Optional[Factors], cores: Optional[torch.Tensor]) -> torch.Tensor:
-    """x [N, L, d_in] -> x W^T + b + ((x B) M^T) A^T with one M per image."""
-    y = F.linear(x, weight, bias)
-    if f is None:
-        return y
-    z = torch.bmm(x @ f.B, cores.transpose(1, 2))  # [N, L, r]
-    return y + z @ f.A.T
-
-
 def check_supported(tower: VisionTransformer) -> None:
     """Refuse towers whose blocks or attention differ from open_clip's default ViT block."""
     if not isinstance(tower, VisionTransformer):
@@ -154,76 +128,68 @@ def check_supported(tower: VisionTransformer) -> None:
             raise UnsupportedTower(f"block {i}: attention is not a plain batch-first nn.MultiheadAttention")
 
 
-def group_factors(lowrank: dict[str, LowRank], n_blocks: int) -> list[BlockFactors]:
-    """Family factors keyed by parameter name -> per-block factors; refuse other targets."""
-    blocks = [BlockFactors() for _ in range(n_blocks)]
-    for name, f in lowrank.items():
+def block_targets(lowrank: dict[str, LowRank], n_blocks: int) -> list[dict[str, int]]:
+    """Per block, {projection short name: its index in `lowrank`'s order}; other targets are refused."""
+    blocks: list[dict[str, int]] = [{} for _ in range(n_blocks)]
+    for index, name in enumerate(lowrank):
         target = parse_target(name)
         if target is None or target[0] >= n_blocks:
             raise UnsupportedTower(f"cannot serve a low-rank update of {name!r}: only "
                                    f"transformer.resblocks.<i>.{' / '.join(TARGETS.values())} of its blocks")
-        setattr(blocks[target[0]], target[1], Factors(f.A, f.B, f.G))
+        blocks[target[0]][target[1]] = index
     return blocks
 
 
-class PreferenceTower:
-    """A base tower plus low-rank factors; `features(images, prefs)` with one preference per image."""
+def lowrank_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   f: Optional[LowRank], cores: Optional[torch.Tensor]) -> torch.Tensor:
+    """x [N, L, d_in] -> x W^T + b + (x B) (A M_i)^T with one core M_i [r, r] per image (cores [N, r, r]):
+    one thin GEMM for every image, then one batched GEMM that adds each image's update in place."""
+    y = F.linear(x, weight, bias)
+    if f is None:
+        return y
+    am = torch.einsum("or,nrs->nso", f.A, cores)  # (A M_i)^T, [N, r, d_out]
+    return torch.baddbmm(y, x @ f.B, am)
 
-    def __init__(self, tower: VisionTransformer, lowrank: dict[str, LowRank], heads: dict[str, Head]):
+
+class LowRankServable(Servable):
+    """A base tower plus low-rank factors: one forward in which every image has its own preference,
+    with nothing materialised."""
+
+    def __init__(self, tower: VisionTransformer, lowrank: dict[str, LowRank], heads: dict[str, Head],
+                 device: torch.device, dtype: torch.dtype, graphs: bool = False):
         check_supported(tower)
-        self.tower = tower.eval()
-        self.blocks = group_factors(lowrank, len(tower.transformer.resblocks))
-        self.heads = heads
-        self.dtype = next(tower.parameters()).dtype
-        self.device = next(tower.parameters()).device
+        super().__init__(heads, device, dtype, graphs)
+        self.tower = tower.to(device=self.device, dtype=dtype).eval()
+        self.factors = [f.to(self.device, dtype) for f in lowrank.values()]
+        self.blocks = block_targets(lowrank, len(tower.transformer.resblocks))
+        # every adapted projection's G, stacked: one einsum gives every core of the batch
+        self.G = torch.stack([f.G for f in self.factors]) if self.factors else None  # [P, K, r, r]
 
-    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "PreferenceTower":
-        device = torch.device(device)
-        self.tower.to(device=device, dtype=dtype)
-        self.blocks = [BlockFactors(*(None if f is None else f.to(device, dtype) for f in (b.in_proj, b.out_proj)))
-                       for b in self.blocks]
-        # heads stay float32: logits are computed from float32 features
-        self.heads = {t: h.to(device, torch.float32) for t, h in self.heads.items()}
-        self.device, self.dtype = device, dtype
-        return self
+    def features(self, images: torch.Tensor, prefs: torch.Tensor, plan=None) -> torch.Tensor:
+        return self.run("mixed", self.mixed_features, images, prefs)
 
-    @torch.inference_mode()
-    def features(self, images: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
-        """images [N, C, H, W], prefs [N, K] -> pooled (projected) features [N, D], float32."""
-        tower = self.tower
-        if images.shape[1] == 1:  # grayscale preprocess (channels=1): the patch conv takes RGB
-            images = images.expand(-1, 3, -1, -1)
-        x = tower._embeds(images.to(self.device, self.dtype))
-        prefs = prefs.to(self.device, torch.float32)
-        for block, factors in zip(tower.transformer.resblocks, self.blocks):
-            x = self._block(block, factors, x, prefs)
-        pooled, _ = tower._pool(x)
-        if tower.proj is not None:
-            pooled = pooled @ tower.proj
-        return pooled.float()
+    def mixed_features(self, images: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
+        cores = None if self.G is None else torch.einsum("nk,pkij->pnij", prefs.to(self.dtype), self.G)
+        x = embed(self.tower, images)
+        for block, slots in zip(self.tower.transformer.resblocks, self.blocks):
+            # ResidualAttentionBlock.forward with our attention
+            x = x + block.ls_1(self._attention(block.attn, block.ln_1(x), slots, cores))
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        return pool_project(self.tower, x).float()
 
-    def logits(self, images: torch.Tensor, prefs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits of every task, {task: [N, C_task]} (float32)."""
-        feats = self.features(images, prefs)
-        return {t: head_logits(feats, h.weight, h.bias) for t, h in self.heads.items()}
+    def _projection(self, slots: dict[str, int], name: str, cores: Optional[torch.Tensor]):
+        index = slots.get(name)
+        return (None, None) if index is None else (self.factors[index], cores[index])
 
-    def _block(self, block: ResidualAttentionBlock, f: BlockFactors, x: torch.Tensor,
-               prefs: torch.Tensor) -> torch.Tensor:
-        # ResidualAttentionBlock.forward with our attention
-        x = x + block.ls_1(self._attention(block.attn, f, block.ln_1(x), prefs))
-        return x + block.ls_2(block.mlp(block.ln_2(x)))
-
-    def _attention(self, attn: nn.MultiheadAttention, f: BlockFactors, x: torch.Tensor,
-                   prefs: torch.Tensor) -> torch.Tensor:
+    def _attention(self, attn: nn.MultiheadAttention, x: torch.Tensor, slots: dict[str, int],
+                   cores: Optional[torch.Tensor]) -> torch.Tensor:
         n, length, d = x.shape
         heads = attn.num_heads
-        cores_in = f.in_proj.cores(prefs).to(x.dtype) if f.in_proj else None
-        qkv = lowrank_linear(x, attn.in_proj_weight, attn.in_proj_bias, f.in_proj, cores_in)
+        qkv = lowrank_linear(x, attn.in_proj_weight, attn.in_proj_bias, *self._projection(slots, "in_proj", cores))
         q, k, v = qkv.view(n, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x [N, H, L, hd]
-        o = F.scaled_dot_product_attention(q, k, v)
-        o = o.transpose(1, 2).reshape(n, length, d)
-        cores_out = f.out_proj.cores(prefs).to(x.dtype) if f.out_proj else None
-        return lowrank_linear(o, attn.out_proj.weight, attn.out_proj.bias, f.out_proj, cores_out)
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, length, d)
+        return lowrank_linear(o, attn.out_proj.weight, attn.out_proj.bias,
+                              *self._projection(slots, "out_proj", cores))
 
 
 class LowRankParams(BaseModel):
@@ -246,7 +212,7 @@ def family_files(base: StateDict, lowrank: dict[str, LowRank]) -> dict[str, Stat
     return {BASE: base, LOWRANK: lowrank_to_state(lowrank)}
 
 
-class LowRankFamily:
+class LowRankFamily(KindFormat):
     """A loaded low-rank family: its tensors, theta(pref), and its servable."""
 
     name = NAME
@@ -274,13 +240,16 @@ class LowRankFamily:
     def tower_specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
         return [(k, v.dtype, tuple(v.shape)) for k, v in self.base.items()]
 
-    def iter_materialized(self, pref: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
-        """theta(pref) lazily, one tensor at a time, so a writer holds at most one extra tensor."""
+    def iter_materialized(self, pref: torch.Tensor, device: torch.device = torch.device("cpu")
+                          ) -> Iterator[tuple[str, torch.Tensor]]:
+        """theta(pref) lazily, one tensor at a time on `device`, so a writer holds at most one extra tensor."""
+        pref = pref.to(device)
         for name, w in self.base.items():
             f = self.lowrank.get(name)
-            yield name, w if f is None else (w.float() + f.delta(pref)).to(w.dtype)
+            w = w.to(device)
+            yield name, w if f is None else (w.float() + f.to(device).delta(pref)).to(w.dtype)
 
     def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype,
-                 cache: int) -> "PreferenceTower":
-        # exact per image in one forward: nothing is materialised, so nothing to cache (`cache` unused)
-        return PreferenceTower(load_tower(self.architecture, self.base), self.lowrank, heads).to(device, dtype)
+                 cache_bytes: int, graphs: bool = False) -> LowRankServable:
+        # exact per image in one forward: nothing is materialised, so nothing is cached
+        return LowRankServable(load_tower(self.architecture, self.base), self.lowrank, heads, device, dtype, graphs)

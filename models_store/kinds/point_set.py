@@ -26,8 +26,8 @@ recently used out).
 """
 from __future__ import annotations
 
+import itertools
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Optional
@@ -37,8 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .. import StoreError
 from ..checkpoint import StateDict, load_state_dict
-from ..tower import build_tower, head_logits, with_layers
+from ..tower import build_tower, with_layers
 from ..zoo import Head
+from .base import DeviceCache, KindFormat, Servable, tensor_bytes
 
 NAME = "point-set"
 PRETRAINED = "pretrained.safetensors"
@@ -180,16 +181,16 @@ class Members:
             return self.per_tensor[index][name].float()
         return torch.tensor(member.coefficients)
 
-    def tensor(self, index: int, name: str) -> torch.Tensor:
-        """theta_member[name], in theta0's dtype."""
-        w = self.pretrained[name]
+    def tensor(self, index: int, name: str, device: Optional[torch.device] = None) -> torch.Tensor:
+        """theta_member[name], in theta0's dtype, computed on `device` (default: where the tensors are)."""
+        w = self.pretrained[name].to(device)
         if name not in self.vectors:  # not a float parameter: never merged
             return w
         source = self.source(index, name)
         if source == SKIP and block_of(name)[1] in SKIPPED:
             return torch.zeros_like(w)
         basis = self.vectors if source.startswith(FINETUNED) else self.merge_vectors
-        return task_arithmetic(w, self.coefficients(index, name), basis[name])
+        return task_arithmetic(w, self.coefficients(index, name), basis[name].to(w.device))
 
     def iter_tensors(self, index: int) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.pretrained:
@@ -209,65 +210,84 @@ def family_files(pretrained: StateDict, task_vectors: dict[str, dict[str, torch.
     return {PRETRAINED: pretrained, TASK_VECTORS: vectors, COEFFICIENTS: coefficients}
 
 
-class MemberTowers:
-    """The servable: each image runs through its member's plain open_clip tower; materialised towers
-    are kept on the device, at most `cache` of them, least recently used evicted first."""
+@dataclass(frozen=True)
+class MemberPlan:
+    """A batch grouped by member: each member picked, with the rows of its images (CPU index tensors)."""
+    groups: list[tuple[int, torch.Tensor]]
+
+
+class PointSetServable(Servable):
+    """Each image runs through its member's plain open_clip tower. Materialised towers stay on the
+    device in the kinds' one cache (least recently used out); a miss materialises into an evicted
+    tower's memory when it is as deep."""
 
     def __init__(self, members: Members, architecture: dict, heads: dict[str, Head], device: torch.device,
-                 dtype: torch.dtype, cache: int):
-        if cache < 1:
-            raise ValueError(f"a point-set family needs room for at least 1 member on the device, got {cache}")
-        self.members, self.architecture, self.device, self.dtype, self.cache = members, architecture, device, dtype, cache
-        self.heads = {t: h.to(device, torch.float32) for t, h in heads.items()}
-        self.towers: OrderedDict[int, torch.nn.Module] = OrderedDict()
-        self.materialized = 0  # cache misses, for tests and benchmarks
+                 dtype: torch.dtype, cache_bytes: int, graphs: bool = False):
+        super().__init__(heads, device, dtype, graphs)
+        self.members, self.architecture = members.to(self.device), architecture
+        self.spare: list[torch.nn.Module] = []  # evicted towers, whose memory a miss may reuse
+        self._towers_made = itertools.count()
+        self.towers: DeviceCache[torch.nn.Module] = DeviceCache(cache_bytes, self.spare.append)
+
+    @property
+    def materialized(self) -> int:
+        """Cache misses so far (tests, benchmarks)."""
+        return self.towers.misses
+
+    def plan(self, prefs: torch.Tensor) -> MemberPlan:
+        picked = self.members.pick(prefs)
+        return MemberPlan([(index, (picked == index).nonzero().squeeze(1)) for index in picked.unique().tolist()])
 
     def tower(self, index: int) -> torch.nn.Module:
-        if index in self.towers:
-            self.towers.move_to_end(index)
-            return self.towers[index]
+        """Member `index`'s tower on the device, materialised on a miss. A tower evicted for it may be
+        one this batch ran already: its forward is queued before the copy that overwrites it."""
+        tower = self.towers.get(index)
+        if tower is not None:
+            return tower
         kept = self.members.kept_blocks(index)
         depth = None if kept is None else len(kept)
-        tower = None
-        if len(self.towers) >= self.cache:  # reuse the evicted tower's memory when it is as deep
-            _, evicted = self.towers.popitem(last=False)
-            tower = evicted if evicted.kept_depth == depth else None
-        if tower is None:
+        nbytes = tensor_bytes(t for t in self._shapes(depth))
+        self.towers.room(nbytes)
+        tower = next((t for t in self.spare if t.kept_depth == depth), None)
+        if tower is not None:
+            self.spare.remove(tower)
+        else:
             arch = self.architecture if kept is None else with_layers(self.architecture, len(kept))
             tower = build_tower(arch).to(self.device, self.dtype)
             tower.kept_depth = depth
+            tower.graph_key = ("tower", next(self._towers_made))  # its graphs read its memory, whoever's weights
+        for freed in self.spare:  # what was not reused is freed, with its graphs
+            if self.graphed is not None:
+                self.graphed.forget(freed.graph_key)
+        self.spare.clear()
         with torch.no_grad():
             for name, target in tower.state_dict().items():
                 block = block_of(name)
                 source = name if kept is None or block is None else f"transformer.resblocks.{kept[block[0]]}.{block[1]}"
                 target.copy_(self.members.tensor(index, source))
-        self.materialized += 1
-        self.towers[index] = tower
-        return tower
+        return self.towers.put(index, tower, nbytes)
 
-    def logits(self, images: torch.Tensor, prefs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images [N, C, H, W], prefs [N, K] -> {task: [N, C_task]} float32."""
-        features = self.features(images, prefs)
-        return {t: head_logits(features, h.weight, h.bias) for t, h in self.heads.items()}
+    def _shapes(self, depth: Optional[int]) -> Iterator[torch.Tensor]:
+        """Stand-ins of a tower's tensors in the serving dtype, for its size (meta: no memory)."""
+        for name, w in self.members.pretrained.items():
+            block = block_of(name)
+            if depth is None or block is None or block[0] < depth:
+                yield torch.empty(w.shape, dtype=self.dtype if w.is_floating_point() else w.dtype, device="meta")
 
-    @torch.inference_mode()
-    def features(self, images: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
-        """images [N, C, H, W], prefs [N, K] -> features [N, D] float32, one forward per member picked."""
-        if images.shape[1] == 1:  # grayscale preprocess (channels=1): the patch conv takes RGB
-            images = images.expand(-1, 3, -1, -1)
-        images = images.to(self.device, self.dtype)
-        picked = self.members.pick(prefs)
+    def features(self, images: torch.Tensor, prefs: torch.Tensor, plan: MemberPlan) -> torch.Tensor:
+        """One forward per member picked, on its images."""
         features: Optional[torch.Tensor] = None
-        for index in picked.unique().tolist():
-            rows = (picked == index).nonzero().squeeze(1).to(self.device)
-            out = self.tower(index)(images[rows]).float()
+        for index, rows in plan.groups:
+            rows = rows.to(self.device, non_blocking=True)
+            tower = self.tower(index)
+            out = self.run(tower.graph_key, tower, images[rows]).float()
             if features is None:
                 features = out.new_empty(len(images), out.shape[1])
             features[rows] = out
         return features
 
 
-class PointSetFamily:
+class PointSetFamily(KindFormat):
     """A loaded point-set family: theta0, the task vectors, the members; theta(pref) and the servable."""
 
     name = NAME
@@ -275,7 +295,7 @@ class PointSetFamily:
     Params = PointSetParams
 
     def __init__(self, members: Members, architecture: dict, family_id: str):
-        self.members, self.architecture = members, architecture
+        self.member_weights, self.architecture = members, architecture
         tasks, k = members.tasks, len(members.tasks)
         for kind, vectors in (("vector", members.vectors), ("merge vector", members.merge_vectors)):
             missing = [p for p, w in members.pretrained.items() if w.is_floating_point() and p not in vectors]
@@ -302,7 +322,7 @@ class PointSetFamily:
             if source not in (MERGE, SKIP) and not (source.startswith(FINETUNED) and source[len(FINETUNED):] in tasks):
                 raise StoreError(f"{where}: block {b}'s source {source!r} is not merge, skip or finetuned:<task>")
             if source == SKIP:
-                absent = [s for s in SKIPPED if f"transformer.resblocks.{b}.{s}" not in self.members.pretrained]
+                absent = [s for s in SKIPPED if f"transformer.resblocks.{b}.{s}" not in self.member_weights.pretrained]
                 if absent:
                     raise StoreError(f"{where}: cannot skip block {b}, it has no {absent[0]}")
 
@@ -324,11 +344,23 @@ class PointSetFamily:
         return cls(Members(pretrained, vectors, params, per_tensor, tasks, merge_vectors), architecture, family_id)
 
     def tower_specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
-        return [(k, v.dtype, tuple(v.shape)) for k, v in self.members.pretrained.items()]
+        return [(k, v.dtype, tuple(v.shape)) for k, v in self.member_weights.pretrained.items()]
 
-    def iter_materialized(self, pref: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
-        """The tower of the member that `pref` picks, one tensor at a time."""
-        return self.members.iter_tensors(int(self.members.pick(pref[None])[0]))
+    def iter_materialized(self, pref: torch.Tensor, device: torch.device = torch.device("cpu")
+                          ) -> Iterator[tuple[str, torch.Tensor]]:
+        """The tower of the member that `pref` picks, one tensor at a time, computed on `device`."""
+        return self.iter_member(int(self.member_weights.pick(pref[None].cpu())[0]), device)
 
-    def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype, cache: int) -> MemberTowers:
-        return MemberTowers(self.members.to(device), self.architecture, heads, device, dtype, cache)
+    def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype,
+                 cache_bytes: int, graphs: bool = False) -> PointSetServable:
+        return PointSetServable(self.member_weights, self.architecture, heads, device, dtype, cache_bytes, graphs)
+
+    def members(self) -> list[dict]:
+        """Each member's manifest entry; `predicted` only where higher is better (an accuracy, not a loss)."""
+        params = self.member_weights.params
+        return [m.model_dump(exclude_none=True, exclude=set() if params.sense == "max" else {"predicted"})
+                for m in params.members]
+
+    def iter_member(self, index: int, device: torch.device = torch.device("cpu")) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.member_weights.pretrained:
+            yield name, self.member_weights.tensor(index, name, device)

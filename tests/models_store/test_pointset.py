@@ -63,7 +63,7 @@ def test_a_skipped_block_is_the_identity(family):
 
 
 def test_any_preference_picks_the_nearest_member(family):
-    pick = family.body.members.pick
+    pick = family.body.member_weights.pick
     prefs = torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.45, 0.45, 0.1], [0, 0, 1.0]])
     assert pick(prefs).tolist() == [0, 1, 3, 4, 2]
     # the download of a preference is its member's tower
@@ -75,7 +75,7 @@ def test_any_preference_picks_the_nearest_member(family):
 @pytest.mark.parametrize("which", ["task vectors", "merge vectors"])
 def test_servable_equals_each_members_tower_cold_and_warm(family, merging_family, which):
     family = family if which == "task vectors" else merging_family
-    model = family.servable(torch.device("cpu"), torch.float32, cache=2)
+    model = family.servable(torch.device("cpu"), torch.float32, cache_bytes=2 * family.tower_bytes())
     g = torch.Generator().manual_seed(3)
     images = torch.randn(8, 3, 16, 16, generator=g)
     weights = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.34, 0.33, 0.33], [0.5, 0.5, 0], [0.9, 0.1, 0], [0, 0.2, 0.8],

@@ -8,36 +8,44 @@ from models_store.preference import from_weights
 from models_store.tower import head_logits, load_tower
 from service.engine import Engine, EngineConfig
 from service.errors import NotReady, Overloaded, PayloadTooLarge
-from models_store.kinds.lowrank import PreferenceTower
+from models_store.kinds.lowrank import LowRankServable
 
 
 def make_engine(family, **config) -> tuple[Engine, list[int]]:
     sizes: list[int] = []
     engine = Engine.from_family(family, EngineConfig(**config), on_batch=lambda n, s: sizes.append(n))
-    engine.start(sample=torch.zeros(3, 16, 16))
+    engine.start()
     return engine, sizes
+
+
+def pixels(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """n random 8-bit images, as the front end decodes them."""
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
 class GatedModel:
     """Wraps a model; forward passes block until the test opens the gate (to fill the queue)."""
 
-    def __init__(self, model: PreferenceTower):
+    def __init__(self, model: LowRankServable):
         self.model, self.gate = model, threading.Event()
         self.entered = threading.Event()
         self.seen: list[torch.Tensor] = []
 
-    def logits(self, images, prefs):
+    def plan(self, prefs):
+        return self.model.plan(prefs)
+
+    def logits(self, images, prefs, plan):
         self.seen.append(prefs)
         self.entered.set()
         self.gate.wait(10)
-        return self.model.logits(images, prefs)
+        return self.model.logits(images, prefs, plan)
 
 
 def test_requests_with_different_preferences_share_one_batch(family):
     engine, sizes = make_engine(family, max_batch=16, max_wait_ms=200)
     try:
         sizes.clear()  # drop the warm-up
-        images = torch.randn(5, 3, 16, 16)
+        images = pixels(5)
         prefs = [from_weights(w, family.tasks) for w in ([1, 0, 0], [0, 1, 0], [0.2, 0.3, 0.5])]
         futures = [engine.submit(images[0:2], prefs[0].tensor()), engine.submit(images[2:4], prefs[1].tensor()),
                    engine.submit(images[4:5], prefs[2].tensor())]
@@ -49,49 +57,51 @@ def test_requests_with_different_preferences_share_one_batch(family):
     for (imgs, pref), got in zip(groups, results):
         tower = load_tower(family.manifest.architecture, family.materialize(pref))
         with torch.no_grad():
-            feats = tower(imgs)
+            feats = tower(family.manifest.preprocess.normalize(imgs))
         for t, h in family.heads.items():
+            ref = head_logits(feats, h.weight, h.bias)
             assert got[t].shape[0] == imgs.shape[0]
-            assert (got[t] - head_logits(feats, h.weight, h.bias)).abs().max() <= 1e-4
+            assert (got[t] - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max())  # float32, relative
 
 
 def test_full_queue_raises_overloaded_with_retry_after(family):
     base = family.servable(torch.device("cpu"), torch.float32)
     gated = GatedModel(base)
     gated.gate.set()  # warm-up passes
-    engine = Engine(gated, EngineConfig(max_batch=2, max_wait_ms=0, queue_size=4), tasks=len(family.tasks))
-    engine.start(sample=torch.zeros(3, 16, 16))
+    engine = Engine(gated, EngineConfig(max_batch=2, max_wait_ms=0, queue_size=4), tasks=len(family.tasks),
+                    preprocess=family.manifest.preprocess)
+    engine.start()
     gated.gate.clear()
     gated.entered.clear()
     pref = torch.full((3,), 1 / 3)
     try:
-        first = engine.submit(torch.zeros(2, 3, 16, 16), pref)  # taken by the worker, which then blocks
+        first = engine.submit(pixels(2), pref)  # taken by the worker, which then blocks
         assert gated.entered.wait(5)
-        queued = engine.submit(torch.zeros(4, 3, 16, 16), pref)  # fills the queue (4 images)
+        queued = engine.submit(pixels(4), pref)  # fills the queue (4 images)
         with pytest.raises(Overloaded, match="queue full") as info:
-            engine.submit(torch.zeros(1, 3, 16, 16), pref)
+            engine.submit(pixels(1), pref)
         assert info.value.status == 503 and int(info.value.headers["Retry-After"]) >= 1
         with pytest.raises(PayloadTooLarge, match="at most 4"):
-            engine.submit(torch.zeros(5, 3, 16, 16), pref)
+            engine.submit(pixels(5), pref)
         gated.gate.set()
         assert first.result(10)["digits"].shape == (2, 5)
         assert queued.result(10)["letters"].shape == (4, 4)
         # the queue drained: the engine accepts work again
-        assert engine.submit(torch.zeros(1, 3, 16, 16), pref).result(10)["fashion"].shape == (1, 3)
+        assert engine.submit(pixels(1), pref).result(10)["fashion"].shape == (1, 3)
     finally:
         gated.gate.set()
         engine.stop()
     with pytest.raises(NotReady):
-        engine.submit(torch.zeros(1, 3, 16, 16), pref)
+        engine.submit(pixels(1), pref)
 
 
 def test_a_failing_batch_fails_its_requests_and_the_engine_keeps_serving(family):
     engine, _ = make_engine(family, max_batch=4, max_wait_ms=0)
     try:
-        bad = engine.submit(torch.zeros(1, 3, 8, 8), torch.full((3,), 1 / 3))  # wrong image size
+        bad = engine.submit(pixels(1, size=8), torch.full((3,), 1 / 3))  # wrong image size
         with pytest.raises(Exception):
             bad.result(10)
-        good = engine.submit(torch.zeros(1, 3, 16, 16), torch.full((3,), 1 / 3))
+        good = engine.submit(pixels(1), torch.full((3,), 1 / 3))
         assert good.result(10)["digits"].shape == (1, 5)
     finally:
         engine.stop()
@@ -102,8 +112,9 @@ def test_warm_up_runs_a_full_batch_of_mixed_preferences(family):
     base = family.servable(torch.device("cpu"), torch.float32)
     recorder = GatedModel(base)
     recorder.gate.set()
-    engine = Engine(recorder, EngineConfig(max_batch=4, max_wait_ms=0), tasks=len(family.tasks))
-    engine.start(sample=torch.zeros(3, 16, 16))
+    engine = Engine(recorder, EngineConfig(max_batch=4, max_wait_ms=0), tasks=len(family.tasks),
+                    preprocess=family.manifest.preprocess)
+    engine.start()
     engine.stop()
     full = [p for p in recorder.seen if p.shape[0] == 4]
     assert full and full[0].shape[1] == len(family.tasks)

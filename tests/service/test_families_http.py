@@ -45,7 +45,7 @@ def downloaded_probs(client: httpx.Client, prefix: str, pref: str, image: bytes,
     tower = build_tower(family.manifest.architecture)
     tower.load_state_dict({k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")},
                           strict=True)
-    pixels = decode_image(image, family.manifest.preprocess, 10**6)
+    pixels = family.manifest.preprocess.normalize(decode_image(image, family.manifest.preprocess, 10**6))
     with torch.no_grad():
         feats = tower(pixels[None])
     return {t: torch.softmax(head_logits(feats, state[f"heads.{t}.weight"], state.get(f"heads.{t}.bias"))[0], -1)

@@ -45,7 +45,8 @@ def test_mixed_preferences_answer_as_their_downloaded_checkpoints(server):
         tower.load_state_dict({k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")},
                               strict=True)  # a plain open_clip tower: the map is in its proj
         with torch.no_grad():
-            feats = tower(decode_image(img, family.manifest.preprocess, 10**6)[None])
+            pre = family.manifest.preprocess
+            feats = tower(pre.normalize(decode_image(img, pre, 10**6))[None])
         expected.append({t: torch.softmax(head_logits(feats, state[f"heads.{t}.weight"])[0], -1)
                          for t in family.tasks})
 

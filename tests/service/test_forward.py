@@ -3,10 +3,9 @@ import pytest
 import torch
 from open_clip.transformer import CustomResidualAttentionBlock
 
-from models_store.kinds.lowrank import LowRank
+from models_store.kinds.lowrank import LowRank, LowRankServable, UnsupportedTower
 from models_store.preference import from_weights
 from models_store.tower import MICRO, build_tower, head_logits, load_tower
-from models_store.kinds.lowrank import PreferenceTower, UnsupportedTower
 
 
 def random_prefs(n: int, tasks, seed: int = 0):
@@ -46,14 +45,15 @@ def test_grayscale_input_is_repeated_to_rgb(family):
     model = family.servable(torch.device("cpu"), torch.float32)
     gray = torch.randn(2, 1, 16, 16)
     prefs = torch.full((2, 3), 1 / 3)
-    assert torch.allclose(model.features(gray, prefs), model.features(gray.expand(-1, 3, -1, -1), prefs))
+    gray_logits, rgb_logits = model.logits(gray, prefs), model.logits(gray.expand(-1, 3, -1, -1), prefs)
+    assert all(torch.allclose(gray_logits[t], rgb_logits[t]) for t in family.tasks)
 
 
 def test_refuses_custom_blocks(family):
     tower = build_tower(MICRO)
     tower.transformer.resblocks[0] = CustomResidualAttentionBlock(32, 2)
     with pytest.raises(UnsupportedTower, match="block 0 is a CustomResidualAttentionBlock"):
-        PreferenceTower(tower, family.body.lowrank, family.heads)
+        LowRankServable(tower, family.body.lowrank, family.heads, torch.device("cpu"), torch.float32)
 
 
 def test_refuses_targets_outside_attention(family):
@@ -62,4 +62,4 @@ def test_refuses_targets_outside_attention(family):
     bad = {"transformer.resblocks.0.mlp.c_fc.weight": LowRank(torch.zeros(w.shape[0], 2), torch.zeros(w.shape[1], 2),
                                                                torch.zeros(3, 2, 2))}
     with pytest.raises(UnsupportedTower, match="mlp.c_fc.weight"):
-        PreferenceTower(tower, bad, family.heads)
+        LowRankServable(tower, bad, family.heads, torch.device("cpu"), torch.float32)

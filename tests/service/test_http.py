@@ -19,7 +19,7 @@ from safetensors.torch import load as load_safetensors
 from models_store.preference import parse_preference
 from models_store.tower import build_tower, head_logits, load_tower
 from service.app import create_app
-from models_store.kinds.lowrank import PreferenceTower
+from models_store.kinds.lowrank import LowRankServable
 from service.images import decode_image
 from service.settings import Settings
 
@@ -44,7 +44,7 @@ def server(settings):
 
 
 @pytest.fixture(scope="module")
-def model(family) -> PreferenceTower:
+def model(family) -> LowRankServable:
     return family.servable(torch.device("cpu"), torch.float32)
 
 
@@ -54,7 +54,9 @@ def classify(url: str, files: list[bytes], **params) -> httpx.Response:
 
 
 def pixels(family, data: bytes) -> torch.Tensor:
-    return decode_image(data, family.manifest.preprocess, MAX_PIXELS)
+    """What the tower sees of an upload: its decoded pixels, normalised."""
+    pre = family.manifest.preprocess
+    return pre.normalize(decode_image(data, pre, MAX_PIXELS))
 
 
 def direct_probs(model, family, data: bytes, pref_text: str) -> dict[str, torch.Tensor]:

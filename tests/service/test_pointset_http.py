@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from models_store.preference import parse_preference
+from models_store.store import open_family
 from service.app import create_app
 from service.images import decode_image
 from service.settings import Settings
@@ -24,9 +25,10 @@ PREFS = ["0.9,0.05,0.05", "fashion:1", "0.1,0.1,0.8", "1,1,1", "digits:0.45,fash
 def server(tmp_path_factory):
     store = tmp_path_factory.mktemp("points")
     make_point_set_family(store)
-    # two cached towers for five members: every mixed round misses, a repeated member hits
+    # room for two towers for five members: every mixed round misses, a repeated member hits
+    two_towers = 2 * open_family(store, POINT_SET_ID).tower_bytes()
     settings = Settings(store=store, family=POINT_SET_ID, device="cpu", max_batch=64, max_wait_ms=50,
-                        cached_towers=2, download_cache_dir=tmp_path_factory.mktemp("downloads"))
+                        device_cache_bytes=two_towers, download_cache_dir=tmp_path_factory.mktemp("downloads"))
     app = create_app(settings)
     with running_server(app) as url:
         yield url, app

@@ -70,7 +70,7 @@ def assert_serves_materialised():
     from models_store.tower import head_logits, load_tower
 
     def check(family, prefs: torch.Tensor, images: torch.Tensor, model=None) -> None:
-        model = model or family.servable(torch.device("cpu"), torch.float32, cache=2)
+        model = model or family.servable(torch.device("cpu"), torch.float32, cache_bytes=2 * family.tower_bytes())
         logits = model.logits(images, prefs)
         for i in range(len(prefs)):
             tower = load_tower(family.manifest.architecture,

@@ -130,7 +130,7 @@ def test_map_family_through_the_cli_serves_its_members_and_resumes(quick_zoo, tm
     # a member is theta0 + sum_k c_k tau_k, and the preferences pick what weighted-sum says
     prefs = torch.stack([from_weights(w, family.tasks).tensor() for w in ([1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1])])
     predicted = torch.tensor([x["predicted"] for x in members])
-    picked = family.body.members.pick(prefs)
+    picked = family.body.member_weights.pick(prefs)
     assert picked.tolist() == (prefs @ predicted.T).argmax(1).tolist()
     assert_serves_materialised(family, prefs, torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
 

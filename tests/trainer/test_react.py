@@ -42,7 +42,7 @@ def test_react_family_through_the_cli(quick_zoo, tmp_path, capsys, assert_serves
     m = family.manifest
     assert m.kind == "feature-map" and m.method == "react" and m.hyperparameters["base"] == "tsv-m"
     assert m.metrics["preference_stage_seconds"] > 0
-    model = family.servable(torch.device("cpu"), torch.float32, cache=2)
+    model = family.servable(torch.device("cpu"), torch.float32)
     prefs = torch.stack([from_weights(w, family.tasks).tensor() for w in ([1, 0, 0], [0, 1, 0], [1, 1, 1], [1, 0, 0])])
     images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     assert_serves_materialised(family, prefs, images, model)  # the download folds the map into proj
