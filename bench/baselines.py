@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 from bench.common import add_common_args, machine_info, run_benchmark, write_result  # noqa: E402
 from models_store.zoo import Zoo  # noqa: E402
-from trainer.evaluate import evaluate_state, markdown_table, with_average  # noqa: E402
+from trainer.evaluate import Evaluator, markdown_table, with_average  # noqa: E402
 from trainer.methods import METHODS, MergeContext  # noqa: E402
 from trainer.pool import ModelPool  # noqa: E402
 from trainer.taskpool import TaskPool  # noqa: E402
@@ -37,9 +37,10 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
     zoo = Zoo(args.zoo)
     arch = zoo.manifest.architecture
     tasks = TaskPool(zoo)
-    rows = {"pretrained": evaluate_state(arch, zoo.pretrained(), zoo.heads, tasks.test, device)}
+    evaluator = Evaluator(arch, zoo.heads, tasks.test, device)
+    rows = {"pretrained": evaluator.accuracy(zoo.pretrained())}
     for t in zoo.tasks:
-        rows[f"finetuned ({t})"] = evaluate_state(arch, zoo.finetuned(t), zoo.heads, tasks.test, device)
+        rows[f"finetuned ({t})"] = evaluator.accuracy(zoo.finetuned(t))
     rows["finetuned (each on its own task)"] = {t: rows[f"finetuned ({t})"][t] for t in zoo.tasks}
     seconds = {}
     for name in args.methods.split(","):
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
         start = time.perf_counter()
         state = method(ctx)
         seconds[name] = time.perf_counter() - start
-        rows[name] = evaluate_state(arch, state, zoo.heads, tasks.test, device)
+        rows[name] = evaluator.accuracy(state)
         print(f"{name}: {seconds[name]:.1f} s, average {100 * with_average(rows[name])['average']:.1f}", flush=True)
     table = markdown_table(rows, zoo.tasks, extra={n: {"merge time": f"{s:.1f} s"} for n, s in seconds.items()})
     print(table)

@@ -24,7 +24,7 @@ from bench.common import (add_common_args, machine_info, markdown_table, now_iso
 from models_store.preference import equal_preference  # noqa: E402
 from models_store.store import open_family  # noqa: E402
 from models_store.zoo import Zoo  # noqa: E402
-from trainer.evaluate import evaluate_state  # noqa: E402
+from trainer.evaluate import Evaluator  # noqa: E402
 from trainer.families import LearnContext, get_family_learner  # noqa: E402
 from trainer.front import FAMILY, FrontConfig, compute_front  # noqa: E402
 from trainer.simplex import vertices  # noqa: E402
@@ -65,8 +65,8 @@ def measure(args: argparse.Namespace, device: torch.device, store: Path) -> dict
     report = compute_front(first, FrontConfig(grid=args.grid, random=0, baselines=[]), device,
                            families=others, log=lambda line: None)
     test = TaskPool(zoo).test
-    finetuned = {t: evaluate_state(zoo.manifest.architecture, zoo.finetuned(t), {t: zoo.heads[t]}, {t: test[t]},
-                                   device)[t] for t in tasks}
+    evaluator = Evaluator(zoo.manifest.architecture, zoo.heads, test, device)
+    finetuned = {t: evaluator.accuracy(zoo.finetuned(t), [t])[t] for t in tasks}
     rows = {}
     for label, family in families.items():
         model = report.models[FAMILY if family is first else family.family_id]

@@ -43,7 +43,7 @@ from trainer.families.validation import validation_sets  # noqa: E402
 from trainer.front import FrontConfig, compute_front  # noqa: E402
 from trainer.hypervolume import hypervolume, non_dominated  # noqa: E402
 from trainer.map.design import default_budget, design_points, surrogate_size  # noqa: E402
-from trainer.map.evaluate import Evaluator  # noqa: E402
+from trainer.map.evaluate import CoefficientEvaluator  # noqa: E402
 from trainer.methods.preference import task_weights  # noqa: E402
 from trainer.simplex import PointSet  # noqa: E402
 from trainer.taskpool import TaskPool  # noqa: E402
@@ -79,7 +79,7 @@ def measure(args: argparse.Namespace, device: torch.device, store: Path) -> dict
     budget = args.budget or default_budget(k)
     common = {"population": args.population, "generations": args.generations, "seed": args.seed}
     ctx = LearnContext(zoo, store, device=device, progress=False)
-    test = Evaluator(ctx.pool, TaskPool(zoo).test, device)  # every model below, scored on the test split
+    test = CoefficientEvaluator(ctx.pool, TaskPool(zoo).test, device)  # every model below, scored on the test split
     fewer = max(surrogate_size(k) + k + 1, round(0.75 * budget))
     runs = {"map": ("map", {"budget": budget}), "bmap": ("bmap", {"budget": budget}),
             "map-fewer": ("map", {"budget": fewer}), "bmap-fewer": ("bmap", {"budget": fewer})}
@@ -100,7 +100,7 @@ def measure(args: argparse.Namespace, device: torch.device, store: Path) -> dict
     # direct search, no surrogate: a design like MAP's, its validation-non-dominated points on test;
     # with MAP's design budget, and with every real evaluation MAP made (its front's too)
     config = get_family_learner("map").config(budget=budget, **common)
-    val = Evaluator(ctx.pool, validation_sets(ctx, config), device)
+    val = CoefficientEvaluator(ctx.pool, validation_sets(ctx, config), device)
     spent = budget + results["map"]["evaluations"]["front"]
     for name, count in (("direct-search", budget), ("direct-search-all", spent)):
         design = design_points(k, count, config.c_max, config.design, config.seed)

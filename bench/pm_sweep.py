@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from bench.common import add_common_args, machine_info, markdown_table, run_benchmark, write_result  # noqa: E402,E501
 from models_store.family import Family  # noqa: E402
 from models_store.zoo import Zoo  # noqa: E402
-from trainer.evaluate import evaluate_state  # noqa: E402
+from trainer.evaluate import Evaluator  # noqa: E402
 from trainer.front import FAMILY, FrontConfig, compute_front  # noqa: E402
 from trainer.methods import MergeContext, get_method  # noqa: E402
 from trainer.pareto.train import ParetoConfig, train_family  # noqa: E402
@@ -66,11 +66,12 @@ SINGLE_MERGES = ("task-arithmetic", "adamerging", "tsv-m", "iso-c", "iso-cts", "
 def reference_scores(zoo: Zoo, tasks: TaskPool, device: torch.device) -> dict[str, dict[str, float]]:
     """The single-model merges with their defaults (item 1 of the bar, and issue 14's best single merge)."""
     out = {}
+    evaluator = Evaluator(zoo.manifest.architecture, zoo.heads, tasks.test, device)
     for name in SINGLE_MERGES:
         method = get_method(name)
         ctx = MergeContext(pool=ModelPool(zoo), device=device, progress=False,
                            unlabeled=tasks.unlabeled if method.needs_data else {})
-        out[name] = evaluate_state(zoo.manifest.architecture, method(ctx), zoo.heads, tasks.test, device)
+        out[name] = evaluator.accuracy(method(ctx))
     return out
 
 

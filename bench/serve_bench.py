@@ -313,9 +313,6 @@ def bench_arch(arch_name: str, sizes: list[int], args: argparse.Namespace, devic
     point_set = bench_point_set(v, args, device, dtype, counts, cold_counts, gen) if counts else None
     out = {"arch_name": arch_name, "architecture": v.arch, "image_size": v.size, "params": v.params,
            "adapted_tensors": v.adapted, "batches": rows, "point_set": point_set}
-    del v
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return out
 
 
@@ -338,7 +335,11 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     plan = {a: batch_sizes.get(a, batch_sizes["*"]) for a in archs}
 
-    results = [bench_arch(a, plan[a], args, device, dtype) for a in archs]
+    results = []
+    for a in archs:
+        results.append(bench_arch(a, plan[a], args, device, dtype))
+        if device.type == "cuda":  # the architecture's towers and graphs are garbage now
+            torch.cuda.empty_cache()
 
     gpu = device.type == "cuda"
     modes = [("eager", "b", "a", "w")] + ([("graphs", "bg", "ag", "wg")] if args.graphs else [])

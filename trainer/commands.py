@@ -147,22 +147,22 @@ def evaluate(args: argparse.Namespace) -> None:
     from models_store.device import pick_device
     from models_store.merged import read_tower_weights
     from models_store.zoo import Zoo
-    from .evaluate import evaluate_state, markdown_table, with_average
+    from .evaluate import Evaluator, markdown_table, with_average
     from .taskpool import TaskPool
 
     source = Zoo(args.zoo)
     test = TaskPool(source, test_limit=args.test_limit, data=key_values(args.data, "--data")).test
     device, arch = pick_device(args.device), source.manifest.architecture
     if args.weights == "finetuned":  # each task with its own fine-tuned tower
-        scores = {t: evaluate_state(arch, source.finetuned(t), source.heads, {t: test[t]}, device)[t]
-                  for t in source.tasks}
+        evaluator = Evaluator(arch, source.heads, test, device)
+        scores = {t: evaluator.accuracy(source.finetuned(t), [t])[t] for t in source.tasks}
     else:
         state, heads = source.pretrained(), None
         if args.weights != "pretrained":
             state, heads, _ = read_tower_weights(args.weights)
         if heads is not None and set(heads) != set(source.tasks):
             raise ValueError(f"{args.weights} has heads for {sorted(heads)}, the zoo's tasks are {source.tasks}")
-        scores = evaluate_state(arch, state, heads or source.heads, test, device)
+        scores = Evaluator(arch, heads or source.heads, test, device).accuracy(state)
     print(markdown_table({args.weights: scores}, source.tasks))
     write_json(args.json, {"weights": args.weights, "zoo": str(args.zoo), "accuracy": with_average(scores)})
 

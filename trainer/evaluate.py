@@ -1,41 +1,123 @@
-"""Evaluation: per-task test accuracy of a tower state, and Markdown/JSON reports."""
+"""Evaluation, in one place (FusionBench's `taskpool.evaluate(model)` shape): per-task accuracy and
+loss of any state of a tower, on labelled data kept on the device, through
+`torch.func.functional_call` (the tower is built once; a state is never loaded into it). `eval`,
+`front`, `select`, MAP and HM3 use it.
+
+The device part of an evaluation ends in tensors (`totals`, `outcomes`, `features`); the host
+reads them once per evaluation (`__call__`), never per batch, so a GPU is not stopped at every
+batch, and the fake-CUDA tests can run the device part alone. Time goes to one `StageTimer`.
+"""
 from __future__ import annotations
 
-from typing import Mapping
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 
 from models_store.checkpoint import StateDict
 from models_store.tower import build_tower, head_logits
 from models_store.zoo import Head
 
 from .data import TaskData
+from .objective import autocast
 
 Scores = dict[str, float]
 
 
-@torch.no_grad()
-def accuracy(tower: torch.nn.Module, head: Head, data: TaskData, device: torch.device, batch_size: int = 512) -> float:
-    correct = 0
-    head = head.to(device)
-    for images, labels in zip(data.images.split(batch_size), data.labels.split(batch_size)):
-        logits = head_logits(tower(images.to(device)).float(), head.weight, head.bias)
-        correct += (logits.argmax(-1).cpu() == labels).sum().item()
-    return correct / len(data.labels)
+@dataclass
+class StageTimer:
+    """Wall seconds by stage (the device synchronised at both ends) and counters, for reports."""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seconds: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+    def by_stage(self) -> dict[str, float]:
+        return {name: round(s, 3) for name, s in self.seconds.items()}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
-def evaluate_state(architecture: dict, state: StateDict, heads: Mapping[str, Head],
-                   test: Mapping[str, TaskData], device: torch.device) -> Scores:
-    """Accuracy of one tower on every task."""
-    return evaluate_tower(build_tower(architecture), state, heads, test, device)
+@dataclass(frozen=True)
+class TaskScores:
+    accuracy: float
+    loss: float  # mean cross-entropy
 
 
-def evaluate_tower(tower: torch.nn.Module, state: StateDict, heads: Mapping[str, Head],
-                   test: Mapping[str, TaskData], device: torch.device) -> Scores:
-    """As evaluate_state, reusing a built tower: loops over many states build it once."""
-    tower.load_state_dict(state, strict=True)
-    tower.to(device).eval()
-    return {t: accuracy(tower, heads[t], test[t], device) for t in test}
+class Evaluator:
+    """A tower of `architecture`, the heads and each task's labelled images, on `device`."""
+
+    def __init__(self, architecture: dict, heads: Mapping[str, Head], data: Mapping[str, TaskData],
+                 device: torch.device, batch_size: int = 256, timer: Optional[StageTimer] = None):
+        self.device, self.batch_size = torch.device(device), batch_size
+        self.tower = build_tower(architecture).to(self.device).eval()
+        self.tasks = list(data)
+        self.heads = {t: heads[t].to(self.device) for t in self.tasks}
+        self.images = {t: data[t].images.to(self.device) for t in self.tasks}
+        self.labels = {t: data[t].labels.to(self.device) for t in self.tasks}
+        self.timer = timer or StageTimer(self.device)
+
+    # --- the device part: tensors in, tensors out -------------------------------------------------
+
+    def features(self, state: StateDict, images: torch.Tensor) -> torch.Tensor:
+        """The tower's output features [N, D], float32, of `images` under `state` (moved to the device)."""
+        state = {k: v.to(self.device, non_blocking=True) for k, v in state.items()}
+        with torch.inference_mode():
+            out = []
+            for i in range(0, len(images), self.batch_size):
+                batch = images[i:i + self.batch_size].to(self.device, non_blocking=True)
+                with autocast(self.device):
+                    out.append(functional_call(self.tower, state, (batch,)).float())
+            return torch.cat(out) if out else torch.empty(0, self.tower.output_dim, device=self.device)
+
+    def outcomes(self, task: str, features: torch.Tensor, labels: Optional[torch.Tensor] = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Task `task`'s head on `features` [N, D]: which images it classifies right [N] (bool) and the
+        sum of its cross-entropy (a 0-dim tensor)."""
+        head = self.heads[task]
+        labels = self.labels[task] if labels is None else labels
+        logits = head_logits(features, head.weight, head.bias)
+        return logits.argmax(-1) == labels, F.cross_entropy(logits, labels, reduction="sum")
+
+    def totals(self, state: StateDict, tasks: Optional[Sequence[str]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per task of `tasks` (default all): images right and summed loss, two [T] tensors on the device."""
+        correct, loss = [], []
+        for t in tasks or self.tasks:
+            right, total = self.outcomes(t, self.features(state, self.images[t]))
+            correct.append(right.sum())
+            loss.append(total)
+        return torch.stack(correct), torch.stack(loss)
+
+    # --- the host part -----------------------------------------------------------------------------
+
+    def __call__(self, state: StateDict, tasks: Optional[Sequence[str]] = None) -> dict[str, TaskScores]:
+        """Accuracy and mean loss of `state` on each task of `tasks` (default all): one read of the device."""
+        tasks = list(tasks or self.tasks)
+        with self.timer.stage("evaluate"):
+            correct, loss = (x.tolist() for x in self.totals(state, tasks))
+        self.timer.count("task_evaluations", len(tasks))
+        return {t: TaskScores(c / len(self.labels[t]), l / len(self.labels[t])) for t, c, l in zip(tasks, correct, loss)}
+
+    def accuracy(self, state: StateDict, tasks: Optional[Sequence[str]] = None) -> Scores:
+        return {t: s.accuracy for t, s in self(state, tasks).items()}
 
 
 def with_average(scores: Scores) -> Scores:

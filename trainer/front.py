@@ -36,15 +36,13 @@ from models_store import StoreError
 from models_store.checkpoint import StateDict
 from models_store.family import Family
 from models_store.preference import Preference, equal_preference, from_weights
-from models_store.tower import build_tower
 from models_store.zoo import Zoo
 
-from .data import TaskData
-from .evaluate import Scores, evaluate_tower
+from .evaluate import Evaluator, Scores
 from .families.map import normalised
 from .hypervolume import hypervolume, non_dominated
 from .map.design import sobol
-from .map.evaluate import Evaluator
+from .map.evaluate import CoefficientEvaluator
 from .methods import MergeContext, get_method
 from .pool import ModelPool
 from .simplex import PointSet, priority_preference
@@ -147,11 +145,11 @@ def mark_front(model: ModelFront, tasks: list[str]) -> None:
 Merger = Callable[[Preference], StateDict]
 
 
-def sweep(name: str, merge: Merger, prefs: list[Preference], tower: torch.nn.Module, heads,
-          test: dict[str, TaskData], device: torch.device, log: Callable[[str], None]) -> ModelFront:
+def sweep(name: str, merge: Merger, prefs: list[Preference], evaluator: Evaluator,
+          log: Callable[[str], None]) -> ModelFront:
     """Merge and evaluate one model at every preference."""
     start = time.perf_counter()
-    points = [FrontPoint(p, evaluate_tower(tower, merge(p), heads, test, device)) for p in prefs]
+    points = [FrontPoint(p, evaluator.accuracy(merge(p))) for p in prefs]
     seconds = time.perf_counter() - start
     log(f"{name}: {len(prefs)} preferences in {seconds:.1f} s")
     return ModelFront(name, points, seconds)
@@ -188,8 +186,7 @@ def baseline_zoo(family: Family, zoo: Optional[str | Path]) -> Zoo:
 
 # ---- point sets and sets of coefficients ------------------------------------------------------
 
-def member_fronts(name: str, family: Family, tower: torch.nn.Module, test: dict[str, TaskData],
-                  device: torch.device, log: Callable[[str], None]) -> list[ModelFront]:
+def member_fronts(name: str, family: Family, evaluator: Evaluator, log: Callable[[str], None]) -> list[ModelFront]:
     """A family's members (a point-set's), each evaluated, and their predicted accuracies where its
     method predicted them (MAP's, oriented so that higher is better)."""
     members = family.body.members()
@@ -197,8 +194,7 @@ def member_fronts(name: str, family: Family, tower: torch.nn.Module, test: dict[
         return []
     start = time.perf_counter()
     prefs = [from_weights(m["preference"], family.tasks) for m in members]
-    evaluated = [FrontPoint(p, evaluate_tower(tower, {k: v.cpu() for k, v in family.body.iter_member(i, device)},
-                                              family.heads, test, device))
+    evaluated = [FrontPoint(p, evaluator.accuracy(dict(family.body.iter_member(i, evaluator.device))))
                  for i, p in enumerate(prefs)]
     seconds = time.perf_counter() - start
     log(f"{name}: {len(evaluated)} members in {seconds:.1f} s")
@@ -215,7 +211,7 @@ def real_evaluations(families: Sequence[Family]) -> Optional[Family]:
     return next((f for f in families if isinstance(f.manifest.metrics.get("real_evaluations"), (int, float))), None)
 
 
-def coefficient_front(name: str, points: np.ndarray, evaluator: Evaluator, tasks: list[str],
+def coefficient_front(name: str, points: np.ndarray, evaluator: CoefficientEvaluator, tasks: list[str],
                       log: Callable[[str], None]) -> ModelFront:
     start = time.perf_counter()
     front = [FrontPoint(from_weights(normalised(c), tasks), dict(zip(tasks, evaluator(c).accuracy))) for c in points]
@@ -268,19 +264,21 @@ def compute_front(family: Family, cfg: FrontConfig, device: torch.device, zoo: O
     prefs = front_preferences(tasks, cfg)
     specs = recorded_specs(family.manifest.tasks, f"family {family.family_id}")
     test = load_test_sets(specs, family.manifest.preprocess, cfg.test_limit)
-    tower = build_tower(family.manifest.architecture)
     report = FrontReport(family.family_id, family.manifest.method, tasks, prefs, cfg)
     for name, member in named.items():
-        report.models[name] = sweep(name, member.materialize, prefs, tower, member.heads, test, device, log)
-        report.models |= {m.name: m for m in member_fronts(name, member, tower, test, device, log)}
+        evaluator = Evaluator(member.manifest.architecture, member.heads, test, device)
+        merge = (lambda m: lambda p: dict(m.iter_materialized(p, device)))(member)  # merged on the device
+        report.models[name] = sweep(name, merge, prefs, evaluator, log)
+        report.models |= {m.name: m for m in member_fronts(name, member, evaluator, log)}
     if cfg.baselines:
         # AdaMerging adapts on the tasks' test images without labels (its and the paper's protocol)
         ctx = MergeContext(pool=pool, unlabeled={t: test[t].images for t in tasks}, device=device,
                            seed=cfg.seed, progress=False)
+        evaluator = Evaluator(pool.architecture, pool.heads, test, device)
         for name in cfg.baselines:
-            report.models[name] = sweep(name, BASELINES[name](ctx, cfg), prefs, tower, pool.heads, test, device, log)
+            report.models[name] = sweep(name, BASELINES[name](ctx, cfg), prefs, evaluator, log)
     if sets:
-        evaluator = Evaluator(pool, test, device)
+        evaluator = CoefficientEvaluator(pool, test, device)
         for name, points in sets.items():
             report.models[name] = coefficient_front(name, points, evaluator, tasks, log)
     for model in report.models.values():

@@ -16,9 +16,10 @@ import torch
 from models_store.checkpoint import load_state_dict
 from models_store.family import Family
 from models_store.preference import Preference, equal_preference
-from models_store.tower import build_tower, head_logits
+from models_store.tower import head_logits
 from models_store.zoo import Head
 
+from .evaluate import Evaluator
 from .objective import entropy
 from .simplex import dirichlet_samples, unique, vertices
 
@@ -60,27 +61,28 @@ def family_head(family: Family, task: str) -> Head:
     return family.heads[task]
 
 
-@torch.no_grad()
-def mean_entropy(tower: torch.nn.Module, head: Head, images: torch.Tensor, device: torch.device,
-                 batch_size: int = 512) -> float:
-    head = head.to(device)
-    logits = [head_logits(tower(x.to(device)).float(), head.weight, head.bias).cpu() for x in images.split(batch_size)]
-    return entropy(torch.cat(logits)).item()
+def entropies(family: Family, head: Head, images: torch.Tensor, prefs: list[Preference],
+              device: torch.device) -> torch.Tensor:
+    """The mean prediction entropy of `head` on `images` under each preference's tower, [len(prefs)]
+    on the device (the towers merged there, evaluated through the one evaluator)."""
+    evaluator = Evaluator(family.manifest.architecture, {}, {}, device)
+    if head.weight.shape[1] != evaluator.tower.output_dim:
+        raise ValueError(f"the head has dimension {head.weight.shape[1]} but the family's tower outputs "
+                         f"{evaluator.tower.output_dim} features")
+    head, images = head.to(device), images.to(device)
+    out = []
+    for pref in prefs:
+        features = evaluator.features(dict(family.iter_materialized(pref, device)), images)
+        out.append(entropy(head_logits(features, head.weight, head.bias)))
+    return torch.stack(out)
 
 
 def select_preference(family: Family, head: Head, images: torch.Tensor, samples: int = 30, seed: int = 0,
                       device: torch.device = torch.device("cpu")) -> Selection:
     if len(images) == 0:
         raise ValueError("no images to select a preference on")
-    tower = build_tower(family.manifest.architecture).to(device)
-    if head.weight.shape[1] != tower.output_dim:
-        raise ValueError(f"the head has dimension {head.weight.shape[1]} but the family's tower outputs "
-                         f"{tower.output_dim} features")
-    trials = []
-    for pref in candidates(family.tasks, samples, seed):
-        tower.load_state_dict(family.materialize(pref), strict=True)
-        trials.append(Trial(pref, mean_entropy(tower, head, images, device)))
-    return Selection(trials)
+    prefs = candidates(family.tasks, samples, seed)
+    return Selection([Trial(p, e) for p, e in zip(prefs, entropies(family, head, images, prefs, device).tolist())])
 
 
 def selection_table(selection: Selection) -> str:

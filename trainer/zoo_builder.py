@@ -28,7 +28,7 @@ from models_store.tower import build_tower, head_logits, image_size, resolve_arc
 from models_store.zoo import Head, TaskInfo, Zoo, ZooManifest, write_zoo
 
 from .data import DatasetError, TaskData, dataset_classes, load_dataset
-from .evaluate import accuracy
+from .evaluate import Evaluator
 
 DEMO_TASKS = {"digits": "builtin:digits", "glyphs": "builtin:glyphs", "shapes": "builtin:shapes"}
 FASHION = ("fashion", "builtin:fashion")
@@ -205,10 +205,10 @@ def build_zoo(out: str | Path, cfg: ZooConfig) -> tuple[Zoo, dict[str, dict[str,
     finetuned = {t: finetune(pretrained, arch, heads[t], d, cfg, generator, f"finetune {t}") for t, d in train.items()}
     timings["finetune_s"] = time.perf_counter() - t0
 
-    matrix = {"pretrained": {t: accuracy(tower, heads[t], test[t], torch.device("cpu")) for t in cfg.tasks}}
+    evaluator = Evaluator(arch, heads, test, torch.device("cpu"))
+    matrix = {"pretrained": evaluator.accuracy(pretrained)}
     for name, state in finetuned.items():
-        tower.load_state_dict(state)
-        matrix[f"finetuned:{name}"] = {t: accuracy(tower, heads[t], test[t], torch.device("cpu")) for t in cfg.tasks}
+        matrix[f"finetuned:{name}"] = evaluator.accuracy(state)
 
     manifest = ZooManifest(
         architecture=arch, preprocess=pre,

@@ -136,7 +136,7 @@ def test_map_family_through_the_cli_serves_its_members_and_resumes(quick_zoo, tm
 
     # killed after 7 evaluations: the rerun with --resume evaluates only the rest of the design
     calls = []
-    real = map_family.Evaluator.__call__
+    real = map_family.CoefficientEvaluator.__call__
 
     def counted(self, c, tasks=None):
         calls.append(1)
@@ -144,11 +144,11 @@ def test_map_family_through_the_cli_serves_its_members_and_resumes(quick_zoo, tm
             raise KeyboardInterrupt
         return real(self, c, tasks)
 
-    monkeypatch.setattr(map_family.Evaluator, "__call__", counted)
+    monkeypatch.setattr(map_family.CoefficientEvaluator, "__call__", counted)
     with pytest.raises(KeyboardInterrupt):
         main(args + ["--store", str(tmp_path / "b")])
     calls.clear()
-    monkeypatch.setattr(map_family.Evaluator, "__call__",
+    monkeypatch.setattr(map_family.CoefficientEvaluator, "__call__",
                         lambda self, c, tasks=None: (calls.append(1), real(self, c, tasks))[1])
     main(args + ["--store", str(tmp_path / "b"), "--resume"])
     resumed = open_family(tmp_path / "b", capsys.readouterr().out.strip().splitlines()[-1])

@@ -28,7 +28,7 @@ from models_store.preference import Preference, equal_preference
 from models_store.store import published
 
 from ..hm3.dare_ties import dare_ties
-from ..hm3.paths import PathEvaluator, load_results, save_results, validation_parts
+from ..hm3.paths import PathEvaluator, by_stage, load_results, save_results, validation_parts
 from ..hm3.policy import PPOConfig
 from ..hm3.search import choose_paths, ppo_search, random_search
 from ..simplex import dirichlet_samples, unique, vertices
@@ -95,7 +95,7 @@ def learn(ctx: LearnContext, config: Hm3Config):
     val, confirm = validation_parts(validation_sets(ctx, config), config.search_images, config.seed)
     evaluator = PathEvaluator(pool, vectors, coefficients, val, config.allow_skip, ctx.device, config.eval_batch,
                               config.cache_mb << 20)
-    evaluator.seconds.merge += dare_seconds
+    evaluator.timer.seconds["merge"] = dare_seconds
     log = ctx.store / RUNS / family_id / "paths.json"
     resumed = load_results(evaluator, log) if ctx.resume else 0
     checkpoint = lambda: save_results(evaluator, log)  # noqa: E731
@@ -122,13 +122,13 @@ def learn(ctx: LearnContext, config: Hm3Config):
                                  "confirm_objective": confirmed_after.objective(pref.weights),
                                  "start_confirm_objective": confirmed_before.objective(pref.weights),
                                  "blocks_run": after.blocks}))
-    seconds = evaluator.seconds
+    counts = evaluator.timer.counts
     metrics = {"search": config.search, "alpha": alpha, "path_evaluations": len(evaluator.results),
                "path_evaluations_resumed": resumed, "validation_images_per_task": {t: len(val[t].labels) for t in tasks},
                "confirmation_images_per_task": {t: len(confirm[t].labels) for t in tasks},
                "confirmation_evaluations": len(confirmation.results),
-               "block_forwards": {"run": seconds.blocks_run, "needed": seconds.blocks_needed},
+               "block_forwards": {"run": counts.get("blocks_run", 0), "needed": counts.get("blocks_needed", 0)},
                "members_changed": int(sum(s != p for s, p in zip(starts, chosen))),
                "mean_objective_gain": float(np.mean(gains)),
-               "seconds_by_stage": seconds.by_stage()}
+               "seconds_by_stage": by_stage(evaluator.timer)}
     return publish_point_set(ctx, family_id, "hm3", config, members, {}, began, metrics=metrics, merge_vectors=vectors)

@@ -34,7 +34,7 @@ from models_store.store import published
 
 from ..map.adaptive import next_points
 from ..map.design import Design, default_budget, design_points, surrogate_size
-from ..map.evaluate import Evaluator, Scores
+from ..map.evaluate import CoefficientEvaluator, Scores, by_stage
 from ..map.nested import NestedSearch, task_tree
 from ..map.search import fit_surrogates, surrogate_front
 from ..map.surrogate import Metric
@@ -83,7 +83,7 @@ class EvaluationLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text(self.path, json.dumps({"evaluations": entries}))
 
-    def evaluate(self, evaluator: Evaluator, points: np.ndarray, desc: str,
+    def evaluate(self, evaluator: CoefficientEvaluator, points: np.ndarray, desc: str,
                  tasks: Optional[Sequence[str]] = None) -> list[Scores]:
         """Scores of `points` on `tasks` (default: every task); what was saved is reused."""
         tasks = list(tasks or evaluator.tasks)
@@ -115,18 +115,18 @@ def real_metrics(tasks: list[str], scores: Scores) -> dict[str, float]:
 
 
 def publish_front(ctx: LearnContext, config: MapConfig, family_id: str, method: str, points: np.ndarray,
-                  scores: list[Scores], evaluator: Evaluator, log: EvaluationLog, began: float, extra: dict) -> Path:
+                  scores: list[Scores], evaluator: CoefficientEvaluator, log: EvaluationLog, began: float, extra: dict) -> Path:
     """Surrogates, NSGA-III, the front evaluated for real, and the point-set family."""
     tasks = ctx.zoo.tasks
     surrogates, front, predicted = surrogate_front(points, metric_matrix(scores, config.metric), config.metric,
                                                    config.c_max, config.population, config.generations, config.seed,
-                                                   evaluator.seconds)
+                                                   evaluator.timer)
     real = log.evaluate(evaluator, front, f"{method}: evaluate the front")
     members = [Member(preference=normalised(c), coefficients=[float(x) for x in c], predicted=p.tolist(),
                       metrics=real_metrics(tasks, r)) for c, p, r in zip(front, predicted, real)]
     metrics = {"evaluations": {"design": len(points), "front": len(front)}, "real_evaluations": len(points) + len(front),
                "surrogates": {t: {"r2": round(s.r2, 5), "loo_rmse": round(s.loo_rmse, 5)} for t, s in zip(tasks, surrogates)},
-               "seconds_by_stage": evaluator.seconds.by_stage()} | extra
+               "seconds_by_stage": by_stage(evaluator.timer)} | extra
     return publish_point_set(ctx, family_id, method, config, members, {}, began, pick=config.pick,
                              sense="max" if config.metric == "accuracy" else "min", metrics=metrics)
 
@@ -138,7 +138,7 @@ def learn_front(ctx: LearnContext, config: MapConfig, method: str, adaptive: boo
     family_id = ctx.family_id(method, config)
     if (path := published(ctx.store, family_id)) is not None:
         return path
-    evaluator = Evaluator(ctx.pool, validation_sets(ctx, config), ctx.device, config.eval_batch)
+    evaluator = CoefficientEvaluator(ctx.pool, validation_sets(ctx, config), ctx.device, config.eval_batch)
     log = EvaluationLog(ctx.store / RUNS / family_id / "evaluations.json", ctx.resume, ctx.progress)
     k = len(ctx.zoo.tasks)
     budget = config.budget or default_budget(k)
@@ -166,7 +166,7 @@ class BayesianMapConfig(MapConfig):
 
 
 def error_driven_rounds(config: BayesianMapConfig, points: np.ndarray, scores: list[Scores], budget: int,
-                        evaluator: Evaluator, log: EvaluationLog) -> tuple[np.ndarray, list[Scores], dict]:
+                        evaluator: CoefficientEvaluator, log: EvaluationLog) -> tuple[np.ndarray, list[Scores], dict]:
     """BMAP's rounds until the budget is spent (trainer/map/adaptive.py)."""
     rng = np.random.default_rng(config.seed)
     rounds = []
@@ -209,7 +209,7 @@ def learn_nested(ctx: LearnContext, config: NestedMapConfig):
         return path
     tasks = ctx.zoo.tasks
     tree = task_tree(task_gram(ctx.pool))
-    evaluator = Evaluator(ctx.pool, validation_sets(ctx, config), ctx.device, config.eval_batch)
+    evaluator = CoefficientEvaluator(ctx.pool, validation_sets(ctx, config), ctx.device, config.eval_batch)
     log = EvaluationLog(ctx.store / RUNS / family_id / "evaluations.json", ctx.resume, ctx.progress)
 
     def evaluate(points: np.ndarray, indices: Sequence[int]) -> np.ndarray:
@@ -217,10 +217,10 @@ def learn_nested(ctx: LearnContext, config: NestedMapConfig):
         return metric_matrix(log.evaluate(evaluator, points, "nmap: " + "+".join(names), names), config.metric)
 
     search = NestedSearch(evaluate, config.metric, config.budget or default_budget(2), config.c_max, config.design,
-                          config.population, config.generations, config.seed, config.pick, evaluator.seconds)
+                          config.population, config.generations, config.seed, config.pick, evaluator.timer)
     prefs = config.points.preferences(tasks)
     chosen = np.array([search.coefficients(tree, np.array(p.weights)) for p in prefs])
-    pairwise = evaluator.seconds.task_evaluations
+    pairwise = evaluator.timer.counts.get("task_evaluations", 0)
     real = log.evaluate(evaluator, chosen, "nmap: evaluate the members")
     members = [Member(preference=p.weights, coefficients=[float(x) for x in c], metrics=real_metrics(tasks, r))
                for p, c, r in zip(prefs, chosen, real)]
@@ -231,5 +231,5 @@ def learn_nested(ctx: LearnContext, config: NestedMapConfig):
                                "pairwise_full_equivalent": round(pairwise / k, 2),
                                "members": len(prefs),
                                "map_default_design": default_budget(k)},
-               "seconds_by_stage": evaluator.seconds.by_stage()}
+               "seconds_by_stage": by_stage(evaluator.timer)}
     return publish_point_set(ctx, family_id, "nmap", config, members, {}, began, metrics=metrics)

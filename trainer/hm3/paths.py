@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path as PathLike
@@ -24,27 +23,21 @@ import torch
 
 from models_store.atomic import write_text
 from models_store.kinds.point_set import FINETUNED, MERGE, SKIP, task_arithmetic
-from models_store.tower import embed, head_logits, pool_project
+from models_store.tower import embed, pool_project
 
 from ..data import TaskData
+from ..evaluate import Evaluator, StageTimer
 from ..objective import autocast
 from ..pool import ModelPool
 
 Path = tuple[int, ...]  # one source index per block
 
 
-@dataclass
-class SearchSeconds:
-    """Wall time of an HM3 run by stage, and what the caches saved."""
-    merge: float = 0.0
-    evaluate: float = 0.0
-    policy: float = 0.0
-    paths: int = 0           # distinct (member, path) evaluated
-    blocks_run: int = 0      # block forwards actually computed
-    blocks_needed: int = 0   # block forwards the paths would need without the prefix cache
-
-    def by_stage(self) -> dict[str, float]:
-        return {name: round(getattr(self, name), 3) for name in ("merge", "evaluate", "policy")}
+def by_stage(timer: StageTimer) -> dict[str, float]:
+    """An HM3 run's seconds by stage, every stage named. The timer also counts `paths` (distinct
+    (member, path) evaluated), `blocks_run` (block forwards computed) and `blocks_needed` (what the
+    paths would need without the prefix cache)."""
+    return {name: round(timer.seconds.get(name, 0.0), 3) for name in ("merge", "evaluate", "policy")}
 
 
 def sources(tasks: Sequence[str], allow_skip: bool) -> list[str]:
@@ -104,20 +97,21 @@ class PathEvaluator:
         self.tasks, self.device, self.batch_size, self.cache_bytes = pool.tasks, device, batch_size, cache_bytes
         self.sources = sources(pool.tasks, allow_skip)
         self.coefficients = coefficients
+        self.timer = StageTimer(device)
+        # the heads and the labels of the one evaluator; the images go through the paths' blocks here
+        self.scorer = Evaluator(pool.architecture, pool.heads, val, device, batch_size, self.timer)
         self.theta0 = {k: v.to(device) for k, v in pool.pretrained.items()}
         self.vectors = {k: torch.stack([merge_vectors[t][k] for t in pool.tasks]).to(device) for k in pool.keys}
         self.merged_tower = pool.tower().to(device).eval()
         self.finetuned = [self._tower(pool, {k: self.theta0[k] + pool.task_vectors[t][k].to(device) for k in pool.keys})
                           for t in pool.tasks]
         self.depth = len(self.merged_tower.transformer.resblocks)
-        self.heads = {t: h.to(device) for t, h in pool.heads.items()}
         self.images = torch.cat([val[t].images for t in pool.tasks]).to(device)
         self.labels = [val[t].labels.to(device) for t in pool.tasks]
         self.loaded = {"member": -1}  # whose merge the merged tower holds (shared with `on`'s evaluators)
         self.tokens: OrderedDict[tuple[int, Path], torch.Tensor] = OrderedDict()
         self.cached_bytes = 0
         self.results: dict[tuple[int, Path], Accuracies] = {}
-        self.seconds = SearchSeconds()
 
     def _tower(self, pool: ModelPool, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
         tower = pool.tower().to(self.device).eval()
@@ -126,22 +120,16 @@ class PathEvaluator:
                 target.copy_(weights.get(name, self.theta0[name]))
         return tower
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def _load_member(self, member: int) -> None:
         if member == self.loaded["member"]:
             return
-        start = time.perf_counter()
-        lam = torch.tensor(self.coefficients[member], device=self.device)
-        with torch.no_grad():
-            for name, target in self.merged_tower.state_dict().items():
-                target.copy_(task_arithmetic(self.theta0[name], lam, self.vectors[name]) if name in self.vectors
-                             else self.theta0[name])
-        self._sync()
+        with self.timer.stage("merge"):
+            lam = torch.tensor(self.coefficients[member], device=self.device)
+            with torch.no_grad():
+                for name, target in self.merged_tower.state_dict().items():
+                    target.copy_(task_arithmetic(self.theta0[name], lam, self.vectors[name]) if name in self.vectors
+                                 else self.theta0[name])
         self.loaded["member"] = member
-        self.seconds.merge += time.perf_counter() - start
 
     def _block(self, source: int, depth: int) -> torch.nn.Module | None:
         name = self.sources[source]
@@ -163,15 +151,26 @@ class PathEvaluator:
     def _in_chunks(self, fn, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([fn(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
 
-    @torch.inference_mode()
     def __call__(self, member: int, path: Path) -> Accuracies:
+        """The per-task accuracy of (member, path) on this evaluator's images, evaluated once."""
         key = (member, tuple(path))
         if key in self.results:
             return self.results[key]
         self._load_member(member)
-        start = time.perf_counter()
-        done = next(d for d in range(len(path), -1, -1) if d == 0 or (member, key[1][:d]) in self.tokens)
-        prefix = (member, key[1][:done])
+        with self.timer.stage("evaluate"):
+            correct = [c.cpu() for c in self.outcomes(member, key[1])]
+        blocks = sum(self.sources[s] != SKIP for s in path)
+        self.timer.count("paths")
+        self.timer.count("blocks_needed", blocks)
+        self.results[key] = Accuracies([float(c.float().mean()) for c in correct], blocks, correct)
+        return self.results[key]
+
+    @torch.inference_mode()
+    def outcomes(self, member: int, path: Path) -> list[torch.Tensor]:
+        """The device part: per task, which images (member, path) classifies right, [n_t] bool each.
+        The member's merge must be loaded (`_load_member`)."""
+        done = next(d for d in range(len(path), -1, -1) if d == 0 or (member, path[:d]) in self.tokens)
+        prefix = (member, path[:done])
         if prefix in self.tokens:
             self.tokens.move_to_end(prefix)
             x = self.tokens[prefix]
@@ -184,24 +183,16 @@ class PathEvaluator:
             if block is not None:
                 with autocast(self.device):
                     x = self._in_chunks(block, x)
-                self.seconds.blocks_run += 1
+                self.timer.count("blocks_run")
             if d + 1 < self.depth:  # the whole path's tokens are never asked for again
-                self._remember((member, key[1][:d + 1]), x)
+                self._remember((member, path[:d + 1]), x)
         with autocast(self.device):
             features = pool_project(self.merged_tower, x).float()
         correct, offset = [], 0
         for t, y in zip(self.tasks, self.labels):
-            head = self.heads[t]
-            logits = head_logits(features[offset:offset + len(y)], head.weight, head.bias)
-            correct.append((logits.argmax(-1) == y).cpu())
+            correct.append(self.scorer.outcomes(t, features[offset:offset + len(y)], y)[0])
             offset += len(y)
-        self._sync()
-        blocks = sum(self.sources[s] != SKIP for s in path)
-        self.seconds.evaluate += time.perf_counter() - start
-        self.seconds.paths += 1
-        self.seconds.blocks_needed += blocks
-        self.results[key] = Accuracies([float(c.float().mean()) for c in correct], blocks, correct)
-        return self.results[key]
+        return correct
 
     def seen(self, member: int) -> dict[Path, Accuracies]:
         return {p: a for (m, p), a in self.results.items() if m == member}

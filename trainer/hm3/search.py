@@ -6,7 +6,6 @@ parameter-level merge on the validation objective and does not pick a path for t
 search's images."""
 from __future__ import annotations
 
-import time
 from typing import Callable, Optional
 
 import torch
@@ -27,17 +26,15 @@ def ppo_search(evaluator: PathEvaluator, prefs: torch.Tensor, episodes: int, pen
     generator = torch.Generator().manual_seed(seed)
     updates = -(-episodes // config.batch)
     for _ in progress_bar(range(updates), desc="hm3: PPO", disable=not progress):
-        start = time.perf_counter()
-        members = torch.randint(m, (config.batch,), generator=generator)
-        paths, old_log_prob = sample(policy, prefs[members], generator)
-        evaluator.seconds.policy += time.perf_counter() - start
+        with evaluator.timer.stage("policy"):
+            members = torch.randint(m, (config.batch,), generator=generator)
+            paths, old_log_prob = sample(policy, prefs[members], generator)
         rewards = torch.empty(config.batch)
         for i in sorted(range(config.batch), key=lambda i: int(members[i])):  # fewer merges to load
             member = int(members[i])
             rewards[i] = evaluator(member, tuple(paths[i].tolist())).reward(prefs[member].tolist(), penalty)
-        start = time.perf_counter()
-        ppo_update(policy, optimizer, prefs[members], paths, old_log_prob, rewards, config)
-        evaluator.seconds.policy += time.perf_counter() - start
+        with evaluator.timer.stage("policy"):
+            ppo_update(policy, optimizer, prefs[members], paths, old_log_prob, rewards, config)
         checkpoint()
     return policy
 

@@ -28,7 +28,7 @@ from scipy.spatial.distance import squareform
 from models_store.kinds.point_set import PICK_RULES, MemberTable
 
 from .design import Design, design_points
-from .evaluate import StageSeconds
+from ..evaluate import StageTimer
 from .search import surrogate_front
 from .surrogate import Metric
 
@@ -80,7 +80,7 @@ class NestedSearch:
     generations: int
     seed: int
     pick: str = "weighted-sum"
-    seconds: StageSeconds = field(default_factory=StageSeconds)
+    timer: StageTimer = field(default_factory=StageTimer)
     fronts: dict = field(default_factory=dict)  # one predicted front per distinct pairwise problem
 
     def coefficients(self, node: Node, pref: np.ndarray) -> np.ndarray:
@@ -114,5 +114,5 @@ class NestedSearch:
         split = len(w_left)
         y = np.stack([measured[:, :split] @ w_left, measured[:, split:] @ w_right], axis=1)
         _, front, predicted = surrogate_front(u, y, self.metric, 1.0, self.population, self.generations, self.seed,
-                                              self.seconds, leave_one_out=False)
+                                              self.timer, leave_one_out=False)
         return coefficients(front), predicted

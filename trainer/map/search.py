@@ -3,7 +3,6 @@ Das-Dennis reference directions, in the box that was sampled ([0, c_max]^K; the 
 searched [-3, 3] while every sample lay in [0, 1])."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 from pymoo.algorithms.moo.nsga3 import NSGA3
@@ -11,7 +10,7 @@ from pymoo.core.problem import Problem
 from pymoo.optimize import minimize
 from pymoo.util.ref_dirs import get_reference_directions
 
-from .evaluate import StageSeconds
+from ..evaluate import StageTimer
 from .surrogate import Metric, Surrogate, fit_surrogate
 
 
@@ -54,13 +53,11 @@ def fit_surrogates(points: np.ndarray, y: np.ndarray, metric: Metric, leave_one_
 
 
 def surrogate_front(points: np.ndarray, y: np.ndarray, metric: Metric, c_max: float, population: int,
-                    generations: int, seed: int, seconds: StageSeconds, leave_one_out: bool = True):
+                    generations: int, seed: int, timer: StageTimer, leave_one_out: bool = True):
     """MAP's core from evaluations y [n, K] at points [n, K]: the surrogates, then their predicted
-    Pareto set (coefficients [M, K], predicted metrics [M, K]); the stages' time goes into `seconds`."""
-    start = time.perf_counter()
-    surrogates = fit_surrogates(points, y, metric, leave_one_out)
-    fitted = time.perf_counter()
-    front, predicted = predicted_pareto_set(surrogates, c_max, population, generations, seed)
-    seconds.fit += fitted - start
-    seconds.nsga3 += time.perf_counter() - fitted
+    Pareto set (coefficients [M, K], predicted metrics [M, K]); the stages' time goes to `timer`."""
+    with timer.stage("fit"):
+        surrogates = fit_surrogates(points, y, metric, leave_one_out)
+    with timer.stage("nsga3"):
+        front, predicted = predicted_pareto_set(surrogates, c_max, population, generations, seed)
     return surrogates, front, predicted
