@@ -114,6 +114,7 @@ class Engine:
         self._stopping = False
         self._start_error: Optional[BaseException] = None
         self._batch_seconds = 0.01  # moving average, for Retry-After
+        self._staging: Optional[torch.Tensor] = None  # pinned pixels of a batch (CUDA)
         self.batches = 0
 
     @classmethod
@@ -240,14 +241,22 @@ class Engine:
         logits on the host. One copy to the device, normalised there; one copy of all tasks' logits back."""
         if plan is ...:
             plan = self.model.plan(prefs)
-        device = self.config.device
-        if device.type == "cuda":
-            pixels = pixels.pin_memory()
-        images = self.preprocess.normalize(pixels.to(device, non_blocking=True))
+        images = self.preprocess.normalize(pixels.to(self.config.device, non_blocking=True))
         logits = self.model.logits(images, prefs, plan)
         sizes = [v.shape[1] for v in logits.values()]
         host = torch.cat(list(logits.values()), dim=1).cpu()
         return dict(zip(logits, host.split(sizes, dim=1)))
+
+    def _staged(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+        """The batch's pixels in one host tensor; on CUDA in a pinned buffer kept for every batch, so
+        the copy to the device runs without a staging copy of its own. (The buffer is free again when
+        the batch's logits are back: the forward waits for them.)"""
+        if self.config.device.type != "cuda":
+            return torch.stack(pixels)
+        shape = (self.config.max_batch, *pixels[0].shape)
+        if self._staging is None or self._staging.shape != shape:
+            self._staging = torch.empty(shape, dtype=torch.uint8).pin_memory()
+        return torch.stack(pixels, out=self._staging[:len(pixels)])
 
     def _next_batch(self) -> Optional[list[_Item]]:
         max_batch, max_wait = self.config.max_batch, self.config.max_wait_ms / 1000
@@ -273,7 +282,7 @@ class Engine:
         for it in items:
             self.on_queue_wait(start - it.enqueued)
         try:
-            logits = self.forward(torch.stack([it.pixels for it in items]), torch.stack([it.pref for it in items]))
+            logits = self.forward(self._staged([it.pixels for it in items]), torch.stack([it.pref for it in items]))
         except Exception as e:  # fail this batch's requests; the engine keeps serving
             log.exception("forward pass failed for a batch of %d images", len(items))
             for request in {id(it.request): it.request for it in items}.values():

@@ -156,11 +156,11 @@ class Servable(ABC):
         """{task: [N, C_task]} float32 on the device; `plan` defaults to `self.plan(prefs)`."""
         if plan is ...:
             plan = self.plan(prefs)
-        with torch.inference_mode():
-            images = images.to(self.device, non_blocking=True)
+        with torch.no_grad():  # not inference_mode: a miss builds modules, which must stay usable after
+            images = images.to(self.device)
             if images.shape[1] == 1:  # grayscale preprocess (channels=1): the patch conv takes RGB
                 images = images.expand(-1, 3, -1, -1)
-            feats = self.features(images.to(self.dtype), prefs.to(self.device, torch.float32, non_blocking=True), plan)
+            feats = self.features(images.to(self.dtype), prefs.to(self.device, torch.float32), plan)
             return {t: head_logits(feats, h.weight, h.bias) for t, h in self.heads.items()}
 
 

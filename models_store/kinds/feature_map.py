@@ -60,9 +60,10 @@ def family_files(base: StateDict, W: torch.Tensor, C: torch.Tensor) -> dict[str,
 
 @dataclass(frozen=True)
 class MapPlan:
-    """A batch's distinct preferences [M, K] and which one each image has [N] (CPU)."""
-    distinct: torch.Tensor
-    inverse: torch.Tensor
+    """A batch's distinct preferences (M rows of K weights) and which one each image has (N indices),
+    host values."""
+    distinct: list[tuple[float, ...]]
+    inverse: list[int]
 
 
 class FeatureMapServable(Servable):
@@ -84,14 +85,14 @@ class FeatureMapServable(Servable):
 
     def plan(self, prefs: torch.Tensor) -> MapPlan:
         distinct, inverse = torch.unique(prefs.float(), dim=0, return_inverse=True)
-        return MapPlan(distinct, inverse)
+        return MapPlan([tuple(row) for row in distinct.tolist()], inverse.tolist())
 
     def features(self, images: torch.Tensor, prefs: torch.Tensor, plan: MapPlan) -> torch.Tensor:
         features = self.run("base", self.tower, images).float()
-        keys = [tuple(row) for row in plan.distinct.tolist()]  # host values of the plan, not the device's
+        keys = plan.distinct
         missing = [i for i, key in enumerate(keys) if key not in self.maps]
         if missing:
-            solved = preference_maps(self.WC, self.C, plan.distinct[missing].to(self.device))
+            solved = preference_maps(self.WC, self.C, torch.tensor([keys[i] for i in missing], device=self.device))
             d = solved.shape[-1]
             self.maps.room(len(missing) * d * d * 4, keep=frozenset(keys))  # a batch keeps its own maps
             for i, m in zip(missing, solved):
@@ -99,7 +100,7 @@ class FeatureMapServable(Servable):
         maps = torch.stack([self.maps.get(key) for key in keys])  # [M, d, d]
         if len(keys) == 1:
             return features @ maps[0].T
-        per_image = maps[plan.inverse.to(self.device, non_blocking=True)]  # [N, d, d]
+        per_image = maps[torch.tensor(plan.inverse, device=self.device)]  # [N, d, d]
         return torch.bmm(per_image, features.unsqueeze(2)).squeeze(2)
 
 

@@ -141,19 +141,21 @@ class Members:
 
     def __init__(self, pretrained: StateDict, vectors: dict[str, torch.Tensor], params: PointSetParams,
                  per_tensor: dict[int, dict[str, torch.Tensor]], tasks: list[str],
-                 merge_vectors: Optional[dict[str, torch.Tensor]] = None):
+                 merge_vectors: Optional[dict[str, torch.Tensor]] = None, table: Optional[MemberTable] = None):
         self.pretrained, self.vectors, self.params, self.per_tensor, self.tasks = pretrained, vectors, params, per_tensor, tasks
         self.merge_vectors = vectors if merge_vectors is None else merge_vectors
-        predicted = [m.predicted for m in params.members]
-        scores = None if None in predicted else torch.tensor(predicted) * (1 if params.sense == "max" else -1)
-        self.table = MemberTable(torch.tensor([m.preference for m in params.members]), scores)
+        if table is None:  # on the host, always: picking is host work
+            predicted = [m.predicted for m in params.members]
+            scores = None if None in predicted else torch.tensor(predicted) * (1 if params.sense == "max" else -1)
+            table = MemberTable(torch.tensor([m.preference for m in params.members]), scores)
+        self.table = table
 
     def to(self, device: torch.device) -> "Members":
         move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
         vectors = move(self.vectors)
         merge_vectors = vectors if self.merge_vectors is self.vectors else move(self.merge_vectors)
         return Members(move(self.pretrained), vectors, self.params,
-                       {i: move(c) for i, c in self.per_tensor.items()}, self.tasks, merge_vectors)
+                       {i: move(c) for i, c in self.per_tensor.items()}, self.tasks, merge_vectors, self.table)
 
     def pick(self, prefs: torch.Tensor) -> torch.Tensor:
         """prefs [N, K] -> [N] member index."""
@@ -212,8 +214,8 @@ def family_files(pretrained: StateDict, task_vectors: dict[str, dict[str, torch.
 
 @dataclass(frozen=True)
 class MemberPlan:
-    """A batch grouped by member: each member picked, with the rows of its images (CPU index tensors)."""
-    groups: list[tuple[int, torch.Tensor]]
+    """A batch grouped by member: each member picked, with the rows of its images (host values)."""
+    groups: list[tuple[int, list[int]]]
 
 
 class PointSetServable(Servable):
@@ -235,8 +237,8 @@ class PointSetServable(Servable):
         return self.towers.misses
 
     def plan(self, prefs: torch.Tensor) -> MemberPlan:
-        picked = self.members.pick(prefs)
-        return MemberPlan([(index, (picked == index).nonzero().squeeze(1)) for index in picked.unique().tolist()])
+        picked = self.members.pick(prefs).tolist()
+        return MemberPlan([(index, [i for i, p in enumerate(picked) if p == index]) for index in sorted(set(picked))])
 
     def tower(self, index: int) -> torch.nn.Module:
         """Member `index`'s tower on the device, materialised on a miss. A tower evicted for it may be
@@ -278,7 +280,7 @@ class PointSetServable(Servable):
         """One forward per member picked, on its images."""
         features: Optional[torch.Tensor] = None
         for index, rows in plan.groups:
-            rows = rows.to(self.device, non_blocking=True)
+            rows = torch.tensor(rows, device=self.device)
             tower = self.tower(index)
             out = self.run(tower.graph_key, tower, images[rows]).float()
             if features is None:

@@ -54,6 +54,11 @@ class LayerwiseMerge(torch.nn.Module):
         self.coefficients.clamp_(0.0, 1.0)
 
 
+def entropy_loss(merge: LayerwiseMerge, frozen: FrozenTower, weights: torch.Tensor) -> torch.Tensor:
+    """sum_k w_k H_k on the next unlabeled minibatches (the device part of a step)."""
+    return (weights * frozen.objectives(merge()).entropy).sum()
+
+
 def learn_coefficients(ctx: MergeContext, vectors: dict[str, TaskVector], config: AdaMergingConfig) -> LayerwiseMerge:
     """The optimised merge: `coefficients` [T, K] over `keys` (one row per parameter tensor)."""
     pool = ctx.pool
@@ -63,7 +68,7 @@ def learn_coefficients(ctx: MergeContext, vectors: dict[str, TaskVector], config
     optimizer = torch.optim.Adam(merge.parameters(), lr=config.lr)
 
     def step():
-        loss = (weights * frozen.objectives(merge()).entropy).sum()
+        loss = entropy_loss(merge, frozen, weights)
         return loss, {"loss": f"{loss.item():.3f}"}
 
     optimise(step, optimizer, merge.clamp_, config.steps, desc="adamerging", progress=ctx.progress)

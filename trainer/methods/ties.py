@@ -21,14 +21,15 @@ class TiesConfig(MethodConfig):
     scale: float = Field(0.3, ge=0, description="s in theta0 + s * merged")
 
 
-def magnitude_threshold(vector: TaskVector, k: float) -> float:
-    """The smallest magnitude among the top-k% entries of the whole flattened task vector."""
+def magnitude_threshold(vector: TaskVector, k: float) -> torch.Tensor | float:
+    """The smallest magnitude among the top-k% entries of the whole flattened task vector (a 0-dim
+    tensor where the vector is: no trip to the host)."""
     flat = torch.cat([v.abs().flatten() for v in vector.values()])
     keep = max(1, int(round(flat.numel() * k / 100.0)))
     if keep >= flat.numel():
         return 0.0
     # kthvalue of the (n - keep + 1)-th smallest = keep-th largest
-    return flat.kthvalue(flat.numel() - keep + 1).values.item()
+    return flat.kthvalue(flat.numel() - keep + 1).values
 
 
 def trim(vector: TaskVector, k: float) -> TaskVector:

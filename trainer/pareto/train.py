@@ -111,6 +111,17 @@ def loss_terms(objectives: TaskObjectives, pref: torch.Tensor, model: ParetoMerg
             "stch": stch, "cos": cosine, "norm": norm, "imbalance": diversity}
 
 
+def sample_preference(rng: np.random.Generator, k: int, alpha: float, device: torch.device) -> torch.Tensor:
+    """pref ~ Dirichlet(alpha 1), [K] float32 on the device (drawn on the host: its state is checkpointed)."""
+    return torch.tensor(rng.dirichlet([alpha] * k), dtype=torch.float32, device=device)
+
+
+def step_terms(model: ParetoMerge, frozen: FrozenTower, pref: torch.Tensor, cfg: ParetoConfig) -> dict[str, torch.Tensor]:
+    """One step's loss and its terms, on the next unlabeled minibatches (the device part of a step)."""
+    objectives = frozen.objectives(model(pref))
+    return loss_terms(objectives, pref, model, cfg) | {"entropies": objectives.entropy.detach()}
+
+
 def optimizer(model: ParetoMerge, cfg: ParetoConfig) -> torch.optim.Adam:
     return torch.optim.Adam([{"params": model.base.parameters(), "lr": cfg.lr},
                              {"params": model.lowrank_parameters(), "lr": cfg.lowrank_lr}])
@@ -198,9 +209,7 @@ def train_family(zoo: Zoo, store: str | Path, cfg: ParetoConfig, unlabeled: dict
     last: dict[str, torch.Tensor] = {"entropies": torch.zeros(k)}
 
     def step():
-        pref = torch.tensor(pref_rng.dirichlet([cfg.alpha] * k), dtype=torch.float32, device=device)
-        objectives = frozen.objectives(model(pref))
-        last.update(loss_terms(objectives, pref, model, cfg), entropies=objectives.entropy.detach())
+        last.update(step_terms(model, frozen, sample_preference(pref_rng, k, cfg.alpha, device), cfg))
         return last["loss"], {"loss": f"{last['loss'].item():.3f}",
                               "H": " ".join(f"{h:.2f}" for h in last["entropies"].cpu().tolist())}
 

@@ -1,0 +1,242 @@
+"""Every device path of pmerge on a fake CUDA device in bf16 where it serves (tests/device/conftest.py
+says what the fake device is, and where each path stops): the engine's batch path, each kind's
+servable with mixed preferences, downloads merged on the device, a Pareto Merging (and PM++) step,
+AdaMerging (and + preference), MAP's evaluator, ReACT, HM3's paths, front and select. The last test
+shows the tier catching a host tensor planted in a device forward."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError
+
+from models_store.kinds.lowrank import LowRankServable
+from models_store.preference import from_weights
+from models_store.store import open_family
+from service.engine import Engine, EngineConfig
+
+from conftest import on_device, on_host
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "service"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "trainer"))
+from quick_zoo import make_quick_zoo  # noqa: E402
+from svc_helpers import make_family, make_feature_map_family, make_point_set_family  # noqa: E402
+
+BF16 = torch.bfloat16
+PREFS = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0.3, 0.3, 0.4], [0.5, 0.5, 0], [0.9, 0.1, 0]])
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    """A family of every kind (micro tower, 3 tasks), loaded on the host."""
+    store = tmp_path_factory.mktemp("families")
+    makers = {"lowrank": make_family, "point_set": make_point_set_family, "feature_map": make_feature_map_family}
+    return {kind: open_family(store, make(store).name) for kind, make in makers.items()}
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    return make_quick_zoo(tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.fixture(scope="module")
+def pool(zoo):
+    """The zoo's tensors, read on the host (no file I/O on the fake device)."""
+    from trainer.pool import ModelPool
+    pool = ModelPool(zoo)
+    pool.pretrained, pool.task_vectors, pool.heads  # noqa: B018  (cached: read now)
+    return pool
+
+
+@pytest.fixture(scope="module")
+def data(zoo):
+    from trainer.taskpool import TaskPool
+    return TaskPool(zoo, test_limit=12).test
+
+
+def pixels(n: int) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+# --- the service ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["lowrank", "point_set", "feature_map"])
+def test_the_engine_batch_goes_to_the_device_and_back(cuda, families, kind):
+    family = families[kind]
+    engine = Engine.from_family(family, EngineConfig(device=cuda.device, dtype=BF16, max_batch=8,
+                                                     device_cache_bytes=2 * family.tower_bytes(BF16)))
+    with on_host():
+        plan = engine.model.plan(PREFS)  # host work: which member, which distinct preference
+    logits = engine.forward(cuda.host(pixels(len(PREFS))), cuda.host(PREFS), plan)
+    for task, info in zip(family.tasks, family.manifest.tasks):
+        assert logits[task].device.type == "cpu" and logits[task].dtype == torch.float32  # back on the host
+        assert logits[task].shape == (len(PREFS), len(info.classes))
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "point_set", "feature_map"])
+def test_every_kind_serves_a_mixed_batch_on_the_device(cuda, families, kind):
+    family = families[kind]
+    model = family.servable(cuda.device, BF16, cache_bytes=2 * family.tower_bytes(BF16))
+    images = cuda.host(family.manifest.preprocess.normalize(pixels(len(PREFS))))
+    for _ in range(2):  # point-set: five members through room for two, misses materialised on the device
+        with on_host():
+            plan = model.plan(PREFS)
+        logits = model.logits(images, cuda.host(PREFS), plan)
+        for task in family.tasks:
+            on_device(logits[task], torch.float32)
+    if kind == "point_set":
+        assert model.materialized > 2 and len(model.towers) <= 2
+        on_device(next(model.towers.get(i) for i in range(5) if i in model.towers).conv1.weight, BF16)
+    if kind == "feature_map":
+        with on_host():
+            distinct = [tuple(row) for row in PREFS.tolist()]
+        assert model.solved == len(set(distinct))  # solved on the device, together
+        on_device(model.maps.get(distinct[0]), torch.float32)
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "point_set", "feature_map"])
+def test_downloads_are_merged_on_the_device(cuda, families, kind):
+    family = families[kind]
+    pref = from_weights([0.2, 0.3, 0.5], family.tasks)
+    if kind == "point_set":  # the pick is host work; the member's tensors are merged on the device
+        with on_host():
+            index = int(family.body.member_weights.pick(pref.tensor()[None])[0])
+        tensors = dict(family.body.iter_member(index, cuda.device))
+    else:
+        tensors = dict(family.iter_materialized(pref, cuda.device))
+    assert [name for name, _, _ in family.tower_specs()] == list(tensors)
+    for name, dtype, shape in family.tower_specs():
+        on_device(tensors[name], dtype)
+        assert tuple(tensors[name].shape) == shape
+
+
+# --- the trainer -------------------------------------------------------------------------------
+
+def optimiser_update(opt: torch.optim.Optimizer, params) -> None:
+    """The update a step makes, with gradients set by hand (the fake device has no autograd engine)."""
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+
+
+@pytest.mark.parametrize("method", ["pm", "pm++"])
+def test_a_pareto_merging_step_on_the_device(cuda, pool, zoo, method):
+    from models_store.kinds.lowrank import target_names
+    from trainer.entropy_loop import FrozenTower
+    from trainer.methods.ties import ties_preprocess
+    from trainer.pareto.model import ParetoMerge
+    from trainer.pareto.train import ParetoConfig, base_merge, optimizer, sample_preference, step_terms
+    from trainer.taskpool import TaskPool
+    with on_host():
+        unlabeled = TaskPool(zoo, unlabeled_limit=8).unlabeled
+        vectors = pool.task_vectors if method == "pm" else ties_preprocess(pool.task_vectors, 20)
+    cfg = ParetoConfig(method=method, rank=2, batch_size=4, base="adamerging" if method == "pm" else "adamerging++")
+    model = ParetoMerge(base_merge(pool, cfg, cuda.device), vectors, target_names(pool.keys, cfg.targets), cfg.rank,
+                        cfg.init, cfg.lowrank_init, torch.Generator().manual_seed(0), cuda.device)
+    frozen = FrozenTower(pool, unlabeled, cfg.batch_size, 0, cuda.device)
+    pref = sample_preference(np.random.default_rng(0), len(pool.tasks), cfg.alpha, cuda.device)
+    terms = step_terms(model, frozen, pref, cfg)
+    for name in ("loss", "stch", "cos", "norm", "imbalance"):
+        on_device(terms[name], torch.float32)
+    opt = optimizer(model, cfg)
+    optimiser_update(opt, [p for group in opt.param_groups for p in group["params"]])
+    model.clamp_()
+    on_device(model.base.coefficients)
+
+
+@pytest.mark.parametrize("preference", [None, [0.7, 0.2, 0.1]], ids=["adamerging", "adamerging-pref"])
+def test_an_adamerging_step_on_the_device(cuda, pool, zoo, preference):
+    from trainer.entropy_loop import FrozenTower
+    from trainer.methods.adamerging import LayerwiseMerge, entropy_loss
+    from trainer.methods.preference import task_weights
+    from trainer.taskpool import TaskPool
+    with on_host():
+        unlabeled = TaskPool(zoo, unlabeled_limit=8).unlabeled
+    pref = None if preference is None else from_weights(preference, pool.tasks)
+    merge = LayerwiseMerge(pool.pretrained, pool.task_vectors, 0.3, cuda.device)
+    frozen = FrozenTower(pool, unlabeled, 4, 0, cuda.device)
+    weights = torch.tensor(task_weights(pref, pool.tasks), device=cuda.device)
+    on_device(entropy_loss(merge, frozen, weights), torch.float32)
+    optimiser_update(torch.optim.Adam(merge.parameters(), lr=1e-3), merge.parameters())
+    merge.clamp_()
+
+
+def test_the_map_evaluator_on_the_device(cuda, pool, data):
+    from trainer.map.evaluate import CoefficientEvaluator
+    evaluator = CoefficientEvaluator(pool, data, cuda.device)
+    state = evaluator.merged(np.array([0.3, 0.2, 0.1]))
+    correct, loss = evaluator.evaluator.totals(state)
+    on_device(correct)
+    on_device(loss, torch.float32)
+    assert correct.shape == loss.shape == (len(pool.tasks),)
+
+
+def test_react_features_and_maps_on_the_device(cuda, pool, data, families):
+    from models_store.tower import load_tower
+    from trainer.families.react import projected_features, task_map
+    tower = load_tower(pool.architecture, pool.pretrained).to(cuda.device).eval()
+    images = cuda.host(data["digits"].images)
+    z_mtl = projected_features(tower, images, cuda.device)
+    with on_host():
+        finetuned = pool.zoo.finetuned("digits")
+    z_ind = projected_features(load_tower(pool.architecture, finetuned).to(cuda.device), images, cuda.device)
+    assert z_mtl.device.type == "cpu" and z_mtl.dtype == torch.float64  # the solves run on the host, in float64
+    w, c = task_map(z_mtl, z_ind, 0.1)
+    assert w.shape == c.shape == (z_mtl.shape[0],) * 2
+    # and a family's maps of many preferences at once, on the device
+    from models_store.kinds.feature_map import preference_maps
+    body = families["feature_map"].body
+    maps = preference_maps(body.W.to(cuda.device) @ body.C.to(cuda.device), body.C.to(cuda.device),
+                           torch.tensor(PREFS.tolist(), device=cuda.device))
+    on_device(maps, torch.float32)
+
+
+def test_hm3_paths_on_the_device(cuda, pool, data):
+    from trainer.hm3.dare_ties import dare_ties
+    from trainer.hm3.paths import PathEvaluator
+    with on_host():
+        vectors = dare_ties(pool.task_vectors, 0.5, 100, 0)
+    evaluator = PathEvaluator(pool, vectors, [[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]], data, True, cuda.device)
+    evaluator._load_member(1)
+    skip = len(evaluator.sources) - 1
+    for path in [(0, 0), (1, skip), (2, 3)]:  # merge, fine-tuned, skip: every source of a block
+        correct = evaluator.outcomes(1, path)
+        assert [len(c) for c in correct] == [len(data[t].labels) for t in pool.tasks]
+        for c in correct:
+            on_device(c, torch.bool)
+
+
+def test_front_and_select_on_the_device(cuda, pool, zoo, data, tmp_path_factory):
+    from trainer.evaluate import Evaluator
+    from trainer.select import entropies
+    with on_host():  # a family over the zoo's tower and heads
+        store = tmp_path_factory.mktemp("zoo-family")
+        family = open_family(store, make_family(store, "zoo-family", tasks={t: zoo.task(t).classes for t in zoo.tasks},
+                                                base=pool.pretrained, heads=pool.heads).name)
+        prefs = [from_weights(w, family.tasks) for w in ([1, 0, 0], [0.2, 0.3, 0.5])]
+    evaluator = Evaluator(family.manifest.architecture, family.heads, data, cuda.device)
+    for pref in prefs:  # front: each preference's tower, merged on the device, on every task
+        correct, loss = evaluator.totals(dict(family.iter_materialized(pref, cuda.device)))
+        on_device(correct)
+        on_device(loss, torch.float32)
+    images = cuda.host(data["digits"].images)  # select: a head's entropy under each preference
+    on_device(entropies(family, family.heads["shapes"], images, prefs, cuda.device), torch.float32)
+
+
+# --- the tier itself -----------------------------------------------------------------------------
+
+def test_the_tier_catches_a_host_tensor_in_a_device_forward(cuda, families, monkeypatch):
+    family = families["lowrank"]
+    real = LowRankServable.mixed_features
+
+    def planted(self, images, prefs):  # a bug a CPU never shows: a position index made on the host
+        positions = torch.arange(images.shape[0])
+        return real(self, images, prefs) + positions[:, None]
+    monkeypatch.setattr(LowRankServable, "mixed_features", planted)
+    model = family.servable(cuda.device, BF16)
+    images = cuda.host(family.manifest.preprocess.normalize(pixels(2)))
+    with pytest.raises(FakeTensorDeviceMismatchError, match="cuda:0.*cpu|cpu.*cuda:0"):
+        model.logits(images, cuda.host(PREFS[:2]), None)
