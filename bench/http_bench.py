@@ -1,25 +1,25 @@
-"""HTTP end to end against the engine alone (issue 16): what everything that is not the tower costs.
+"""What a request costs beyond the model: pmerge over HTTP against the framework's floor and the
+engine alone, measured interleaved in one run with the same client and images.
 
-    python bench/http_bench.py                     # ViT-B-32, 2 families, 128 images a round
+    python bench/http_bench.py --arch tiny --device cpu            # this machine's targets
+    python bench/http_bench.py --arch ViT-B-32 --device cuda       # gpu.sh's request-path step
 
-A random zoo of the architecture (map_speed's: open_clip's initialisation plus noise, nothing
-downloaded) gives two families of different kinds: `lowrank` (random rank-16 factors on every
-block's attention, as serve_bench's) and `point-set` (ta-pref trained on the zoo). A real
-`pmerge serve` process serves both (`--families`); the same JPEG images, each request one image
-with its own random preference, `--concurrency` requests in flight (httpx), measured interleaved
-per round (the order rotates):
+A random zoo of the architecture gives a random `lowrank` family (rank 16 on every block's
+attention). Servers, started once, each its own processes: `pmerge serve` with each front-end
+count of `--fronts` (0: one process does all), and `bench/bare_endpoint.py`: FastAPI reading the
+multipart upload and running pmerge's own decoder, answering a constant (the framework's floor).
+Every round sends the same JPEGs (`--images`, sides `--image-sizes`), `--concurrency` requests in
+flight from one httpx client, to each server at 1 and at 8 images per request (each image its own
+random preference at 1; a request's preference at 8), and also measures, in this process:
 
-* **http**: every image a POST /classify to the first family (decode, batching, the forward,
-  top-k, JSON, HTTP), images/s = images / wall time of the round;
-* **engine**: the same family's servable (the engine's forward, `Servable.logits`) on the same
-  images already decoded, in batches of the server's max_batch with the same preferences;
-* **http-2**, **engine-2**: the same with the requests spread over both families
-  (/families/<id>/classify), and both servables on their shares.
+* **decode**: service/images.py's decoder alone on the same files, one thread;
+* **engine**: the family's servable alone on the decoded images, in batches of `--max-batch`.
 
-The ratio http/engine (per round, median and spread) is the share of the tower's throughput that
-reaches a client through the service. Both the server and the engine run torch on --threads
-(default one, as the other CPU benchmarks); the client shares the machine with the server.
-Absolute images/s mean something only on the device that will serve.
+Per round and variant: images/s, and the server processes' CPU seconds per image (engine and
+front ends, from /proc), which does not depend on how busy the machine is. Reported: the median
+over the rounds and per-round ratios with their spread. Targets on a CPU with the tiny tower:
+pmerge at 1 image per request >= 0.9 x bare; at 8 >= 0.8 x min(bare, engine); the server's CPU per
+image beyond decoding at most half of decoding's. On a GPU: http >= 0.8 x engine at 8 per request.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -39,8 +40,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.common import (add_common_args, machine_info, markdown_table, now_iso, round_ratios,  # noqa: E402
-                          run_benchmark, spread_text, summarize, temporary_store, write_result)
+from bench.common import (add_common_args, machine_info, markdown_table, now_iso, percentile, round_ratios,  # noqa: E402
+                          run_benchmark, spread_text, temporary_store, write_result)
 from bench.map_speed import random_zoo  # noqa: E402
 from bench.serve_bench import random_family  # noqa: E402
 from models_store.family import FamilyManifest, now_iso as family_time, publish_family  # noqa: E402
@@ -48,10 +49,11 @@ from models_store.kinds.lowrank import family_files  # noqa: E402
 from models_store.store import open_family  # noqa: E402
 from models_store.tower import build_tower  # noqa: E402
 from service.images import decode_image  # noqa: E402
-from trainer.families import LearnContext, get_family_learner  # noqa: E402
 
 NAME = "http"
 MAX_PIXELS = 10 ** 8
+ROOT = Path(__file__).resolve().parent.parent
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def lowrank_family(zoo, store: Path, rank: int, seed: int) -> str:
@@ -59,11 +61,10 @@ def lowrank_family(zoo, store: Path, rank: int, seed: int) -> str:
     tower.load_state_dict(zoo.pretrained())
     factors = random_family(tower, len(zoo.tasks), rank, torch.Generator().manual_seed(seed))
     family_id = "lowrank-random"
-    targets = list(factors)
     manifest = FamilyManifest(family_id=family_id, created=family_time(), method="random-lowrank",
                               hyperparameters={"rank": rank, "seed": seed}, architecture=zoo.manifest.architecture,
                               preprocess=zoo.manifest.preprocess, tasks=zoo.manifest.tasks, kind="lowrank",
-                              kind_params={"rank": rank, "targets": targets}, metrics={})
+                              kind_params={"rank": rank, "targets": list(factors)}, metrics={})
     publish_family(store, manifest, family_files(zoo.pretrained(), factors), zoo.heads)
     return family_id
 
@@ -81,129 +82,237 @@ def jpeg_images(count: int, size: int, seed: int) -> list[bytes]:
     return out
 
 
-def start_server(store: Path, families: list[str], port: int, threads: int, max_batch: int) -> subprocess.Popen:
-    env = os.environ | {"OMP_NUM_THREADS": str(threads), "PMERGE_DOWNLOAD_CACHE_DIR": str(store / ".downloads")}
-    server = subprocess.Popen([sys.executable, "-m", "models_store.cli", "serve", "--store", str(store),
-                               "--family", families[0], "--families", ",".join(families), "--max-families",
-                               str(len(families)), "--device", "cpu", "--port", str(port), "--max-batch",
-                               str(max_batch), "--log-level", "warning"], env=env)
-    deadline = time.monotonic() + 300
-    while True:
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants (the front ends of a `pmerge serve`)."""
+    out, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        out += [int(c) for c in children]
+        frontier += [int(c) for c in children]
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
             pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise RuntimeError("the server did not become ready")
-        time.sleep(0.2)
+    return total / TICK
 
 
-def send_all(url: str, jobs: list[tuple[str, bytes, str]], concurrency: int) -> None:
+class Server:
+    def __init__(self, name: str, argv: list[str], port: int, env: dict[str, str]):
+        self.name, self.port = name, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(argv, env=os.environ | env, cwd=ROOT)
+
+    def wait_ready(self, path: str) -> None:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code < 500:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not become ready")
+            time.sleep(0.2)
+
+    def cpu(self) -> float:
+        return cpu_seconds(process_tree(self.proc.pid))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def send_all(url: str, images: list[bytes], prefs: list[str], per_request: int, concurrency: int) -> None:
     async def run():
         limit = asyncio.Semaphore(concurrency)
         async with httpx.AsyncClient(base_url=url, timeout=300,
                                      limits=httpx.Limits(max_connections=concurrency)) as client:
-            async def one(prefix, image, pref):
+            async def one(start: int):
                 async with limit:
-                    r = await client.post(f"{prefix}/classify", params={"pref": pref, "top_k": 1},
-                                          files=[("files", ("i.jpg", image, "image/jpeg"))])
+                    files = [("files", (f"{i}.jpg", images[i], "image/jpeg"))
+                             for i in range(start, min(start + per_request, len(images)))]
+                    r = await client.post("/classify", params={"pref": prefs[start], "top_k": 1}, files=files)
                     if r.status_code != 200:
-                        raise RuntimeError(f"{r.status_code}: {r.text}")
-            await asyncio.gather(*(one(*job) for job in jobs))
+                        raise RuntimeError(f"{url}: {r.status_code}: {r.text[:300]}")
+            await asyncio.gather(*(one(s) for s in range(0, len(images), per_request)))
     asyncio.run(run())
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: Optional[list[str]] = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="ViT-B-32")
+    p.add_argument("--arch", default="tiny")
     p.add_argument("--tasks", type=int, default=4)
-    p.add_argument("--images", type=int, default=128, help="images per round and variant")
-    p.add_argument("--image-size", type=int, default=256, help="the JPEGs' side (the service resizes them)")
+    p.add_argument("--images", type=int, default=256, help="images per round and variant")
+    p.add_argument("--image-sizes", default="256", help="the JPEGs' sides, comma-separated (each its own rows)")
+    p.add_argument("--per-request", default="1,8", help="images per request")
+    p.add_argument("--fronts", default="0,1", help="front-end counts of the pmerge servers")
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     p.add_argument("--max-batch", type=int, default=64, help="the server's max_batch, and the engine's batches")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--port", type=int, default=8765, help="the first of the servers' ports")
+    p.add_argument("--dtype", default=None, help="the server's and the engine's dtype (default: bf16 on CUDA)")
     add_common_args(p)
     return run_benchmark(p, argv, run)
 
 
 def run(args: argparse.Namespace, device: torch.device) -> dict:
-    if device.type != "cpu":
-        raise SystemExit("http_bench measures the CPU server (--device cpu)")
     with temporary_store("http-bench-") as work:
-        return measure(args, work)
+        return measure(args, device, work)
 
 
-def measure(args: argparse.Namespace, work: Path) -> dict:
+def measure(args: argparse.Namespace, device: torch.device, work: Path) -> dict:
     zoo = random_zoo(work / "zoo", args.arch, args.tasks, "builtin:digits", args.seed)
     store = work / "store"
-    lowrank = lowrank_family(zoo, store, 16, args.seed)
-    learner = get_family_learner("ta-pref")
-    point_set = learner(LearnContext(zoo, store, device=torch.device("cpu"), progress=False),
-                        learner.config(points={"grid": 2, "random": 2, "seed": args.seed})).name
-    families = [open_family(store, f) for f in (lowrank, point_set)]
-    tasks, k = zoo.tasks, len(zoo.tasks)
-    images = jpeg_images(args.images, args.image_size, args.seed)
+    family = open_family(store, lowrank_family(zoo, store, 16, args.seed))
+    pre, k = zoo.manifest.preprocess, len(zoo.tasks)
+    dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
+    sizes = [int(s) for s in args.image_sizes.split(",")]
+    per_request = [int(n) for n in args.per_request.split(",")]
+    fronts = [int(f) for f in args.fronts.split(",")]
     prefs = torch.distributions.Dirichlet(torch.ones(k)).sample((args.images,))
-    pref_text = [",".join(f"{t}:{w:.4f}" for t, w in zip(tasks, row.tolist())) for row in prefs]
-    pixels = torch.stack([decode_image(b, zoo.manifest.preprocess, MAX_PIXELS) for b in images])
+    pref_text = [",".join(f"{w:.4f}" for w in row.tolist()) for row in prefs]
     threads = torch.get_num_threads()
-    servables = [f.servable(torch.device("cpu"), torch.float32, 4) for f in families]
-    half = [i % 2 for i in range(args.images)]  # which family each image of the two-family rounds goes to
-    server = start_server(store, [f.family_id for f in families], args.port, threads, args.max_batch)
-    url = f"http://127.0.0.1:{args.port}"
-
-    def engine(which: list[int]) -> None:
-        with torch.inference_mode():
-            for f, servable in enumerate(servables):
-                rows = [i for i, w in enumerate(which) if w == f]
-                for start in range(0, len(rows), args.max_batch):
-                    chunk = torch.tensor(rows[start:start + args.max_batch], dtype=torch.long)
-                    if len(chunk):
-                        servable.logits(pixels[chunk], prefs[chunk])
-
-    variants = {
-        "http": lambda: send_all(url, [("", b, p) for b, p in zip(images, pref_text)], args.concurrency),
-        "engine": lambda: engine([0] * args.images),
-        "http-2": lambda: send_all(url, [(f"/families/{families[w].family_id}", b, p)
-                                         for b, p, w in zip(images, pref_text, half)], args.concurrency),
-        "engine-2": lambda: engine(half),
-    }
-    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    env = {"OMP_NUM_THREADS": str(threads), "PMERGE_DOWNLOAD_CACHE_DIR": str(store / ".downloads")}
+    servers = [Server(f"pmerge-f{f}", [sys.executable, "-m", "models_store.cli", "serve", "--store", str(store),
+                                       "--device", device.type, "--dtype", dtype_name, "--port", str(args.port + i),
+                                       "--max-batch", str(args.max_batch), "--fronts", str(f), "--log-level",
+                                       "warning"], args.port + i, env)
+               for i, f in enumerate(fronts)]
+    bare = {s: Server(f"bare-{s}", [sys.executable, "bench/bare_endpoint.py", str(args.port + len(fronts) + j),
+                                    str(pre.image_size)], args.port + len(fronts) + j, env)
+            for j, s in enumerate(sizes)}
+    servable = family.servable(device, dtype)
+    rows = {}
     try:
-        for fn in variants.values():  # warm-up: every family loaded and every path run once
-            fn()
-        names = list(variants)
-        for r in range(args.repeats):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                start = time.perf_counter()
-                variants[name]()
-                seconds[name].append(time.perf_counter() - start)
+        for server in servers:
+            server.wait_ready("/readyz")
+        for server in bare.values():
+            server.wait_ready("/docs")
+        for size in sizes:
+            rows[size] = measure_size(args, size, servers, bare[size], servable, pre, prefs, pref_text, per_request,
+                                      device)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-    rows = {name: summarize(s) | {"seconds": s} for name, s in seconds.items()}
-    for row in rows.values():
-        row["images_per_s"] = args.images / row["p50_s"]
-    ratios = {"http_over_engine": round_ratios(seconds["http"], seconds["engine"]),
-              "http2_over_engine2": round_ratios(seconds["http-2"], seconds["engine-2"])}
-    payload = {"benchmark": NAME, "created": now_iso(), "machine": machine_info(torch.device("cpu")),
+        for server in [*servers, *bare.values()]:
+            server.stop()
+    payload = {"benchmark": NAME, "created": now_iso(), "machine": machine_info(device),
                "config": {"argv": args.argv, "arch": args.arch, "tasks": k, "images": args.images,
-                          "image_size": args.image_size, "concurrency": args.concurrency,
-                          "max_batch": args.max_batch, "repeats": args.repeats, "threads": threads,
-                          "families": {f.family_id: f.manifest.kind for f in families}},
-               "results": rows, "ratios": ratios}
-    path = write_result(args.out_dir, NAME, torch.device("cpu"), payload)
-    print(markdown_table(["variant", "images/s (median round)", "min s", "max s"],
-                         [[n, f"{r['images_per_s']:.1f}", f"{r['min_s']:.2f}", f"{r['max_s']:.2f}"]
-                          for n, r in rows.items()]))
-    print(f"http / engine: {spread_text(ratios['http_over_engine'])}; two families: "
-          f"{spread_text(ratios['http2_over_engine2'])} (median [IQR] over {args.repeats} rounds)")
+                          "image_sizes": sizes, "per_request": per_request, "fronts": fronts,
+                          "concurrency": args.concurrency, "max_batch": args.max_batch, "repeats": args.repeats,
+                          "threads": threads, "dtype": dtype_name, "device": str(device),
+                          "interleaving": "every variant once per round, the order rotated every round"},
+               "results": {str(s): r for s, r in rows.items()}, "target": targets(rows, device, fronts)}
+    path = write_result(args.out_dir, NAME, device, payload)
+    report(payload)
     print(f"wrote {path}")
     payload["path"] = str(path)
     return payload
+
+
+def measure_size(args, size: int, servers: list[Server], bare: Server, servable, pre, prefs, pref_text,
+                 per_request: list[int], device: torch.device) -> dict:
+    images = jpeg_images(args.images, size, args.seed + size)
+    decoded = [decode_image(b, pre, MAX_PIXELS) for b in images]
+    pixels = pre.normalize(torch.from_numpy(np.stack(decoded)))
+
+    def engine() -> None:
+        for start in range(0, len(images), args.max_batch):
+            chunk = slice(start, start + args.max_batch)
+            logits = servable.logits(pixels[chunk], prefs[chunk])
+            torch.cat(list(logits.values()), 1).cpu()  # waits for the device, as the server's engine does
+
+    variants: dict[str, tuple[Callable[[], None], Optional[Server]]] = {
+        "decode": (lambda: [decode_image(b, pre, MAX_PIXELS) for b in images], None),
+        "engine": (engine, None)}
+    for n in per_request:
+        variants[f"bare-{n}"] = ((lambda n: lambda: send_all(bare.url, images, pref_text, n, args.concurrency))(n), bare)
+        for server in servers:
+            variants[f"{server.name}-{n}"] = ((lambda s, n: lambda: send_all(s.url, images, pref_text, n,
+                                                                             args.concurrency))(server, n), server)
+    for fn, _ in variants.values():  # warm-up: every path run once
+        fn()
+    seconds = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
+    names = list(variants)
+    for r in range(args.repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn, server = variants[name]
+            before_cpu = server.cpu() if server is not None else time.process_time()
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+            after_cpu = server.cpu() if server is not None else time.process_time()
+            cpu[name].append((after_cpu - before_cpu) / len(images))
+    out: dict = {"variants": {}}
+    for name in names:
+        out["variants"][name] = {"seconds": seconds[name], "images_per_s": len(images) / percentile(seconds[name], 50),
+                                 "cpu_s_per_image": cpu[name], "cpu_ms_per_image_p50": 1e3 * percentile(cpu[name], 50)}
+    decode_cpu = percentile(cpu["decode"], 50)
+    ratios = {}
+    for name in names:
+        if name.startswith("pmerge-"):
+            n = int(name.rsplit("-", 1)[1])
+            # throughput ratios per round (round_ratios: x's images/s over y's, from their seconds)
+            ratios[f"{name}/bare-{n}"] = round_ratios(seconds[name], seconds[f"bare-{n}"])
+            ratios[f"{name}/engine"] = round_ratios(seconds[name], seconds["engine"])
+            slower = [max(a, b) for a, b in zip(seconds[f"bare-{n}"], seconds["engine"])]  # the lower throughput
+            ratios[f"{name}/min(bare,engine)"] = round_ratios(seconds[name], slower)
+            beyond = [c - decode_cpu for c in cpu[name]]
+            out["variants"][name]["cpu_beyond_decode_over_decode"] = percentile(beyond, 50) / decode_cpu
+    out["ratios"] = ratios
+    return out
+
+
+def targets(rows: dict, device: torch.device, fronts: list[int]) -> dict:
+    checks = []
+    for size, r in rows.items():
+        for name, v in r["variants"].items():
+            if not name.startswith("pmerge-"):
+                continue
+            n = int(name.rsplit("-", 1)[1])
+            if device.type == "cuda":
+                if n == 8:
+                    ratio = r["ratios"][f"{name}/engine"]["median"]
+                    checks.append({"size": size, "variant": name, "what": "http / engine >= 0.8", "value": ratio,
+                                   "met": ratio >= 0.8})
+                continue
+            if n == 1:
+                ratio = r["ratios"][f"{name}/bare-1"]["median"]
+                checks.append({"size": size, "variant": name, "what": "http / bare >= 0.9", "value": ratio,
+                               "met": ratio >= 0.9})
+            elif n == 8:
+                ratio = r["ratios"][f"{name}/min(bare,engine)"]["median"]
+                checks.append({"size": size, "variant": name, "what": "http / min(bare, engine) >= 0.8",
+                               "value": ratio, "met": ratio >= 0.8})
+            checks.append({"size": size, "variant": name, "what": "server CPU beyond decoding <= 0.5 x decoding's",
+                           "value": v["cpu_beyond_decode_over_decode"], "met": v["cpu_beyond_decode_over_decode"] <= 0.5})
+    return {"checks": checks, "met": {c["variant"] + " " + c["what"]: c["met"] for c in checks}}
+
+
+def report(payload: dict) -> None:
+    for size, r in payload["results"].items():
+        table = [[name, v["images_per_s"], v["cpu_ms_per_image_p50"], v.get("cpu_beyond_decode_over_decode", "")]
+                 for name, v in r["variants"].items()]
+        print(f"\n{size} px JPEGs, {payload['config']['images']} images a round, {payload['config']['repeats']} rounds\n")
+        print(markdown_table(["variant", "images/s (median)", "CPU ms/image", "CPU beyond decode / decode"], table))
+        print()
+        print(markdown_table(["ratio", "median [IQR]"], [[k, spread_text(v)] for k, v in r["ratios"].items() if v]))
+    for c in payload["target"]["checks"]:
+        print(f"target {c['variant']} ({c['size']} px): {c['what']}: {c['value']:.3f} {'met' if c['met'] else 'NOT met'}")
 
 
 if __name__ == "__main__":

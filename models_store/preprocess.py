@@ -33,9 +33,15 @@ class Preprocess(BaseModel):
 
     def pil_to_tensor(self, image: Image.Image) -> "torch.Tensor":
         """PIL image -> normalised float tensor [C, S, S] (`pixels`, then `normalize`)."""
-        return self.normalize(self.pixels(image))
+        import torch
+        return self.normalize(torch.from_numpy(self.pixels(image)))
 
-    def pixels(self, image: Image.Image) -> "torch.Tensor":
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(w, h) of an image whose short side is resized to S (torchvision's Resize(S) formula)."""
+        s = self.image_size
+        return (s, int(s * height / width)) if width <= height else (int(s * width / height), s)
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
         """PIL image -> 8-bit pixels [C, S, S]: upright (EXIF), 8 bits, resize the short side, centre crop.
 
         The pixels are those of open_clip's preprocessing (torchvision's Resize(S, bicubic) and
@@ -47,7 +53,7 @@ class Preprocess(BaseModel):
         s = self.image_size
         w, h = image.size
         # the size the whole image would get, and the crop's offsets in it (torchvision's formulas)
-        rw, rh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+        rw, rh = self.resized_size(w, h)
         left, top = int(round((rw - s) / 2.0)), int(round((rh - s) / 2.0))
         if rw * rh <= MAX_RESIZED * s * s:
             image = image.convert(self.mode).resize((rw, rh), Image.Resampling.BICUBIC)
@@ -55,20 +61,46 @@ class Preprocess(BaseModel):
         else:
             image = _resize_crop(image, (left * w / rw, top * h / rh, (left + s) * w / rw, (top + s) * h / rh), s)
             image = image.convert(self.mode)
-        import torch
         array = np.asarray(image, dtype=np.uint8)
         if array.ndim == 2:
             array = array[:, :, None]
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+        return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+    def fits_resize(self, width: int, height: int) -> bool:
+        """Whether the whole image is resized before the crop (else, a thin strip, it is cropped first)."""
+        rw, rh = self.resized_size(width, height)
+        return rw * rh <= MAX_RESIZED * self.image_size ** 2
+
+    def decode_jpegs(self, files: "list[torch.Tensor]", device: "torch.device") -> "list[torch.Tensor]":
+        """JPEG files (1-D uint8 tensors on the host) -> their 8-bit pixels [C, S, S] on `device`: decoded
+        there (nvjpeg on CUDA, libjpeg-turbo on the CPU), resized (bicubic, antialiased, as Pillow)
+        and cropped there. For images `fits_resize` accepts, upright (EXIF orientation 1) and of mode L
+        or RGB; within a few levels of `pixels` (docs/serving.md). Raises on a file it cannot decode."""
+        import torch
+        import torch.nn.functional as F
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        mode = ImageReadMode.RGB if self.channels == 3 else ImageReadMode.GRAY
+        decoded = decode_jpeg(files, mode=mode, device=device)
+        s, out = self.image_size, []
+        for image in decoded:
+            h, w = image.shape[-2:]
+            rw, rh = self.resized_size(w, h)
+            left, top = int(round((rw - s) / 2.0)), int(round((rh - s) / 2.0))
+            resized = F.interpolate(image[None].float(), size=(rh, rw), mode="bicubic", antialias=True,
+                                    align_corners=False)[0]
+            out.append(resized[:, top:top + s, left:left + s].round().clamp(0, 255).to(torch.uint8))
+        return out
 
     @property
     def mode(self) -> str:
         return "RGB" if self.channels == 3 else "L"
 
     def normalize(self, x: "torch.Tensor") -> "torch.Tensor":
-        """[.., C, H, W] 8-bit pixels (or floats in [0, 1]) -> normalised float32, on x's device;
-        grayscale input is repeated to 3 channels."""
+        """[.., C, H, W] 8-bit pixels (a tensor or an array, or floats in [0, 1]) -> normalised float32,
+        on x's device; grayscale input is repeated to 3 channels."""
         import torch
+        x = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x
         if x.shape[-3] == 1 and self.channels == 3:
             x = x.expand(*x.shape[:-3], 3, *x.shape[-2:])

@@ -1,12 +1,12 @@
-"""Request parameters -> validated values, and logits -> top-k labels (plain, no HTTP)."""
+"""Request parameters -> validated values, and logits -> the classification answer (plain, no HTTP,
+no torch: a front-end process holds neither)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import torch
+import numpy as np
 
 from .errors import InvalidParameter
-from .schemas import ImageResult, Label
 
 MAX_TOP_K = 100
 
@@ -22,16 +22,27 @@ def select_tasks(requested: Optional[Sequence[str]], tasks: Sequence[str]) -> li
     return list(dict.fromkeys(names))
 
 
-def top_k(logits: torch.Tensor, classes: Sequence[str], k: int) -> list[list[Label]]:
-    """[N, C] logits -> per image the k most probable classes (k is capped at C)."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    values, indices = probs.topk(min(k, len(classes)), dim=-1)
-    return [[Label(label=classes[i], index=i, probability=p) for p, i in zip(v.tolist(), ix.tolist())]
-            for v, ix in zip(values, indices)]
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of [N, C] logits, in float64 (then rounded: JSON shows float32's digits)."""
+    x = logits.astype(np.float64)
+    x = np.exp(x - x.max(axis=1, keepdims=True))
+    return x / x.sum(axis=1, keepdims=True)
 
 
-def image_results(logits: dict[str, torch.Tensor], tasks: Sequence[str], classes: dict[str, list[str]],
-                  k: int, filenames: Sequence[Optional[str]]) -> list[ImageResult]:
+def top_k(logits: np.ndarray, classes: Sequence[str], k: int) -> list[list[dict]]:
+    """[N, C] logits -> per image the k most probable classes (k is capped at C), most probable first."""
+    probs = softmax(logits)
+    k = min(k, len(classes))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[{"label": classes[i], "index": int(i), "probability": float(np.float32(row[i]))} for i in idx]
+            for row, idx in zip(probs, order)]
+
+
+def classification(family_id: str, preference: str, weights: dict[str, float], logits: dict[str, np.ndarray],
+                   tasks: Sequence[str], classes: dict[str, list[str]], k: int,
+                   filenames: Sequence[Optional[str]]) -> dict:
+    """The answer of POST /classify (schemas.ClassifyResponse)."""
     per_task = {t: top_k(logits[t], classes[t], k) for t in tasks}
-    return [ImageResult(index=i, filename=name, predictions={t: per_task[t][i] for t in tasks})
-            for i, name in enumerate(filenames)]
+    return {"family_id": family_id, "preference": preference, "weights": weights,
+            "results": [{"index": i, "filename": name, "predictions": {t: per_task[t][i] for t in tasks}}
+                        for i, name in enumerate(filenames)]}

@@ -17,7 +17,7 @@ from .settings import ENV_PREFIX, Settings
 
 # the settings that are also flags; the others are environment variables only (README, Settings)
 SERVE_FLAGS = ("store", "family", "device", "dtype", "host", "port", "max_batch", "max_wait_ms", "queue_size",
-               "device_cache_bytes", "cuda_graphs", "families", "max_families")
+               "device_cache_bytes", "cuda_graphs", "families", "max_families", "fronts", "decode")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -100,14 +100,12 @@ def check(args: argparse.Namespace) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
-    import uvicorn
     from pydantic import ValidationError
 
     from models_store import StoreError
     from models_store.store import family_path
 
-    from .app import create_app
-    from .server import check_port_free, uvicorn_config
+    from .server import check_port_free
 
     try:
         settings = settings_from_args(args)
@@ -121,10 +119,21 @@ def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"pmerge serve: error: {e.strerror if isinstance(e, OSError) and e.strerror else e}") from None
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger(__name__).info("serving %s on http://%s:%d", path, settings.host, settings.port)
-    if args.ray:
+    if args.ray:  # each replica serves in its own process, Ray's proxies parse HTTP
         return serve_on_ray(settings, options)
+    fronts = settings.front_count()
+    if fronts:
+        from .processes import serve_with_fronts
+        failure = serve_with_fronts(settings, fronts, args.log_level)
+        if failure:
+            raise SystemExit(f"pmerge serve: error: {failure}")
+        return
+    import uvicorn
+
+    from .app import create_app
+    from .server import uvicorn_config
     app = create_app(settings)
-    # one process per GPU: scale out with replicas, not uvicorn workers
+    # one engine process per GPU: scale out with replicas
     server = uvicorn.Server(uvicorn_config(app, settings, log_level=args.log_level))
     failure: list[str] = []
 
@@ -132,7 +141,7 @@ def serve(args: argparse.Namespace) -> None:
         failure.append(error)
         server.should_exit = True
 
-    app.state.on_load_failure = stop
+    app.state.hooks.on_load_failure = stop
     server.run()
     if failure:
         raise SystemExit(f"pmerge serve: error: could not load the family: {failure[0]}")

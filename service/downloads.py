@@ -22,11 +22,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Optional
+from typing import AsyncIterator, BinaryIO, Callable, Iterator, Optional
 
 from models_store.atomic import TMP_PREFIX
-from models_store.family import Family
-from models_store.merged import checkpoint_chunks, checkpoint_size, write_checkpoint
 from models_store.preference import Preference
 
 from .errors import InsufficientStorage
@@ -39,8 +37,14 @@ SUFFIX = ".safetensors"
 CHUNK = 1 << 20
 
 
-def cache_key(family: Family, pref: Preference) -> str:
-    text = "\0".join(("pmerge-download", DOWNLOAD_FORMAT, family.family_id, family.digest, pref.canonical))
+def write_checkpoint(path: Path, family, pref: Preference, device) -> None:
+    from models_store.merged import write_checkpoint as write  # torch: only where checkpoints are built
+    write(path, family, pref, device)
+
+
+def cache_key(family_id: str, digest: str, pref: Preference) -> str:
+    """The cache file's name and the ETag: of the family's id and verified manifest, and the preference."""
+    text = "\0".join(("pmerge-download", DOWNLOAD_FORMAT, family_id, digest, pref.canonical))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -52,12 +56,13 @@ class CachedFile:
     filename: str
     built: bool  # False: a cache hit
     file: Optional[BinaryIO] = None
-    stream: Optional[Iterator[bytes]] = None
+    stream: Optional[Iterator[bytes] | AsyncIterator[bytes]] = None  # sync, or async from an engine process
+    on_close: Optional[Callable[[], None]] = None
 
-    def chunks(self) -> Iterator[bytes]:
-        if self.file is None:
-            yield from self.stream
-            return
+    def chunks(self) -> Iterator[bytes] | AsyncIterator[bytes]:
+        return self.stream if self.file is None else self._read()
+
+    def _read(self) -> Iterator[bytes]:
         with self.file:
             while block := self.file.read(CHUNK):
                 yield block
@@ -65,13 +70,17 @@ class CachedFile:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+        if self.on_close is not None:
+            self.on_close()
 
 
 class DownloadCache:
-    def __init__(self, root: Path, max_bytes: int, family: Family):
+    """One family's downloads; the checkpoints are merged on `device` (the service's)."""
+
+    def __init__(self, root: Path, max_bytes: int, family, device="cpu"):
         self.root = Path(root)
         self.max_bytes = max_bytes
-        self.family = family
+        self.family, self.device = family, device
         self.builds = 0
         self.hits = 0
         self._locks: dict[str, threading.Lock] = {}
@@ -81,11 +90,12 @@ class DownloadCache:
 
     def etag(self, pref: Preference) -> str:
         # the file is a pure function of its key (families are immutable), so the key is the ETag
-        return f'"{cache_key(self.family, pref)}"'
+        return f'"{cache_key(self.family.family_id, self.family.digest, pref)}"'
 
     def get(self, pref: Preference) -> CachedFile:
         """Open the checkpoint of `pref`, building it first if needed. Blocking: run it in a thread."""
-        key = cache_key(self.family, pref)
+        from models_store.merged import checkpoint_chunks, checkpoint_size
+        key = cache_key(self.family.family_id, self.family.digest, pref)
         path = self.root / f"{key}{SUFFIX}"
         name = f"{self.family.family_id}-{key[:12]}{SUFFIX}"
         with self._key_lock(key):
@@ -99,7 +109,7 @@ class DownloadCache:
                     with self._guard:
                         self.builds += 1
                     return CachedFile(size=size, etag=self.etag(pref), filename=name, built=True,
-                                      stream=checkpoint_chunks(self.family, pref))
+                                      stream=checkpoint_chunks(self.family, pref, self.device))
                 self._reserve(size, key)
                 try:
                     t0 = time.monotonic()
@@ -124,7 +134,7 @@ class DownloadCache:
         every other cached file no one is reading and try once more."""
         for attempt in (1, 2):
             try:
-                return write_checkpoint(path, self.family, pref)
+                return write_checkpoint(path, self.family, pref, self.device)
             except OSError as e:
                 if e.errno not in DISK_FULL:
                     raise

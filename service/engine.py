@@ -1,18 +1,20 @@
 """The batching engine: one worker thread owns the model; requests with any preferences share batches.
 
-`submit(pixels, prefs)` is cheap and thread-safe (the event loop calls it); it splits a request
+`submit(images, prefs)` is cheap and thread-safe (the event loop calls it); it splits a request
 into per-image items on a bounded queue and returns a `concurrent.futures.Future` of the
 request's logits. The worker takes up to `max_batch` images, waiting at most `max_wait_ms`
 after the oldest one arrived, and runs ONE forward pass where every image carries its own
 preference row. When the queue holds `queue_size` images, `submit` raises `Overloaded`;
 `admission(n)` holds n places first, so a server can refuse a request before decoding its images.
 
-Images arrive as decoded 8-bit pixels [C, S, S] (what the front end made of the upload); the
-worker moves a batch's pixels to the device in one copy and normalises them there (`forward`),
-so the host never handles float images.
+Images arrive as a front end made them (service/images.py, `Decoded`): 8-bit pixels [C, S, S],
+or JPEG files that the worker decodes on the device, the batch's together. The worker moves the
+batch's pixels to the device in one copy from pinned memory, and normalises them there
+(`forward`): the host never handles float images. Logits come back as numpy arrays, one copy.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -21,19 +23,21 @@ from collections import deque
 from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 
 from models_store.family import Family
 from models_store.kinds.base import BUCKETS, Servable
 from models_store.preprocess import Preprocess
 
-from .errors import NotReady, Overloaded, PayloadTooLarge
+from .errors import NotReady, Overloaded, PayloadTooLarge, ServiceError, UnsupportedImage
+from .images import Decoded, decode_image
 
 log = logging.getLogger(__name__)
 
-Logits = dict[str, torch.Tensor]  # task -> [N, C_task], float32 on CPU
+Logits = dict[str, np.ndarray]  # task -> [N, C_task], float32, on the host
 
 
 @dataclass
@@ -45,38 +49,79 @@ class EngineConfig:
     queue_size: int = 1024
     device_cache_bytes: int = 1 << 30  # what the servable may keep materialised on the device
     graphs: bool = False  # CUDA graphs (CUDA only)
+    device_jpeg: bool = False  # JPEG files are decoded on the device (the front ends send them whole)
 
 
 class _Request:
-    """One submitted request; only the worker thread fills it."""
+    """One submitted request; only the worker thread fills it. Its future is an asyncio one when it
+    was submitted from an event loop (`loop`), which the worker settles with the batch's others in
+    one call into that loop (one wake-up per batch, not per request); else a concurrent one."""
 
-    def __init__(self, n: int):
-        self.future: Future[Logits] = Future()
+    def __init__(self, n: int, loop: Optional[asyncio.AbstractEventLoop] = None):
+        self.loop = loop
+        self.future = loop.create_future() if loop is not None else Future()
         self.rows: list[Optional[Logits]] = [None] * n
         self.remaining = n
+        self.failed = False
+        self.outcome: Optional[tuple] = None  # (result, error), once settled by the worker
+
+    @property
+    def cancelled(self) -> bool:
+        return self.future.cancelled()
 
     def done_row(self, index: int, row: Logits) -> None:
+        if self.failed:
+            return
         self.rows[index] = row
         self.remaining -= 1
         if self.remaining == 0:
-            result = {t: torch.stack([r[t] for r in self.rows]) for t in self.rows[0]}
-            _resolve(self.future, result=result)
+            self._settle({t: np.stack([r[t] for r in self.rows]) for t in self.rows[0]}, None)
 
     def fail(self, error: BaseException) -> None:
-        _resolve(self.future, error=error)
+        if not self.failed:
+            self.failed = True
+            self._settle(None, error)
+
+    def _settle(self, result, error) -> None:
+        if self.loop is None:
+            _resolve(self.future, result, error)
+        else:
+            self.outcome = (result, error)
 
 
-def _resolve(future: Future, result=None, error: Optional[BaseException] = None) -> None:
-    try:  # the caller may have cancelled (client went away): nothing to deliver then
+def _resolve(future, result=None, error: Optional[BaseException] = None) -> None:
+    if future.done():  # the caller cancelled (client went away): nothing to deliver then
+        return
+    try:
         future.set_exception(error) if error is not None else future.set_result(result)
     except InvalidStateError:
         pass
 
 
+def _deliver(requests: list[_Request]) -> None:
+    """In the requests' event loop: settle their futures."""
+    for request in requests:
+        _resolve(request.future, *request.outcome)
+
+
+def deliver_settled(requests) -> None:
+    """Hand every settled asyncio request to its loop, one call per loop."""
+    by_loop: dict = {}
+    for request in requests:
+        if request.loop is not None and request.outcome is not None and not getattr(request, "delivered", False):
+            request.delivered = True
+            by_loop.setdefault(request.loop, []).append(request)
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, settled)
+        except RuntimeError:  # the loop closed: nobody waits any more
+            pass
+
+
 @dataclass
 class _Item:
-    pixels: torch.Tensor  # [C, S, S] uint8
-    pref: torch.Tensor  # [K] float32
+    image: Decoded
+    pref: np.ndarray  # [K] float32
     request: _Request
     index: int
     enqueued: float
@@ -89,8 +134,14 @@ class Ticket:
     places: int
     submitted: bool = False
 
-    def submit(self, pixels: torch.Tensor, prefs: torch.Tensor) -> Future[Logits]:
-        return self.engine._enqueue(self, pixels, prefs)
+    def submit(self, images: Sequence[Decoded], prefs, loop: Optional[asyncio.AbstractEventLoop] = None):
+        return self.engine._enqueue(self, images, prefs, loop)
+
+
+def preference_rows(prefs, n: int, k: int) -> np.ndarray:
+    """[N, K] float32 preference rows from [N, K] or one [K] for all."""
+    prefs = np.asarray(prefs, dtype=np.float32)
+    return np.broadcast_to(prefs, (n, k)) if prefs.ndim == 1 else prefs
 
 
 class Engine:
@@ -152,11 +203,11 @@ class Engine:
 
     # --- the event loop's side ------------------------------------------------------------
 
-    def submit(self, pixels: torch.Tensor, prefs: torch.Tensor) -> Future[Logits]:
-        """Queue N images [N, C, S, S] (uint8) with their preferences [N, K], or one [K] for all;
-        raises Overloaded when full."""
-        with self.admission(pixels.shape[0]) as ticket:
-            return ticket.submit(pixels, prefs)
+    def submit(self, images: Sequence[Decoded], prefs, loop: Optional[asyncio.AbstractEventLoop] = None):
+        """Queue N images with their preferences [N, K], or one [K] for all; raises Overloaded when full.
+        The future of their logits is `loop`'s (to await there) when given, else a concurrent one."""
+        with self.admission(len(images)) as ticket:
+            return ticket.submit(images, prefs, loop)
 
     @contextmanager
     def admission(self, n: int) -> Iterator["Ticket"]:
@@ -185,19 +236,17 @@ class Engine:
         with self.admission(n):
             pass
 
-    def _enqueue(self, ticket: "Ticket", pixels: torch.Tensor, prefs: torch.Tensor) -> Future[Logits]:
-        n = pixels.shape[0]
+    def _enqueue(self, ticket: "Ticket", images: Sequence[Decoded], prefs, loop=None):
+        n = len(images)
         if ticket.submitted or n != ticket.places:
             raise ValueError(f"a ticket for {ticket.places} images submits them once, got {n}")
-        if pixels.dtype != torch.uint8:
-            raise TypeError(f"the engine takes 8-bit pixels, got {pixels.dtype}")
-        prefs = prefs.float().expand(n, self.tasks) if prefs.dim() == 1 else prefs.float()
-        request = _Request(n)
+        rows = preference_rows(prefs, n, self.tasks)
+        request = _Request(n, loop)
         with self._cond:
             if not self.ready:
                 raise NotReady("the model is not loaded yet (or shutting down)")
             now = time.monotonic()
-            self._queue.extend(_Item(pixels[i], prefs[i], request, i, now) for i in range(n))
+            self._queue.extend(_Item(images[i], rows[i], request, i, now) for i in range(n))
             self._held -= n
             ticket.submitted = True
             self._cond.notify()
@@ -236,9 +285,10 @@ class Engine:
                 torch.full((1, self.tasks), 1.0 / self.tasks)
             self.forward(torch.zeros(n, pre.channels, pre.image_size, pre.image_size, dtype=torch.uint8), prefs)
 
-    def forward(self, pixels: torch.Tensor, prefs: torch.Tensor, plan=...) -> Logits:
-        """The device path of one batch: pixels [N, C, S, S] uint8 and prefs [N, K] on the host ->
-        logits on the host. One copy to the device, normalised there; one copy of all tasks' logits back."""
+    def forward(self, pixels: torch.Tensor, prefs: torch.Tensor, plan=...) -> dict[str, torch.Tensor]:
+        """The device path of one batch: pixels [N, C, S, S] uint8 (on the host or the device) and
+        prefs [N, K] on the host -> logits on the host. Normalised on the device; one copy of all
+        tasks' logits back."""
         if plan is ...:
             plan = self.model.plan(prefs)
         images = self.preprocess.normalize(pixels.to(self.config.device, non_blocking=True))
@@ -247,16 +297,67 @@ class Engine:
         host = torch.cat(list(logits.values()), dim=1).cpu()
         return dict(zip(logits, host.split(sizes, dim=1)))
 
-    def _staged(self, pixels: list[torch.Tensor]) -> torch.Tensor:
-        """The batch's pixels in one host tensor; on CUDA in a pinned buffer kept for every batch, so
-        the copy to the device runs without a staging copy of its own. (The buffer is free again when
-        the batch's logits are back: the forward waits for them.)"""
+    def _staged(self, pixels: list[np.ndarray]) -> torch.Tensor:
+        """Host pixels of a batch in one host tensor; on CUDA in a pinned buffer kept for every batch,
+        so the copy to the device runs without a staging copy of its own. (The buffer is free again
+        when the batch's logits are back: the forward waits for them.)"""
+        tensors = [torch.from_numpy(p) for p in pixels]
         if self.config.device.type != "cuda":
-            return torch.stack(pixels)
-        shape = (self.config.max_batch, *pixels[0].shape)
+            return torch.stack(tensors)
+        shape = (self.config.max_batch, *tensors[0].shape)
         if self._staging is None or self._staging.shape != shape:
             self._staging = torch.empty(shape, dtype=torch.uint8).pin_memory()
-        return torch.stack(pixels, out=self._staging[:len(pixels)])
+        return torch.stack(tensors, out=self._staging[:len(tensors)])
+
+    def _decode_jpegs(self, items: list[_Item]) -> list[torch.Tensor | ServiceError]:
+        """The batch's JPEG files, decoded on the device together; a file the device refuses is
+        decoded alone, then on the host (Pillow, every hardening guarantee); one neither can decode
+        is an error for its request."""
+        files = [torch.from_numpy(np.frombuffer(it.image.jpeg, dtype=np.uint8).copy()) for it in items]
+        device = self.config.device
+        try:
+            return self.preprocess.decode_jpegs(files, device)
+        except Exception:  # noqa: BLE001  (one bad file fails the batch call: find it)
+            pass
+        out: list[torch.Tensor | ServiceError] = []
+        for it, file in zip(items, files):
+            try:
+                out.append(self.preprocess.decode_jpegs([file], device)[0])
+            except Exception:  # noqa: BLE001
+                try:
+                    pixels = decode_image(bytes(it.image.jpeg), self.preprocess, 1 << 62, it.image.name)
+                    out.append(torch.from_numpy(pixels).to(device))
+                except ServiceError as e:
+                    out.append(e)
+                except Exception as e:  # noqa: BLE001
+                    out.append(UnsupportedImage(f"{it.image.name}: not a decodable JPEG: {e}"))
+        return out
+
+    def _gather(self, items: list[_Item]) -> tuple[torch.Tensor, list[_Item]]:
+        """The batch's pixels [N, C, S, S] uint8 and its items, without those of requests an image
+        of which could not be decoded (they are failed)."""
+        jpegs = [it for it in items if it.image.jpeg is not None]
+        decoded = {}
+        if jpegs:
+            for it, out in zip(jpegs, self._decode_jpegs(jpegs)):
+                if isinstance(out, ServiceError):
+                    it.request.fail(out)
+                else:
+                    decoded[id(it)] = out
+        items = [it for it in items if not it.request.failed]
+        host = [it for it in items if it.image.pixels is not None]
+        if not decoded:
+            return (self._staged([it.image.pixels for it in host]) if host else torch.empty(0)), items
+        pre = self.preprocess
+        batch = torch.empty((len(items), pre.channels, pre.image_size, pre.image_size), dtype=torch.uint8,
+                            device=self.config.device)
+        if host:
+            rows = torch.tensor([i for i, it in enumerate(items) if it.image.pixels is not None], device=batch.device)
+            batch[rows] = self._staged([it.image.pixels for it in host]).to(batch.device, non_blocking=True)
+        rows = [i for i, it in enumerate(items) if id(it) in decoded]
+        if rows:
+            batch[torch.tensor(rows, device=batch.device)] = torch.stack([decoded[id(items[i])] for i in rows])
+        return batch, items
 
     def _next_batch(self) -> Optional[list[_Item]]:
         max_batch, max_wait = self.config.max_batch, self.config.max_wait_ms / 1000
@@ -265,24 +366,39 @@ class Engine:
                 if self._stopping:
                     return None
                 self._cond.wait()
-            # the window opens when the oldest image arrived: a busy worker does not wait again
+            # the window opens when the oldest image arrived: a busy worker does not wait again; images
+            # admitted and being decoded right now (`_held`) may extend it once more, to join this batch
             deadline = self._queue[0].enqueued + max_wait
+            extended = False
             while len(self._queue) < max_batch and not self._stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    break
+                    if extended or not self._held:
+                        break
+                    deadline, extended = time.monotonic() + max_wait, True
+                    continue
                 self._cond.wait(remaining)
             items = [self._queue.popleft() for _ in range(min(max_batch, len(self._queue)))]
-        return [it for it in items if not it.request.future.cancelled()]
+        return [it for it in items if not it.request.cancelled]
 
     def _process(self, items: list[_Item]) -> None:
+        try:
+            self._run_batch(items)
+        finally:
+            deliver_settled({id(it.request): it.request for it in items}.values())
+
+    def _run_batch(self, items: list[_Item]) -> None:
         if not items:
             return
         start = time.monotonic()
         for it in items:
             self.on_queue_wait(start - it.enqueued)
         try:
-            logits = self.forward(self._staged([it.pixels for it in items]), torch.stack([it.pref for it in items]))
+            pixels, items = self._gather(items)
+            if not items:
+                return
+            logits = self.forward(pixels, torch.from_numpy(np.stack([it.pref for it in items])))
+            logits = {t: v.numpy() for t, v in logits.items()}
         except Exception as e:  # fail this batch's requests; the engine keeps serving
             log.exception("forward pass failed for a batch of %d images", len(items))
             for request in {id(it.request): it.request for it in items}.values():

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .downloads import DownloadCache
     from .engine import Engine
     from .metrics import Metrics
+    from .runtime import FamilyView
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,11 @@ FAILURE_MEMORY_S = 10.0  # a failed load answers again for this long before the 
 Signature = Optional[tuple[int, int, int]]
 
 
-def signature(path: Path) -> Signature:
+def signature(path: Path | str) -> Signature:
     """What identifies the family directory's contents cheaply: its manifest's inode, mtime and size
     (families are immutable: a new manifest means the family was removed or replaced); None if gone."""
     try:
-        st = os.stat(path / MANIFEST)
+        st = os.stat(os.path.join(path, MANIFEST))
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size
@@ -58,6 +59,7 @@ class Served:
     family: "Family"
     engine: "Engine"
     downloads: "DownloadCache"
+    view: "Optional[FamilyView]" = None  # what routes see of it
     inflight: int = 0  # requests holding it (guarded by Families' lock)
     last_used: float = field(default_factory=time.monotonic)
     retired: bool = False  # unloaded while held: the last release stops its engine
@@ -68,7 +70,11 @@ class Served:
         return self.family.family_id
 
     def current(self) -> bool:
-        return signature(self.family.path) == self.signature
+        return signature(self.path) == self.signature
+
+    @property
+    def path(self) -> str:
+        return str(self.family.path)
 
 
 @dataclass

@@ -1,10 +1,17 @@
-"""Prometheus metrics, one CollectorRegistry per app (tests and several apps never collide)."""
+"""Prometheus metrics, one CollectorRegistry per app (tests and several apps never collide).
+
+When `pmerge serve` runs front-end processes, every process of the service (the fronts, the
+engine) writes its metrics into PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode,
+set before any metric exists) and any front's /metrics sums them all.
+"""
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the route)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -13,8 +20,13 @@ WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
 class Metrics:
     def __init__(self) -> None:
+        self.multiprocess = multiprocess_mode()
         r = self.registry = CollectorRegistry()
         self.requests = Counter("pmerge_http_requests", "HTTP requests by route, method and status",
                                 ["route", "method", "status"], registry=r)
@@ -27,7 +39,8 @@ class Metrics:
         self.batch_seconds = Histogram("pmerge_batch_duration_seconds", "Duration of one forward pass",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.images = Counter("pmerge_images_classified", "Images classified", registry=r)
-        self.queue_depth = Gauge("pmerge_queue_images", "Images waiting in the engine queue", registry=r)
+        self.queue_depth = Gauge("pmerge_queue_images", "Images waiting in the engine queue", registry=r,
+                                 multiprocess_mode="livesum")
         self.downloads = Counter("pmerge_downloads", "Checkpoint requests by cache result (hit, build)",
                                  ["result"], registry=r)
         self.family_events = Counter("pmerge_family_events", "Families loaded, failed to load, evicted (least "
@@ -42,11 +55,24 @@ class Metrics:
         self.batch_size.observe(images)
         self.batch_seconds.observe(seconds)
         self.images.inc(images)
+        self.sample_queue()
 
     def track_queue(self, depth: Callable[[], float]) -> None:
-        self.queue_depth.set_function(depth)
+        if self.multiprocess:  # read by another process: the engine process sets it as batches go
+            self.queue_source = depth
+        else:
+            self.queue_depth.set_function(depth)
+
+    def sample_queue(self) -> None:
+        source = getattr(self, "queue_source", None)
+        if source is not None:
+            self.queue_depth.set(source())
 
     def render(self) -> bytes:
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)
 
 

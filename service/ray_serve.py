@@ -48,12 +48,12 @@ class Replica:
 
     def __serve_build_asgi_app__(self):
         self.fastapi = create_app(self.settings)
-        self.fastapi.state.load_before_serving = True
+        self.fastapi.state.hooks.load_before_serving = True
 
         @serve.multiplexed(max_num_models_per_replica=self.settings.max_families)
         async def hold(family_id: str) -> str:  # the app calls it once the family is acquired: a known id
             return family_id
-        self.fastapi.state.on_named_family = hold
+        self.fastapi.state.hooks.on_named_family = hold
         return NameReplica(self.fastapi, self.replica)
 
     def check_health(self) -> None:

@@ -1,126 +1,246 @@
-"""What the routes use: the families (each with its engine and download cache), the decode pool.
+"""What the routes talk to: a `Runtime`, which holds families, classifies images and builds
+checkpoints. Two of them, one contract:
 
-Built by the app's lifespan; loading is blocking (hash checks, weights, warm-up) and runs in a
-thread so the event loop keeps answering /healthz and /readyz (503) meanwhile.
+- `LocalRuntime` (this module): the engines in this process, as `create_app(settings)` makes it
+  (the tests, Ray Serve's replicas, `--fronts 0`);
+- `RemoteRuntime` (service/remote.py): a front-end process of `pmerge serve`, which parses, checks
+  and decodes here and hands the decoded images to the engine process through shared memory.
+
+Decoding runs in a pool of `PMERGE_DECODE_THREADS` threads, never on the event loop; queue places
+are held before a body is decoded, so a request the queue cannot take is refused undecoded.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, AsyncIterator, Optional, Sequence
 
-import torch
+import numpy as np
 
-from models_store.family import Family
-from models_store.store import open_family
+from models_store.family import FamilyManifest
+from models_store.preference import Preference, parse_preference
 
-from .downloads import CachedFile, DownloadCache
-from .engine import Engine, EngineConfig, Logits
+from .downloads import CachedFile, cache_key
 from .errors import NotReady
-from .families import Families, Served, parse_family_ids
-from .images import decode_images
+from .families import parse_family_ids
+from .images import Decoded, decode_uploads
 from .metrics import Metrics
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from .families import Families, Served
+
 log = logging.getLogger(__name__)
 
+Logits = dict[str, np.ndarray]  # task -> [N, C_task] float32
 
-class Runtime:
+
+@dataclass(frozen=True)
+class FamilyView:
+    """What a route knows of a family it holds: the verified manifest and its digest."""
+    manifest: FamilyManifest
+    digest: str
+    device_jpeg: bool = False  # its engine decodes JPEG files on its device
+
+    @property
+    def family_id(self) -> str:
+        return self.manifest.family_id
+
+    @property
+    def tasks(self) -> list[str]:
+        return self.manifest.task_names
+
+    def preference(self, text: Optional[str]) -> Preference:
+        return parse_preference(text, self.tasks)
+
+    def etag(self, pref: Preference) -> str:
+        # the file is a pure function of its key (families are immutable), so the key is the ETag
+        return f'"{cache_key(self.family_id, self.digest, pref)}"'
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    family_id: Optional[str] = None
+    detail: Optional[str] = None
+
+
+class Runtime(ABC):
     def __init__(self, settings: Settings, metrics: Metrics):
-        self.settings = settings
-        self.metrics = metrics
-        allowed = parse_family_ids(settings.families)
-        self.families = Families(settings.store, allowed, settings.max_families, open=self._open, serve=self._served,
-                                 metrics=metrics)
-        self.error: Optional[str] = None  # why loading failed, for /readyz
+        self.settings, self.metrics = settings, metrics
         self._decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="pmerge-decode")
+
+    # --- lifecycle: the lifespan calls these ---------------------------------------------------
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load (or connect to what loads) the default family; raises when it cannot."""
+
+    def close(self) -> None:
+        self._decoder.shutdown(wait=False, cancel_futures=True)
+
+    @abstractmethod
+    async def readiness(self) -> Readiness:
+        ...
+
+    # --- what the routes use -----------------------------------------------------------------
+
+    @abstractmethod
+    def hold(self, family_id: Optional[str]) -> "AsyncIterator[FamilyView]":
+        """`async with runtime.hold(id) as family`: the family (None: the default), loaded on first use,
+        not evicted while held; UnknownFamily (404) or FamilyUnavailable (503) otherwise."""
+
+    @abstractmethod
+    async def admit(self, family: FamilyView, n: int) -> None:
+        """Overloaded (503) now, before a body is read, when the family's queue cannot take n images."""
+
+    @abstractmethod
+    async def classify(self, family: FamilyView, files: Sequence[tuple[str, bytes]], prefs: np.ndarray) -> Logits:
+        """Decode `files` and classify them, image i under prefs[i] ([N, K], or one [K] for all)."""
+
+    @abstractmethod
+    async def checkpoint(self, family: FamilyView, pref: Preference) -> CachedFile:
+        ...
+
+    @abstractmethod
+    async def list_families(self) -> list[dict]:
+        """Every family served: manifest summary, default, resident (newest first)."""
+
+    async def decode(self, family: FamilyView, files: Sequence[tuple[str, bytes]]) -> list[Decoded]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decoder, decode_uploads, files, family.manifest.preprocess,
+                                          self.settings.max_image_pixels, family.device_jpeg)
+
+
+def device_jpeg(settings: Settings, device) -> bool:
+    """PMERGE_DECODE: `device` decodes JPEGs on the engine's device, `host` never, `auto` on CUDA."""
+    return settings.decode == "device" or (settings.decode == "auto" and device.type == "cuda")
+
+
+class LocalRuntime(Runtime):
+    """The families and their engines in this process."""
+
+    def __init__(self, settings: Settings, metrics: Metrics):
+        from .families import Families
+        super().__init__(settings, metrics)
+        allowed = parse_family_ids(settings.families)
+        self.families: "Families" = Families(settings.store, allowed, settings.max_families, open=self._open,
+                                             serve=self._served, metrics=metrics)
+        self.error: Optional[str] = None  # why loading failed, for /readyz
         self._downloader = ThreadPoolExecutor(2, thread_name_prefix="pmerge-download")
 
-    # --- lifecycle (blocking; the lifespan runs these in a thread) -------------------------
+    # --- lifecycle (blocking parts in a thread) --------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await asyncio.to_thread(self.load)
+        except Exception as e:
+            self.error = f"{type(e).__name__}: {e}"
+            raise
 
     def load(self) -> None:
         """The default family: PMERGE_FAMILY, else the first of PMERGE_FAMILIES, else the newest."""
+        from models_store.store import open_family
         s = self.settings
         default = s.family or (self.families.allowed or [None])[0]
         served = self._served(open_family(s.store, default))  # verifies the sha256 of every file
         self.metrics.track_queue(self.families.queued)
         self.families.set_default(served)
 
-    def _open(self, family_id: str) -> Family:
+    def _open(self, family_id: str):
+        from models_store.store import open_family
         return open_family(self.settings.store, family_id)
 
-    def _served(self, family: Family) -> Served:
+    def _served(self, family) -> "Served":
+        from .downloads import DownloadCache
+        from .engine import Engine, EngineConfig
+        from .families import Served
         s = self.settings
         device = s.torch_device()
         config = EngineConfig(device=device, dtype=s.torch_dtype(device), max_batch=s.max_batch,
                               max_wait_ms=s.max_wait_ms, queue_size=s.queue_size,
-                              device_cache_bytes=s.device_cache_bytes, graphs=s.cuda_graphs)
+                              device_cache_bytes=s.device_cache_bytes, graphs=s.cuda_graphs,
+                              device_jpeg=device_jpeg(s, device))
         engine = Engine.from_family(family, config, on_batch=self.metrics.observe_batch,
                                     on_queue_wait=self.metrics.queue_wait.observe)
         engine.start()
         log.info("serving family %s (%s) on %s/%s", family.family_id, ", ".join(family.tasks), device, config.dtype)
-        return Served(family, engine, DownloadCache(s.downloads_dir, s.download_cache_bytes, family))
+        view = FamilyView(family.manifest, family.digest, config.device_jpeg)
+        return Served(family, engine, DownloadCache(s.downloads_dir, s.download_cache_bytes, family, device), view)
 
     def close(self) -> None:
         self.families.close()
-        self._decoder.shutdown(wait=False, cancel_futures=True)
         self._downloader.shutdown(wait=False, cancel_futures=True)
+        super().close()
 
-    # the default family's parts (the routes without a /families/{id} prefix)
-    @property
-    def family(self) -> Optional[Family]:
-        return None if self.families.default is None else self.families.default.family
+    async def readiness(self) -> Readiness:
+        default = self.families.default
+        if default is not None and default.engine.ready:
+            return Readiness(True, default.family_id)
+        if self.error:
+            return Readiness(False, None, f"model not ready: {self.error}")
+        if self.families.default_id is not None:
+            return Readiness(False, self.families.default_id,
+                             f"the default family {self.families.default_id!r} is not loaded: it was removed or "
+                             f"replaced in the store, and loads again on its next request")
+        return Readiness(False, None, "model is loading")
 
-    @property
-    def engine(self) -> Optional[Engine]:
-        return None if self.families.default is None else self.families.default.engine
+    # --- what the routes use -----------------------------------------------------------------
 
-    @property
-    def downloads(self) -> Optional[DownloadCache]:
-        return None if self.families.default is None else self.families.default.downloads
+    @asynccontextmanager
+    async def hold(self, family_id: Optional[str]) -> AsyncIterator[FamilyView]:
+        served = await self._acquire(family_id)
+        try:
+            yield served.view
+        finally:
+            self.families.release(served)
 
-    @property
-    def ready(self) -> bool:
-        return self.engine is not None and self.engine.ready
-
-    def require_ready(self) -> Family:
-        if not self.ready:
-            if self.error:
-                raise NotReady(f"model not ready: {self.error}", retry_after=5)
-            if self.families.default_id is not None and self.families.default is None:
-                raise NotReady(f"the default family {self.families.default_id!r} is not loaded: it was removed or "
-                               f"replaced in the store, and loads again on its next request", retry_after=5)
-            raise NotReady("model is loading", retry_after=5)
-        return self.family
-
-    # --- async helpers for routes: blocking work off the event loop -------------------------
-
-    async def acquire(self, family_id: Optional[str]) -> Served:
-        """The default family (None) or a named one, loaded on first use; `release` it afterwards.
-        A resident family is held right here; only a load takes a thread."""
+    async def _acquire(self, family_id: Optional[str]) -> "Served":
         if self.families.default_id is None:  # the default family is still loading (or failed to)
-            self.require_ready()
+            ready = await self.readiness()
+            raise NotReady(ready.detail or "model is loading", retry_after=5)
         family_id = family_id or self.families.default_id
-        served = self.families.try_acquire(family_id)
+        served = self.families.try_acquire(family_id)  # a resident family: no thread hop
         return served if served is not None else await asyncio.to_thread(self.families.acquire, family_id)
 
-    def release(self, served: Served) -> None:
-        self.families.release(served)
+    def _resident(self, family: FamilyView) -> "Served":
+        served = self.families.resident.get(family.family_id)
+        if served is None or served.view.digest != family.digest:
+            raise NotReady(f"family {family.family_id!r} was unloaded meanwhile; retry", retry_after=1)
+        return served
 
-    async def classify(self, served: Served, files: Sequence[tuple[str, bytes]], prefs: torch.Tensor) -> Logits:
-        """Decode (in the decode pool) and classify; queue places are held first, so a request the
-        queue cannot take is refused undecoded."""
-        pre = served.family.manifest.preprocess
-        loop = asyncio.get_running_loop()
-        with served.engine.admission(len(files)) as ticket:
-            pixels = await loop.run_in_executor(self._decoder, decode_images, files, pre,
-                                                self.settings.max_image_pixels)
-            future = ticket.submit(pixels, prefs)
-        return await asyncio.wrap_future(future)
+    async def admit(self, family: FamilyView, n: int) -> None:
+        self._resident(family).engine.require_room(n)
 
-    async def checkpoint(self, served: Served, pref) -> CachedFile:
+    async def classify(self, family: FamilyView, files: Sequence[tuple[str, bytes]], prefs: np.ndarray) -> Logits:
+        engine = self._resident(family).engine
+        with engine.admission(len(files)) as ticket:
+            images = await self.decode(family, files)
+            future = ticket.submit(images, prefs, asyncio.get_running_loop())
+        return await future
+
+    async def submit(self, family: FamilyView, images: Sequence[Decoded], prefs: np.ndarray) -> Logits:
+        """Classify images decoded elsewhere (a front-end process)."""
+        return await self._resident(family).engine.submit(images, prefs, asyncio.get_running_loop())
+
+    async def checkpoint(self, family: FamilyView, pref: Preference) -> CachedFile:
         loop = asyncio.get_running_loop()
-        cached = await loop.run_in_executor(self._downloader, served.downloads.get, pref)
+        cached = await loop.run_in_executor(self._downloader, self._resident(family).downloads.get, pref)
         self.metrics.downloads.labels("build" if cached.built else "hit").inc()
         return cached
+
+    async def list_families(self) -> list[dict]:
+        from models_store.store import list_families
+        if self.families.default_id is None:
+            ready = await self.readiness()
+            raise NotReady(ready.detail or "model is loading", retry_after=5)
+        known = self.families
+        manifests = await asyncio.to_thread(list_families, self.settings.store)
+        return [{"family_id": m.family_id, "method": m.method, "kind": m.kind, "created": m.created,
+                 "tasks": m.task_names, "default": m.family_id == known.default_id,
+                 "resident": m.family_id in known.resident}
+                for m in manifests if known.allows(m.family_id)]

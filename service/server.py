@@ -3,7 +3,7 @@
 uvicorn's settings cap idle keep-alive time, but not the time a client may take to send its
 headers or its body, nor the number of open connections (`limit_concurrency` answers 503 yet keeps
 every socket open). A client that never finishes its request would hold a socket, and so a file
-descriptor, forever. `BoundedH11Protocol` adds those bounds to uvicorn's own h11 protocol:
+descriptor, forever. `BoundedProtocol` adds those bounds to uvicorn's httptools protocol:
 
 - headers: a request's headers must be complete within `header_timeout_s` of its first byte
   (or of the connection, for the first request), else the connection gets a 408 and is closed;
@@ -18,9 +18,8 @@ import logging
 import socket
 from typing import Optional
 
-import h11
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .errors import json_body
 from .settings import Settings
@@ -35,7 +34,9 @@ def _raw_response(status: int, reason: str, error: str, detail: str, extra: str 
     return head.encode() + body
 
 
-class BoundedH11Protocol(H11Protocol):
+class BoundedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol (its C parser: a fraction of h11's cost per request), with
+    deadlines on a request's headers and body and a cap on open connections."""
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     max_connections: int = 512
@@ -51,36 +52,27 @@ class BoundedH11Protocol(H11Protocol):
                                           "retry-after: 1\r\n"))
             transport.close()
             return
-        self._arm("headers")
+        self._arm("headers")  # the first request's headers are owed from the start
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        self._follow_state()
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm("headers")  # a keep-alive connection started its next request
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._follow_state()
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+        self._arm("body")  # disarmed at once by a request without a body
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._disarm()
         super().connection_lost(exc)
 
-    def _follow_state(self) -> None:
-        """Run the deadline of the part of the request the client owes now, if any."""
-        state = self.conn.their_state
-        if state is h11.SEND_BODY:
-            self._arm("body")
-        elif state is h11.IDLE and self.conn.our_state is h11.IDLE and self._has_partial_request():
-            self._arm("headers")  # a keep-alive connection started its next request
-        elif state is not h11.IDLE:
-            self._disarm()
-
-    def _has_partial_request(self) -> bool:
-        # h11 keeps the bytes of an incomplete request line or header block in its buffer
-        return bool(getattr(self.conn, "trailing_data", (b"", False))[0])
-
     def _arm(self, phase: str) -> None:
-        if self._phase == phase or self.transport.is_closing():
+        if self._phase == phase or self.transport is None or self.transport.is_closing():
             return
         self._disarm()
         timeout = self.header_timeout_s if phase == "headers" else self.body_timeout_s
@@ -98,14 +90,14 @@ class BoundedH11Protocol(H11Protocol):
             return
         log.info("closed a connection from %s: its request %s took more than %.0f s", self.client, phase,
                  self.header_timeout_s if phase == "headers" else self.body_timeout_s)
-        if phase == "headers" and self.conn.our_state is h11.IDLE:
+        if phase == "headers" and (self.cycle is None or self.cycle.response_complete):
             self.transport.write(_raw_response(408, "Request Timeout", "request_timeout",
                                                f"request headers not complete within {self.header_timeout_s:g} s"))
         self.transport.close()  # connection_lost then tells a waiting app: http.disconnect
 
 
-def protocol_class(settings: Settings) -> type[BoundedH11Protocol]:
-    return type("BoundedH11Protocol", (BoundedH11Protocol,), {
+def protocol_class(settings: Settings) -> type[BoundedProtocol]:
+    return type("BoundedProtocol", (BoundedProtocol,), {
         "header_timeout_s": settings.header_timeout_s, "body_timeout_s": settings.body_timeout_s,
         "max_connections": settings.max_connections})
 

@@ -47,6 +47,15 @@ class Settings(BaseSettings):
                                                            "least recently used out, one always kept)")
     cuda_graphs: bool = Field(True, description="on CUDA, replay each forward from a CUDA graph captured per "
                                                 "batch size (one launch instead of hundreds)")
+    fronts: Optional[int] = Field(None, ge=0, description="HTTP front-end processes that parse, check and decode "
+                                                          "for the one engine process (unset: one per core but one, "
+                                                          "at most 8; 0: one process does all)")
+    shared_memory_bytes: int = Field(256 * MiB, ge=MiB, description="shared memory of the decoded images in flight "
+                                                                     "from the front ends to the engine, all fronts "
+                                                                     "together")
+    decode: Literal["auto", "host", "device"] = Field("auto", description="where JPEG images are decoded: auto "
+                                                       "(on the device on CUDA), host (always on the CPU), device "
+                                                       "(on the engine's device, the CPU too)")
     max_files: int = Field(64, ge=1)
     max_upload_bytes: int = Field(20 * MiB, ge=1)
     max_inflight_bytes: int = Field(256 * MiB, ge=1)
@@ -74,6 +83,12 @@ class Settings(BaseSettings):
         from .families import parse_family_ids
         parse_family_ids(v)  # the error names the bad id
         return v
+
+    def front_count(self) -> int:
+        """How many front-end processes `pmerge serve` starts (0: none, the one process serves)."""
+        if self.fronts is not None:
+            return self.fronts
+        return max(1, min(8, (os.cpu_count() or 2) - 1))
 
     @property
     def downloads_dir(self) -> Path:

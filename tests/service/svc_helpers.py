@@ -155,7 +155,7 @@ def make_feature_map_family(store: Path, family_id: str = FEATURE_MAP_ID, seed: 
 
 def downloaded_probs(url: str, pref: str, pixels: torch.Tensor, family) -> dict[str, torch.Tensor]:
     """Plain open_clip on the checkpoint downloaded for `pref`, on decoded pixels (normalised here)."""
-    if pixels.dtype == torch.uint8:
+    if isinstance(pixels, np.ndarray) or pixels.dtype == torch.uint8:
         pixels = family.manifest.preprocess.normalize(pixels)
     r = httpx.get(f"{url}/models/{pref}", timeout=30)
     assert r.status_code == 200, r.text

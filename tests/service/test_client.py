@@ -70,14 +70,14 @@ def test_fetch_streams_the_served_checkpoint_and_checks_its_length(server, tmp_p
 def test_a_503_is_retried_after_retry_after_and_a_bounded_number_of_times(server, images, monkeypatch):
     url, app = server
     runtime = app.state.runtime
-    real, refusals = runtime.acquire, []
+    real, refusals = runtime.admit, []
 
-    async def not_yet(family_id):
+    async def not_yet(family, n):
         if len(refusals) < 2:
             refusals.append(1)
             raise NotReady("model is loading", retry_after=3)
-        return await real(family_id)
-    monkeypatch.setattr(runtime, "acquire", not_yet)
+        return await real(family, n)
+    monkeypatch.setattr(runtime, "admit", not_yet)
     waits = []
     with Client(url, KEY, sleep=waits.append) as client:
         assert client.classify(images[:1])["family_id"] == FAMILY_ID

@@ -7,6 +7,7 @@ import torch
 from models_store.preference import from_weights
 from models_store.tower import head_logits, load_tower
 from service.engine import Engine, EngineConfig
+from service.images import Decoded
 from service.errors import NotReady, Overloaded, PayloadTooLarge
 from models_store.kinds.lowrank import LowRankServable
 
@@ -19,8 +20,13 @@ def make_engine(family, **config) -> tuple[Engine, list[int]]:
 
 
 def pixels(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
-    """n random 8-bit images, as the front end decodes them."""
+    """n random 8-bit images [n, 3, size, size]."""
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def decoded(images: torch.Tensor) -> list[Decoded]:
+    """The images as a front end hands them to the engine."""
+    return [Decoded(pixels=x.numpy()) for x in images]
 
 
 class GatedModel:
@@ -47,8 +53,7 @@ def test_requests_with_different_preferences_share_one_batch(family):
         sizes.clear()  # drop the warm-up
         images = pixels(5)
         prefs = [from_weights(w, family.tasks) for w in ([1, 0, 0], [0, 1, 0], [0.2, 0.3, 0.5])]
-        futures = [engine.submit(images[0:2], prefs[0].tensor()), engine.submit(images[2:4], prefs[1].tensor()),
-                   engine.submit(images[4:5], prefs[2].tensor())]
+        futures = [engine.submit(decoded(images[a:b]), p.tensor()) for (a, b), p in zip(((0, 2), (2, 4), (4, 5)), prefs)]
         results = [f.result(10) for f in futures]
     finally:
         engine.stop()
@@ -61,7 +66,7 @@ def test_requests_with_different_preferences_share_one_batch(family):
         for t, h in family.heads.items():
             ref = head_logits(feats, h.weight, h.bias)
             assert got[t].shape[0] == imgs.shape[0]
-            assert (got[t] - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max())  # float32, relative
+            assert (torch.from_numpy(got[t]) - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max())  # relative
 
 
 def test_full_queue_raises_overloaded_with_retry_after(family):
@@ -75,33 +80,33 @@ def test_full_queue_raises_overloaded_with_retry_after(family):
     gated.entered.clear()
     pref = torch.full((3,), 1 / 3)
     try:
-        first = engine.submit(pixels(2), pref)  # taken by the worker, which then blocks
+        first = engine.submit(decoded(pixels(2)), pref)  # taken by the worker, which then blocks
         assert gated.entered.wait(5)
-        queued = engine.submit(pixels(4), pref)  # fills the queue (4 images)
+        queued = engine.submit(decoded(pixels(4)), pref)  # fills the queue (4 images)
         with pytest.raises(Overloaded, match="queue full") as info:
-            engine.submit(pixels(1), pref)
+            engine.submit(decoded(pixels(1)), pref)
         assert info.value.status == 503 and int(info.value.headers["Retry-After"]) >= 1
         with pytest.raises(PayloadTooLarge, match="at most 4"):
-            engine.submit(pixels(5), pref)
+            engine.submit(decoded(pixels(5)), pref)
         gated.gate.set()
         assert first.result(10)["digits"].shape == (2, 5)
         assert queued.result(10)["letters"].shape == (4, 4)
         # the queue drained: the engine accepts work again
-        assert engine.submit(pixels(1), pref).result(10)["fashion"].shape == (1, 3)
+        assert engine.submit(decoded(pixels(1)), pref).result(10)["fashion"].shape == (1, 3)
     finally:
         gated.gate.set()
         engine.stop()
     with pytest.raises(NotReady):
-        engine.submit(pixels(1), pref)
+        engine.submit(decoded(pixels(1)), pref)
 
 
 def test_a_failing_batch_fails_its_requests_and_the_engine_keeps_serving(family):
     engine, _ = make_engine(family, max_batch=4, max_wait_ms=0)
     try:
-        bad = engine.submit(pixels(1, size=8), torch.full((3,), 1 / 3))  # wrong image size
+        bad = engine.submit(decoded(pixels(1, size=8)), torch.full((3,), 1 / 3))  # wrong image size
         with pytest.raises(Exception):
             bad.result(10)
-        good = engine.submit(pixels(1), torch.full((3,), 1 / 3))
+        good = engine.submit(decoded(pixels(1)), torch.full((3,), 1 / 3))
         assert good.result(10)["digits"].shape == (1, 5)
     finally:
         engine.stop()

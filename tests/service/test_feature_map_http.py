@@ -32,8 +32,8 @@ def server(tmp_path_factory):
 
 def test_mixed_preferences_answer_as_their_downloaded_checkpoints(server):
     url, app = server
-    family = app.state.runtime.family
-    model = app.state.runtime.engine.model
+    family = app.state.runtime.families.default.family
+    model = app.state.runtime.families.default.engine.model
     images = [png_bytes(300 + i) for i in range(10)]
     jobs = [(images[i], PREFS[i % len(PREFS)]) for i in range(10)]
     expected = []

@@ -143,7 +143,7 @@ def test_16_bit_grayscale_is_scaled_not_clipped(fmt):
     data = encoded(wide, fmt)
     assert Image.open(io.BytesIO(data)).mode in ("I;16", "I")
     expected = decode_image(encoded(Image.fromarray(original)), PLAIN, MAX_PIXELS)
-    assert torch.equal(decode_image(data, PLAIN, MAX_PIXELS), expected)
+    assert np.array_equal(decode_image(data, PLAIN, MAX_PIXELS), expected)
 
 
 def test_float_tiff_is_scaled_from_0_1():
@@ -151,7 +151,7 @@ def test_float_tiff_is_scaled_from_0_1():
     data = encoded(Image.fromarray(original.astype(np.float32) / 255), "TIFF")
     assert Image.open(io.BytesIO(data)).mode == "F"
     expected = decode_image(encoded(Image.fromarray(original)), PLAIN, MAX_PIXELS)
-    assert torch.equal(decode_image(data, PLAIN, MAX_PIXELS), expected)
+    assert np.array_equal(decode_image(data, PLAIN, MAX_PIXELS), expected)
 
 
 def test_exif_orientation_is_applied():
@@ -164,9 +164,9 @@ def test_exif_orientation_is_applied():
         # what a viewer shows: the decoded pixels, turned as the tag says
         shown = Image.open(io.BytesIO(data)).convert("RGB").transpose(Image.Transpose.ROTATE_270)
         assert shown.size == upright.size
-        assert torch.equal(decode_image(data, PLAIN, MAX_PIXELS), decode_image(encoded(shown), PLAIN, MAX_PIXELS)), fmt
+        assert np.array_equal(decode_image(data, PLAIN, MAX_PIXELS), decode_image(encoded(shown), PLAIN, MAX_PIXELS)), fmt
         sideways = decode_image(encoded(Image.open(io.BytesIO(data)).convert("RGB")), PLAIN, MAX_PIXELS)
-        assert not torch.equal(decode_image(data, PLAIN, MAX_PIXELS), sideways)
+        assert not np.array_equal(decode_image(data, PLAIN, MAX_PIXELS), sideways)
 
 
 def test_16_bit_and_rotated_images_over_http_answer_as_their_originals(settings):
@@ -270,13 +270,13 @@ def test_bytes_in_flight_are_bounded_before_reading(settings):
 def test_requests_the_queue_cannot_take_are_not_decoded(settings, monkeypatch):
     """During an overload burst every request was decoded before being refused."""
     decoded = []
-    real = runtime_module.decode_images
+    real = runtime_module.decode_uploads
 
     def counting(files, *args):
         decoded.append(len(files))
         return real(files, *args)
 
-    monkeypatch.setattr(runtime_module, "decode_images", counting)
+    monkeypatch.setattr(runtime_module, "decode_uploads", counting)
     tight = settings.model_copy(update={"queue_size": 2, "max_batch": 1, "max_wait_ms": 0})
     with running_server(create_app(tight)) as url:
         decoded.clear()  # the warm-up decodes nothing, but be exact
@@ -420,5 +420,5 @@ def test_error_bodies_are_uniform_and_name_the_problem(settings):
     app = create_app(settings)
     zoo_path = "/srv/secret/zoos/demo-zoo"
     with running_server(app) as url:
-        app.state.runtime.family.manifest.zoo = zoo_path
+        app.state.runtime.families.default.family.manifest.zoo = zoo_path
         assert httpx.get(url + "/family").json()["zoo"] == "demo-zoo"

@@ -315,11 +315,11 @@ def test_download_etag_head_304_and_cache_hit(server, family):
     assert head.status_code == 200 and head.content == b""
     etag, length = head.headers["etag"], int(head.headers["content-length"])
     assert etag.startswith('"') and length > 0 and head.headers["x-pmerge-preference"] == canonical
-    builds = app.state.runtime.downloads.builds
+    builds = app.state.runtime.families.default.downloads.builds
     r = httpx.get(f"{url}/models/0.333333333,0,0.6666666667")  # the same canonical preference
     assert r.status_code == 200 and r.headers["etag"] == etag and len(r.content) == length
     assert int(r.headers["content-length"]) == length
-    assert app.state.runtime.downloads.builds == builds, "second download rebuilt the checkpoint"
+    assert app.state.runtime.families.default.downloads.builds == builds, "second download rebuilt the checkpoint"
     r304 = httpx.get(f"{url}/models/{pref}", headers={"If-None-Match": f'"other", {etag}'})
     assert r304.status_code == 304 and r304.headers["etag"] == etag and r304.content == b""
     other = httpx.get(f"{url}/models/1,0,0", headers={"If-None-Match": etag})
@@ -330,7 +330,7 @@ def test_download_etag_head_304_and_cache_hit(server, family):
 
 def test_download_concurrent_same_preference_builds_once(server):
     url, app = server
-    cache = app.state.runtime.downloads
+    cache = app.state.runtime.families.default.downloads
     before = cache.builds
 
     async def run():

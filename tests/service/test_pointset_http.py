@@ -46,14 +46,14 @@ def classify_all(url: str, jobs: list[tuple[bytes, str]]) -> list[httpx.Response
 def test_mixed_batches_over_members_equal_downloaded_checkpoints_cold_and_warm(server):
     url, app = server
     runtime = app.state.runtime
-    family, model = runtime.family, runtime.engine.model
+    family, model = runtime.families.default.family, runtime.families.default.engine.model
     images = [png_bytes(200 + i) for i in range(10)]
     jobs = [(images[i], PREFS[i % len(PREFS)]) for i in range(10)]
     picked = {int(model.members.pick(parse_preference(p, family.tasks).tensor()[None])[0]) for _, p in jobs}
     assert picked == {0, 1, 2, 3, 4}
     expected = [downloaded_probs(url, p, decode_image(img, family.manifest.preprocess, 10**6), family)
                 for img, p in jobs]
-    batches = runtime.engine.batches
+    batches = runtime.families.default.engine.batches
     threads = set()
     materialise = model.members.tensor
     model.members.tensor = lambda *a: (threads.add(threading.current_thread().name), materialise(*a))[1]
@@ -67,7 +67,7 @@ def test_mixed_batches_over_members_equal_downloaded_checkpoints_cold_and_warm(s
                     assert abs(label["probability"] - probs[task][label["index"]].item()) <= 1e-4, (round, task)
         assert model.materialized > misses  # five members through two places: some were materialised
         assert len(model.towers) == 2
-    assert runtime.engine.batches - batches < 2 * len(jobs), "requests were not batched together"
+    assert runtime.families.default.engine.batches - batches < 2 * len(jobs), "requests were not batched together"
     assert threads == {"pmerge-engine"}  # misses are materialised by the worker, never on the event loop
     # warm: one member over and over is materialised once
     misses = model.materialized

@@ -172,13 +172,13 @@ def test_a_full_disk_evicts_the_cache_then_says_507_and_keeps_no_partial_file(tm
     capacity = [int(1.5 * one)]  # a disk with room for one checkpoint
     real_write = downloads.write_checkpoint
 
-    def write_on_a_small_disk(path, family, pref):
+    def write_on_a_small_disk(path, family, pref, device):
         used = sum(p.stat().st_size for p in cache.iterdir() if p.is_file())
         if used + one > capacity[0]:
             with atomic_file(path) as tmp:  # the disk fills part-way through the file
                 tmp.write_bytes(b"part of a checkpoint")
                 raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(path, family, pref)
+        return real_write(path, family, pref, device)
     monkeypatch.setattr(downloads, "write_checkpoint", write_on_a_small_disk)
     with running_server(create_app(settings(store, tmp_path))) as url:
         first = httpx.get(f"{url}/models/{PREF}")

@@ -1,0 +1,31 @@
+"""A front-end process of `pmerge serve` (service/processes.py starts them): the HTTP app on the
+shared listening socket, over the engine process.
+
+    python -m service.front SETTINGS_JSON SOCKET_FD ENGINE_SOCKET ARENA_BYTES LOG_LEVEL
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> None:
+    settings_file, fd, engine, arena, log_level = argv
+    import uvicorn
+
+    from .app import create_app
+    from .remote import RemoteRuntime
+    from .server import uvicorn_config
+    from .settings import Settings
+
+    settings = Settings.model_validate_json(Path(settings_file).read_text())
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings, runtime=lambda s, m: RemoteRuntime(s, m, engine, int(arena)))
+    server = uvicorn.Server(uvicorn_config(app, settings, log_level=log_level))
+    server.run(sockets=[socket.socket(fileno=int(fd))])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

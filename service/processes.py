@@ -1,0 +1,145 @@
+"""`pmerge serve` with front-end processes: this process becomes the engine process, which owns the
+device, the families and their batching engines; F front-end processes (service/front.py) accept
+HTTP on one shared listening socket, parse, check and decode, and hand decoded images to it through
+shared memory (vLLM's split of API server and engine core: one Python process cannot feed a GPU).
+Every request still joins the same mixed-preference batches, in the one engine.
+
+Bounds that were per process stay totals: each front gets its share of PMERGE_MAX_CONNECTIONS,
+PMERGE_MAX_INFLIGHT_BYTES and PMERGE_SHARED_MEMORY_BYTES. A front that dies is started again (at
+most RESTARTS a minute, then the service stops); SIGTERM and SIGINT stop the fronts, then the engine.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+RESTARTS = 5  # front ends started again within a minute before the service gives up
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def front_settings(settings: Settings, fronts: int) -> dict:
+    """What each front end runs with: its share of the totals, and the key in the clear (a private file)."""
+    share = lambda total: max(1, -(-total // fronts))  # noqa: E731
+    data = settings.model_dump(mode="json") | {
+        "max_connections": share(settings.max_connections), "max_inflight_bytes": share(settings.max_inflight_bytes),
+        "fronts": fronts}
+    data["api_key"] = settings.api_key.get_secret_value() if settings.api_key else None
+    return data
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, fronts: int, log_level: str):
+        self.settings, self.fronts, self.log_level = settings, fronts, log_level
+        self.workdir = Path(tempfile.mkdtemp(prefix="pmerge-serve-"))
+        os.chmod(self.workdir, 0o700)
+        self.engine_path = str(self.workdir / "engine.sock")
+        self.settings_file = self.workdir / "front.json"
+        self.settings_file.write_text(json.dumps(front_settings(settings, fronts)))
+        self.socket = listening_socket(settings.host, settings.port)
+        self.procs: list[Optional[subprocess.Popen]] = [None] * fronts
+        self.restarts: list[float] = []
+        self.failure: Optional[str] = None
+
+    def spawn(self, i: int) -> None:
+        from .remote import arena_bytes
+        fd = self.socket.fileno()
+        self.procs[i] = subprocess.Popen(
+            [sys.executable, "-m", "service.front", str(self.settings_file), str(fd), self.engine_path,
+             str(arena_bytes(self.settings, self.fronts)), self.log_level], pass_fds=(fd,))
+
+    async def run(self) -> Optional[str]:
+        """Serve until a signal (None) or a failure (its reason)."""
+        from .engine_server import EngineServer
+        from .metrics import Metrics
+        from .runtime import LocalRuntime
+
+        runtime = LocalRuntime(self.settings, Metrics())
+        server = EngineServer(runtime, self.engine_path)
+        await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        for i in range(self.fronts):
+            self.spawn(i)
+        loading = asyncio.create_task(runtime.start())
+        try:
+            while not stop.is_set():
+                if loading.done() and loading.exception() is not None:
+                    self.failure = f"could not load the family: {runtime.error}"
+                    break
+                self._watch()
+                if self.failure:
+                    break
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self._stop_fronts()
+            loading.cancel()
+            await server.close()
+            runtime.close()
+            self.socket.close()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return self.failure
+
+    def _watch(self) -> None:
+        from prometheus_client import multiprocess
+        for i, proc in enumerate(self.procs):
+            if proc is None or proc.poll() is None:
+                continue
+            log.warning("front end %d (pid %d) exited with %s; starting it again", i, proc.pid, proc.returncode)
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                multiprocess.mark_process_dead(proc.pid)
+            now = time.monotonic()
+            self.restarts = [t for t in self.restarts if now - t < 60] + [now]
+            if len(self.restarts) > RESTARTS:
+                self.failure = f"front ends exited {len(self.restarts)} times within a minute"
+                return
+            self.spawn(i)
+
+    def _stop_fronts(self) -> None:
+        live = [p for p in self.procs if p is not None and p.poll() is None]
+        for p in live:
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 35
+        for p in live:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def serve_with_fronts(settings: Settings, fronts: int, log_level: str) -> Optional[str]:
+    """Run the engine process and its front ends; the reason of a failure, or None after a signal."""
+    metrics_dir = tempfile.mkdtemp(prefix="pmerge-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any metric exists, here and in the fronts
+    try:
+        return asyncio.run(Supervisor(settings, fronts, log_level).run())
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

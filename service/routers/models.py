@@ -1,0 +1,50 @@
+"""GET|HEAD /models/{pref} (and under /families/{family_id}/): a preference's merged checkpoint."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import Response, StreamingResponse
+
+from ..dependencies import RuntimeDep
+from ..runtime import FamilyView
+from . import ERRORS, Naming
+from .classify import PREFERENCE_SCHEMA
+
+DOWNLOAD_RESPONSES = {200: {"content": {"application/octet-stream": {}}, "description": "safetensors checkpoint"},
+                      304: {"description": "not modified (If-None-Match)"}, **ERRORS}
+
+
+def etag_matches(header: Optional[str], etag: str) -> bool:
+    if not header:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+def add_routes(routes: APIRouter, naming: Naming) -> None:
+    """This resource's routes for one naming of the family, added to `routes` (one router for all of them:
+    every included router is one more step of each request's route matching)."""
+    tags = ["models"]
+    held = Depends(naming.family)
+
+    @routes.head(naming.prefix + "/models/{pref:path}", tags=tags, response_class=Response, responses=DOWNLOAD_RESPONSES,
+                 operation_id=naming.op("model_headers"), summary="Headers of the merged checkpoint (size, ETag)")
+    @routes.get(naming.prefix + "/models/{pref:path}", tags=tags, response_class=Response, responses=DOWNLOAD_RESPONSES,
+                operation_id=naming.op("download_model"))
+    async def download(pref: Annotated[str, Path(json_schema_extra=PREFERENCE_SCHEMA)], request: Request,
+                       runtime: RuntimeDep, family: FamilyView = held) -> Response:
+        """The merged checkpoint theta(pref): `visual.*` tower weights, `heads.*`, metadata."""
+        preference = family.preference(pref)
+        etag = family.etag(preference)
+        if etag_matches(request.headers.get("if-none-match"), etag):  # content is a pure function of the key
+            return Response(status_code=304, headers={"ETag": etag})
+        cached = await runtime.checkpoint(family, preference)
+        headers = {"ETag": cached.etag, "Content-Length": str(cached.size),
+                   "Content-Disposition": f'attachment; filename="{cached.filename}"',
+                   "X-Pmerge-Preference": preference.canonical}
+        if request.method == "HEAD":
+            cached.close()
+            return Response(headers=headers, media_type="application/octet-stream")
+        return StreamingResponse(cached.chunks(), headers=headers, media_type="application/octet-stream")
+
