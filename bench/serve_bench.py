@@ -332,6 +332,11 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     elif args.graphs and device.type != "cuda":
         raise SystemExit("--graphs: CUDA graphs need a CUDA device")
     dtype = getattr(torch, DTYPES[args.dtype])
+    if device.type == "cuda" and dtype == torch.float32:
+        # fp32 is the correctness check: TF32 (cuDNN's default for the patch convolution) would round
+        # every input to 10 bits of mantissa and measure that instead of the merge
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     plan = {a: batch_sizes.get(a, batch_sizes["*"]) for a in archs}
 

@@ -1,6 +1,7 @@
 """Image preprocessing shared by trainer and service: one definition of what a model sees."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -72,24 +73,21 @@ class Preprocess(BaseModel):
         return rw * rh <= MAX_RESIZED * self.image_size ** 2
 
     def decode_jpegs(self, files: "list[torch.Tensor]", device: "torch.device") -> "list[torch.Tensor]":
-        """JPEG files (1-D uint8 tensors on the host) -> their 8-bit pixels [C, S, S] on `device`: decoded
-        there (nvjpeg on CUDA, libjpeg-turbo on the CPU), resized (bicubic, antialiased, as Pillow)
-        and cropped there. For images `fits_resize` accepts, upright (EXIF orientation 1) and of mode L
-        or RGB; within a few levels of `pixels` (docs/serving.md). Raises on a file it cannot decode."""
-        import torch
-        import torch.nn.functional as F
+        """JPEG files (1-D uint8 tensors on the host) -> their 8-bit pixels [C, S, S] on `device`:
+        decoded there (nvjpeg on CUDA, libjpeg-turbo on the CPU), then converted, resized and
+        cropped there as `pixels` does on the host (`pillow_resize`). For images `fits_resize`
+        accepts, upright (EXIF orientation 1) and of mode L or RGB. Raises on a file it cannot decode."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        mode = ImageReadMode.RGB if self.channels == 3 else ImageReadMode.GRAY
-        decoded = decode_jpeg(files, mode=mode, device=device)
+        decoded = decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
         s, out = self.image_size, []
         for image in decoded:
+            if self.channels == 1:
+                image = pillow_luma(image)
             h, w = image.shape[-2:]
             rw, rh = self.resized_size(w, h)
             left, top = int(round((rw - s) / 2.0)), int(round((rh - s) / 2.0))
-            resized = F.interpolate(image[None].float(), size=(rh, rw), mode="bicubic", antialias=True,
-                                    align_corners=False)[0]
-            out.append(resized[:, top:top + s, left:left + s].round().clamp(0, 255).to(torch.uint8))
+            out.append(pillow_resize(image, (rh, rw), (top, left, s)))
         return out
 
     @property
@@ -107,6 +105,81 @@ class Preprocess(BaseModel):
         mean = torch.tensor(self.mean[: self.channels], dtype=x.dtype, device=x.device).view(-1, 1, 1)
         std = torch.tensor(self.std[: self.channels], dtype=x.dtype, device=x.device).view(-1, 1, 1)
         return (x - mean) / std
+
+
+# --- Pillow's conversions on a device ------------------------------------------------------------
+# The device path's pixels must be the host path's: the same integer arithmetic as Pillow's C code
+# (Convert.c's luma, Resample.c's antialiased bicubic with a = -0.5 in 22-bit fixed point, each
+# pass rounded to 8 bits), not torch's bicubic (a = -0.75). Pillow 13 runs the vertical pass first
+# for some shapes (its rule is not documented); there the two differ by a level at most on photos.
+PRECISION_BITS = 32 - 8 - 2
+
+
+def pillow_luma(image: "torch.Tensor") -> "torch.Tensor":
+    """[3, H, W] uint8 RGB -> [1, H, W] uint8 L, as Pillow's convert("L")."""
+    import torch
+    rgb = image.to(torch.int64)
+    return ((rgb[0] * 19595 + rgb[1] * 38470 + rgb[2] * 7471 + 0x8000) >> 16).to(image.dtype)[None]
+
+
+def _bicubic(x: np.ndarray) -> np.ndarray:
+    a, x = -0.5, np.abs(x)
+    return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                    np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+
+@functools.lru_cache(maxsize=512)
+def bicubic_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's resampling of a line of `in_size` pixels to `out_size`: per output pixel, the input
+    indices [out, taps] and their fixed-point integer coefficients [out, taps] (0 where unused)."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale
+    taps = int(math.ceil(support)) * 2 + 1
+    index = np.zeros((out_size, taps), dtype=np.int64)
+    weight = np.zeros((out_size, taps), dtype=np.float64)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        k = _bicubic((np.arange(lo, hi) - center + 0.5) / filterscale)
+        if k.sum() != 0:
+            k = k / k.sum()
+        fixed = k * (1 << PRECISION_BITS)
+        index[xx, :hi - lo] = np.arange(lo, hi)
+        weight[xx, :hi - lo] = np.trunc(np.where(k < 0, fixed - 0.5, fixed + 0.5))  # C's (int) cast
+    return index, weight
+
+
+def _resample(x: "torch.Tensor", taps: tuple[np.ndarray, np.ndarray], dim: int) -> "torch.Tensor":
+    """One pass along `dim` (-1 or -2) of a float64 integer-valued image, rounded and clipped to 8 bits."""
+    import torch
+    index, weight = (torch.from_numpy(t).to(x.device) for t in taps)
+    if dim == -2:
+        return _resample(x.transpose(-1, -2), taps, -1).transpose(-1, -2)
+    gathered = x[..., index]  # [C, H, out, taps]
+    acc = (gathered * weight).sum(-1) + (1 << (PRECISION_BITS - 1))  # exact: integers below 2^53
+    return torch.floor(acc / (1 << PRECISION_BITS)).clamp_(0, 255)
+
+
+def pillow_resize(image: "torch.Tensor", size: tuple[int, int], crop: tuple[int, int, int]) -> "torch.Tensor":
+    """[C, H, W] uint8 -> Pillow's `resize((w, h), BICUBIC)` then the S x S crop at (top, left), on the
+    image's device; only the crop's rows and columns are computed."""
+    import torch
+    (h, w), (rh, rw) = image.shape[-2:], size
+    top, left, s = crop
+    x = image.to(torch.float64)
+    if rw != w:
+        index, weight = bicubic_taps(w, rw)
+        x = _resample(x, (index[left:left + s], weight[left:left + s]), -1)
+    else:
+        x = x[..., left:left + s]
+    if rh != h:
+        index, weight = bicubic_taps(h, rh)
+        x = _resample(x, (index[top:top + s], weight[top:top + s]), -2)
+    else:
+        x = x[..., top:top + s, :]
+    return x.to(torch.uint8)
 
 
 # Modes with more than 8 bits per channel, and the value that maps to 255. Pillow's own

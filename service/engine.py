@@ -146,16 +146,16 @@ def preference_rows(prefs, n: int, k: int) -> np.ndarray:
 
 class Engine:
     def __init__(self, model: Servable, config: EngineConfig, *, tasks: int, preprocess: Preprocess,
-                 on_batch: Optional[Callable[[int, float], None]] = None,
+                 on_batch: Optional[Callable[[int, float, float], None]] = None,
                  on_queue_wait: Optional[Callable[[float], None]] = None):
         """`model.logits(images [N, C, S, S], prefs [N, tasks])` serves a batch of images that
-        `preprocess` normalises; `on_batch(images, seconds)` after every forward pass;
+        `preprocess` normalises; `on_batch(images, seconds, cpu_seconds)` after every forward pass;
         `on_queue_wait(seconds)` per image."""
         self.model = model
         self.tasks = tasks
         self.preprocess = preprocess
         self.config = config
-        self.on_batch = on_batch or (lambda n, s: None)
+        self.on_batch = on_batch or (lambda n, s, c: None)
         self.on_queue_wait = on_queue_wait or (lambda s: None)
         self._queue: deque[_Item] = deque()
         self._held = 0  # queue places admitted but not yet submitted
@@ -390,7 +390,7 @@ class Engine:
     def _run_batch(self, items: list[_Item]) -> None:
         if not items:
             return
-        start = time.monotonic()
+        start, cpu = time.monotonic(), time.thread_time()
         for it in items:
             self.on_queue_wait(start - it.enqueued)
         try:
@@ -409,4 +409,4 @@ class Engine:
         seconds = time.monotonic() - start
         self._batch_seconds = 0.9 * self._batch_seconds + 0.1 * seconds
         self.batches += 1
-        self.on_batch(len(items), seconds)
+        self.on_batch(len(items), seconds, time.thread_time() - cpu)

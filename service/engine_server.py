@@ -11,6 +11,7 @@ at a time; a front end keeps a few open.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Optional
 
@@ -32,6 +33,7 @@ class EngineServer:
     def __init__(self, runtime: LocalRuntime, path: str):
         self.runtime, self.path = runtime, path
         self.arenas: dict[str, object] = {}  # name -> SharedMemory, attached once
+        self.users: dict[str, int] = {}  # name -> connections that sent images from it
         self.server: Optional[asyncio.AbstractServer] = None
 
     async def start(self) -> None:
@@ -40,16 +42,34 @@ class EngineServer:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
-        for shm in self.arenas.values():
+        for name in list(self.arenas):
+            self._detach(name)
+
+    def _detach(self, name: str) -> None:
+        """Unmap a front end's arena once no connection uses it (a front that exited or was restarted)."""
+        self.users.pop(name, None)
+        shm = self.arenas.pop(name, None)
+        if shm is None:
+            return
+        gc.collect()  # views of a request that failed may sit in a traceback's frames
+        try:
+            shm.close()
+        except BufferError:  # an image of it is still in a batch: the mapping goes when its last view does
+            log.debug("engine: arena %s still has views; left mapped", name)
+            shm._mmap = None  # type: ignore[attr-defined]  # its views keep it; close() now closes the descriptor
             shm.close()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        used: set[str] = set()
         try:
             while True:
                 try:
                     header, _ = await ipc.receive(reader)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
+                if header.get("arena") and header["arena"] not in used:
+                    used.add(header["arena"])
+                    self.users[header["arena"]] = self.users.get(header["arena"], 0) + 1
                 try:
                     await getattr(self, "op_" + header["op"])(header, writer)
                 except ServiceError as e:
@@ -59,6 +79,11 @@ class EngineServer:
                     await ipc.send(writer, ipc.refusal(ServiceError(f"{type(e).__name__}: {e}")))
         finally:
             writer.close()
+            for name in used:
+                if name in self.users:  # else detached already (close())
+                    self.users[name] -= 1
+                    if not self.users[name]:
+                        self._detach(name)
 
     def _view(self, header: dict, view: FamilyView) -> FamilyView:
         if header.get("digest") not in (None, view.digest):

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FAILURE_MEMORY_S = 10.0  # a failed load answers again for this long before the next try
+STORE_CHECK_S = 1.0  # a resident family is compared with the store at most this often (a stat costs
+                     # more than the rest of a request's bookkeeping on a busy overlay file system)
 
 Signature = Optional[tuple[int, int, int]]
 
@@ -64,13 +66,21 @@ class Served:
     last_used: float = field(default_factory=time.monotonic)
     retired: bool = False  # unloaded while held: the last release stops its engine
     signature: Signature = None
+    checked_at: float = field(default_factory=time.monotonic)
 
     @property
     def family_id(self) -> str:
         return self.family.family_id
 
     def current(self) -> bool:
-        return signature(self.path) == self.signature
+        """Unchanged in the store, as of a check at most STORE_CHECK_S old."""
+        now = time.monotonic()
+        if now - self.checked_at < STORE_CHECK_S:
+            return True
+        if signature(self.path) != self.signature:
+            return False
+        self.checked_at = now
+        return True
 
     @property
     def path(self) -> str:

@@ -3,7 +3,7 @@ the loop; imports no torch (a front-end process holds none).
 
 Each image becomes its 8-bit pixels [C, S, S] (decoded on the host, `decode_image`), or, where the
 engine decodes JPEGs on its device (`device_jpeg`), the file itself after its header was checked
-here: a JPEG of mode L or RGB, upright, and not a thin strip; anything else is decoded on the host.
+here: a whole JPEG of mode L or RGB, upright, not a thin strip; anything else is decoded on the host.
 The same bounds hold on both paths: the header's pixel count, the formats, the bomb check.
 """
 from __future__ import annotations
@@ -79,20 +79,22 @@ def decode_image(data: bytes, preprocess: Preprocess, max_pixels: int, name: str
         return host_pixels(image, preprocess, name)
 
 
-def device_decodable(image: Image.Image, preprocess: Preprocess) -> bool:
-    """A JPEG the engine's device decodes as the host would: L or RGB, upright, not a thin strip."""
+def device_decodable(image: Image.Image, data: bytes, preprocess: Preprocess) -> bool:
+    """A JPEG the engine's device decodes as the host would: L or RGB, upright, not a thin strip,
+    and whole (a decoder on a device may fill a truncated file in where Pillow refuses it)."""
+    if image.format != "JPEG" or image.mode not in ("L", "RGB") or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return False
     try:
         orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # a broken EXIF block: the host path says what is wrong
         return False
-    return (image.format == "JPEG" and image.mode in ("L", "RGB") and orientation in (None, 1)
-            and preprocess.fits_resize(*image.size))
+    return orientation in (None, 1) and preprocess.fits_resize(*image.size)
 
 
 def decode_upload(data: bytes, preprocess: Preprocess, max_pixels: int, name: str = "image",
                   device_jpeg: bool = False) -> Decoded:
     with open_image(data, max_pixels, name) as image:
-        if device_jpeg and device_decodable(image, preprocess):
+        if device_jpeg and device_decodable(image, data, preprocess):
             return Decoded(jpeg=data, name=name)
         return Decoded(pixels=host_pixels(image, preprocess, name), name=name)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import struct
 import threading
 from multiprocessing import resource_tracker, shared_memory
@@ -65,6 +66,11 @@ class Arena:
 
     def __init__(self, size: int):
         self.shm = shared_memory.SharedMemory(create=True, size=max(ALIGN, aligned(size)))
+        try:  # its pages now: a full /dev/shm is an error here, not a SIGBUS at a later write
+            os.posix_fallocate(self.shm._fd, 0, self.shm.size)  # type: ignore[attr-defined]
+        except OSError as e:
+            self.close()
+            raise OSError(e.errno, f"cannot reserve {self.shm.size} bytes of shared memory: {e.strerror}") from None
         self.size = self.shm.size
         self.free: list[tuple[int, int]] = [(0, self.size)]  # (offset, size), sorted, coalesced
         self._lock = threading.Lock()

@@ -39,6 +39,12 @@ class Metrics:
         self.batch_seconds = Histogram("pmerge_batch_duration_seconds", "Duration of one forward pass",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.images = Counter("pmerge_images_classified", "Images classified", registry=r)
+        # the CPU time of the threads doing each stage (torch's own intra-op threads not included):
+        # what a request costs beyond them is the processes' CPU time less these
+        self.cpu = Counter("pmerge_stage_cpu_seconds", "CPU seconds of the threads decoding images (decode) and "
+                           "running forward passes, transfers included (forward)", ["stage"], registry=r)
+        for stage in ("decode", "forward"):
+            self.cpu.labels(stage)
         self.queue_depth = Gauge("pmerge_queue_images", "Images waiting in the engine queue", registry=r,
                                  multiprocess_mode="livesum")
         self.downloads = Counter("pmerge_downloads", "Checkpoint requests by cache result (hit, build)",
@@ -51,7 +57,8 @@ class Metrics:
         self.unhandled = Counter("pmerge_unhandled_exceptions", "Exceptions that reached the last-resort 500 handler",
                                  registry=r)
 
-    def observe_batch(self, images: int, seconds: float) -> None:
+    def observe_batch(self, images: int, seconds: float, cpu_seconds: float) -> None:
+        self.cpu.labels("forward").inc(cpu_seconds)
         self.batch_size.observe(images)
         self.batch_seconds.observe(seconds)
         self.images.inc(images)

@@ -135,8 +135,28 @@ class Supervisor:
                 p.kill()
 
 
+SHM = "/dev/shm"
+
+
+def check_shared_memory(settings: Settings, path: str = SHM) -> Optional[str]:
+    """Why the front ends' arenas cannot fit in `path` (a container's default /dev/shm is 64 MiB), or None."""
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return None  # no such filesystem here: Python's shared memory says what it needs
+    free = stat.f_bavail * stat.f_frsize
+    if free >= settings.shared_memory_bytes:
+        return None
+    return (f"PMERGE_SHARED_MEMORY_BYTES is {settings.shared_memory_bytes >> 20} MiB but {path} has "
+            f"{free >> 20} MiB free: lower it, or give the container more (docker run --shm-size, compose "
+            f"shm_size)")
+
+
 def serve_with_fronts(settings: Settings, fronts: int, log_level: str) -> Optional[str]:
     """Run the engine process and its front ends; the reason of a failure, or None after a signal."""
+    problem = check_shared_memory(settings)
+    if problem:
+        return problem
     metrics_dir = tempfile.mkdtemp(prefix="pmerge-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any metric exists, here and in the fronts
     try:

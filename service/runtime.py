@@ -12,6 +12,7 @@ are held before a body is decoded, so a request the queue cannot take is refused
 from __future__ import annotations
 
 import asyncio
+import time
 import logging
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
@@ -111,9 +112,14 @@ class Runtime(ABC):
         """Every family served: manifest summary, default, resident (newest first)."""
 
     async def decode(self, family: FamilyView, files: Sequence[tuple[str, bytes]]) -> list[Decoded]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decoder, decode_uploads, files, family.manifest.preprocess,
-                                          self.settings.max_image_pixels, family.device_jpeg)
+        def timed() -> list[Decoded]:
+            start = time.thread_time()
+            try:
+                return decode_uploads(files, family.manifest.preprocess, self.settings.max_image_pixels,
+                                      family.device_jpeg)
+            finally:
+                self.metrics.cpu.labels("decode").inc(time.thread_time() - start)
+        return await asyncio.get_running_loop().run_in_executor(self._decoder, timed)
 
 
 def device_jpeg(settings: Settings, device) -> bool:

@@ -74,13 +74,20 @@ def test_react_speed_tiny(tmp_path):
 def test_http_bench_micro(tmp_path):
     from bench import http_bench
     out = http_bench.main(["--arch", "micro", "--tasks", "2", "--images", "6", "--repeats", "2", "--concurrency", "3",
-                           "--max-batch", "4", "--port", str(free_port()), "--out-dir", str(tmp_path)])
+                           "--max-batch", "4", "--fronts", "0,1", "--port", str(free_port()), "--out-dir", str(tmp_path)])
     data = json.loads(Path(out["path"]).read_text())
     assert Path(out["path"]).name.startswith("http-cpu-") and "machine" in data
-    assert sorted(data["config"]["families"].values()) == ["lowrank", "point-set"]
-    for variant in ("http", "engine", "http-2", "engine-2"):
-        assert len(data["results"][variant]["seconds"]) == 2 and data["results"][variant]["images_per_s"] > 0
-    assert all(len(r["rounds"]) == 2 and r["median"] > 0 for r in data["ratios"].values())
+    variants = data["results"]["256"]["variants"]
+    for name in ("decode", "engine", "bare-1", "bare-8", "pmerge-f0-1", "pmerge-f0-8", "pmerge-f1-1", "pmerge-f1-8"):
+        assert len(variants[name]["seconds"]) == 2 and variants[name]["images_per_s"] > 0, name
+        assert variants[name]["cpu_ms_per_image_p50"] > 0, name
+    for name in ("pmerge-f0-1", "pmerge-f1-8"):  # the server's own split: it decoded and forwarded every image
+        split = variants[name]["server_ms_per_image"]
+        assert split["decode"] > 0 and split["forward"] > 0 and "server_ms_per_request_rest" in variants[name]
+    ratios = data["results"]["256"]["ratios"]
+    assert all(len(r["rounds"]) == 2 and r["median"] > 0 for r in ratios.values())
+    assert {c["variant"] for c in data["target"]["checks"]} == {"pmerge-f0-1", "pmerge-f0-8", "pmerge-f1-1",
+                                                               "pmerge-f1-8"}
 
 
 def free_port() -> int:

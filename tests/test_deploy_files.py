@@ -334,6 +334,15 @@ def test_service_port_and_healthcheck(compose):
         assert cmd[:2] == ["pmerge", "serve"] and str(PORT) in cmd
 
 
+def test_the_service_has_room_for_its_shared_memory(compose):
+    """Docker gives a container 64 MiB of /dev/shm; the front ends' arenas take PMERGE_SHARED_MEMORY_BYTES."""
+    from service.settings import Settings
+    size = str(compose["services"]["service"]["shm_size"]).lower()
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    nbytes = int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+    assert nbytes >= Settings.model_fields["shared_memory_bytes"].default + (64 << 20)
+
+
 def test_api_key_is_passed_through_not_hard_coded(compose):
     env = env_dict(compose["services"]["service"])
     assert "PMERGE_API_KEY" in env

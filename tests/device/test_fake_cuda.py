@@ -76,6 +76,26 @@ def test_the_engine_batch_goes_to_the_device_and_back(cuda, families, kind):
         assert logits[task].shape == (len(PREFS), len(info.classes))
 
 
+@pytest.mark.parametrize("channels", [3, 1])
+def test_jpegs_decoded_on_the_device_are_converted_and_resized_there(cuda, monkeypatch, channels):
+    """nvjpeg's output (uint8 on the device, stood in for: the fake device has no decoder) is
+    converted, resized and cropped on the device, Pillow's way; nothing goes back to the host."""
+    import torchvision.io
+
+    from models_store.preprocess import Preprocess
+    sizes = [(48, 64), (300, 200), (17, 17)]  # (h, w) of the files
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda files, mode, device: [
+        torch.empty((3, h, w), dtype=torch.uint8, device=device) for h, w in sizes])
+    pre = Preprocess(image_size=16, channels=channels)
+    with on_host():
+        files = [torch.zeros(10, dtype=torch.uint8) for _ in sizes]
+    out = pre.decode_jpegs([cuda.host(f) for f in files], cuda.device)
+    for image in out:
+        on_device(image, torch.uint8)
+        assert image.shape == (channels, 16, 16)
+    on_device(pre.normalize(torch.stack(out)), torch.float32)
+
+
 @pytest.mark.parametrize("kind", ["lowrank", "point_set", "feature_map"])
 def test_every_kind_serves_a_mixed_batch_on_the_device(cuda, families, kind):
     family = families[kind]

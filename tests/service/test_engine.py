@@ -14,7 +14,7 @@ from models_store.kinds.lowrank import LowRankServable
 
 def make_engine(family, **config) -> tuple[Engine, list[int]]:
     sizes: list[int] = []
-    engine = Engine.from_family(family, EngineConfig(**config), on_batch=lambda n, s: sizes.append(n))
+    engine = Engine.from_family(family, EngineConfig(**config), on_batch=lambda n, s, c: sizes.append(n))
     engine.start()
     return engine, sizes
 

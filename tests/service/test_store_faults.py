@@ -9,6 +9,7 @@ import asyncio
 import errno
 import json
 import shutil
+import time
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from models_store.merged import checkpoint_chunks
 from models_store.store import open_family, remove_family
 from service import downloads, families as families_module
 from service.app import create_app
+from service.families import STORE_CHECK_S
 from service.settings import Settings
 
 from svc_helpers import FAMILY_ID, make_family, png_bytes, running_server
@@ -107,6 +109,11 @@ def test_a_family_that_fails_to_load_is_a_503_that_names_it_loaded_once_and_cost
         assert classify(url, "/families/broken").status_code == 200
 
 
+def settle() -> None:
+    """A resident family is compared with the store at most every STORE_CHECK_S: let that pass."""
+    time.sleep(STORE_CHECK_S + 0.05)
+
+
 def test_a_family_removed_while_resident_or_while_loading_is_a_404(tmp_path, monkeypatch):
     store = tmp_path / "store"
     make_family(store)
@@ -116,6 +123,7 @@ def test_a_family_removed_while_resident_or_while_loading_is_a_404(tmp_path, mon
         assert classify(url, "/families/gone").status_code == 200
         before = httpx.get(f"{url}/families/gone/models/{PREF}").content
         remove_family(store, "gone")
+        settle()
         r = classify(url, "/families/gone")
         assert r.status_code == 404 and "'gone'" in r.json()["detail"], r.text
         assert httpx.get(f"{url}/families/gone/family").status_code == 404
@@ -123,6 +131,7 @@ def test_a_family_removed_while_resident_or_while_loading_is_a_404(tmp_path, mon
         assert metric(url, 'pmerge_family_events_total{event="unloaded"}') == 1
         # published again under the same id, with other weights: served anew, and so are its downloads
         make_family(store, "gone", seed=4)
+        settle()
         assert classify(url, "/families/gone").status_code == 200
         after = httpx.get(f"{url}/families/gone/models/{PREF}").content
         assert after == exported(store, "gone", PREF) != before
@@ -145,10 +154,12 @@ def test_the_default_family_removed_is_a_404_and_readyz_says_why(tmp_path):
     make_family(store)
     with running_server(create_app(settings(store, tmp_path))) as url:
         remove_family(store, FAMILY_ID)
+        settle()
         assert classify(url).status_code == 404
         ready = httpx.get(f"{url}/readyz")
         assert ready.status_code == 503 and "was removed or replaced" in ready.json()["detail"]
         make_family(store, seed=9)
+        settle()
         assert classify(url).status_code == 200 and httpx.get(f"{url}/readyz").status_code == 200
 
 

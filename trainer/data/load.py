@@ -38,7 +38,7 @@ def load_dataset(spec: str, split: str, preprocess: Preprocess, limit: int | Non
     part = TrainingPart(limit, seed, holdout)
     if parsed.kind == "folder":
         return _load_folder(parsed, split, preprocess, part)
-    raw = _load_raw(parsed, split)
+    raw = load_raw(parsed, split)
     indices = part.indices(np.asarray(raw.labels))
     if indices is not None:
         raw = raw.take(indices)
@@ -84,7 +84,7 @@ def load_validation(spec: str, preprocess: Preprocess, fraction: float, seed: in
         indices, unseen = _validation_indices(np.asarray(listing.labels), fraction, seed, finetuning)
         return TaskData(decode_images([listing.paths[i] for i in indices], preprocess),
                         _labels_tensor(np.asarray(listing.labels)[indices]), list(listing.classes)), unseen
-    raw = _load_raw(parsed, "train")
+    raw = load_raw(parsed, "train")
     indices, unseen = _validation_indices(np.asarray(raw.labels), fraction, seed, finetuning)
     raw = raw.take(indices)
     return TaskData(images_to_tensor(raw.images, preprocess), _labels_tensor(raw.labels), list(raw.classes)), unseen
@@ -100,7 +100,10 @@ def _validation_indices(labels: np.ndarray, fraction: float, seed: int,
     return (unseen if share >= 1 else unseen[stratified_indices(labels[unseen], share, seed)]), True
 
 
-def _load_raw(parsed: DatasetSpec, split: str) -> RawSplit:
+def load_raw(parsed: DatasetSpec, split: str) -> RawSplit:
+    """An array dataset's split as 8-bit pixels (not a folder's: its files are decoded as they are read)."""
+    if parsed.kind == "folder":
+        raise DatasetError(f"{parsed.target}: a folder dataset has no raw arrays; read its files")
     if parsed.kind == "idx":
         return load_idx_split(_existing_dir(parsed), split)
     return get_builtin(parsed.target).load(split)
