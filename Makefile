@@ -11,4 +11,6 @@ PORT ?=
 demo: .venv/bin/pmerge
 	.venv/bin/pmerge demo --dir runs/demo $(if $(PORT),--port $(PORT))
 test: .venv/bin/pmerge
+	.venv/bin/ruff check .
+	.venv/bin/mypy
 	.venv/bin/python -m pytest

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,9 +31,9 @@ from bench.common import (add_common_args, machine_info, markdown_table, now_iso
 from models_store.preference import equal_preference, from_weights  # noqa: E402
 from models_store.store import open_family  # noqa: E402
 from models_store.zoo import Zoo  # noqa: E402
-from trainer.families import LearnContext, get_family_learner  # noqa: E402
-from trainer.families.point_set import publish_point_set  # noqa: E402
-from trainer.families.ta_pref import TaPrefConfig, members_at  # noqa: E402
+from trainer.families import FamilyLearner, LearnContext, get_family_learner  # noqa: E402
+from trainer.families.point_set import point_set_family  # noqa: E402
+from trainer.families.ta_pref.learner import TaPrefConfig, members_at  # noqa: E402
 from trainer.front import FAMILY, FrontConfig, compute_front  # noqa: E402
 
 NAME = "hm3"
@@ -63,10 +62,10 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
 
 def ta_pref_at(ctx: LearnContext, prefs: list[list[float]]):
     """Task arithmetic + preference at exactly these preferences."""
-    config, tasks = TaPrefConfig(), ctx.zoo.tasks
-    members = members_at([from_weights(p, tasks) for p in prefs], config.scale, tasks)
-    family_id = ctx.family_id("ta-pref-at", config) + f"-{len(prefs)}"
-    return publish_point_set(ctx, family_id, "ta-pref", config, members, {}, time.perf_counter())
+    tasks = ctx.zoo.tasks
+    members = members_at([from_weights(p, tasks) for p in prefs], TaPrefConfig().scale, tasks)
+    at = FamilyLearner(f"ta-pref-at-{len(prefs)}", TaPrefConfig, lambda c, _: point_set_family(c, members), "")
+    return at(ctx)
 
 
 def measure(args: argparse.Namespace, device: torch.device, store: Path) -> dict:

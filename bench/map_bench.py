@@ -42,8 +42,8 @@ from trainer.families import LearnContext, get_family_learner  # noqa: E402
 from trainer.families.validation import validation_sets  # noqa: E402
 from trainer.front import FrontConfig, compute_front  # noqa: E402
 from trainer.hypervolume import hypervolume, non_dominated  # noqa: E402
-from trainer.map.design import default_budget, design_points, surrogate_size  # noqa: E402
-from trainer.map.evaluate import CoefficientEvaluator  # noqa: E402
+from trainer.families.map.design import default_budget, design_points, surrogate_size  # noqa: E402
+from trainer.families.map.evaluate import CoefficientEvaluator  # noqa: E402
 from trainer.methods.preference import task_weights  # noqa: E402
 from trainer.simplex import PointSet  # noqa: E402
 from trainer.taskpool import TaskPool  # noqa: E402

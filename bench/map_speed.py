@@ -32,7 +32,7 @@ from models_store.store import open_family  # noqa: E402
 from models_store.tower import build_tower, image_size, resolve_architecture  # noqa: E402
 from models_store.zoo import Head, TaskInfo, ZooManifest, write_zoo  # noqa: E402
 from trainer.families import LearnContext, get_family_learner  # noqa: E402
-from trainer.map.design import default_budget  # noqa: E402
+from trainer.families.map.design import default_budget  # noqa: E402
 
 NAME = "map-speed"
 CLASSES = 8

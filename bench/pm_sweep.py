@@ -5,7 +5,7 @@
     python bench/pm_sweep.py --zoo runs/demo-zoo --only default --more-seeds 2   # ... for seeds 0, 1, 2
     python bench/pm_sweep.py --zoo runs/demo-zoo --only default,base-tsv-m,base-iso-c   # the bases
 
-For each configuration: train a family (`train_family`, as `pmerge train`), evaluate it on the
+For each configuration: train a family (through the learner registry, as `pmerge train`), evaluate it on the
 front's preferences (`compute_front`, as `pmerge front`) and check the issue's quality bar:
   1. PM at the equal preference has a higher average accuracy than AdaMerging and than task
      arithmetic (both with their defaults, as `pmerge merge`);
@@ -31,7 +31,8 @@ from models_store.zoo import Zoo  # noqa: E402
 from trainer.evaluate import Evaluator  # noqa: E402
 from trainer.front import FAMILY, FrontConfig, compute_front  # noqa: E402
 from trainer.methods import MergeContext, get_method  # noqa: E402
-from trainer.pareto.train import ParetoConfig, train_family  # noqa: E402
+from trainer.families import FAMILIES, LearnContext  # noqa: E402
+from trainer.families.pareto.train import ParetoConfig  # noqa: E402
 from trainer.pool import ModelPool  # noqa: E402
 from trainer.taskpool import TaskPool  # noqa: E402
 
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
         for method in ("pm", "pm++") if args.pm_plus else ("pm",):
             cfg = ParetoConfig(method=method, seed=seed, **SWEEP[name])
             start = time.perf_counter()
-            path = train_family(zoo, store, cfg, tasks.unlabeled, {}, device, progress=False)
+            path = FAMILIES[method](LearnContext(zoo, store, device=device, progress=False), cfg)
             train_s = time.perf_counter() - start
             report = compute_front(Family(path), front_cfg, device, zoo=args.zoo, log=lambda _: None)
             label = f"{method} {name}" + (f" seed {seed}" if args.more_seeds else "")

@@ -2,7 +2,7 @@
 
 What it measures, side by side in one run (interleaved: the order alternates every step):
 
-* **pm**: one step of the real trainer (trainer/pareto/train.py): pref ~ Dirichlet(1),
+* **pm**: one step of the real trainer (trainer/families/pareto/train.py): pref ~ Dirichlet(1),
   `ParetoMerge(pref)` builds the merged state (layer-wise base merge of K task vectors plus the
   rank-r preference term on every block's attn in_proj / out_proj), `task_objectives` runs the
   tower on K tasks x N images through `functional_call`, `loss_terms` (smooth Tchebycheff
@@ -50,8 +50,8 @@ from models_store.tower import build_tower, float_keys, head_logits, image_size,
 from models_store.zoo import Head
 from trainer.methods.adamerging import LayerwiseMerge
 from trainer.objective import autocast, entropy, task_objectives
-from trainer.pareto.model import ParetoMerge
-from trainer.pareto.train import ParetoConfig, loss_terms, optimizer
+from trainer.families.pareto.model import ParetoMerge
+from trainer.families.pareto.train import ParetoConfig, loss_terms, optimizer
 
 NAME = "train"
 # (tasks, images per task, timed steps, warmup steps)

@@ -9,14 +9,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import StoreError
 from .atomic import atomic_dir
 from .checkpoint import StateDict, load_state_dict, save_state_dict, sha256_file
 from .preference import Preference, parse_preference
 from .preprocess import Preprocess
-from .kinds import KINDS, get_kind
+from .kinds import FORMAT_1_KIND, KINDS, get_kind
 from .manifest import check_format, describe, parse_manifest
 from .zoo import Head, TaskInfo
 
@@ -42,6 +42,16 @@ def shown_id(text: str) -> str:
     return repr(text) if len(text) <= FAMILY_ID_MAX else repr(text[:48]) + f"... ({len(text)} characters)"
 
 
+class SearchBox(BaseModel):
+    """Where a learner searched its members (MAP's): task-arithmetic coefficients c in [0, c_max]^K,
+    found with `real_evaluations` evaluations of real merges, drawn with `seed`: the budget a peer
+    gets for a fair comparison (`pmerge front`'s direct search)."""
+    model_config = ConfigDict(extra="forbid")
+    c_max: float = Field(gt=0)
+    real_evaluations: float = Field(ge=0)
+    seed: int = 0
+
+
 class FamilyManifest(BaseModel):
     format: int = FAMILY_FORMAT
     family_id: str
@@ -52,10 +62,12 @@ class FamilyManifest(BaseModel):
     architecture: dict[str, Any]
     preprocess: Preprocess
     tasks: list[TaskInfo] = Field(min_length=1)
-    kind: str = "lowrank"
+    kind: str = FORMAT_1_KIND
     kind_params: dict[str, Any] = {}
     files: dict[str, str] = {}
     metrics: dict[str, Any] = {}
+    # written only where a learner searched (absent, not null, elsewhere: manifests read as before)
+    search: Optional[SearchBox] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -63,7 +75,7 @@ class FamilyManifest(BaseModel):
         # format 1 was the low-rank kind with rank and targets at the top, the zoo in hyperparameters
         if isinstance(data, dict) and data.get("format") == 1:
             data = dict(data)
-            data["kind"] = "lowrank"
+            data["kind"] = FORMAT_1_KIND
             data["kind_params"] = {k: data.pop(k) for k in ("rank", "targets") if k in data}
             data.setdefault("zoo", (data.get("hyperparameters") or {}).get("zoo"))
         return data
@@ -214,7 +226,8 @@ def publish_family(store: str | Path, manifest: FamilyManifest, files: dict[str,
         for name, state in (files | {HEADS: head_state}).items():
             save_state_dict(tmp / name, state)
         manifest = manifest.model_copy(update={"files": {n: sha256_file(tmp / n) for n in (*files, HEADS)}})
-        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2, exclude={"search"} if manifest.search is None
+                                                             else set()))
     return target
 
 

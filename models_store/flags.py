@@ -106,15 +106,6 @@ def model_values(args: argparse.Namespace, model: type[BaseModel], exclude: tupl
     return out
 
 
-def refuse_foreign(args: argparse.Namespace, model: type[BaseModel], models: dict[str, type[BaseModel]],
-                   owner: str, exclude: tuple[str, ...] = ()) -> None:
-    """A flag of another model than `model` is an error that names it."""
-    foreign = {n for m in models.values() for n in m.model_fields} - set(model.model_fields) - set(exclude)
-    given = sorted(n for n in foreign if getattr(args, n, None) is not None)
-    if given:
-        raise ValueError(f"{owner} takes no {', '.join('--' + n.replace('_', '-') for n in given)}")
-
-
 def describe_flags(error: ValidationError, env_prefix: Optional[str] = None) -> str:
     """A config built from flags (or `env_prefix` variables) failed: each problem as `--flag: message,
     got VALUE`, on one line."""

@@ -1,7 +1,7 @@
 """The zoo contract (docs/formats.md, "Zoo"): a pretrained tower, K fine-tuned towers and their heads."""
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -9,19 +9,22 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from . import StoreError
 from .atomic import atomic_dir, write_text
-from .checkpoint import StateDict, load_state_dict, save_state_dict
-
-if TYPE_CHECKING:
-    import torch
+from .checkpoint import StateDict, load_state_dict, save_state_dict, sha256_file
 from .manifest import check_format, read_manifest
 from .preprocess import Preprocess
 
-ZOO_FORMAT = 1
+if TYPE_CHECKING:
+    import torch
+
+ZOO_FORMAT = 2  # 2: each tensor file's sha256 and the towers' training split recorded; 1 is still read
 MANIFEST = "zoo.json"
+# {file: [size, mtime_ns, inode]} of tensor files whose bytes matched their recorded sha256: a file
+# unchanged since is not hashed again (a rewritten one is, and is refused if it differs)
+VERIFIED = ".verified.json"
 PRETRAINED = "pretrained.safetensors"
 FINETUNED = "finetuned.safetensors"
 HEAD = "head.safetensors"
@@ -33,17 +36,41 @@ class TaskInfo(BaseModel):
     data: Optional[str] = None  # dataset spec the task was built from (trainer.data), or null
 
 
+class TrainingSplit(BaseModel):
+    """The part of each task's train split that the zoo's towers trained on: a class-stratified
+    `holdout` fraction (drawn with `seed`) set apart, then `train_limit` of the rest (None: all)."""
+    train_limit: Optional[int] = None
+    seed: int = 0
+    holdout: float = Field(0.0, ge=0, lt=1)
+
+
 class ZooManifest(BaseModel):
     format: int = ZOO_FORMAT
     architecture: dict[str, Any]
     preprocess: Preprocess
     tasks: list[TaskInfo] = Field(min_length=1)
+    # tensor file (relative to the zoo) -> sha256, written by `write_zoo` (empty in format 1)
+    files: dict[str, str] = {}
+    # what `pmerge zoo` trained the towers on; None where unknown (imported towers, format 1)
+    training: Optional[TrainingSplit] = None
     metrics: dict[str, Any] = {}
 
     @field_validator("format")
     @classmethod
     def _known_format(cls, v: int) -> int:
-        return check_format("zoo", v, ZOO_FORMAT)
+        return check_format("zoo", v, ZOO_FORMAT, older=(1,))
+
+    @model_validator(mode="after")
+    def _every_file_hashed(self) -> "ZooManifest":
+        expected = set(tensor_files(self.task_names))
+        if self.files and set(self.files) != expected:
+            raise ValueError(f"files must give the sha256 of exactly {sorted(expected)}, got {sorted(self.files)}")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """What says which zoo this is, for a family's id: the manifest less what was added to it
+        later (its metrics, the hashes the id takes from the files, the training split)."""
+        return self.model_dump(exclude={"metrics", "files", "training"})
 
     @field_validator("tasks")
     @classmethod
@@ -92,16 +119,48 @@ class Zoo:
                 return t
         raise StoreError(f"zoo {self.root} has no task {name!r}; tasks are: {', '.join(self.tasks)}")
 
+    def load(self, name: str) -> StateDict:
+        """A tensor file of the zoo, checked against its recorded sha256 (format 2)."""
+        self.verify([name])
+        return load_state_dict(self.root / name)
+
+    def verify(self, names: list[str]) -> None:
+        """Check files against their recorded sha256, hashing only those changed on disk since they
+        last matched (VERIFIED); a mismatch is a StoreError that names the file."""
+        recorded = self.manifest.files
+        try:
+            seen = json.loads((self.root / VERIFIED).read_text())
+        except (OSError, ValueError):
+            seen = {}
+        seen = seen if isinstance(seen, dict) else {}
+        fresh = {}
+        for name in names:
+            if name not in recorded:
+                continue
+            path = self.root / name
+            now = signature(path)
+            if seen.get(name) == now:
+                continue
+            if sha256_file(path) != recorded[name]:
+                raise StoreError(f"{path} does not match its sha256 in {self.root / MANIFEST}: the file changed "
+                                 f"after the zoo was written (write a new zoo: `pmerge zoo`, `pmerge import`)")
+            fresh[name] = now
+        if fresh:
+            try:
+                write_text(self.root / VERIFIED, json.dumps(seen | fresh))
+            except OSError:  # a read-only zoo: verified again next time
+                pass
+
     def pretrained(self) -> StateDict:
-        return load_state_dict(self.root / PRETRAINED)
+        return self.load(PRETRAINED)
 
     def finetuned(self, task: str) -> StateDict:
         self.task(task)
-        return load_state_dict(self.root / task / FINETUNED)
+        return self.load(f"{task}/{FINETUNED}")
 
     def head(self, task: str) -> Head:
         self.task(task)
-        state = load_state_dict(self.root / task / HEAD)
+        state = self.load(f"{task}/{HEAD}")
         if "weight" not in state:
             raise StoreError(f"{self.root / task / HEAD} has no 'weight' tensor")
         return Head(weight=state["weight"], bias=state.get("bias"))
@@ -113,12 +172,18 @@ class Zoo:
     @cached_property
     def weights_sha256(self) -> dict[str, str]:
         """{file: sha256} of every tensor file: what the towers and heads are, which the manifest
-        alone does not say (two builds or imports of one layout share a manifest)."""
-        out = {}
-        for name in tensor_files(self.tasks):
-            with open(self.root / name, "rb") as f:
-                out[name] = hashlib.file_digest(f, "sha256").hexdigest()
-        return out
+        alone does not say (two builds or imports of one layout share a manifest). Recorded by the
+        writer (format 2), else computed."""
+        if self.manifest.files:
+            self.verify(tensor_files(self.tasks))
+            return dict(self.manifest.files)
+        return {name: sha256_file(self.root / name) for name in tensor_files(self.tasks)}
+
+
+def signature(path: Path) -> list[int]:
+    """What changes when a file is rewritten or replaced: its size, modification time and inode."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
 def refuse_existing(root: Path) -> None:
@@ -143,9 +208,12 @@ def write_zoo(root: str | Path, manifest: ZooManifest, pretrained: StateDict,
         save_state_dict(tmp / PRETRAINED, pretrained)
         for name in names:
             save_state_dict(tmp / name / FINETUNED, finetuned[name])
-            head = {"weight": heads[name].weight} | ({"bias": heads[name].bias} if heads[name].bias is not None else {})
-            save_state_dict(tmp / name / HEAD, head)
-        write_text(tmp / MANIFEST, manifest.model_dump_json(indent=2))
+            weight, bias = heads[name].weight, heads[name].bias
+            save_state_dict(tmp / name / HEAD, {"weight": weight} | ({} if bias is None else {"bias": bias}))
+        files = {name: sha256_file(tmp / name) for name in tensor_files(names)}
+        write_text(tmp / VERIFIED, json.dumps({name: signature(tmp / name) for name in files}))  # just hashed
+        recorded = manifest.model_copy(update={"format": ZOO_FORMAT, "files": files})
+        write_text(tmp / MANIFEST, recorded.model_dump_json(indent=2))
     return Zoo(root)
 
 
@@ -168,6 +236,8 @@ def write_subset(zoo: Zoo, tasks: list[str], root: str | Path) -> Zoo:
             os.link(zoo.root / name, target)
         except OSError:
             shutil.copyfile(zoo.root / name, target)
-    manifest = zoo.manifest.model_copy(update={"tasks": [zoo.task(t) for t in tasks]})
+    hashes = zoo.weights_sha256
+    manifest = zoo.manifest.model_copy(update={"tasks": [zoo.task(t) for t in tasks], "format": ZOO_FORMAT,
+                                               "files": {name: hashes[name] for name in tensor_files(tasks)}})
     write_text(root / MANIFEST, manifest.model_dump_json(indent=2))
     return Zoo(root)

@@ -65,8 +65,12 @@ def serve(path: str) -> None:
     import open_clip  # noqa: F401  (what every command would import: paid once, here)
     import torch  # noqa: F401
     import models_store.cli
+    from argparse import ArgumentParser
     for command in models_store.cli.commands().values():  # every command's modules, flags included
-        command.add_arguments(__import__("argparse").ArgumentParser())
+        if command.choices is None:
+            command.add_arguments(ArgumentParser())
+        for choice in command.choices() if command.choices else ():
+            command.add_arguments(ArgumentParser(), choice)
     import service.app  # noqa: F401
     import trainer.front  # noqa: F401
     listener = socket.socket(socket.AF_UNIX)

@@ -80,7 +80,9 @@ def test_http_bench_micro(tmp_path):
     variants = data["results"]["256"]["variants"]
     for name in ("decode", "engine", "bare-1", "bare-8", "pmerge-f0-1", "pmerge-f0-8", "pmerge-f1-1", "pmerge-f1-8"):
         assert len(variants[name]["seconds"]) == 2 and variants[name]["images_per_s"] > 0, name
-        assert variants[name]["cpu_ms_per_image_p50"] > 0, name
+        # the kernel counts CPU time in 10 ms ticks: a round this small may cost less than one
+        assert variants[name]["cpu_ms_per_image_p50"] >= 0, name
+    assert sum(variants[name]["cpu_ms_per_image_p50"] for name in variants if name.startswith("pmerge")) > 0
     for name in ("pmerge-f0-1", "pmerge-f1-8"):  # the server's own split: it decoded and forwarded every image
         split = variants[name]["server_ms_per_image"]
         assert split["decode"] > 0 and split["forward"] > 0 and "server_ms_per_request_rest" in variants[name]

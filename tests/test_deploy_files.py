@@ -213,9 +213,9 @@ def test_the_ray_serve_configs_deploy_the_service_and_agree():
         build(app.args)  # every arg is a setting
     assert cluster.applications[0].deployments[0].ray_actor_options.num_gpus == 1
     assert service["spec"]["rayClusterConfig"]["rayVersion"] in (ROOT / "pyproject.toml").read_text()
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"```yaml\n(apiVersion: ray.io/v1.*?)```", readme, re.S).group(1)
-    assert yaml.safe_load(block) == service, "the README's RayService is ray/rayservice.yaml"
+    shown = (ROOT / "docs" / "serving.md").read_text()
+    block = re.search(r"```yaml\n(apiVersion: ray.io/v1.*?)```", shown, re.S).group(1)
+    assert yaml.safe_load(block) == service, "docs/serving.md's RayService is ray/rayservice.yaml"
     with pytest.raises(ValueError, match=r"unknown pmerge settings in the Serve config's args: \['stroe'\]"):
         build({"stroe": "/store"})
 

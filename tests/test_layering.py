@@ -27,3 +27,27 @@ def test_no_module_imports_across_the_rule(package):
            for name in sorted(imports(path)) if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[package])
            and not any(name == a or name.startswith(a + ".") for a in ALLOWED)]
     assert not bad, bad
+
+
+KINDS_AND_LEARNERS = ("models_store/kinds", "trainer/families")
+
+
+def outside_kinds_and_learners() -> list[Path]:
+    return [path for package in FORBIDDEN for path in sorted((ROOT / package).rglob("*.py"))
+            if not str(path.relative_to(ROOT)).startswith(KINDS_AND_LEARNERS)]
+
+
+def test_no_kind_is_named_outside_the_kinds_and_the_learners():
+    """A new kind is a file in models_store/kinds/ and its registry line: nothing else names a kind,
+    by string or by importing its module (the generic contract is kinds/base.py and kinds/__init__.py)."""
+    from models_store.kinds import KINDS
+
+    modules = {f"models_store.kinds.{target.partition(':')[0]}" for target in KINDS.values()}
+    bad = []
+    for path in outside_kinds_and_learners():
+        tree = ast.parse(path.read_text())
+        bad += [f"{path.relative_to(ROOT)}:{node.lineno} names kind {node.value!r}" for node in ast.walk(tree)
+                if isinstance(node, ast.Constant) and node.value in KINDS]
+        bad += [f"{path.relative_to(ROOT)} imports {name}" for name in sorted(imports(path))
+                if any(name == m or name.startswith(m + ".") for m in modules)]
+    assert not bad, bad

@@ -8,13 +8,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from models_store import StoreError
 from models_store.cli import Command, command
-from models_store.flags import add_model_flags, key_values, model_values, refuse_foreign
+from models_store.flags import add_model_flags, key_values, model_values
 
-DEVICE = {"default": "auto", "choices": ["auto", "cuda", "cpu"], "help": "auto (default): a CUDA GPU when there is one"}
+DEVICE: dict[str, Any] = {"default": "auto", "choices": ["auto", "cuda", "cpu"], "help": "auto (default): a CUDA GPU when there is one"}
 
 
 def int_at_least(low: int) -> Callable[[str], int]:
@@ -79,24 +79,32 @@ def zoo(args: argparse.Namespace) -> None:
 
 # ---- pmerge merge ----------------------------------------------------------------------------
 
-def merge_configs() -> dict:
+def method_summaries() -> dict[str, str]:
     from .methods import METHODS
-    return {name: m.config for name, m in METHODS.items()}
+    return {name: m.summary for name, m in METHODS.items()}
 
 
-def merge_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--zoo", required=True)
-    p.add_argument("--method", required=True, choices=list(merge_configs()))
-    p.add_argument("--out", required=True, help="FILE.safetensors: the merged tower's state dict")
-    add_model_flags(p, merge_configs(), exclude=("preference",))
-    p.add_argument("--pref", metavar="PREF", help="task arithmetic / AdaMerging(++) + preference: 0.7,0.1,0.2 (zoo "
-                   "task order) or digits:0.7,shapes:0.3; task k is weighted by K * pref_k (the equal preference is "
-                   "the plain method). AdaMerging runs one whole optimisation for it (`pmerge train --method "
-                   "adamerging-pref` makes a family of many)")
-    p.add_argument("--unlabeled", action="append", metavar="TASK=SPEC",
-                   help="unlabeled images for a task (default: the task's test images, without labels)")
+def merge_flags(p: argparse.ArgumentParser, name: str) -> None:
+    from .methods import METHODS
+    method = METHODS[name]
+    p.add_argument("--zoo", help="the zoo (required: here or in the run file)")
+    p.add_argument("--out", help="FILE.safetensors: the merged tower's state dict (required)")
+    add_model_flags(p, {name: method.config}, exclude=("preference",))
+    if "preference" in method.config.model_fields:
+        p.add_argument("--pref", metavar="PREF", help="0.7,0.1,0.2 (zoo task order) or digits:0.7,shapes:0.3; task k "
+                       "is weighted by K * pref_k (the equal preference is the plain method); `pmerge train "
+                       "ta-pref` or `adamerging-pref` makes a family of many")
+    if method.needs_data:
+        p.add_argument("--unlabeled", action="append", metavar="TASK=SPEC",
+                       help="unlabeled images for a task (default: the task's test images, without labels)")
     p.add_argument("--device", **DEVICE)
     p.add_argument("--seed", type=int, default=0)
+
+
+def required(args: argparse.Namespace, *names: str) -> None:
+    missing = [n for n in names if not getattr(args, n, None)]
+    if missing:
+        raise ValueError(f"give {', '.join('--' + n for n in missing)} (a flag, or a key of the --config run file)")
 
 
 def merge(args: argparse.Namespace) -> None:
@@ -104,18 +112,17 @@ def merge(args: argparse.Namespace) -> None:
     from models_store.device import pick_device
     from models_store.preference import parse_preference
     from models_store.zoo import Zoo
-    from .methods import MergeContext, get_method
+    from .methods import METHODS, MergeContext
     from .pool import ModelPool
     from .taskpool import TaskPool
 
-    method = get_method(args.method)
-    refuse_foreign(args, method.config, merge_configs(), f"method {method.name}", exclude=("preference",))
+    required(args, "zoo", "out")
+    method = METHODS[args.choice]
     given = model_values(args, method.config, exclude=("preference",))
     source = Zoo(args.zoo)
-    if args.pref is not None:
-        if "preference" not in method.config.model_fields:
-            raise ValueError(f"method {method.name} takes no --pref")
-        given["preference"] = parse_preference(args.pref, source.tasks)
+    pref = getattr(args, "pref", None)
+    if pref is not None:
+        given["preference"] = parse_preference(pref, source.tasks)
     config = method.config(**given)
     ctx = MergeContext(pool=ModelPool(source), device=pick_device(args.device), seed=args.seed)
     if method.needs_data:
@@ -125,7 +132,7 @@ def merge(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     save_state_dict(args.out, state, metadata={"method": method.name, "config": config.model_dump_json(),
                                                "seconds": f"{seconds:.2f}"})
-    at = "" if args.pref is None else f" at preference {config.preference}"
+    at = "" if pref is None else f" at preference {given['preference']}"
     print(f"{method.name}{at} merged in {seconds:.1f} s -> {args.out}")
 
 
@@ -240,16 +247,19 @@ def import_(args: argparse.Namespace) -> None:
 
 # ---- pmerge train ----------------------------------------------------------------------------
 
-def learner_configs() -> dict:
+LEARNER_OWN = ("method",)  # a learner's config field that its name sets (pm / pm++), never a flag
+
+
+def learner_summaries() -> dict[str, str]:
     from .families import FAMILIES
-    return {name: learner.config for name, learner in FAMILIES.items()}
+    return {name: learner.summary for name, learner in FAMILIES.items()}
 
 
-def train_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--zoo", required=True)
-    p.add_argument("--store", required=True)
-    p.add_argument("--method", default="pm", choices=list(learner_configs()), help="the family learner (default pm)")
-    add_model_flags(p, learner_configs(), exclude=("method",))
+def train_flags(p: argparse.ArgumentParser, name: str) -> None:
+    from .families import FAMILIES
+    p.add_argument("--zoo", help="the zoo (required: here or in the run file)")
+    p.add_argument("--store", help="the family store it publishes to (required)")
+    add_model_flags(p, {name: FAMILIES[name].config}, exclude=LEARNER_OWN)
     p.add_argument("--unlabeled", action="append", metavar="TASK=SPEC",
                    help="unlabeled images of a task (default: its test images, without labels); repeatable")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
@@ -259,14 +269,23 @@ def train_flags(p: argparse.ArgumentParser) -> None:
 def train(args: argparse.Namespace) -> None:
     from models_store.device import pick_device
     from models_store.zoo import Zoo
-    from .families import LearnContext, get_family_learner
+    from .families import FAMILIES, LearnContext
 
-    learner = get_family_learner(args.method)
-    refuse_foreign(args, learner.config, learner_configs(), f"method {learner.name}", exclude=("method",))
+    required(args, "zoo", "store")
+    learner = FAMILIES[args.choice]
     config = learner.config(**model_values(args, learner.config))
     ctx = LearnContext(Zoo(args.zoo), Path(args.store), key_values(args.unlabeled, "--unlabeled"),
                        pick_device(args.device), resume=args.resume)
     print(learner(ctx, config).name)
+
+
+def recorded_run(manifest) -> dict:
+    """A published family's run as a `pmerge train --config` file: its learner, zoo, data and config."""
+    config = dict(manifest.hyperparameters)
+    unlabeled = config.pop("unlabeled", {})
+    for name in LEARNER_OWN:
+        config.pop(name, None)
+    return {"learner": manifest.method, "zoo": manifest.zoo, "unlabeled": unlabeled} | config
 
 
 # ---- pmerge front ----------------------------------------------------------------------------
@@ -335,8 +354,9 @@ def select(args: argparse.Namespace) -> None:
 # ---- pmerge store, export ----------------------------------------------------------------------
 
 def store_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["ls", "show", "rm"])
-    p.add_argument("family", nargs="?", help="family id (show: default the newest)")
+    p.add_argument("action", choices=["ls", "show", "run", "rm"], help="run: the family's recorded run, as a "
+                   "`pmerge train --config` file (YAML)")
+    p.add_argument("family", nargs="?", help="family id (show, run: default the newest)")
     p.add_argument("--store", required=True)
 
 
@@ -348,9 +368,13 @@ def store(args: argparse.Namespace) -> None:
     if args.action == "ls":
         for m in list_families(args.store):
             print(f"{m.family_id}\t{m.method}\t{m.created}\ttasks={','.join(m.task_names)}\t{describe_kind(m)}")
-    elif args.action == "show":
+    elif args.action in ("show", "run"):
         family = Family(family_path(args.store, args.family))  # verifies every sha256
-        print(manifest_json(family.manifest))
+        if args.action == "show":
+            print(manifest_json(family.manifest))
+        else:
+            import yaml
+            print(yaml.safe_dump(recorded_run(family.manifest), sort_keys=False), end="")
     else:
         if not args.family:
             raise ValueError("store rm: give the family id")
@@ -408,12 +432,12 @@ COMMANDS = [
     Command("zoo", "build a model zoo (pretrained tower, zero-shot heads, fine-tuned towers) from data", zoo_flags, zoo,
             "CLIP in miniature: contrastive pretraining plus --caption-images labelled images per task paired with "
             "learned class embeddings, which become the zero-shot heads; then each task fine-tunes the whole tower "
-            "with its head frozen."),
+            "with its head frozen.", run_file=True),
     Command("merge", "merge a zoo into one tower with a classic method", merge_flags, merge,
-            "Methods: weight-average, task-arithmetic, ties, adamerging, adamerging++, tsv-m, iso-c, iso-cts, wudi (each "
-            "flag says which take it). The matrix merges (tsv-m, iso-c, iso-cts, wudi) treat linear layers' weights "
-            "as matrices; norms, biases, the patch convolution and the embeddings fall back to the mean of the task "
-            "vectors."),
+            "`pmerge merge METHOD --help` gives a method's flags. The matrix merges (tsv-m, iso-c, iso-cts, wudi) "
+            "treat linear layers' weights as matrices; norms, biases, the patch convolution and the embeddings fall "
+            "back to the mean of the task vectors.", choices=method_summaries, choice_name="method",
+            choice_flag="method", run_file=True),
     Command("eval", "per-task test accuracy of a tower", eval_flags, evaluate),
     Command("import", "convert fine-tuned checkpoints into a zoo: task-vectors or FusionBench pickles, or Hugging Face "
             "CLIP directories", import_flags, import_,
@@ -424,9 +448,10 @@ COMMANDS = [
             "safetensors only and never unpickles."),
     Command("train", "learn a family of merged models (Pareto Merging, or a servable baseline) into a store",
             train_flags, train,
-            "--method pm / pm++: Pareto Merging (kind lowrank), one training for the whole simplex; ta-pref / "
-            "adamerging-pref: the preference-aware baselines at --points (kind point-set). Unlabeled data default "
-            "to the tasks' test images without labels (the papers' protocol). Each flag says which methods take it."),
+            "`pmerge train LEARNER --help` gives a learner's flags (pm when none is named). Unlabeled data default to "
+            "the tasks' test images without labels (the papers' protocol). `pmerge store run ID` writes a published "
+            "family's run as a --config file.", choices=learner_summaries, choice_name="learner",
+            choice_flag="method", default_choice="pm", run_file=True),
     Command("front", "the Pareto front of a family (and of preference-aware baselines): JSON, Markdown, PNG",
             front_flags, front,
             "Evaluates per-task test accuracy at every preference of a set: the simplex grid with N divisions "

@@ -4,7 +4,7 @@
     DIR/families   the family store (trained once: `pmerge train` with its defaults)
 
 A complete zoo in DIR/zoo is reused as it is; a family trained with the same zoo, configuration
-and data already in the store is reused (train_family's id is a hash of exactly those), so a
+and data already in the store is reused (a family's id is a hash of exactly those), so a
 second run goes straight to serving. The docker compose trainer runs the same with --no-serve.
 """
 from __future__ import annotations
@@ -38,11 +38,10 @@ def demo_zoo(path: Path) -> Zoo:
 
 def demo_family(root: Path, device: torch.device) -> Path:
     """Build or reuse the demo zoo and the family trained from it with the default configuration."""
-    from .pareto.train import ParetoConfig, train_family
-    from .taskpool import TaskPool
+    from .families import FAMILIES, LearnContext
 
     zoo = demo_zoo(root / "zoo")
     store = root / "families"
-    path = train_family(zoo, store, ParetoConfig(), TaskPool(zoo).unlabeled, {}, device, resume=True)
+    path = FAMILIES["pm"](LearnContext(zoo, store, device=device, resume=True))
     print(f"family {path.name} in {store}")
     return path

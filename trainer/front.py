@@ -34,15 +34,15 @@ from pymoo.indicators.igd_plus import IGDPlus
 
 from models_store import StoreError
 from models_store.checkpoint import StateDict
-from models_store.family import Family
+from models_store.family import Family, SearchBox
 from models_store.preference import Preference, equal_preference, from_weights
 from models_store.zoo import Zoo
 
 from .evaluate import Evaluator, Scores
-from .families.map import normalised
+from .families.map.learner import normalised
 from .hypervolume import hypervolume, non_dominated
-from .map.design import sobol
-from .map.evaluate import CoefficientEvaluator
+from .families.map.design import sobol
+from .families.map.evaluate import CoefficientEvaluator
 from .methods import MergeContext, get_method
 from .pool import ModelPool
 from .simplex import PointSet, priority_preference
@@ -206,9 +206,17 @@ def member_fronts(name: str, family: Family, evaluator: Evaluator, log: Callable
     return out
 
 
-def real_evaluations(families: Sequence[Family]) -> Optional[Family]:
-    """The first family that says how many real evaluations it spent (MAP's learners)."""
-    return next((f for f in families if isinstance(f.manifest.metrics.get("real_evaluations"), (int, float))), None)
+def search_box(families: Sequence[Family]) -> Optional[SearchBox]:
+    """The box and budget of the first family whose members were searched (MAP's learners); read
+    from the manifest's hyperparameters and metrics for families from before `search` was typed."""
+    for f in families:
+        if f.manifest.search is not None:
+            return f.manifest.search
+        spent = f.manifest.metrics.get("real_evaluations")
+        if isinstance(spent, (int, float)):
+            hp = f.manifest.hyperparameters
+            return SearchBox(c_max=hp.get("c_max", 1.0), real_evaluations=spent, seed=hp.get("seed", 0))
+    return None
 
 
 def coefficient_front(name: str, points: np.ndarray, evaluator: CoefficientEvaluator, tasks: list[str],
@@ -222,15 +230,14 @@ def coefficient_front(name: str, points: np.ndarray, evaluator: CoefficientEvalu
 
 def coefficient_sets(cfg: FrontConfig, families: Sequence[Family], k: int) -> dict[str, np.ndarray]:
     """Direct search and the ground-truth grid, as the settings and the MAP family ask."""
-    mapped = real_evaluations(families)
-    params = mapped.manifest.hyperparameters if mapped is not None else {}
-    c_max = cfg.c_max or params.get("c_max", 1.0)
+    box = search_box(families)
+    c_max = cfg.c_max or (box.c_max if box is not None else 1.0)
     budget = cfg.direct_search
     if budget is None:
-        budget = round(mapped.manifest.metrics["real_evaluations"]) if mapped is not None else 0
+        budget = round(box.real_evaluations) if box is not None else 0
     sets = {}
     if budget:
-        sets["direct-search"] = sobol(k, budget, c_max, params.get("seed", cfg.seed))
+        sets["direct-search"] = sobol(k, budget, c_max, box.seed if box is not None else cfg.seed)
     if cfg.grid_steps:
         if k > 3:
             raise StoreError(f"--ground-truth grid:{cfg.grid_steps} evaluates {cfg.grid_steps}^K points: it is for "

@@ -25,7 +25,7 @@ from .progress import progress_bar
 from models_store.checkpoint import StateDict
 from models_store.preprocess import Preprocess
 from models_store.tower import build_tower, head_logits, image_size, resolve_architecture
-from models_store.zoo import Head, TaskInfo, Zoo, ZooManifest, write_zoo
+from models_store.zoo import Head, TaskInfo, TrainingSplit, Zoo, ZooManifest, write_zoo
 
 from .data import DatasetError, TaskData, dataset_classes, load_dataset
 from .evaluate import Evaluator
@@ -213,5 +213,6 @@ def build_zoo(out: str | Path, cfg: ZooConfig) -> tuple[Zoo, dict[str, dict[str,
     manifest = ZooManifest(
         architecture=arch, preprocess=pre,
         tasks=[TaskInfo(name=t, classes=train[t].classes, data=s) for t, s in cfg.tasks.items()],
+        training=TrainingSplit(train_limit=cfg.train_limit, seed=cfg.seed, holdout=cfg.holdout),
         metrics={"accuracy": matrix, "timings": timings, "config": cfg.model_dump()})
     return write_zoo(out, manifest, pretrained, finetuned, heads), matrix

@@ -19,6 +19,8 @@ from .. import StoreError
 KINDS = {"lowrank": "lowrank:LowRankFamily", "point-set": "point_set:PointSetFamily",
          "feature-map": "feature_map:FeatureMapFamily"}
 
+FORMAT_1_KIND = "lowrank"  # format-1 manifests predate kinds: every family then was low-rank
+
 
 def get_kind(name: str):
     if name not in KINDS:

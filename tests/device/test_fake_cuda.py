@@ -147,8 +147,8 @@ def test_a_pareto_merging_step_on_the_device(cuda, pool, zoo, method):
     from models_store.kinds.lowrank import target_names
     from trainer.entropy_loop import FrozenTower
     from trainer.methods.ties import ties_preprocess
-    from trainer.pareto.model import ParetoMerge
-    from trainer.pareto.train import ParetoConfig, base_merge, optimizer, sample_preference, step_terms
+    from trainer.families.pareto.model import ParetoMerge
+    from trainer.families.pareto.train import ParetoConfig, base_merge, optimizer, sample_preference, step_terms
     from trainer.taskpool import TaskPool
     with on_host():
         unlabeled = TaskPool(zoo, unlabeled_limit=8).unlabeled
@@ -185,7 +185,7 @@ def test_an_adamerging_step_on_the_device(cuda, pool, zoo, preference):
 
 
 def test_the_map_evaluator_on_the_device(cuda, pool, data):
-    from trainer.map.evaluate import CoefficientEvaluator
+    from trainer.families.map.evaluate import CoefficientEvaluator
     evaluator = CoefficientEvaluator(pool, data, cuda.device)
     state = evaluator.merged(np.array([0.3, 0.2, 0.1]))
     correct, loss = evaluator.evaluator.totals(state)
@@ -196,7 +196,7 @@ def test_the_map_evaluator_on_the_device(cuda, pool, data):
 
 def test_react_features_and_maps_on_the_device(cuda, pool, data, families):
     from models_store.tower import load_tower
-    from trainer.families.react import projected_features, task_map
+    from trainer.families.react.learner import projected_features, task_map
     tower = load_tower(pool.architecture, pool.pretrained).to(cuda.device).eval()
     images = cuda.host(data["digits"].images)
     z_mtl = projected_features(tower, images, cuda.device)
@@ -215,8 +215,8 @@ def test_react_features_and_maps_on_the_device(cuda, pool, data, families):
 
 
 def test_hm3_paths_on_the_device(cuda, pool, data):
-    from trainer.hm3.dare_ties import dare_ties
-    from trainer.hm3.paths import PathEvaluator
+    from trainer.families.hm3.dare_ties import dare_ties
+    from trainer.families.hm3.paths import PathEvaluator
     with on_host():
         vectors = dare_ties(pool.task_vectors, 0.5, 100, 0)
     evaluator = PathEvaluator(pool, vectors, [[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]], data, True, cuda.device)

@@ -19,8 +19,8 @@ def test_unknown_formats_and_bad_manifests_name_the_file(tmp_path):
     with pytest.raises(StoreError, match=f"{MANIFEST} cannot be read|not valid JSON"):
         Family(family)
     (tmp_path / "zoo").mkdir()
-    (tmp_path / "zoo" / "zoo.json").write_text('{"format": 2}')
-    with pytest.raises(StoreError, match="zoo.json is invalid: .*unknown zoo format 2"):
+    (tmp_path / "zoo" / "zoo.json").write_text('{"format": 3}')
+    with pytest.raises(StoreError, match="zoo.json is invalid: .*unknown zoo format 3 .this pmerge reads format 1, 2"):
         Zoo(tmp_path / "zoo")
     with pytest.raises(StoreError, match="missing manifest"):
         Zoo(tmp_path / "nowhere")

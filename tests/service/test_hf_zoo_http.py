@@ -26,7 +26,7 @@ def test_an_hf_zoo_trains_a_family_that_serves(tmp_path, capsys):
         save(fine_tuned(pretrained, seed=i + 1, scale=0.2), src / task)
         save_head(src / task, classes, TINY["projection_dim"], seed=i)
     main(["import", "--format", "hf", "--src", str(src), "--tasks", "digits,letters", "--out", str(tmp_path / "zoo")])
-    main(["train", "--zoo", str(tmp_path / "zoo"), "--store", str(tmp_path / "store"), "--method", "ta-pref",
+    main(["train", "ta-pref", "--zoo", str(tmp_path / "zoo"), "--store", str(tmp_path / "store"),
           "--points", "grid=3,random=0", "--device", "cpu"])
     family_id = capsys.readouterr().out.strip().splitlines()[-1]
     family = open_family(tmp_path / "store", family_id)

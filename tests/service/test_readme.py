@@ -32,11 +32,13 @@ from cli_zygote import shim_venv  # noqa: E402
 
 ROOT = Path(__file__).parents[2]
 README = (ROOT / "README.md").read_text()
+# the learners' tours run after the README, in the same directory and against the same server
+DOCUMENTS = README + (ROOT / "docs" / "learners.md").read_text()
 
 
 def examples() -> list[tuple[str, str]]:
     """(language, code) of every fenced block between the markers, in order."""
-    regions = re.findall(r"<!-- readme-example: begin -->(.*?)<!-- readme-example: end -->", README, re.S)
+    regions = re.findall(r"<!-- readme-example: begin -->(.*?)<!-- readme-example: end -->", DOCUMENTS, re.S)
     blocks = [(lang, code) for region in regions for lang, code in re.findall(r"```(\w+)\n(.*?)```", region, re.S)]
     assert blocks, "no examples found between the readme-example markers"
     return blocks

@@ -6,7 +6,8 @@ import torch
 
 from models_store.zoo import Zoo
 from quick_zoo import make_quick_zoo
-from trainer.pareto.train import ParetoConfig, train_family
+from trainer.families import FAMILIES, LearnContext
+from trainer.families.pareto.train import ParetoConfig
 from trainer.taskpool import TaskPool
 
 
@@ -19,9 +20,10 @@ def quick_zoo(tmp_path_factory) -> Zoo:
 def quick_store(tmp_path_factory, quick_zoo) -> tuple[Path, str]:
     """(store, family id): a PM family trained for a few steps with a large lr, so preferences matter a little."""
     store = tmp_path_factory.mktemp("quick-store")
-    unlabeled = TaskPool(quick_zoo, unlabeled_limit=32).unlabeled
+    ctx = LearnContext(quick_zoo, store, progress=False)
+    ctx.unlabeled = TaskPool(quick_zoo, unlabeled_limit=32).unlabeled  # fewer images than the default specs
     cfg = ParetoConfig(steps=6, rank=2, lr=0.02, batch_size=8, checkpoint_every=6)
-    path = train_family(quick_zoo, store, cfg, unlabeled, {}, torch.device("cpu"), progress=False)
+    path = FAMILIES["pm"](ctx, cfg)
     return store, path.name
 
 

@@ -10,8 +10,8 @@ from models_store.store import open_family
 from models_store.zoo import Zoo
 from models_store.cli import main
 from trainer.methods import METHODS
-from trainer.pareto.train import ParetoConfig, train_family
-from trainer.taskpool import TaskPool
+from trainer.families import FAMILIES, LearnContext
+from trainer.families.pareto.train import Checkpoint, ParetoConfig
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,7 @@ def test_the_zoo_holds_out_train_images_that_become_the_validation_sets(zoo_dir,
 
     zoo = Zoo(zoo_dir)
     assert zoo.manifest.metrics["config"]["holdout"] == 0.1  # `pmerge zoo`'s default
+    assert zoo.manifest.training.model_dump() == {"train_limit": 300, "seed": 0, "holdout": 0.1}
     validation = validation_sets(LearnContext(zoo, tmp_path), ValidationConfig())
     assert capsys.readouterr().err == ""  # no note: the validation images are unseen
     pre = zoo.manifest.preprocess
@@ -56,7 +57,7 @@ def test_every_method_merges_and_evaluates(zoo_dir, tmp_path):
     for name in METHODS:
         out = tmp_path / f"{name}.safetensors"
         extra = ["--steps", "20"] if name.startswith("adamerging") else []
-        main(["merge", "--zoo", str(zoo_dir), "--method", name, "--out", str(out), *extra])
+        main(["merge", name, "--zoo", str(zoo_dir), "--out", str(out), *extra])
         report = tmp_path / f"{name}.json"
         main(["eval", "--zoo", str(zoo_dir), "--weights", str(out), "--json", str(report)])
         averages[name] = json.loads(report.read_text())["accuracy"]["average"]
@@ -72,7 +73,7 @@ def test_adamerging_average_accuracy_is_at_least_task_arithmetics(zoo_dir, tmp_p
     averages = {}
     for name, extra in [("task-arithmetic", []), ("adamerging", ["--steps", "200"])]:
         out, report = tmp_path / f"{name}.safetensors", tmp_path / f"{name}.json"
-        main(["merge", "--zoo", str(zoo_dir), "--method", name, "--out", str(out), *extra])
+        main(["merge", name, "--zoo", str(zoo_dir), "--out", str(out), *extra])
         main(["eval", "--zoo", str(zoo_dir), "--weights", str(out), "--json", str(report)])
         averages[name] = json.loads(report.read_text())["accuracy"]["average"]
     assert averages["adamerging"] >= averages["task-arithmetic"], averages
@@ -80,7 +81,7 @@ def test_adamerging_average_accuracy_is_at_least_task_arithmetics(zoo_dir, tmp_p
 
 def test_merge_rejects_flags_the_method_does_not_take(zoo_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["merge", "--zoo", str(zoo_dir), "--method", "task-arithmetic", "--ties-k", "10",
+        main(["merge", "task-arithmetic", "--zoo", str(zoo_dir), "--ties-k", "10",
               "--out", str(tmp_path / "x.safetensors")])
     assert "pmerge merge: error: method task-arithmetic takes no --ties-k" in capsys.readouterr().err
 
@@ -101,23 +102,29 @@ def test_train_publishes_a_family_that_verifies_and_materializes(zoo_dir, tmp_pa
         Family(tmp_path / family_id)
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(zoo_dir, tmp_path):
+def test_killed_run_resumes_to_the_uninterrupted_result(zoo_dir, tmp_path, monkeypatch):
+    """Through the registry, as `pmerge train` runs it: killed after its step-4 checkpoint, the
+    run resumes from the run directory the registry gives it."""
     zoo = Zoo(zoo_dir)
-    unlabeled = TaskPool(zoo).unlabeled
     cfg = ParetoConfig(steps=6, rank=4, checkpoint_every=2)
-    full = train_family(zoo, tmp_path / "a", cfg, unlabeled, {}, torch.device("cpu"), progress=False)
+    full = FAMILIES["pm"](LearnContext(zoo, tmp_path / "a", progress=False), cfg)
 
     class Killed(Exception):
         pass
 
-    def kill_at_4(step):
+    save = Checkpoint.save
+
+    def save_then_kill_at_4(self, step, *args):
+        save(self, step, *args)
         if step == 4:
             raise Killed
+    monkeypatch.setattr(Checkpoint, "save", save_then_kill_at_4)
     with pytest.raises(Killed):
-        train_family(zoo, tmp_path / "b", cfg, unlabeled, {}, torch.device("cpu"), progress=False,
-                     on_checkpoint=kill_at_4)
-    resumed = train_family(zoo, tmp_path / "b", cfg, unlabeled, {}, torch.device("cpu"), resume=True,
-                           progress=False)
+        FAMILIES["pm"](LearnContext(zoo, tmp_path / "b", progress=False), cfg)
+    monkeypatch.setattr(Checkpoint, "save", save)
+    assert (tmp_path / "b" / ".runs" / full.name / "checkpoint.safetensors").is_file()
+    resumed = FAMILIES["pm"](LearnContext(zoo, tmp_path / "b", resume=True, progress=False), cfg)
+    assert resumed.name == full.name
     a, b = Family(full), Family(resumed)
     for name in a.body.base:
         assert torch.allclose(a.body.base[name], b.body.base[name], atol=1e-6), name
@@ -143,14 +150,13 @@ def test_pareto_merging_on_a_fixed_base(zoo_dir, tmp_path, capsys, assert_serves
     """--base tsv-m (pm's default): the family's base is TSV-M's merge, byte for byte what `pmerge
     merge` gives; another base is another family."""
     from models_store.checkpoint import load_state_dict
-    from trainer.pareto.train import run_id
-    zoo = Zoo(zoo_dir)
+    ctx, pm = LearnContext(Zoo(zoo_dir), tmp_path), FAMILIES["pm"]
     adamerging = ParetoConfig(base="adamerging")
-    assert run_id(zoo, ParetoConfig(base="tsv-m"), {}) == run_id(zoo, ParetoConfig(), {}) != run_id(zoo, adamerging, {})
+    assert pm.family_id(ctx, ParetoConfig(base="tsv-m")) == pm.family_id(ctx, ParetoConfig()) != pm.family_id(ctx, adamerging)
     main(["train", "--zoo", str(zoo_dir), "--store", str(tmp_path), "--steps", "3", "--rank", "4"])
     family = open_family(tmp_path, capsys.readouterr().out.strip().splitlines()[-1])
     assert family.manifest.hyperparameters["base"] == "tsv-m"
-    main(["merge", "--zoo", str(zoo_dir), "--method", "tsv-m", "--out", str(tmp_path / "tsv.safetensors")])
+    main(["merge", "tsv-m", "--zoo", str(zoo_dir), "--out", str(tmp_path / "tsv.safetensors")])
     tsv = load_state_dict(tmp_path / "tsv.safetensors")
     base = load_state_dict(tmp_path / family.family_id / "base.safetensors")
     assert set(base) == set(tsv) and all(torch.equal(base[k], tsv[k]) for k in tsv)

@@ -10,7 +10,7 @@ from models_store.cli import main
 from models_store.merged import read_tower_weights
 from models_store.store import open_family
 from trainer.families import FAMILIES, LearnContext, get_family_learner
-from trainer.families import adamerging_pref
+from trainer.families.adamerging_pref import learner as adamerging_pref
 from trainer.simplex import PointSet
 
 
@@ -25,7 +25,7 @@ def test_every_learner_is_registered_with_its_config():
 
 def test_ta_pref_family_serves_task_arithmetic_at_each_point(quick_zoo, tmp_path, capsys):
     store, zoo = tmp_path / "store", str(quick_zoo.root)
-    main(["train", "--zoo", zoo, "--store", str(store), "--method", "ta-pref", "--points", "grid=1,random=2",
+    main(["train", "ta-pref", "--zoo", zoo, "--store", str(store), "--points", "grid=1,random=2",
           "--scale", "0.4"])
     family_id = capsys.readouterr().out.strip().splitlines()[-1]
     family = open_family(store, family_id)
@@ -38,7 +38,7 @@ def test_ta_pref_family_serves_task_arithmetic_at_each_point(quick_zoo, tmp_path
     assert "kind=point-set(pick=nearest,sense=max,members=9)" in capsys.readouterr().out
     for pref in ("digits:0.7,shapes:0.15,glyphs:0.15", "1,1,1"):
         main(["export", "--store", str(store), "--pref", pref, "--out", str(tmp_path / "m.safetensors")])
-        main(["merge", "--zoo", zoo, "--method", "task-arithmetic", "--scale", "0.4", "--pref", pref,
+        main(["merge", "task-arithmetic", "--zoo", zoo, "--scale", "0.4", "--pref", pref,
               "--out", str(tmp_path / "ta.safetensors")])
         tower, heads, meta = read_tower_weights(tmp_path / "m.safetensors")
         expected = load_state_dict(tmp_path / "ta.safetensors")
@@ -46,7 +46,7 @@ def test_ta_pref_family_serves_task_arithmetic_at_each_point(quick_zoo, tmp_path
         for k in expected:
             assert torch.allclose(tower[k], expected[k], atol=1e-6), k
     # the same id again: the family is reused, not trained twice
-    main(["train", "--zoo", zoo, "--store", str(store), "--method", "ta-pref", "--points", "grid=1,random=2",
+    main(["train", "ta-pref", "--zoo", zoo, "--store", str(store), "--points", "grid=1,random=2",
           "--scale", "0.4"])
     assert capsys.readouterr().out.strip().splitlines()[-1] == family_id
     main(["select", "--store", str(store), "--data", "builtin:digits", "--task", "digits", "--samples", "2",
@@ -58,17 +58,19 @@ def test_ta_pref_family_serves_task_arithmetic_at_each_point(quick_zoo, tmp_path
 
 def test_a_zoo_with_other_weights_under_the_same_manifest_trains_another_family(quick_zoo, tmp_path, capsys):
     """The family id hashes the zoo's tensor files: a rebuilt or re-imported zoo of the same layout
-    must not reuse a family trained on the old weights (it did while the id hashed the manifest)."""
+    must not reuse a family trained on the old weights (it did while the id hashed the manifest),
+    and a file rewritten in place, behind the zoo's recorded sha256, is refused, never reused."""
     from models_store.checkpoint import save_state_dict
+    from models_store.zoo import write_zoo
     store, same, other = tmp_path / "store", tmp_path / "same", tmp_path / "other"
     shutil.copytree(quick_zoo.root, same)
-    shutil.copytree(quick_zoo.root, other)
     task = quick_zoo.tasks[0]
-    state = load_state_dict(other / task / "finetuned.safetensors")
-    save_state_dict(other / task / "finetuned.safetensors", {k: v * 1.01 for k, v in state.items()})
+    finetuned = {t: quick_zoo.finetuned(t) for t in quick_zoo.tasks}
+    finetuned[task] = {k: v * 1.01 for k, v in finetuned[task].items()}
+    write_zoo(other, quick_zoo.manifest, quick_zoo.pretrained(), finetuned, quick_zoo.heads)
 
     def train(zoo):
-        main(["train", "--zoo", str(zoo), "--store", str(store), "--method", "ta-pref", "--points", "grid=1"])
+        main(["train", "ta-pref", "--zoo", str(zoo), "--store", str(store), "--points", "grid=1"])
         return capsys.readouterr().out.strip().splitlines()[-1]
 
     first = train(quick_zoo.root)
@@ -79,25 +81,30 @@ def test_a_zoo_with_other_weights_under_the_same_manifest_trains_another_family(
     assert not torch.equal(open_family(store, first).materialize(pref)["proj"],
                            open_family(store, second).materialize(pref)["proj"])
 
+    state = load_state_dict(same / task / "finetuned.safetensors")
+    save_state_dict(same / task / "finetuned.safetensors", {k: v * 1.01 for k, v in state.items()})
+    with pytest.raises(SystemExit):
+        train(same)
+    assert f"{task}/finetuned.safetensors does not match its sha256" in capsys.readouterr().err
+
 
 def test_flags_of_another_method_are_refused(quick_zoo, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["train", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--method", "ta-pref", "--rank", "4"])
+        main(["train", "ta-pref", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--rank", "4"])
     assert "pmerge train: error: method ta-pref takes no --rank" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["train", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--method", "ta-pref",
-              "--points", "grid=0"])
+        main(["train", "ta-pref", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--points", "grid=0"])
     assert "--points: grid: Input should be greater than or equal to 1" in capsys.readouterr().err
 
 
 def test_adamerging_pref_family_equals_adamerging_and_resumes(quick_zoo, tmp_path, capsys, monkeypatch):
     zoo = str(quick_zoo.root)
-    args = ["train", "--zoo", zoo, "--method", "adamerging-pref", "--points", "grid=1,random=0", "--steps", "2",
+    args = ["train", "adamerging-pref", "--zoo", zoo, "--points", "grid=1,random=0", "--steps", "2",
             "--batch-size", "4"]
     main(args + ["--store", str(tmp_path / "a")])
     full = open_family(tmp_path / "a", capsys.readouterr().out.strip().splitlines()[-1])
     pref = "shapes:0.7,digits:0.15,glyphs:0.15"
-    main(["merge", "--zoo", zoo, "--method", "adamerging", "--steps", "2", "--batch-size", "4", "--pref", pref,
+    main(["merge", "adamerging", "--zoo", zoo, "--steps", "2", "--batch-size", "4", "--pref", pref,
           "--out", str(tmp_path / "ada.safetensors")])
     expected = load_state_dict(tmp_path / "ada.safetensors")
     got = full.materialize(full.preference(pref))

@@ -119,10 +119,10 @@ def test_preference_weights_convention_and_errors():
 
 def test_merge_pref_through_the_cli(quick_zoo, tmp_path, capsys):
     root = str(quick_zoo.root)
-    main(["merge", "--zoo", root, "--method", "task-arithmetic", "--out", str(tmp_path / "plain.safetensors")])
-    main(["merge", "--zoo", root, "--method", "task-arithmetic", "--pref", "1,1,1",
+    main(["merge", "task-arithmetic", "--zoo", root, "--out", str(tmp_path / "plain.safetensors")])
+    main(["merge", "task-arithmetic", "--zoo", root, "--pref", "1,1,1",
           "--out", str(tmp_path / "equal.safetensors")])
-    main(["merge", "--zoo", root, "--method", "task-arithmetic", "--pref", "digits:1",
+    main(["merge", "task-arithmetic", "--zoo", root, "--pref", "digits:1",
           "--out", str(tmp_path / "digits.safetensors")])
     assert "at preference digits:1,shapes:0,glyphs:0" in capsys.readouterr().out
     plain, equal, digits = (load_state_dict(tmp_path / f"{n}.safetensors") for n in ("plain", "equal", "digits"))
@@ -132,10 +132,10 @@ def test_merge_pref_through_the_cli(quick_zoo, tmp_path, capsys):
     k = "conv1.weight"
     assert torch.allclose(digits[k], pretrained[k] + 0.3 * 3 * (tuned[k] - pretrained[k]), atol=1e-5)
     with pytest.raises(SystemExit):
-        main(["merge", "--zoo", root, "--method", "ties", "--pref", "1,1,1", "--out", str(tmp_path / "x.safetensors")])
+        main(["merge", "ties", "--zoo", root, "--pref", "1,1,1", "--out", str(tmp_path / "x.safetensors")])
     assert "pmerge merge: error: method ties takes no --pref" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["merge", "--zoo", root, "--method", "task-arithmetic", "--pref", "nope:1",
+        main(["merge", "task-arithmetic", "--zoo", root, "--pref", "nope:1",
               "--out", str(tmp_path / "x.safetensors")])
     assert "unknown task 'nope'" in capsys.readouterr().err
 

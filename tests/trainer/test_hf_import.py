@@ -111,7 +111,7 @@ def test_what_pmerge_cannot_import_is_named_and_no_zoo_is_left(tmp_path, capsys)
     assert "tensors pmerge cannot place in an open_clip tower: ['encoder.layers.0.mlp.fc3.weight']" in import_error(
         capsys, src, "--tasks", "a")
     assert not (tmp_path / "zoo").exists()
-    assert build_tower  # noqa: the import of the module under test stays explicit
+    assert build_tower  # the import of the module under test stays explicit
 
 
 def raw_safetensors(path, header: dict, data: bytes = b"", length=None) -> None:

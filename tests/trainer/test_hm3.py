@@ -9,13 +9,13 @@ from models_store.cli import main
 from models_store.preference import from_weights
 from models_store.store import open_family
 from models_store.tower import head_logits, load_tower
-from trainer.families.hm3 import Hm3Config, member_preferences
+from trainer.families.hm3.learner import Hm3Config, member_preferences
 from trainer.families.validation import validation_sets
 from trainer.families.registry import LearnContext
-from trainer.hm3.dare_ties import dare, dare_ties
-from trainer.hm3.paths import Accuracies, PathEvaluator, validation_parts
-from trainer.hm3.search import choose_paths
-from trainer.hm3.policy import PathPolicy, PPOConfig, ppo_update, sample
+from trainer.families.hm3.dare_ties import dare, dare_ties
+from trainer.families.hm3.paths import Accuracies, PathEvaluator, validation_parts
+from trainer.families.hm3.search import choose_paths
+from trainer.families.hm3.policy import PathPolicy, PPOConfig, ppo_update, sample
 from trainer.methods.ties import ties_preprocess
 
 
@@ -125,7 +125,7 @@ def test_the_prefix_cache_changes_no_reward_and_saves_blocks(quick_zoo):
 
 def test_hm3_through_the_cli_serves_its_paths_and_never_makes_a_member_worse(quick_zoo, tmp_path, capsys,
                                                                              assert_serves_materialised):
-    args = ["train", "--zoo", str(quick_zoo.root), "--method", "hm3", "--members", "6", "--episodes", "96",
+    args = ["train", "hm3", "--zoo", str(quick_zoo.root), "--members", "6", "--episodes", "96",
             "--allow-skip", "--depth-penalty", "0.001", "--search-images", "40", "--val-fraction", "0.2",
             "--ppo", "batch=32", "--drop", "0.5", "--device", "cpu"]
     main(args + ["--store", str(tmp_path / "a")])
@@ -165,8 +165,8 @@ def test_hm3_through_the_cli_serves_its_paths_and_never_makes_a_member_worse(qui
 
 
 def test_a_killed_hm3_run_resumes_without_evaluating_a_saved_path(quick_zoo, tmp_path, capsys, monkeypatch):
-    import trainer.hm3.paths as paths
-    args = ["train", "--zoo", str(quick_zoo.root), "--method", "hm3", "--members", "4", "--episodes", "64",
+    import trainer.families.hm3.paths as paths
+    args = ["train", "hm3", "--zoo", str(quick_zoo.root), "--members", "4", "--episodes", "64",
             "--search-images", "24", "--val-fraction", "0.2", "--ppo", "batch=16", "--device", "cpu"]
     real = paths.PathEvaluator.__call__
     new = []

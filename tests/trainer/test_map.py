@@ -15,10 +15,10 @@ from models_store.store import open_family
 from trainer.data import load_dataset
 from trainer.data import DatasetError
 from trainer.data.load import TrainingPart, load_validation
-from trainer.families import map as map_family
-from trainer.map.design import default_budget, design_points, surrogate_size
-from trainer.map.search import predicted_pareto_set
-from trainer.map.surrogate import fit_surrogate, link, quadratic_features
+from trainer.families.map import learner as map_family
+from trainer.families.map.design import default_budget, design_points, surrogate_size
+from trainer.families.map.search import predicted_pareto_set
+from trainer.families.map.surrogate import fit_surrogate, link, quadratic_features
 
 
 def test_design_has_the_one_hot_and_isotropic_points_and_refuses_a_small_budget():
@@ -115,13 +115,15 @@ def test_pick_rules_read_the_predicted_metrics():
 
 def test_map_family_through_the_cli_serves_its_members_and_resumes(quick_zoo, tmp_path, capsys, monkeypatch,
                                                                     assert_serves_materialised):
-    args = ["train", "--zoo", str(quick_zoo.root), "--method", "map", "--population", "12", "--generations", "20",
+    args = ["train", "map", "--zoo", str(quick_zoo.root), "--population", "12", "--generations", "20",
             "--val-fraction", "0.2", "--device", "cpu"]
     main(args + ["--store", str(tmp_path / "a")])
     family = open_family(tmp_path / "a", capsys.readouterr().out.strip().splitlines()[-1])
     m = family.manifest
     assert m.kind == "point-set" and m.kind_params["pick"] == "weighted-sum" and m.kind_params["sense"] == "max"
     assert m.metrics["evaluations"]["design"] == default_budget(3)
+    assert m.search is not None and m.search.model_dump() == {"c_max": 1.0, "seed": 0,
+                                                               "real_evaluations": m.metrics["real_evaluations"]}
     assert set(m.metrics["surrogates"]) == set(family.tasks)
     assert set(m.metrics["seconds_by_stage"]) == {"merge", "evaluate", "fit", "nsga3"}
     members = m.kind_params["members"]
@@ -160,12 +162,12 @@ def test_map_family_through_the_cli_serves_its_members_and_resumes(quick_zoo, tm
 
 def test_map_refuses_a_budget_below_the_surrogates_size(quick_zoo, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["train", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--method", "map", "--budget", "5"])
+        main(["train", "map", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--budget", "5"])
     assert "give --budget 10 or more (default 20)" in capsys.readouterr().err
 
 
 def test_bayesian_sampling_goes_where_the_surrogate_is_wrong():
-    from trainer.map.adaptive import allocate, bin_directions, bin_scores, bins_of, sample_near
+    from trainer.families.map.adaptive import allocate, bin_directions, bin_scores, bins_of, sample_near
     k = 2
     directions = bin_directions(k)
     first, middle, second = (int(np.argmin(np.abs(directions - d).sum(1))) for d in ([1, 0], [0.5, 0.5], [0, 1]))
@@ -186,7 +188,7 @@ def test_bayesian_sampling_goes_where_the_surrogate_is_wrong():
 
 
 def test_bmap_spends_its_budget_in_rounds(quick_zoo, tmp_path, capsys):
-    main(["train", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--method", "bmap", "--rounds", "2",
+    main(["train", "bmap", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--rounds", "2",
           "--population", "12", "--generations", "20", "--device", "cpu"])
     family = open_family(tmp_path, capsys.readouterr().out.strip().splitlines()[-1])
     metrics = family.manifest.metrics
@@ -215,7 +217,7 @@ def test_map_bench_on_a_quick_zoo(quick_zoo, tmp_path):
 
 
 def test_nested_tree_merges_the_most_alike_tasks_first():
-    from trainer.map.nested import task_tree
+    from trainer.families.map.nested import task_tree
     rng = np.random.default_rng(0)
     base = rng.normal(size=(2, 50))
     vectors = np.stack([base[0], base[1], base[0] + 0.1 * rng.normal(size=50), base[1] + 0.1 * rng.normal(size=50)])
@@ -230,7 +232,7 @@ def test_nested_tree_merges_the_most_alike_tasks_first():
 def test_nested_search_follows_the_preference_and_reuses_the_leaf_pairs():
     """On a known metric (task t best at c_t = 1, hurt by the other tasks' c), the tree's model for a
     preference leans to the preferred tasks, stays in the box, and the leaf pairs run once."""
-    from trainer.map.nested import NestedSearch, Node
+    from trainer.families.map.nested import NestedSearch, Node
     k = 4
     calls = []
 
@@ -253,7 +255,7 @@ def test_nested_search_follows_the_preference_and_reuses_the_leaf_pairs():
 
 
 def test_nmap_family_through_the_cli_and_its_cost(quick_zoo, tmp_path, capsys):
-    main(["train", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--method", "nmap", "--points",
+    main(["train", "nmap", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--points",
           "grid=1,random=0", "--population", "12", "--generations", "20", "--device", "cpu"])
     family = open_family(tmp_path, capsys.readouterr().out.strip().splitlines()[-1])
     m = family.manifest
@@ -273,7 +275,7 @@ def test_nmap_family_through_the_cli_and_its_cost(quick_zoo, tmp_path, capsys):
 
 def test_front_shows_map_members_predicted_direct_search_and_igd_against_the_grid(quick_zoo, tmp_path, capsys):
     """`pmerge front --ground-truth grid:N` on a 3-task MAP family, through the CLI."""
-    main(["train", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--method", "map", "--population", "12",
+    main(["train", "map", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--population", "12",
           "--generations", "20", "--device", "cpu"])
     family = open_family(tmp_path, capsys.readouterr().out.strip().splitlines()[-1])
     spent = family.manifest.metrics["real_evaluations"]
@@ -351,3 +353,19 @@ def test_validation_sets_say_when_the_fine_tuning_saw_every_validation_image(qui
     assert "are images their fine-tuned towers trained on" in sets(None, holdout=0.0)
     assert sets(None, holdout=0.1) == ""  # `pmerge zoo`'s default holds a tenth of every train split out
     assert sets(300) == ""  # every task's train split has images its fine-tuning did not read
+
+
+def test_a_map_family_from_before_the_typed_search_box_gives_the_same_box():
+    """Families published before `search` was a field keep c_max in their hyperparameters and the
+    budget in their metrics; front reads the same box from either."""
+    from types import SimpleNamespace
+
+    from models_store.family import SearchBox
+    from trainer.front import search_box
+
+    typed = SearchBox(c_max=0.8, real_evaluations=42, seed=3)
+    new = SimpleNamespace(manifest=SimpleNamespace(search=typed, metrics={}, hyperparameters={}))
+    old = SimpleNamespace(manifest=SimpleNamespace(search=None, metrics={"real_evaluations": 42},
+                                                   hyperparameters={"c_max": 0.8, "seed": 3}))
+    plain = SimpleNamespace(manifest=SimpleNamespace(search=None, metrics={}, hyperparameters={}))
+    assert search_box([plain, new]) == search_box([old]) == typed and search_box([plain]) is None

@@ -91,7 +91,7 @@ def test_wudi_descends_to_the_least_interference_solution():
                                           ("iso-cts", ["--common-fraction", "0.5"]), ("wudi", ["--steps", "3"])])
 def test_matrix_merges_through_the_cli(quick_zoo, tmp_path, method, flags):
     out = tmp_path / "m.safetensors"
-    main(["merge", "--zoo", str(quick_zoo.root), "--method", method, "--out", str(out), "--device", "cpu"] + flags)
+    main(["merge", method, "--zoo", str(quick_zoo.root), "--out", str(out), "--device", "cpu"] + flags)
     merged, pretrained = load_state_dict(out), quick_zoo.pretrained()
     assert set(merged) == set(pretrained)
     vectors = [{k: v.float() - pretrained[k].float() for k, v in quick_zoo.finetuned(t).items()

@@ -6,8 +6,8 @@ import torch
 from trainer.methods.adamerging import LayerwiseMerge
 
 from trainer.objective import TaskObjectives, entropy, imbalance
-from trainer.pareto.model import ParetoMerge
-from trainer.pareto.train import ParetoConfig, loss_terms
+from trainer.families.pareto.model import ParetoMerge
+from trainer.families.pareto.train import ParetoConfig, loss_terms
 
 
 def test_imbalance_is_zero_for_spread_predictions_and_log_c_for_one_class():

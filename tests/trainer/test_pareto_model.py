@@ -4,7 +4,7 @@ import torch
 
 from trainer.methods.adamerging import LayerwiseMerge
 
-from trainer.pareto.model import ParetoMerge, task_vector_factors
+from trainer.families.pareto.model import ParetoMerge, task_vector_factors
 
 
 def low_rank_vectors(k: int, d_out: int, d_in: int, rank: int, gen: torch.Generator) -> torch.Tensor:
@@ -60,7 +60,7 @@ def test_a_rank_above_the_weight_is_refused():
 
 
 def test_a_fixed_base_is_where_the_equal_preference_starts_and_training_leaves_it():
-    from trainer.pareto.model import FixedBase
+    from trainer.families.pareto.model import FixedBase
     gen = torch.Generator().manual_seed(3)
     pretrained = {"w": torch.randn(6, 4, generator=gen), "b": torch.randn(6, generator=gen)}
     vectors = {t: {k: torch.randn(v.shape, generator=gen) * 0.1 for k, v in pretrained.items()} for t in "xyz"}

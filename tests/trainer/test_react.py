@@ -6,7 +6,7 @@ from models_store.cli import main
 from models_store.kinds.feature_map import preference_map
 from models_store.preference import from_weights
 from models_store.store import open_family
-from trainer.families.react import task_map
+from trainer.families.react.learner import task_map
 
 
 def test_a_rotation_of_the_merged_features_is_recovered():
@@ -36,7 +36,7 @@ def test_the_preference_map_is_each_tasks_at_its_vertex_and_mixes_by_the_gram_ma
 
 
 def test_react_family_through_the_cli(quick_zoo, tmp_path, capsys, assert_serves_materialised):
-    main(["train", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--method", "react", "--calibration", "64",
+    main(["train", "react", "--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--calibration", "64",
           "--device", "cpu"])
     family = open_family(tmp_path, capsys.readouterr().out.strip().splitlines()[-1])
     m = family.manifest

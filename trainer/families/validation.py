@@ -7,6 +7,8 @@ from typing import Optional
 
 from pydantic import Field
 
+from models_store.zoo import TrainingSplit
+
 from ..data import TaskData
 from ..data.load import TrainingPart, load_dataset, load_validation
 from .registry import LearnContext, LearnerConfig
@@ -49,10 +51,13 @@ def validation_sets(ctx: LearnContext, config: ValidationConfig) -> dict[str, Ta
 
 def finetuning_subset(zoo) -> Optional[TrainingPart]:
     """The part of each train split that the towers of a zoo `pmerge zoo` built trained on (its
-    manifest records the flags that drew it; a zoo from before --holdout held nothing out), else
-    None."""
-    config = (zoo.manifest.metrics or {}).get("config") or {}
-    if "train_limit" not in config or config.get("seed") is None:
-        return None
-    limit = config["train_limit"]
-    return TrainingPart(None if limit is None else int(limit), int(config["seed"]), float(config.get("holdout", 0.0)))
+    manifest records it; a format-1 zoo in the flags of its metrics; a zoo from before --holdout
+    held nothing out), else None."""
+    split = zoo.manifest.training
+    if split is None:
+        config = (zoo.manifest.metrics or {}).get("config") or {}
+        if "train_limit" not in config or config.get("seed") is None:
+            return None
+        split = TrainingSplit(train_limit=config["train_limit"], seed=config["seed"],
+                              holdout=config.get("holdout", 0.0))
+    return TrainingPart(split.train_limit, split.seed, split.holdout)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from models_store.checkpoint import StateDict
 
 from ..pool import ModelPool
+from ..registry import Entry, Registry
 
 
 class MethodConfig(BaseModel):
@@ -31,30 +32,22 @@ MergeFn = Callable[[MergeContext, MethodConfig], StateDict]
 
 
 @dataclass(frozen=True)
-class Method:
-    name: str
-    config: type[MethodConfig]
-    fn: MergeFn
-    summary: str
+class Method(Entry[MethodConfig]):
     needs_data: bool = False
 
     def __call__(self, ctx: MergeContext, config: Optional[MethodConfig] = None) -> StateDict:
         return self.fn(ctx, config or self.config())
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("merging method")
 
 
 def register(name: str, config: type[MethodConfig], summary: str, needs_data: bool = False):
     def wrap(fn: MergeFn) -> MergeFn:
-        if name in METHODS:
-            raise ValueError(f"merging method {name!r} registered twice")
-        METHODS[name] = Method(name, config, fn, summary, needs_data)
+        METHODS.add(name, Method(name, config, fn, summary, needs_data))
         return fn
     return wrap
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise KeyError(f"unknown merging method {name!r}; known: {', '.join(sorted(METHODS))}")
     return METHODS[name]

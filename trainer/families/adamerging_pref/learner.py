@@ -3,22 +3,16 @@ AdaMerging optimisation per point, its entropies weighted by K p_k (kind point-s
 coefficients). Each finished point is saved, so a killed run resumes at the next one."""
 from __future__ import annotations
 
-import time
-
 import torch
 from pydantic import Field
 
 from models_store.checkpoint import load_state_dict, save_state_dict
 from models_store.kinds.point_set import Member
-from models_store.store import published
 
-from ..methods import MergeContext
-from ..methods.adamerging import AdaMergingConfig, learn_coefficients
-from .point_set import PointsConfig, publish_point_set
-from .registry import LearnContext, register_family
-
-RUNS = ".runs"  # STORE/.runs/<family_id>/members.safetensors: the points done so far
-
+from ...methods import MergeContext
+from ...methods.adamerging import AdaMergingConfig, learn_coefficients
+from ..point_set import PointsConfig, point_set_family
+from ..registry import LearnContext, register_family
 
 class AdaPrefConfig(PointsConfig):
     steps: int = Field(100, ge=0, description="AdaMerging steps per point (as `pmerge front --baseline-steps`)")
@@ -31,12 +25,8 @@ class AdaPrefConfig(PointsConfig):
 @register_family("adamerging-pref", AdaPrefConfig, "AdaMerging + preference, one optimisation per point "
                  "(kind point-set)")
 def learn(ctx: LearnContext, config: AdaPrefConfig):
-    family_id = ctx.family_id("adamerging-pref", config)
-    if (path := published(ctx.store, family_id)) is not None:
-        return path
-    began = time.perf_counter()
     prefs = config.points.preferences(ctx.zoo.tasks)
-    progress_file = ctx.store / RUNS / family_id / "members.safetensors"
+    progress_file = ctx.run_dir / "members.safetensors"  # the points done so far
     done: dict[str, torch.Tensor] = load_state_dict(progress_file) if ctx.resume and progress_file.is_file() else {}
     merge_ctx = MergeContext(pool=ctx.pool, unlabeled=ctx.unlabeled, device=ctx.device, seed=config.seed,
                              progress=ctx.progress)
@@ -55,4 +45,4 @@ def learn(ctx: LearnContext, config: AdaPrefConfig):
         progress_file.parent.mkdir(parents=True, exist_ok=True)
         save_state_dict(progress_file, done)
     members = [Member(preference=list(p.weights), per_tensor=True) for p in prefs]
-    return publish_point_set(ctx, family_id, "adamerging-pref", config, members, per_tensor, began)
+    return point_set_family(ctx, members, per_tensor)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..methods.ties import ties_preprocess
-from ..pool import TaskVector
+from ...methods.ties import ties_preprocess
+from ...pool import TaskVector
 
 
 def dare(vector: TaskVector, drop: float, generator: torch.Generator) -> TaskVector:

@@ -17,7 +17,7 @@ search replays, and what was evaluated is not evaluated again.
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -25,20 +25,19 @@ from pydantic import Field
 
 from models_store.kinds.point_set import Member
 from models_store.preference import Preference, equal_preference
-from models_store.store import published
 
-from ..hm3.dare_ties import dare_ties
-from ..hm3.paths import PathEvaluator, by_stage, load_results, save_results, validation_parts
-from ..hm3.policy import PPOConfig
-from ..hm3.search import choose_paths, ppo_search, random_search
-from ..simplex import dirichlet_samples, unique, vertices
-from .map import RUNS
-from .point_set import publish_point_set
-from .registry import LearnContext, register_family
-from .validation import ValidationConfig, validation_sets
+from .dare_ties import dare_ties
+from .paths import PathEvaluator, by_stage, load_results, save_results, validation_parts
+from .policy import PPOConfig
+from .search import choose_paths, ppo_search, random_search
+from ...simplex import dirichlet_samples, unique, vertices
+from ..point_set import point_set_family
+from ..registry import LearnContext, register_family
+from ..validation import ValidationConfig, validation_sets
 
 
 class Hm3Config(ValidationConfig):
+    id_exclude: ClassVar[frozenset[str]] = frozenset({"cache_mb"})
     members: int = Field(32, ge=1, description="member preferences: the K vertices, the equal preference, then "
                                                "Dirichlet(1) draws")
     drop: float = Field(0.5, ge=0, lt=1, description="DARE's drop rate p: each task vector entry dropped with "
@@ -81,10 +80,6 @@ def member_preferences(tasks: list[str], count: int, seed: int) -> list[Preferen
                  "source (merge, a fine-tuned model, skip) chosen by a PPO-trained preference-conditioned policy "
                  "(kind point-set)")
 def learn(ctx: LearnContext, config: Hm3Config):
-    began = time.perf_counter()
-    family_id = ctx.family_id("hm3", config, exclude={"cache_mb"})
-    if (path := published(ctx.store, family_id)) is not None:
-        return path
     tasks, pool = ctx.zoo.tasks, ctx.pool
     start = time.perf_counter()
     vectors = dare_ties(pool.task_vectors, config.drop, config.trim, config.seed)
@@ -96,7 +91,7 @@ def learn(ctx: LearnContext, config: Hm3Config):
     evaluator = PathEvaluator(pool, vectors, coefficients, val, config.allow_skip, ctx.device, config.eval_batch,
                               config.cache_mb << 20)
     evaluator.timer.seconds["merge"] = dare_seconds
-    log = ctx.store / RUNS / family_id / "paths.json"
+    log = ctx.run_dir / "paths.json"
     resumed = load_results(evaluator, log) if ctx.resume else 0
     checkpoint = lambda: save_results(evaluator, log)  # noqa: E731
     weights = torch.tensor([p.weights for p in prefs], dtype=torch.float32)
@@ -131,4 +126,4 @@ def learn(ctx: LearnContext, config: Hm3Config):
                "members_changed": int(sum(s != p for s, p in zip(starts, chosen))),
                "mean_objective_gain": float(np.mean(gains)),
                "seconds_by_stage": by_stage(evaluator.timer)}
-    return publish_point_set(ctx, family_id, "hm3", config, members, {}, began, metrics=metrics, merge_vectors=vectors)
+    return point_set_family(ctx, members, metrics=metrics, merge_vectors=vectors)

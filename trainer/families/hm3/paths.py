@@ -25,10 +25,10 @@ from models_store.atomic import write_text
 from models_store.kinds.point_set import FINETUNED, MERGE, SKIP, task_arithmetic
 from models_store.tower import embed, pool_project
 
-from ..data import TaskData
-from ..evaluate import Evaluator, StageTimer
-from ..objective import autocast
-from ..pool import ModelPool
+from ...data import TaskData
+from ...evaluate import Evaluator, StageTimer
+from ...objective import autocast
+from ...pool import ModelPool
 
 Path = tuple[int, ...]  # one source index per block
 

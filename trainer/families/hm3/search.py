@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..progress import progress_bar
+from ...progress import progress_bar
 from .paths import Path, PathEvaluator
 from .policy import PathPolicy, PPOConfig, ppo_update, sample
 

@@ -12,9 +12,9 @@ import torch
 
 from models_store.kinds.point_set import task_arithmetic
 
-from ..data import TaskData
-from ..evaluate import Evaluator, StageTimer
-from ..pool import ModelPool
+from ...data import TaskData
+from ...evaluate import Evaluator, StageTimer
+from ...pool import ModelPool
 
 
 @dataclass

@@ -20,7 +20,6 @@ Bayesian MAP (`bmap`) spends the budget after a smaller initial design in error-
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
@@ -29,22 +28,19 @@ import torch
 from pydantic import Field
 
 from models_store.atomic import write_text
+from models_store.family import SearchBox
 from models_store.kinds.point_set import Member
-from models_store.store import published
 
-from ..map.adaptive import next_points
-from ..map.design import Design, default_budget, design_points, surrogate_size
-from ..map.evaluate import CoefficientEvaluator, Scores, by_stage
-from ..map.nested import NestedSearch, task_tree
-from ..map.search import fit_surrogates, surrogate_front
-from ..map.surrogate import Metric
-from ..progress import progress_bar
-from .point_set import PointsConfig, publish_point_set
-from .registry import LearnContext, register_family
-from .validation import ValidationConfig, validation_sets
-
-RUNS = ".runs"  # STORE/.runs/<family_id>/evaluations.json: the design points evaluated so far
-
+from .adaptive import next_points
+from .design import Design, default_budget, design_points, surrogate_size
+from .evaluate import CoefficientEvaluator, Scores, by_stage
+from .nested import NestedSearch, task_tree
+from .search import fit_surrogates, surrogate_front
+from .surrogate import Metric
+from ...progress import progress_bar
+from ..point_set import PointsConfig, point_set_family
+from ..registry import LearnContext, Learned, register_family
+from ..validation import ValidationConfig, validation_sets
 
 class MapConfig(ValidationConfig):
     budget: Optional[int] = Field(None, ge=1, description="real evaluations of the design (default 2 (K+1)(K+2)/2, "
@@ -114,8 +110,8 @@ def real_metrics(tasks: list[str], scores: Scores) -> dict[str, float]:
             for t, v in zip(tasks, values)}
 
 
-def publish_front(ctx: LearnContext, config: MapConfig, family_id: str, method: str, points: np.ndarray,
-                  scores: list[Scores], evaluator: CoefficientEvaluator, log: EvaluationLog, began: float, extra: dict) -> Path:
+def front_family(ctx: LearnContext, config: MapConfig, method: str, points: np.ndarray, scores: list[Scores],
+                 evaluator: CoefficientEvaluator, log: EvaluationLog, extra: dict) -> Learned:
     """Surrogates, NSGA-III, the front evaluated for real, and the point-set family."""
     tasks = ctx.zoo.tasks
     surrogates, front, predicted = surrogate_front(points, metric_matrix(scores, config.metric), config.metric,
@@ -127,19 +123,21 @@ def publish_front(ctx: LearnContext, config: MapConfig, family_id: str, method: 
     metrics = {"evaluations": {"design": len(points), "front": len(front)}, "real_evaluations": len(points) + len(front),
                "surrogates": {t: {"r2": round(s.r2, 5), "loo_rmse": round(s.loo_rmse, 5)} for t, s in zip(tasks, surrogates)},
                "seconds_by_stage": by_stage(evaluator.timer)} | extra
-    return publish_point_set(ctx, family_id, method, config, members, {}, began, pick=config.pick,
-                             sense="max" if config.metric == "accuracy" else "min", metrics=metrics)
+    search = SearchBox(c_max=config.c_max, real_evaluations=metrics["real_evaluations"], seed=config.seed)
+    return point_set_family(ctx, members, pick=config.pick, sense="max" if config.metric == "accuracy" else "min",
+                            metrics=metrics, search=search)
 
 
-def learn_front(ctx: LearnContext, config: MapConfig, method: str, adaptive: bool) -> Path:
+def evaluation_log(ctx: LearnContext) -> EvaluationLog:
+    """The design points evaluated so far, in the run directory."""
+    return EvaluationLog(ctx.run_dir / "evaluations.json", ctx.resume, ctx.progress)
+
+
+def learn_front(ctx: LearnContext, config: MapConfig, method: str, adaptive: bool) -> Learned:
     """MAP's whole run: the design (all of the budget, or BMAP's initial part and its rounds), the
-    evaluations (resumable), then `publish_front`."""
-    began = time.perf_counter()
-    family_id = ctx.family_id(method, config)
-    if (path := published(ctx.store, family_id)) is not None:
-        return path
+    evaluations (resumable), then `front_family`."""
     evaluator = CoefficientEvaluator(ctx.pool, validation_sets(ctx, config), ctx.device, config.eval_batch)
-    log = EvaluationLog(ctx.store / RUNS / family_id / "evaluations.json", ctx.resume, ctx.progress)
+    log = evaluation_log(ctx)
     k = len(ctx.zoo.tasks)
     budget = config.budget or default_budget(k)
     initial = min(budget, config.initial or surrogate_size(k) + k) if adaptive else budget
@@ -148,7 +146,7 @@ def learn_front(ctx: LearnContext, config: MapConfig, method: str, adaptive: boo
     extra: dict = {}
     if adaptive:
         points, scores, extra = error_driven_rounds(config, points, scores, budget, evaluator, log)
-    return publish_front(ctx, config, family_id, method, points, scores, evaluator, log, began, extra)
+    return front_family(ctx, config, method, points, scores, evaluator, log, extra)
 
 
 @register_family("map", MapConfig, "MAP: quadratic surrogates of the task-arithmetic coefficients' metrics and "
@@ -203,14 +201,10 @@ def task_gram(pool) -> np.ndarray:
 @register_family("nmap", NestedMapConfig, "Nested MAP: an agglomerative tree of pairwise merges of the tasks, "
                  "each a 2-D MAP; one member per preference of --points, the tree's merge for it (kind point-set)")
 def learn_nested(ctx: LearnContext, config: NestedMapConfig):
-    began = time.perf_counter()
-    family_id = ctx.family_id("nmap", config)
-    if (path := published(ctx.store, family_id)) is not None:
-        return path
     tasks = ctx.zoo.tasks
     tree = task_tree(task_gram(ctx.pool))
     evaluator = CoefficientEvaluator(ctx.pool, validation_sets(ctx, config), ctx.device, config.eval_batch)
-    log = EvaluationLog(ctx.store / RUNS / family_id / "evaluations.json", ctx.resume, ctx.progress)
+    log = evaluation_log(ctx)
 
     def evaluate(points: np.ndarray, indices: Sequence[int]) -> np.ndarray:
         names = [tasks[i] for i in indices]
@@ -232,4 +226,5 @@ def learn_nested(ctx: LearnContext, config: NestedMapConfig):
                                "members": len(prefs),
                                "map_default_design": default_budget(k)},
                "seconds_by_stage": by_stage(evaluator.timer)}
-    return publish_point_set(ctx, family_id, "nmap", config, members, {}, began, metrics=metrics)
+    search = SearchBox(c_max=config.c_max, real_evaluations=metrics["real_evaluations"], seed=config.seed)
+    return point_set_family(ctx, members, metrics=metrics, search=search)

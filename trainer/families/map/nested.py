@@ -28,7 +28,7 @@ from scipy.spatial.distance import squareform
 from models_store.kinds.point_set import PICK_RULES, MemberTable
 
 from .design import Design, design_points
-from ..evaluate import StageTimer
+from ...evaluate import StageTimer
 from .search import surrogate_front
 from .surrogate import Metric
 

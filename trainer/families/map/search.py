@@ -10,7 +10,7 @@ from pymoo.core.problem import Problem
 from pymoo.optimize import minimize
 from pymoo.util.ref_dirs import get_reference_directions
 
-from ..evaluate import StageTimer
+from ...evaluate import StageTimer
 from .surrogate import Metric, Surrogate, fit_surrogate
 
 

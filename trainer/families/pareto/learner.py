@@ -1,12 +1,12 @@
-"""Pareto Merging (seed 002) and PM++: kind lowrank, trained by trainer/pareto/train.py."""
+"""Pareto Merging (seed 002) and PM++: kind lowrank, trained by train.py."""
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import Field
 
-from ..pareto.train import BASES, DEFAULT_BASE, ParetoConfig, train_family
-from .registry import LearnContext, register_family
+from ..registry import register_family
+from .train import BASES, DEFAULT_BASE, ParetoConfig, learn
 
 
 def base_field(method: str):
@@ -22,11 +22,6 @@ class PlusConfig(ParetoConfig):
 class PlainConfig(ParetoConfig):
     method: Literal["pm"] = "pm"
     base: Literal[BASES] = base_field("pm")
-
-
-def learn(ctx: LearnContext, config: ParetoConfig):
-    return train_family(ctx.zoo, ctx.store, config, ctx.unlabeled, ctx.unlabeled_specs, ctx.device,
-                        resume=ctx.resume, progress=ctx.progress)
 
 
 register_family("pm", PlainConfig, "Pareto Merging: a base merge (--base, default TSV-M) plus a preference-"

@@ -21,8 +21,8 @@ import torch
 from models_store.checkpoint import StateDict
 from models_store.kinds.lowrank import LowRank, lowrank_delta
 
-from ..methods.adamerging import LayerwiseMerge
-from ..pool import TaskVector
+from ...methods.adamerging import LayerwiseMerge
+from ...pool import TaskVector
 
 LowRankInit = Literal["task-vectors", "kaiming"]
 class FixedBase(torch.nn.Module):

@@ -29,50 +29,42 @@ random generator's state, so `--resume` after a kill reaches the uninterrupted r
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Callable, ClassVar, Literal, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from models_store.checkpoint import load_state_dict, save_state_dict
-from models_store.family import FamilyManifest, now_iso, publish_family
 from models_store.kinds import lowrank as lowrank_kind
 from models_store.kinds.lowrank import target_names
-from models_store.store import published
-from models_store.zoo import Zoo
 
-from ..methods import MergeContext, get_method
-from ..methods.adamerging import LayerwiseMerge
-from ..methods.ties import ties_preprocess
-from ..family_id import family_id
-from ..entropy_loop import FrozenTower, optimise
-from ..objective import TaskObjectives, UnlabeledSampler
-from ..pool import ModelPool
+from ...methods import MergeContext, get_method
+from ...methods.adamerging import LayerwiseMerge
+from ...methods.ties import ties_preprocess
+from ...entropy_loop import FrozenTower, optimise
+from ...objective import TaskObjectives, UnlabeledSampler
+from ...pool import ModelPool
+from ..registry import LearnContext, Learned, LearnerConfig
 from .model import Base, FixedBase, LowRankInit, ParetoMerge
 
 BASES = ("adamerging", "adamerging++", "task-arithmetic", "ties", "tsv-m", "iso-c", "iso-cts", "wudi")
 LEARNED = {"adamerging": "pm", "adamerging++": "pm++"}  # the learned bases, and whose vectors they merge
 DEFAULT_BASE = {"pm": "tsv-m", "pm++": "adamerging++"}  # pm: the best of bench/results/pm-sweep-* (bases)
-RUNS = ".runs"  # STORE/.runs/<family_id>/checkpoint.safetensors (no manifest.json: never listed)
 
 
-class ParetoConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ParetoConfig(LearnerConfig):
+    id_exclude: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})
     method: Literal["pm", "pm++"] = "pm"
     rank: int = Field(16, ge=1, description="r of A [d_out, r], B [d_in, r], G [K, r, r]")
     targets: list[str] = Field(["in_proj", "out_proj"], description="adapted projections of every block: "
                                                                    "in_proj, out_proj")
-    steps: int = Field(250, ge=1, description="optimisation steps (250: the best of bench/results/pm-sweep-*.json; "
-                                               "entropy minimisation overfits later on the demo zoo)")
+    steps: int = Field(250, ge=1, description="optimisation steps")  # why 250: docs/pareto-merging.md
     batch_size: int = Field(16, ge=1, description="unlabeled images per task per step")
     lr: float = Field(1e-3, gt=0, description="Adam's lr for the coefficients lambda (AdaMerging's)")
-    lowrank_lr: float = Field(3e-4, gt=0, description=(
-        "Adam's lr for A, B and G (not in the paper, which has one lr): their entries are ~0.05, lambda's ~0.3, "
-        "and lambda's lr erodes the task-vector initialisation's steering (bench/results/pm-sweep-*)"))
+    lowrank_lr: float = Field(3e-4, gt=0, description="Adam's lr for A, B and G (the paper has one lr for all)")
     alpha: float = Field(1.0, gt=0, description="Dirichlet concentration of the sampled preferences")
     mu: float = Field(0.1, gt=0, description="smoothing of the Tchebycheff scalarisation")
     # the paper's "0.1 and 1" are for its zero-started G; ours starts at the steering of task arithmetic +
@@ -127,10 +119,6 @@ def optimizer(model: ParetoMerge, cfg: ParetoConfig) -> torch.optim.Adam:
                              {"params": model.lowrank_parameters(), "lr": cfg.lowrank_lr}])
 
 
-def run_id(zoo: Zoo, cfg: ParetoConfig, unlabeled_specs: dict[str, str]) -> str:
-    return family_id(cfg.method, zoo, cfg, unlabeled_specs, exclude={"checkpoint_every"})
-
-
 def base_merge(pool: ModelPool, cfg: ParetoConfig, device: torch.device) -> Base:
     """The learned AdaMerging lambda, or a fixed merge of the method registry with its defaults."""
     name = cfg.base
@@ -163,7 +151,7 @@ class Checkpoint:
         with safe_open(str(self.path), "pt") as f:
             meta = f.metadata()
         saved = ParetoConfig.model_validate_json(meta["config"])
-        if saved.model_dump(exclude={"checkpoint_every"}) != cfg.model_dump(exclude={"checkpoint_every"}):
+        if saved.model_dump(exclude=cfg.id_exclude) != cfg.model_dump(exclude=cfg.id_exclude):
             raise ValueError(f"{self.path} was written with another configuration; rerun without --resume")
         tensors = load_state_dict(self.path)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
@@ -180,36 +168,29 @@ class Checkpoint:
         return int(meta["step"])
 
 
-def train_family(zoo: Zoo, store: str | Path, cfg: ParetoConfig, unlabeled: dict[str, torch.Tensor],
-                 unlabeled_specs: dict[str, str], device: torch.device, resume: bool = False,
-                 progress: bool = True, on_checkpoint: Optional[Callable[[int], None]] = None) -> Path:
-    """Train and publish a family; returns its path. An existing identical family is returned as is."""
-    store = Path(store)
-    family_id = run_id(zoo, cfg, unlabeled_specs)
-    if (path := published(store, family_id)) is not None:
-        return path
+def learn(ctx: LearnContext, cfg: ParetoConfig, on_checkpoint: Optional[Callable[[int], None]] = None) -> Learned:
+    """Train the low-rank family, checkpointing in the run directory (`ctx.resume` continues from it)."""
     torch.manual_seed(cfg.seed)
-    pool = ModelPool(zoo)
+    pool = ctx.pool
     vectors = pool.task_vectors if cfg.method == "pm" else ties_preprocess(pool.task_vectors, cfg.ties_k)
     targets = target_names(pool.keys, cfg.targets)
     init_rng = torch.Generator().manual_seed(cfg.seed)
-    model = ParetoMerge(base_merge(pool, cfg, device), vectors, targets, cfg.rank, cfg.init, cfg.lowrank_init,
-                        init_rng, device)
+    model = ParetoMerge(base_merge(pool, cfg, ctx.device), vectors, targets, cfg.rank, cfg.init, cfg.lowrank_init,
+                        init_rng, ctx.device)
     del vectors
     opt = optimizer(model, cfg)
-    frozen = FrozenTower(pool, unlabeled, cfg.batch_size, cfg.seed + 1, device)
+    frozen = FrozenTower(pool, ctx.unlabeled, cfg.batch_size, cfg.seed + 1, ctx.device)
     pref_rng = np.random.Generator(np.random.PCG64(cfg.seed + 2))
-    checkpoint = Checkpoint(store / RUNS / family_id / "checkpoint.safetensors")
-    start = checkpoint.load(model, opt, frozen.sampler, pref_rng, cfg) if resume and checkpoint.path.is_file() else 0
+    checkpoint = Checkpoint(ctx.run_dir / "checkpoint.safetensors")
+    start = checkpoint.load(model, opt, frozen.sampler, pref_rng, cfg) if ctx.resume and checkpoint.path.is_file() else 0
     if start:
-        print(f"resuming {family_id} at step {start}/{cfg.steps}")
+        print(f"resuming {ctx.family_id} at step {start}/{cfg.steps}")
 
     k = len(pool.tasks)
-    began = time.perf_counter()
     last: dict[str, torch.Tensor] = {"entropies": torch.zeros(k)}
 
     def step():
-        last.update(step_terms(model, frozen, sample_preference(pref_rng, k, cfg.alpha, device), cfg))
+        last.update(step_terms(model, frozen, sample_preference(pref_rng, k, cfg.alpha, ctx.device), cfg))
         return last["loss"], {"loss": f"{last['loss'].item():.3f}",
                               "H": " ".join(f"{h:.2f}" for h in last["entropies"].cpu().tolist())}
 
@@ -219,19 +200,11 @@ def train_family(zoo: Zoo, store: str | Path, cfg: ParetoConfig, unlabeled: dict
             if on_checkpoint is not None:
                 on_checkpoint(done)
 
-    optimise(step, opt, model.clamp_, cfg.steps, start=start, desc=f"train {cfg.method}", progress=progress,
+    optimise(step, opt, model.clamp_, cfg.steps, start=start, desc=f"train {cfg.method}", progress=ctx.progress,
              after=after)
     entropies = last.pop("entropies")
-    terms = last
-
     base, lowrank = model.export({n: t.dtype for n, t in pool.pretrained.items()})
-    manifest = FamilyManifest(
-        family_id=family_id, created=now_iso(), method=cfg.method,
-        hyperparameters=cfg.model_dump() | {"unlabeled": unlabeled_specs}, zoo=str(zoo.root.resolve()),
-        architecture=zoo.manifest.architecture, preprocess=zoo.manifest.preprocess, tasks=zoo.manifest.tasks,
-        kind=lowrank_kind.NAME, kind_params={"rank": cfg.rank, "targets": targets},
-        metrics={"train_seconds_this_run": round(time.perf_counter() - began, 2), "steps": cfg.steps,
-                 "last_loss": {n: round(v.item(), 5) for n, v in terms.items()},
-                 "last_entropies": dict(zip(pool.tasks, [round(h, 5) for h in entropies.tolist()]))})
-    path = publish_family(store, manifest, lowrank_kind.family_files(base, lowrank), pool.heads)
-    return path
+    return Learned(kind=lowrank_kind.NAME, kind_params={"rank": cfg.rank, "targets": targets},
+                   files=lowrank_kind.family_files(base, lowrank),
+                   metrics={"steps": cfg.steps, "last_loss": {n: round(v.item(), 5) for n, v in last.items()},
+                            "last_entropies": dict(zip(pool.tasks, [round(h, 5) for h in entropies.tolist()]))})

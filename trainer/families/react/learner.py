@@ -20,14 +20,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from models_store.family import FamilyManifest, now_iso, publish_family
 from models_store.kinds import feature_map
-from models_store.store import published
 from models_store.tower import load_tower
 
-from ..methods import MergeContext, get_method
+from ...methods import MergeContext, get_method
 from ..pareto.train import BASES
-from .registry import LearnContext, LearnerConfig, register_family
+from ..registry import LearnContext, Learned, LearnerConfig, register_family
 
 
 class ReactConfig(LearnerConfig):
@@ -58,10 +56,6 @@ def task_map(z_mtl: torch.Tensor, z_ind: torch.Tensor, beta: float) -> tuple[tor
 @register_family("react", ReactConfig, "ReACT: per-task closed-form corrections of a fixed merge's features, "
                  "mixed per preference (kind feature-map)")
 def learn(ctx: LearnContext, config: ReactConfig):
-    family_id = ctx.family_id("react", config)
-    if (path := published(ctx.store, family_id)) is not None:
-        return path
-    began = time.perf_counter()
     zoo, pool = ctx.zoo, ctx.pool
     unlabeled = ctx.unlabeled
     generator = torch.Generator().manual_seed(config.seed)
@@ -82,11 +76,6 @@ def learn(ctx: LearnContext, config: ReactConfig):
         grams.append(c.float())
     seconds = time.perf_counter() - stage
     W, C = torch.stack(maps), torch.stack(grams)
-    manifest = FamilyManifest(
-        family_id=family_id, created=now_iso(), method="react",
-        hyperparameters=config.model_dump() | {"unlabeled": ctx.unlabeled_specs}, zoo=str(zoo.root.resolve()),
-        architecture=zoo.manifest.architecture, preprocess=zoo.manifest.preprocess, tasks=zoo.manifest.tasks,
-        kind=feature_map.NAME, kind_params=feature_map.FeatureMapParams(dim=W.shape[-1]).model_dump(),
-        metrics={"train_seconds_this_run": round(time.perf_counter() - began, 2),
-                 "preference_stage_seconds": round(seconds, 2), "calibration_images": config.calibration})
-    return publish_family(ctx.store, manifest, feature_map.family_files(merged, W, C), pool.heads)
+    return Learned(kind=feature_map.NAME, kind_params=feature_map.FeatureMapParams(dim=W.shape[-1]).model_dump(),
+                   files=feature_map.family_files(merged, W, C),
+                   metrics={"preference_stage_seconds": round(seconds, 2), "calibration_images": config.calibration})

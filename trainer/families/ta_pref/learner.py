@@ -2,17 +2,14 @@
 merge theta0 + s sum_k K p_k tau_k per point (kind point-set, task-level coefficients)."""
 from __future__ import annotations
 
-import time
-
 from pydantic import Field
 
 from models_store.kinds.point_set import Member
 from models_store.preference import Preference
-from models_store.store import published
 
-from ..methods.preference import task_weights
-from .point_set import PointsConfig, publish_point_set
-from .registry import LearnContext, register_family
+from ...methods.preference import task_weights
+from ..point_set import PointsConfig, point_set_family
+from ..registry import LearnContext, register_family
 
 
 class TaPrefConfig(PointsConfig):
@@ -26,10 +23,5 @@ def members_at(prefs: list[Preference], scale: float, tasks: list[str]) -> list[
 
 @register_family("ta-pref", TaPrefConfig, "task arithmetic + preference at each point (kind point-set)")
 def learn(ctx: LearnContext, config: TaPrefConfig):
-    family_id = ctx.family_id("ta-pref", config)
-    if (path := published(ctx.store, family_id)) is not None:
-        return path
-    began = time.perf_counter()
     tasks = ctx.zoo.tasks
-    members = members_at(config.points.preferences(tasks), config.scale, tasks)
-    return publish_point_set(ctx, family_id, "ta-pref", config, members, {}, began)
+    return point_set_family(ctx, members_at(config.points.preferences(tasks), config.scale, tasks))

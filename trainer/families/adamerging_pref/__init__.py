@@ -1,0 +1,1 @@
+"""AdaMerging + preference as a family, one optimisation per point (kind point-set)."""

@@ -1,0 +1,1 @@
+"""Task arithmetic + preference as a family (kind point-set)."""
