@@ -27,7 +27,7 @@ from models_store.zoo import Zoo  # noqa: E402
 from trainer.evaluate import Evaluator  # noqa: E402
 from trainer.families import LearnContext, get_family_learner  # noqa: E402
 from trainer.front import FAMILY, FrontConfig, compute_front  # noqa: E402
-from trainer.simplex import vertices  # noqa: E402
+from models_store.simplex import vertices  # noqa: E402
 from trainer.taskpool import TaskPool  # noqa: E402
 
 NAME = "families-front"

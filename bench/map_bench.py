@@ -45,7 +45,7 @@ from trainer.hypervolume import hypervolume, non_dominated  # noqa: E402
 from trainer.families.map.design import default_budget, design_points, surrogate_size  # noqa: E402
 from trainer.families.map.evaluate import CoefficientEvaluator  # noqa: E402
 from trainer.methods.preference import task_weights  # noqa: E402
-from trainer.simplex import PointSet  # noqa: E402
+from models_store.simplex import PointSet  # noqa: E402
 from trainer.taskpool import TaskPool  # noqa: E402
 
 NAME = "map"

@@ -7,7 +7,8 @@
 #     (one that models_store.zoo.Zoo opens: its manifest is written last);
 #   - then train a family from the zoo into $PMERGE_STORE.
 #
-# Extra flags: PMERGE_ZOO_ARGS (e.g. "--finetune-steps 50"), PMERGE_TRAIN_ARGS.
+# Extra flags: PMERGE_ZOO_ARGS (e.g. "--finetune-steps 50"), PMERGE_TRAIN_ARGS (a learner and its
+# flags, e.g. "map --budget 20"; flags alone train the default learner, pm).
 # Anything given on the command line replaces the whole procedure:
 #   docker compose run --rm trainer pmerge zoo --help
 set -eu
@@ -48,7 +49,7 @@ fi
 
 echo "pmerge-trainer: training a family from $ZOO into $STORE"
 # shellcheck disable=SC2086
-pmerge train --zoo "$ZOO" --store "$STORE" ${PMERGE_TRAIN_ARGS:-}
+pmerge train ${PMERGE_TRAIN_ARGS:-} --zoo "$ZOO" --store "$STORE"
 
 if ! has_family; then
     echo "pmerge-trainer: error: pmerge train finished but $STORE has no */manifest.json" >&2

@@ -15,12 +15,13 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 from importlib import resources
+from pathlib import Path
 from typing import Callable, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,7 +33,7 @@ from .errors import ErrorBody, ServiceError, error_code, json_bytes
 from .images import bombs_are_errors
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
-from .routers import Naming, classify, families, models, probes
+from .routers import Naming, classify, families, fronts, models, probes
 from .runtime import LocalRuntime, Runtime
 from .settings import Settings
 
@@ -150,12 +151,13 @@ def create_app(settings: Optional[Settings] = None, runtime: RuntimeFactory = Lo
     app.state.hooks = Hooks()
     app.state.metrics = Metrics()
     add_offline_docs(app)
+    add_ui(app)
     app.include_router(probes.probes)
     api = APIRouter()  # every keyed route in one router: each router included is a step of every request's matching
     probes.add_metrics(api)
     families.add_listing(api)
     for naming in (Naming(default_family), Naming(named_family, "/families/{family_id}", "family_")):
-        for resource in (classify, models, families):
+        for resource in (classify, models, families, fronts):
             resource.add_routes(api, naming)
     keyed = [Depends(require_api_key)] if settings.api_key else []  # no key: nothing to check per request
     app.include_router(api, dependencies=keyed, responses={401: {"model": ErrorBody}} if keyed else None)
@@ -169,6 +171,26 @@ def create_app(settings: Optional[Settings] = None, runtime: RuntimeFactory = Lo
                        max_inflight_bytes=settings.max_inflight_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
+
+
+def add_ui(app: FastAPI) -> None:
+    """The trade-off explorer at /ui: the package's own files and plotly.js from the installed plotly
+    package (no CDN, no build step). The page is public; the data it asks for needs the API key."""
+    from importlib.util import find_spec
+
+    here = resources.files("service") / "ui"
+    app.mount("/ui/static", StaticFiles(directory=str(here)), name="ui-static")
+    plotly = find_spec("plotly")  # where it is, not imported: the service uses none of its Python
+    assert plotly is not None and plotly.submodule_search_locations, "plotly is a dependency of pmerge"
+    plotly_js = Path(plotly.submodule_search_locations[0]) / "package_data" / "plotly.min.js"
+
+    @app.get("/ui/vendor/plotly.min.js", include_in_schema=False)
+    async def plotly_script() -> FileResponse:
+        return FileResponse(plotly_js, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
+
+    @app.get("/ui", include_in_schema=False)
+    async def ui() -> HTMLResponse:
+        return HTMLResponse((here / "index.html").read_text(), headers={"Cache-Control": "no-cache"})
 
 
 def add_offline_docs(app: FastAPI) -> None:

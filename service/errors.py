@@ -58,6 +58,10 @@ class UnknownFamily(ServiceError):
     status, error = 404, "unknown_family"
 
 
+class NoFront(ServiceError):
+    status, error = 404, "no_front"
+
+
 class InvalidParameter(ServiceError):
     status, error = 422, "invalid_parameter"
 
@@ -82,6 +86,11 @@ class NotReady(Unavailable):
 class FamilyUnavailable(Unavailable):
     """A family of the store that cannot be loaded (corrupt, incomplete): the detail says which and why."""
     error = "family_unavailable"
+
+
+class FrontUnavailable(Unavailable):
+    """A family's stored front that cannot be read (`pmerge front` writes it again)."""
+    error = "front_unavailable"
 
 
 class InsufficientStorage(ServiceError):

@@ -25,6 +25,23 @@ class ClassifyResponse(BaseModel):
     results: list[ImageResult]
 
 
+class SelectTrial(BaseModel):
+    preference: str = Field(description="canonical preference, named form")
+    weights: dict[str, float]
+    entropy: float = Field(description="mean prediction entropy (nats) over the images and the family's heads")
+
+
+class SelectResponse(BaseModel):
+    family_id: str
+    tasks: list[str]
+    images: int
+    samples: int
+    seed: int
+    selected: SelectTrial = Field(description="the trial with the lowest entropy (the first of equals)")
+    trials: list[SelectTrial] = Field(description="every candidate, in the order tried: the equal preference, "
+                                                  "the vertices, then the Dirichlet(1) draws")
+
+
 class TaskOut(BaseModel):
     name: str
     classes: list[str]

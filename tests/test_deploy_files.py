@@ -276,6 +276,10 @@ def test_trainer_script_skips_when_a_family_exists(tmp_path):
     assert calls[0].startswith("zoo --demo --out " + str(zoo))
     assert calls[1].startswith(f"train --zoo {zoo} --store {store}")
     assert r.returncode != 0, "a train that published no family must fail the trainer"
+    # PMERGE_TRAIN_ARGS may name the learner: it comes first, as `pmerge train LEARNER` wants it
+    log.unlink()
+    subprocess.run(["sh", str(TRAINER_SCRIPT)], env=env | {"PMERGE_TRAIN_ARGS": "map --budget 20"}, capture_output=True)
+    assert log.read_text().splitlines()[-1] == f"train map --budget 20 --zoo {zoo} --store {store}"
 
 
 # ---- docker-compose.yml -----------------------------------------------------------------------

@@ -303,17 +303,20 @@ def front_flags(p: argparse.ArgumentParser) -> None:
 
 def front(args: argparse.Namespace) -> None:
     from models_store.device import pick_device
+    from models_store.family import now_iso
+    from models_store.fronts import write_front
     from models_store.store import open_family
     from .front import FrontConfig, compute_front
-    from .front_report import front_markdown, write_front
+    from .front_report import front_markdown, stored_front, write_front as write_report
 
     cfg = FrontConfig(**model_values(args, FrontConfig))
     others = [open_family(args.store, i.strip()) for i in (args.families or "").split(",") if i.strip()]
     report = compute_front(open_family(args.store, args.family), cfg, pick_device(args.device), zoo=args.zoo,
                            families=others)
-    paths = write_front(report, args.out)
+    paths = write_report(report, args.out)
+    kept = write_front(args.store, stored_front(report, now_iso()))  # served at GET /families/{id}/front
     print(front_markdown(report))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    print("wrote " + ", ".join(str(p) for p in [*paths.values(), kept]))
 
 
 # ---- pmerge select ---------------------------------------------------------------------------
@@ -338,16 +341,16 @@ def select(args: argparse.Namespace) -> None:
     from .data import load_dataset
     from .select import family_head, read_head, select_preference, selection_json, selection_table
 
-    if not args.head and not args.task:
-        raise ValueError("give the new task's head: --head FILE (zoo head format) "
-                         "or --task NAME (one of the family's heads)")
     family = open_family(args.store, args.family)
-    head = read_head(args.head) if args.head else family_head(family, args.task)
+    if args.head or args.task:
+        heads = [read_head(args.head) if args.head else family_head(family, args.task)]
+    else:
+        heads = list(family.heads.values())  # no head of the new task: the family's heads, as POST /select
     images = load_dataset(args.data, "test", family.manifest.preprocess, limit=args.limit, seed=args.seed).images
-    selection = select_preference(family, head, images, args.samples, args.seed, pick_device(args.device))
+    selection = select_preference(family, heads, images, args.samples, args.seed, pick_device(args.device))
     print(selection_table(selection))
     print(f"selected preference: {selection.best.preference}")
-    write_json(args.json, selection_json(selection, family, data=args.data, head=args.head or f"task:{args.task}",
+    write_json(args.json, selection_json(selection, family, data=args.data, head=args.head or (f"task:{args.task}" if args.task else "family heads"),
                                          images=len(images), samples=args.samples, seed=args.seed))
 
 
@@ -463,7 +466,8 @@ COMMANDS = [
     Command("select", "pick a family preference for an unseen task by lowest prediction entropy", select_flags, select,
             "The Pareto Merging paper's unseen-task procedure: try the equal preference, the vertices and SAMPLES "
             "Dirichlet(1) draws; for each, the mean prediction entropy of the materialised tower with the new task's "
-            "head on the unlabeled images of --data (labels ignored); print every trial and the lowest."),
+            "head (--head, --task; default: the family's heads, averaged, as POST /select) on the unlabeled images "
+            "of --data (labels ignored); print every trial and the lowest."),
     Command("store", "list, show (and verify) or remove the families of a store", store_flags, store),
     Command("export", "write the merged checkpoint of one preference, as GET /models/PREF serves it", export_flags,
             export, "The same bytes as the service's download (docs/formats.md, 'Merged checkpoint'): `visual.*` "

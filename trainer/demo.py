@@ -1,7 +1,8 @@
 """`pmerge demo`: the whole product on one machine, from data the dependencies ship.
 
     DIR/zoo        the demo zoo (built once: `pmerge zoo --demo`)
-    DIR/families   the family store (trained once: `pmerge train` with its defaults)
+    DIR/families   the family store (trained once: `pmerge train` with its defaults), with the
+                   family's front (evaluated once, as `pmerge front` keeps it) for the page at /ui
 
 A complete zoo in DIR/zoo is reused as it is; a family trained with the same zoo, configuration
 and data already in the store is reused (a family's id is a hash of exactly those), so a
@@ -44,4 +45,20 @@ def demo_family(root: Path, device: torch.device) -> Path:
     store = root / "families"
     path = FAMILIES["pm"](LearnContext(zoo, store, device=device, resume=True))
     print(f"family {path.name} in {store}")
+    demo_front(path, device)
     return path
+
+
+def demo_front(path: Path, device: torch.device) -> None:
+    """The family's front on the simplex grid (every preference with steps of 1/2), kept in the store
+    for GET /front and the page at /ui, once: a second run reuses it."""
+    from models_store.family import Family, now_iso
+    from models_store.fronts import read_front, write_front
+    from .front import FrontConfig, compute_front
+    from .front_report import stored_front
+
+    if read_front(path.parent, path.name) is not None:
+        return
+    config = FrontConfig(grid=2, random=0, baselines=["none"], test_limit=500)
+    report = compute_front(Family(path), config, device, log=lambda line: None)
+    print(f"front of {path.name}: {len(report.preferences)} preferences -> {write_front(path.parent, stored_front(report, now_iso()))}")

@@ -45,10 +45,11 @@ from .families.map.design import sobol
 from .families.map.evaluate import CoefficientEvaluator
 from .methods import MergeContext, get_method
 from .pool import ModelPool
-from .simplex import PointSet, priority_preference
+from models_store.simplex import PointSet, priority_preference
 from .taskpool import load_test_sets, recorded_specs
 
 FAMILY = "family"
+MEMBERS = f"{FAMILY}: members"
 
 
 class FrontConfig(PointSet):

@@ -8,13 +8,15 @@ import json
 import math
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from models_store.atomic import atomic_file, write_text
+from models_store.fronts import FrontPoint as StoredPoint
+from models_store.fronts import StoredFront
 from models_store.preference import Preference
 
 from .evaluate import markdown_table, with_average
-from .front import FAMILY, FrontPoint, FrontReport
+from .front import FAMILY, MEMBERS, FrontPoint, FrontReport
 
 FRONT_FORMAT = 1
 MARKERS = {FAMILY: "o", "ta-pref": "s", "adamerging-pref": "^"}
@@ -51,6 +53,20 @@ def front_json(report: FrontReport) -> dict[str, Any]:
                           "seconds": round(m.seconds, 2), "points": [point_json(p) for p in m.points]}
                    for name, m in report.models.items()},
     }
+
+
+def stored_front(report: FrontReport, created: str) -> StoredFront:
+    """What the store keeps of the report: the family's own points (and a point-set's members)."""
+    def points(name: str) -> Optional[list[StoredPoint]]:
+        model = report.models.get(name)
+        if model is None:
+            return None
+        return [StoredPoint(preference=p.preference.canonical, accuracy=p.accuracy, on_front=p.on_front)
+                for p in model.points]
+
+    return StoredFront(family_id=report.family_id, tasks=report.tasks, created=created,
+                       test_limit=report.config.test_limit, hypervolume=report.models[FAMILY].hypervolume,
+                       points=points(FAMILY) or [], members=points(MEMBERS))
 
 
 def front_markdown(report: FrontReport) -> str:

@@ -1,9 +1,10 @@
 """Preference for an unseen task (Pareto Merging paper, section 4.3).
 
-The new task has unlabeled images and a head but no place in the family's preference. Try
-`samples` Dirichlet(1) preferences plus the equal preference and the vertices; for each, the
-mean prediction entropy of the materialised tower with the new task's head on the images; keep
-the preference with the lowest entropy (lower entropy stands in for higher accuracy).
+The new task has unlabeled images and no place in the family's preference. Try `samples`
+Dirichlet(1) preferences plus the equal preference and the vertices; for each, the mean
+prediction entropy of the materialised tower on the images, with the new task's head when there
+is one, else averaged over the family's heads (as POST /select does); keep the preference with
+the lowest entropy (lower entropy stands in for higher accuracy).
 """
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ import torch
 
 from models_store.checkpoint import load_state_dict
 from models_store.family import Family
-from models_store.preference import Preference, equal_preference
+from models_store.preference import Preference
 from models_store.tower import head_logits
 from models_store.zoo import Head
 
 from .evaluate import Evaluator
 from .objective import entropy
-from .simplex import dirichlet_samples, unique, vertices
+from models_store.simplex import selection_candidates
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,6 @@ class Selection:
     @property
     def best(self) -> Trial:
         return min(self.trials, key=lambda t: t.entropy)  # first of equals: the order tried
-
-
-def candidates(tasks: list[str], samples: int, seed: int) -> list[Preference]:
-    """The equal preference, the vertices, then `samples` seeded Dirichlet(1) draws."""
-    return unique([equal_preference(tasks), *vertices(tasks), *dirichlet_samples(tasks, samples, seed)])
 
 
 def read_head(path: str | Path) -> Head:
@@ -61,28 +57,29 @@ def family_head(family: Family, task: str) -> Head:
     return family.heads[task]
 
 
-def entropies(family: Family, head: Head, images: torch.Tensor, prefs: list[Preference],
+def entropies(family: Family, heads: list[Head], images: torch.Tensor, prefs: list[Preference],
               device: torch.device) -> torch.Tensor:
-    """The mean prediction entropy of `head` on `images` under each preference's tower, [len(prefs)]
-    on the device (the towers merged there, evaluated through the one evaluator)."""
+    """The mean prediction entropy on `images` under each preference's tower, averaged over `heads`,
+    [len(prefs)] on the device (the towers merged there, evaluated through the one evaluator)."""
     evaluator = Evaluator(family.manifest.architecture, {}, {}, device)
-    if head.weight.shape[1] != evaluator.tower.output_dim:
-        raise ValueError(f"the head has dimension {head.weight.shape[1]} but the family's tower outputs "
-                         f"{evaluator.tower.output_dim} features")
-    head, images = head.to(device), images.to(device)
+    for head in heads:
+        if head.weight.shape[1] != evaluator.tower.output_dim:
+            raise ValueError(f"the head has dimension {head.weight.shape[1]} but the family's tower outputs "
+                             f"{evaluator.tower.output_dim} features")
+    heads, images = [h.to(device) for h in heads], images.to(device)
     out = []
     for pref in prefs:
         features = evaluator.features(dict(family.iter_materialized(pref, device)), images)
-        out.append(entropy(head_logits(features, head.weight, head.bias)))
+        out.append(torch.stack([entropy(head_logits(features, h.weight, h.bias)) for h in heads]).mean())
     return torch.stack(out)
 
 
-def select_preference(family: Family, head: Head, images: torch.Tensor, samples: int = 30, seed: int = 0,
+def select_preference(family: Family, heads: list[Head], images: torch.Tensor, samples: int = 30, seed: int = 0,
                       device: torch.device = torch.device("cpu")) -> Selection:
     if len(images) == 0:
         raise ValueError("no images to select a preference on")
-    prefs = candidates(family.tasks, samples, seed)
-    return Selection([Trial(p, e) for p, e in zip(prefs, entropies(family, head, images, prefs, device).tolist())])
+    prefs = selection_candidates(family.tasks, samples, seed)
+    return Selection([Trial(p, e) for p, e in zip(prefs, entropies(family, heads, images, prefs, device).tolist())])
 
 
 def selection_table(selection: Selection) -> str:

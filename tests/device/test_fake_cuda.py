@@ -243,7 +243,8 @@ def test_front_and_select_on_the_device(cuda, pool, zoo, data, tmp_path_factory)
         on_device(correct)
         on_device(loss, torch.float32)
     images = cuda.host(data["digits"].images)  # select: a head's entropy under each preference
-    on_device(entropies(family, family.heads["shapes"], images, prefs, cuda.device), torch.float32)
+    on_device(entropies(family, [family.heads["shapes"]], images, prefs, cuda.device), torch.float32)
+    on_device(entropies(family, list(family.heads.values()), images, prefs, cuda.device), torch.float32)
 
 
 # --- the tier itself -----------------------------------------------------------------------------

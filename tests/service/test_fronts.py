@@ -88,6 +88,22 @@ def test_two_fronts_answer_what_one_process_answers(split_server, store, tmp_pat
     assert all((split_ckpt[k] == one_ckpt[k]).all() for k in one_ckpt)
 
 
+def test_front_select_and_the_page_through_the_fronts(split_server, store):
+    """The explorer's routes work in the split too: the front read by a front process, select's
+    candidates classified by the engine."""
+    from models_store.family import now_iso
+    from models_store.fronts import FrontPoint, StoredFront, write_front
+    url, _, _ = split_server
+    write_front(store, StoredFront(family_id=FAMILY_ID, tasks=["digits", "fashion", "letters"], created=now_iso(),
+                                   hypervolume=0.1, points=[FrontPoint(preference="digits:1,fashion:0,letters:0",
+                                                                       accuracy={"digits": 0.9}, on_front=True)]))
+    assert httpx.get(url + "/front", headers=HEADERS).json()["points"][0]["accuracy"] == {"digits": 0.9}
+    files = [("files", (f"{i}.png", png_bytes(i), "image/png")) for i in range(3)]
+    selected = httpx.post(url + "/select", params={"samples": 3}, files=files, headers=HEADERS, timeout=60)
+    assert selected.status_code == 200 and len(selected.json()["trials"]) == 1 + 3 + 3
+    assert httpx.get(url + "/ui").status_code == 200
+
+
 def test_requests_of_both_fronts_join_the_same_batches(split_server):
     url, _, _ = split_server
     images = [png_bytes(s) for s in range(24)]

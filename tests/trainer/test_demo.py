@@ -58,6 +58,9 @@ def test_demo_trains_once_serves_and_reuses_its_cache(tmp_path):
         response = httpx.post(url + "/classify", params={"pref": "0.7,0.3"}, files={"files": ("x.png", png())})
         assert response.status_code == 200, response.text
         served = response.json()["family_id"]
+        front = httpx.get(url + "/front")  # evaluated once, for the page at /ui
+        assert front.status_code == 200 and len(front.json()["points"]) == 3 + 2  # grid (equal in it), 0.7 each
+        assert httpx.get(url + "/ui").status_code == 200
     finally:
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=60)[0]
@@ -68,4 +71,5 @@ def test_demo_trains_once_serves_and_reuses_its_cache(tmp_path):
                            timeout=120, check=True, env=ONE_THREAD)
     assert f"family {served}" in again.stdout
     assert "train pm" not in again.stderr  # no second training run: the published family is reused
+    assert "front of" not in again.stdout  # nor a second evaluation of its front
     assert [m.family_id for m in list_families(tmp_path / "families")] == [served]

@@ -11,7 +11,7 @@ from models_store.merged import read_tower_weights
 from models_store.store import open_family
 from trainer.families import FAMILIES, LearnContext, get_family_learner
 from trainer.families.adamerging_pref import learner as adamerging_pref
-from trainer.simplex import PointSet
+from models_store.simplex import PointSet
 
 
 def test_every_learner_is_registered_with_its_config():

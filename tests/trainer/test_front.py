@@ -2,7 +2,6 @@
 `pmerge merge --pref`, `pmerge front`, `pmerge select` end to end on the quick micro zoo and family."""
 import json
 import math
-import re
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +15,7 @@ from trainer.front import FrontConfig, front_preferences
 from trainer.hypervolume import hypervolume, non_dominated
 from trainer.methods import MergeContext, get_method
 from trainer.methods.preference import task_weights
-from trainer.simplex import simplex_grid
+from models_store.simplex import simplex_grid
 
 # ---- hypervolume and dominance ---------------------------------------------------------------
 
@@ -167,6 +166,13 @@ def test_front_end_to_end(quick_store, tmp_path, capsys):
     assert (out / "front.md").read_text().startswith("# Pareto front of family " + family_id)
     assert (out / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+    # the family's own points are kept beside it in the store, for GET /families/{id}/front and /ui
+    from models_store.fronts import read_front
+    kept = read_front(store, family_id)
+    assert kept.tasks == front["tasks"] and kept.test_limit == 40 and kept.members is None
+    assert kept.hypervolume == front["hypervolume"]["family"]
+    assert [(p.preference, p.accuracy, p.on_front) for p in kept.points] == [
+        (p["canonical"], p["accuracy"], p["on_front"]) for p in front["models"]["family"]["points"]]
 
 
 def test_front_rejects_bad_inputs(quick_store, tmp_path, capsys):
@@ -210,12 +216,11 @@ def test_select_picks_the_lowest_entropy_preference(quick_store, tmp_path, capsy
     assert f"selected preference: {best}" in capsys.readouterr().out
 
 
-def test_select_rejects_bad_heads(quick_store, tmp_path, capsys):
+def test_select_rejects_bad_heads_and_defaults_to_the_familys(quick_store, tmp_path, capsys):
     store, _ = quick_store
     base = ["select", "--store", str(store), "--data", "builtin:digits", "--samples", "1", "--limit", "8"]
-    with pytest.raises(SystemExit):
-        main(base)
-    assert re.search("pmerge select: error: .*--head FILE .* or --task NAME", capsys.readouterr().err)
+    main(base)  # no head of the new task: the family's heads, averaged (as POST /select)
+    assert "selected preference: " in capsys.readouterr().out
     save_state_dict(tmp_path / "wide.safetensors", {"weight": torch.randn(4, 99)})
     with pytest.raises(SystemExit):
         main(base + ["--head", str(tmp_path / "wide.safetensors")])

@@ -290,6 +290,9 @@ def test_front_shows_map_members_predicted_direct_search_and_igd_against_the_gri
     assert set(models) == {"family", "family: members", "family: predicted", "ta-pref", "direct-search",
                            "ground-truth grid:3"}
     assert len(models["family: members"]["points"]) == len(members)
+    from models_store.fronts import read_front
+    kept = read_front(tmp_path, family.family_id)  # a point-set's members are kept with its front
+    assert [p.preference for p in kept.members] == [p["canonical"] for p in models["family: members"]["points"]]
     predicted = [p["accuracy"] for p in models["family: predicted"]["points"]]
     assert [[a[t] for t in family.tasks] for a in predicted] == [x["predicted"] for x in members]
     assert len(models["direct-search"]["points"]) == spent  # MAP's peer at the same budget

@@ -9,7 +9,7 @@ from pydantic import Field
 from models_store.family import SearchBox
 from models_store.kinds import point_set
 
-from ..simplex import PointSet
+from models_store.simplex import PointSet
 from .registry import LearnContext, Learned, LearnerConfig
 
 

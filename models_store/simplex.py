@@ -11,8 +11,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from pydantic import Field
 
-from models_store.flags import KeyValueModel
-from models_store.preference import Preference, equal_preference, from_weights
+from .flags import KeyValueModel
+from .preference import Preference, equal_preference, from_weights
 
 PRIORITY = 0.7  # the "priority" preference of the quality bar: 0.7 on one task, the rest spread evenly
 
@@ -75,3 +75,9 @@ class PointSet(KeyValueModel):
 
     def preferences(self, tasks: Sequence[str]) -> list[Preference]:
         return unique([*simplex_grid(tasks, self.grid), *anchors(tasks), *dirichlet_samples(tasks, self.random, self.seed)])
+
+
+def selection_candidates(tasks: Sequence[str], samples: int, seed: int) -> list[Preference]:
+    """What `select` tries for an unseen task (Pareto Merging, section 4.3): the equal preference,
+    the vertices, then `samples` seeded Dirichlet(1) draws."""
+    return unique([equal_preference(tasks), *vertices(tasks), *dirichlet_samples(tasks, samples, seed)])
