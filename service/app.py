@@ -33,7 +33,7 @@ from .errors import ErrorBody, ServiceError, error_code, json_bytes
 from .images import bombs_are_errors
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
-from .routers import Naming, classify, families, fronts, models, probes
+from .routers import Naming, classify, families, fronts, models, probes, v2
 from .runtime import LocalRuntime, Runtime
 from .settings import Settings
 
@@ -153,9 +153,11 @@ def create_app(settings: Optional[Settings] = None, runtime: RuntimeFactory = Lo
     add_offline_docs(app)
     add_ui(app)
     app.include_router(probes.probes)
+    app.include_router(v2.health)
     api = APIRouter()  # every keyed route in one router: each router included is a step of every request's matching
     probes.add_metrics(api)
     families.add_listing(api)
+    v2.add_routes(api)
     for naming in (Naming(default_family), Naming(named_family, "/families/{family_id}", "family_")):
         for resource in (classify, models, families, fronts):
             resource.add_routes(api, naming)

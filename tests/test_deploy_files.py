@@ -361,3 +361,30 @@ def test_gpu_is_optional(compose, compose_gpu):
     devices = compose_gpu["services"]["service"]["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
     assert set(compose_gpu["services"]) <= set(compose["services"])
+
+
+# ---- kserve/inferenceservice.yaml ----------------------------------------------------------------
+
+def test_the_kserve_inferenceservice_runs_the_service_on_its_port_with_its_probes():
+    """A custom predictor: the image's `pmerge serve` on the port KServe routes to, probed on the
+    protocol's health routes, its environment pmerge settings, a GPU, the store and shared memory."""
+    from service.settings import Settings
+    service = yaml.safe_load((ROOT / "kserve" / "inferenceservice.yaml").read_text())
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1" and service["kind"] == "InferenceService"
+    predictor = service["spec"]["predictor"]
+    (container,) = predictor["containers"]
+    assert container["name"] == "kserve-container"  # the name KServe routes a custom predictor's traffic to
+    command = container["command"]
+    assert command[:2] == ["pmerge", "serve"]
+    port = int(command[command.index("--port") + 1])
+    assert container["ports"] == [{"containerPort": port, "protocol": "TCP"}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": port}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": port}
+    settings = {f"PMERGE_{name.upper()}" for name in Settings.model_fields}
+    assert {e["name"] for e in container["env"]} <= settings
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in predictor["volumes"]}
+    assert set(mounts) == set(volumes) and mounts["shm"] == "/dev/shm"
+    store = next(e["value"] for e in container["env"] if e["name"] == "PMERGE_STORE")
+    assert store.startswith(mounts["store"] + "/") and volumes["store"]["persistentVolumeClaim"]["claimName"]

@@ -102,6 +102,13 @@ def test_front_select_and_the_page_through_the_fronts(split_server, store):
     selected = httpx.post(url + "/select", params={"samples": 3}, files=files, headers=HEADERS, timeout=60)
     assert selected.status_code == 200 and len(selected.json()["trials"]) == 1 + 3 + 3
     assert httpx.get(url + "/ui").status_code == 200
+    # the Open Inference Protocol through a front: a JSON inference, one preference row per image
+    import base64
+    header = {"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [2],
+                          "data": [base64.b64encode(png_bytes(i)).decode() for i in range(2)]},
+                         {"name": "PREFERENCE", "datatype": "FP32", "shape": [2, 3], "data": [[1, 0, 0], [0, 1, 1]]}]}
+    v2 = httpx.post(url + f"/v2/models/{FAMILY_ID}/infer", json=header, headers=HEADERS, timeout=60)
+    assert v2.status_code == 200 and [o["shape"] for o in v2.json()["outputs"]] == [[2, 5], [2, 3], [2, 4]]
 
 
 def test_requests_of_both_fronts_join_the_same_batches(split_server):

@@ -84,10 +84,12 @@ def test_readme_examples_run_verbatim_against_the_demo(tmp_path):
                     assert done.returncode == 0, (line, done.stdout[-2000:], done.stderr[-2000:])
                     outputs[line] = done.stdout
             elif lang == "python":
+                code = code.replace("localhost:8000", f"localhost:{port}")
                 done = subprocess.run([str(tmp_path / ".venv" / "bin" / "python"), "-c", code], cwd=tmp_path,
                                       capture_output=True, text=True, timeout=300)
                 assert done.returncode == 0, (code, done.stderr[-3000:])
-                outputs["python"] = done.stdout
+                outputs.setdefault("python", done.stdout)  # the first block's: the open_clip example
+                outputs[code] = done.stdout
             else:
                 assert lang == "json", lang  # a response's shape, shown, not run
     ready = json.loads(next(out for line, out in outputs.items() if "/readyz" in line))
@@ -101,6 +103,8 @@ def test_readme_examples_run_verbatim_against_the_demo(tmp_path):
     evaluated = next(out for line, out in outputs.items() if "pmerge eval" in line)
     assert "| merged.safetensors |" in evaluated and "| digits | glyphs |" in evaluated
     assert outputs["python"].strip() == "torch.Size([1, 10])"
+    triton = next(out for code, out in outputs.items() if "tritonclient" in code)
+    assert triton.splitlines()[0].startswith("digits probabilities (2, 10)"), triton
     assert (tmp_path / "runs" / "front" / "front.json").is_file()
 
 
