@@ -388,3 +388,47 @@ def test_the_kserve_inferenceservice_runs_the_service_on_its_port_with_its_probe
     assert set(mounts) == set(volumes) and mounts["shm"] == "/dev/shm"
     store = next(e["value"] for e in container["env"] if e["name"] == "PMERGE_STORE")
     assert store.startswith(mounts["store"] + "/") and volumes["store"]["persistentVolumeClaim"]["claimName"]
+
+
+def kserve_object(data, type_name: str):
+    """`data` as the kserve SDK's model `type_name`: kserve's own models for its resources, the
+    kubernetes client's for the pod spec inside; a key either does not know is an error."""
+    import json as json_
+
+    import kserve.models
+    import kubernetes.client
+    if data is None:
+        return None
+    if type_name.startswith("list["):
+        return [kserve_object(x, type_name[5:-1]) for x in data]
+    if type_name.startswith("dict("):
+        value_type = type_name[5:-1].split(", ", 1)[1]
+        return {k: kserve_object(v, value_type) for k, v in data.items()}
+    model = getattr(kserve.models, type_name, None)
+    if model is not None and hasattr(model, "openapi_types"):
+        fields = {model.attribute_map[a]: a for a in model.openapi_types}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"{type_name} has no field {', '.join(unknown)}")
+        return model(**{fields[k]: kserve_object(v, model.openapi_types[fields[k]]) for k, v in data.items()})
+    if hasattr(kubernetes.client, type_name):
+        client = kubernetes.client.ApiClient()
+        built = client.deserialize(json_.dumps(data), type_name, "application/json")
+        if client.sanitize_for_serialization(built) != data:  # the client drops what it does not know
+            raise ValueError(f"{type_name} does not keep {data}: a field it does not have, or a wrong type")
+        return built
+    return data
+
+
+def test_the_kserve_inferenceservice_is_one_for_the_kserve_sdk():
+    service = yaml.safe_load((ROOT / "kserve" / "inferenceservice.yaml").read_text())
+    built = kserve_object(service, "V1beta1InferenceService")
+    container = built.spec.predictor.containers[0]
+    assert type(container).__name__ == "V1Container" and container.readiness_probe.http_get.path == "/v2/health/ready"
+    assert built.spec.predictor.volumes[1].empty_dir.medium == "Memory"
+    misspelled = yaml.safe_load((ROOT / "kserve" / "inferenceservice.yaml").read_text().replace("volumeMounts",
+                                                                                                 "volumeMount"))
+    with pytest.raises(ValueError, match="V1Container does not keep .*volumeMount"):  # the check sees a typo
+        kserve_object(misspelled, "V1beta1InferenceService")
+    with pytest.raises(ValueError, match="V1beta1PredictorSpec has no field replicas"):
+        kserve_object({**service, "spec": {"predictor": {"replicas": 2}}}, "V1beta1InferenceService")
