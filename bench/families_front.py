@@ -22,12 +22,12 @@ import torch  # noqa: E402
 from bench.common import (add_common_args, machine_info, markdown_table, now_iso, run_benchmark,  # noqa: E402
                           temporary_store, write_result)
 from models_store.preference import equal_preference  # noqa: E402
+from models_store.simplex import vertices  # noqa: E402
 from models_store.store import open_family  # noqa: E402
 from models_store.zoo import Zoo  # noqa: E402
 from trainer.evaluate import Evaluator  # noqa: E402
 from trainer.families import LearnContext, get_family_learner  # noqa: E402
 from trainer.front import FAMILY, FrontConfig, compute_front  # noqa: E402
-from models_store.simplex import vertices  # noqa: E402
 from trainer.taskpool import TaskPool  # noqa: E402
 
 NAME = "families-front"

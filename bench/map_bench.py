@@ -36,16 +36,16 @@ import torch  # noqa: E402
 from bench.common import (add_common_args, machine_info, markdown_table, now_iso, run_benchmark,  # noqa: E402
                           temporary_store, write_result)
 from models_store.flags import key_values  # noqa: E402
+from models_store.simplex import PointSet  # noqa: E402
 from models_store.store import open_family  # noqa: E402
 from models_store.zoo import Zoo, write_subset  # noqa: E402
 from trainer.families import LearnContext, get_family_learner  # noqa: E402
+from trainer.families.map.design import default_budget, design_points, surrogate_size  # noqa: E402
+from trainer.families.map.evaluate import CoefficientEvaluator  # noqa: E402
 from trainer.families.validation import validation_sets  # noqa: E402
 from trainer.front import FrontConfig, compute_front  # noqa: E402
 from trainer.hypervolume import hypervolume, non_dominated  # noqa: E402
-from trainer.families.map.design import default_budget, design_points, surrogate_size  # noqa: E402
-from trainer.families.map.evaluate import CoefficientEvaluator  # noqa: E402
 from trainer.methods.preference import task_weights  # noqa: E402
-from models_store.simplex import PointSet  # noqa: E402
 from trainer.taskpool import TaskPool  # noqa: E402
 
 NAME = "map"

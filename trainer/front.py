@@ -36,16 +36,16 @@ from models_store import StoreError
 from models_store.checkpoint import StateDict
 from models_store.family import Family, SearchBox
 from models_store.preference import Preference, equal_preference, from_weights
+from models_store.simplex import PointSet, priority_preference
 from models_store.zoo import Zoo
 
 from .evaluate import Evaluator, Scores
-from .families.map.learner import normalised
-from .hypervolume import hypervolume, non_dominated
 from .families.map.design import sobol
 from .families.map.evaluate import CoefficientEvaluator
+from .families.map.learner import normalised
+from .hypervolume import hypervolume, non_dominated
 from .methods import MergeContext, get_method
 from .pool import ModelPool
-from models_store.simplex import PointSet, priority_preference
 from .taskpool import load_test_sets, recorded_specs
 
 FAMILY = "family"

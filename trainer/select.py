@@ -17,12 +17,12 @@ import torch
 from models_store.checkpoint import load_state_dict
 from models_store.family import Family
 from models_store.preference import Preference
+from models_store.simplex import selection_candidates
 from models_store.tower import head_logits
 from models_store.zoo import Head
 
 from .evaluate import Evaluator
 from .objective import entropy
-from models_store.simplex import selection_candidates
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from pydantic import Field
 
 from models_store.family import SearchBox
 from models_store.kinds import point_set
-
 from models_store.simplex import PointSet
+
 from .registry import LearnContext, Learned, LearnerConfig
 
 

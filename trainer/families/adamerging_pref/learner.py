@@ -14,6 +14,7 @@ from ...methods.adamerging import AdaMergingConfig, learn_coefficients
 from ..point_set import PointsConfig, point_set_family
 from ..registry import LearnContext, register_family
 
+
 class AdaPrefConfig(PointsConfig):
     steps: int = Field(100, ge=0, description="AdaMerging steps per point (as `pmerge front --baseline-steps`)")
     lr: float = Field(1e-3, gt=0, description="Adam's lr for the coefficients")

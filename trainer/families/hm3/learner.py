@@ -25,15 +25,15 @@ from pydantic import Field
 
 from models_store.kinds.point_set import Member
 from models_store.preference import Preference, equal_preference
+from models_store.simplex import dirichlet_samples, unique, vertices
 
+from ..point_set import point_set_family
+from ..registry import LearnContext, register_family
+from ..validation import ValidationConfig, validation_sets
 from .dare_ties import dare_ties
 from .paths import PathEvaluator, by_stage, load_results, save_results, validation_parts
 from .policy import PPOConfig
 from .search import choose_paths, ppo_search, random_search
-from models_store.simplex import dirichlet_samples, unique, vertices
-from ..point_set import point_set_family
-from ..registry import LearnContext, register_family
-from ..validation import ValidationConfig, validation_sets
 
 
 class Hm3Config(ValidationConfig):

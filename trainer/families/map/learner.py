@@ -31,16 +31,17 @@ from models_store.atomic import write_text
 from models_store.family import SearchBox
 from models_store.kinds.point_set import Member
 
+from ...progress import progress_bar
+from ..point_set import PointsConfig, point_set_family
+from ..registry import LearnContext, Learned, register_family
+from ..validation import ValidationConfig, validation_sets
 from .adaptive import next_points
 from .design import Design, default_budget, design_points, surrogate_size
 from .evaluate import CoefficientEvaluator, Scores, by_stage
 from .nested import NestedSearch, task_tree
 from .search import fit_surrogates, surrogate_front
 from .surrogate import Metric
-from ...progress import progress_bar
-from ..point_set import PointsConfig, point_set_family
-from ..registry import LearnContext, Learned, register_family
-from ..validation import ValidationConfig, validation_sets
+
 
 class MapConfig(ValidationConfig):
     budget: Optional[int] = Field(None, ge=1, description="real evaluations of the design (default 2 (K+1)(K+2)/2, "

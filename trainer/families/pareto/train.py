@@ -41,10 +41,10 @@ from models_store.checkpoint import load_state_dict, save_state_dict
 from models_store.kinds import lowrank as lowrank_kind
 from models_store.kinds.lowrank import target_names
 
+from ...entropy_loop import FrozenTower, optimise
 from ...methods import MergeContext, get_method
 from ...methods.adamerging import LayerwiseMerge
 from ...methods.ties import ties_preprocess
-from ...entropy_loop import FrozenTower, optimise
 from ...objective import TaskObjectives, UnlabeledSampler
 from ...pool import ModelPool
 from ..registry import LearnContext, Learned, LearnerConfig
