@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Callable, Optional
 
 from pydantic import ValidationError

@@ -13,7 +13,8 @@ from . import StoreError
 from .atomic import write_text
 from .manifest import check_format, describe
 from .family import is_family_id
-from .store import FRONTS
+
+FRONTS = ".fronts"  # STORE/.fronts/<family_id>.json
 FRONT_FORMAT = 1
 MAX_FRONT_BYTES = 8 << 20  # a front of thousands of points is well under this; more is not a front
 

@@ -14,9 +14,8 @@ from typing import Optional
 from . import StoreError
 from .atomic import TMP_PREFIX
 from .family import HEADS, MANIFEST, Family, FamilyManifest, is_family_id, read_family_manifest, shown_id
+from .fronts import front_path
 from .kinds import get_kind
-
-FRONTS = ".fronts"  # STORE/.fronts/<family_id>.json (models_store/fronts.py)
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +93,7 @@ def remove_family(store: str | Path, family_id: str) -> None:
     doomed = path.with_name(TMP_PREFIX + "rm-" + path.name)
     path.rename(doomed)
     shutil.rmtree(doomed)
-    (Path(store) / FRONTS / f"{family_id}.json").unlink(missing_ok=True)  # its evaluated front goes with it
+    front_path(store, family_id).unlink(missing_ok=True)  # its evaluated front goes with it
 
 
 def describe_kind(m: FamilyManifest) -> str:

@@ -108,6 +108,7 @@ class Zoo:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.manifest: ZooManifest = read_manifest(self.root / MANIFEST, ZooManifest)
+        self.verified: Optional[dict[str, list[int]]] = None  # VERIFIED, once read
 
     @property
     def tasks(self) -> list[str]:
@@ -126,28 +127,30 @@ class Zoo:
 
     def verify(self, names: list[str]) -> None:
         """Check files against their recorded sha256, hashing only those changed on disk since they
-        last matched (VERIFIED); a mismatch is a StoreError that names the file."""
+        last matched (VERIFIED, read once per instance); a mismatch is a StoreError naming the file."""
         recorded = self.manifest.files
-        try:
-            seen = json.loads((self.root / VERIFIED).read_text())
-        except (OSError, ValueError):
-            seen = {}
-        seen = seen if isinstance(seen, dict) else {}
+        if self.verified is None:
+            try:
+                seen = json.loads((self.root / VERIFIED).read_text())
+            except (OSError, ValueError):
+                seen = {}
+            self.verified = seen if isinstance(seen, dict) else {}
         fresh = {}
         for name in names:
             if name not in recorded:
                 continue
             path = self.root / name
             now = signature(path)
-            if seen.get(name) == now:
+            if self.verified.get(name) == now:
                 continue
             if sha256_file(path) != recorded[name]:
                 raise StoreError(f"{path} does not match its sha256 in {self.root / MANIFEST}: the file changed "
                                  f"after the zoo was written (write a new zoo: `pmerge zoo`, `pmerge import`)")
             fresh[name] = now
         if fresh:
+            self.verified |= fresh
             try:
-                write_text(self.root / VERIFIED, json.dumps(seen | fresh))
+                write_text(self.root / VERIFIED, json.dumps(self.verified))
             except OSError:  # a read-only zoo: verified again next time
                 pass
 

@@ -55,6 +55,10 @@ class FamilyView:
     def tasks(self) -> list[str]:
         return self.manifest.task_names
 
+    @property
+    def classes(self) -> dict[str, list[str]]:
+        return {t.name: t.classes for t in self.manifest.tasks}
+
     def preference(self, text: Optional[str]) -> Preference:
         return parse_preference(text, self.tasks)
 

@@ -20,6 +20,8 @@ import numpy as np
 
 from models_store.preference import PreferenceError, from_weights
 
+from .classify import softmax
+
 IMAGE, PREFERENCE = "IMAGE", "PREFERENCE"
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the binary tensor data extension's header
 FLOATS = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
@@ -189,17 +191,11 @@ def parse_infer(body: bytes, header_length: Optional[str], tasks: Sequence[str],
     return InferRequest(images, prefs, outputs, binary_out, request_id if isinstance(request_id, str) else None)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x = np.exp(x - x.max(axis=1, keepdims=True))
-    return (x / x.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def infer_response(model: str, request: InferRequest, logits: dict[str, np.ndarray]) -> tuple[bytes, Optional[int]]:
     """The answer's body and, when some output is binary, the length of its JSON header."""
     outputs, blobs = [], []
     for name in request.outputs:
-        probs = softmax(logits[name])
+        probs = softmax(logits[name]).astype(np.float32)
         tensor: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(probs.shape)}
         if request.binary.get(name):
             blob = probs.astype("<f4").tobytes()

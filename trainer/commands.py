@@ -14,7 +14,8 @@ from models_store import StoreError
 from models_store.cli import Command, command
 from models_store.flags import add_model_flags, key_values, model_values
 
-DEVICE: dict[str, Any] = {"default": "auto", "choices": ["auto", "cuda", "cpu"], "help": "auto (default): a CUDA GPU when there is one"}
+DEVICE: dict[str, Any] = {"default": "auto", "choices": ["auto", "cuda", "cpu"],
+                          "help": "auto (default): a CUDA GPU when there is one"}
 
 
 def int_at_least(low: int) -> Callable[[str], int]:
@@ -303,18 +304,16 @@ def front_flags(p: argparse.ArgumentParser) -> None:
 
 def front(args: argparse.Namespace) -> None:
     from models_store.device import pick_device
-    from models_store.family import now_iso
-    from models_store.fronts import write_front
     from models_store.store import open_family
     from .front import FrontConfig, compute_front
-    from .front_report import front_markdown, stored_front, write_front as write_report
+    from .front_report import front_markdown, keep_front, write_front
 
     cfg = FrontConfig(**model_values(args, FrontConfig))
     others = [open_family(args.store, i.strip()) for i in (args.families or "").split(",") if i.strip()]
     report = compute_front(open_family(args.store, args.family), cfg, pick_device(args.device), zoo=args.zoo,
                            families=others)
-    paths = write_report(report, args.out)
-    kept = write_front(args.store, stored_front(report, now_iso()))  # served at GET /families/{id}/front
+    paths = write_front(report, args.out)
+    kept = keep_front(args.store, report)
     print(front_markdown(report))
     print("wrote " + ", ".join(str(p) for p in [*paths.values(), kept]))
 
@@ -350,8 +349,9 @@ def select(args: argparse.Namespace) -> None:
     selection = select_preference(family, heads, images, args.samples, args.seed, pick_device(args.device))
     print(selection_table(selection))
     print(f"selected preference: {selection.best.preference}")
-    write_json(args.json, selection_json(selection, family, data=args.data, head=args.head or (f"task:{args.task}" if args.task else "family heads"),
-                                         images=len(images), samples=args.samples, seed=args.seed))
+    head = args.head or (f"task:{args.task}" if args.task else "family heads")
+    write_json(args.json, selection_json(selection, family, data=args.data, head=head, images=len(images),
+                                         samples=args.samples, seed=args.seed))
 
 
 # ---- pmerge store, export ----------------------------------------------------------------------

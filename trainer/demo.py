@@ -52,13 +52,13 @@ def demo_family(root: Path, device: torch.device) -> Path:
 def demo_front(path: Path, device: torch.device) -> None:
     """The family's front on the simplex grid (every preference with steps of 1/2), kept in the store
     for GET /front and the page at /ui, once: a second run reuses it."""
-    from models_store.family import Family, now_iso
-    from models_store.fronts import read_front, write_front
+    from models_store.family import Family
+    from models_store.fronts import read_front
     from .front import FrontConfig, compute_front
-    from .front_report import stored_front
+    from .front_report import keep_front
 
     if read_front(path.parent, path.name) is not None:
         return
     config = FrontConfig(grid=2, random=0, baselines=["none"], test_limit=500)
     report = compute_front(Family(path), config, device, log=lambda line: None)
-    print(f"front of {path.name}: {len(report.preferences)} preferences -> {write_front(path.parent, stored_front(report, now_iso()))}")
+    print(f"front of {path.name}: {len(report.preferences)} preferences -> {keep_front(path.parent, report)}")

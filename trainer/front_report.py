@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from models_store.atomic import atomic_file, write_text
+from models_store.family import now_iso
 from models_store.fronts import FrontPoint as StoredPoint
 from models_store.fronts import StoredFront
+from models_store.fronts import write_front as write_stored_front
 from models_store.preference import Preference
 
 from .evaluate import markdown_table, with_average
@@ -55,7 +57,12 @@ def front_json(report: FrontReport) -> dict[str, Any]:
     }
 
 
-def stored_front(report: FrontReport, created: str) -> StoredFront:
+def keep_front(store: str | Path, report: FrontReport) -> Path:
+    """Keep the report's family front beside it in the store (GET /families/{id}/front, /ui)."""
+    return write_stored_front(store, stored_front(report))
+
+
+def stored_front(report: FrontReport) -> StoredFront:
     """What the store keeps of the report: the family's own points (and a point-set's members)."""
     def points(name: str) -> Optional[list[StoredPoint]]:
         model = report.models.get(name)
@@ -64,7 +71,7 @@ def stored_front(report: FrontReport, created: str) -> StoredFront:
         return [StoredPoint(preference=p.preference.canonical, accuracy=p.accuracy, on_front=p.on_front)
                 for p in model.points]
 
-    return StoredFront(family_id=report.family_id, tasks=report.tasks, created=created,
+    return StoredFront(family_id=report.family_id, tasks=report.tasks, created=now_iso(),
                        test_limit=report.config.test_limit, hypervolume=report.models[FAMILY].hypervolume,
                        points=points(FAMILY) or [], members=points(MEMBERS))
 

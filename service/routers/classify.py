@@ -76,8 +76,7 @@ def add_routes(routes: APIRouter, naming: Naming) -> None:
         await runtime.admit(family, 1)
         files = await read_uploads(request, runtime.settings.max_files)
         logits = await runtime.classify(family, files, preference.weights)
-        classes = {t.name: t.classes for t in family.manifest.tasks}
         answer = classification(family.family_id, preference.canonical, preference.as_dict(), logits, tasks,
-                                classes, top_k, [name for name, _ in files])
+                                family.classes, top_k, [name for name, _ in files])
         return Response(json_bytes(answer), media_type="application/json")
 

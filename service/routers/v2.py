@@ -18,7 +18,7 @@ from ..v2 import HEADER_LENGTH, IMAGE, ProtocolError, infer_response, model_meta
 DEFAULT = "default"
 health = APIRouter(tags=["open inference protocol"])  # no key: orchestrators probe them
 ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
-RESPONSES = {s: ERROR for s in (400, 404, 413, 415, 503)}
+RESPONSES = {s: ERROR for s in (400, 404, 503)}
 
 
 def refused(e: ServiceError) -> JSONResponse:
@@ -59,8 +59,7 @@ def add_routes(routes: APIRouter) -> None:
     async def metadata(model: str, runtime: RuntimeDep) -> Response:
         try:
             async with held(runtime, model) as family:
-                classes = {t.name: t.classes for t in family.manifest.tasks}
-                return JSONResponse(model_metadata(model, family.tasks, classes))
+                return JSONResponse(model_metadata(model, family.tasks, family.classes))
         except ServiceError as e:
             return refused(e)
 
