@@ -20,6 +20,11 @@ rotates every repeat):
   `FeatureMapServable.features`, ReACT): the plain forward, then every image's features through its
   own preference's d x d map, solved from K random per-task maps (every image of the batch has its
   own preference and the cache is emptied before every call: the worst case of its cache).
+* **m / anchored-map**: the anchored-map kind's forward (models_store/kinds/anchored_map.py
+  `AnchoredMapServable.features`, ReACT anchored at the fine-tuned towers, anchor 0.7): f's
+  preferences, except every fourth image's, which is the vertex of task 0 or 0.85 on task 1 in
+  turn (clients who want one task's fine-tuned quality): the base tower on three quarters of the
+  batch, one anchored tower (warm in the cache) on each eighth, then every image's map.
 * **ag, bg, fg**: a, b and f replayed from CUDA graphs, one per batch size (kinds/base.py
   `GraphedCalls`; CUDA only, `--graphs`): what the service runs with PMERGE_CUDA_GRAPHS.
   c is timed only with `--time-materialise` (it is seconds per batch on a GPU); its one untimed
@@ -61,6 +66,7 @@ from torch.func import functional_call
 
 from bench.common import (add_common_args, machine_info, markdown_table, now_iso, round_ratios, run_benchmark,
                           run_interleaved, spread_text, summarize, write_result)
+from models_store.kinds.anchored_map import AnchoredMapServable
 from models_store.kinds.base import GraphedCalls
 from models_store.kinds.feature_map import FeatureMapServable
 from models_store.kinds.lowrank import TARGETS, LowRank, LowRankServable, target_names
@@ -71,7 +77,8 @@ from service.settings import DTYPES
 NAME = "serve"
 GPU_DEFAULTS = {"batch_sizes": {"*": [1, 8, 64, 128]}, "repeats": 30, "warmup": 3, "dtype": "bf16"}
 CPU_DEFAULTS = {"batch_sizes": {"*": [1, 4, 16], "ViT-L-14": [1, 4]}, "repeats": 7, "warmup": 0, "dtype": "fp32"}
-VARIANTS = {"a": "plain", "b": "mixed", "c": "materialise", "f": "feature-map", "ag": "plain, CUDA graphs",
+VARIANTS = {"a": "plain", "b": "mixed", "c": "materialise", "f": "feature-map", "m": "anchored-map",
+            "ag": "plain, CUDA graphs",
             "bg": "mixed, CUDA graphs", "fg": "feature-map, CUDA graphs"}
 
 
@@ -155,6 +162,9 @@ class Variants:
         grams = z @ z.transpose(1, 2) / (2 * d) + 0.1 * torch.eye(d)
         self.feature_maps = {g: FeatureMapServable(self.tower, maps, grams, {}, device, dtype, 1 << 30, graphs=g)
                              for g in ((False, True) if graphs else (False,))}
+        towards = {k: torch.randn(tasks, *v.shape, generator=gen) * 0.01 for k, v in self.base.items()
+                   if v.is_floating_point()}
+        self.anchored = AnchoredMapServable(self.tower, maps, grams, towards, self.arch, 0.7, {}, device, dtype, 1 << 34)
 
     def inputs(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.randn(n, 3, self.size, self.size, generator=gen).to(self.device, self.dtype)
@@ -178,6 +188,18 @@ class Variants:
     def feature_map(self, images: torch.Tensor, prefs: torch.Tensor, graphed: bool = False) -> torch.Tensor:
         model = self.feature_maps[graphed]
         model.maps.entries.clear()  # every call solves every preference: the worst case of the cache
+        model.maps.bytes = 0
+        return model.features(images, prefs.to(self.device), model.plan(prefs))
+
+    @torch.inference_mode()
+    def anchored_map(self, images: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
+        prefs = prefs.clone()
+        for i in range(0, len(prefs), 4):  # every fourth image: the vertex of task 0, or 0.85 on task 1
+            prefs[i] = torch.eye(self.tasks)[0] if i % 8 == 0 else torch.full((self.tasks,), 0.15 / (self.tasks - 1))
+            if i % 8:
+                prefs[i, 1] = 0.85
+        model = self.anchored
+        model.maps.entries.clear()  # as f: every call solves every preference
         model.maps.bytes = 0
         return model.features(images, prefs.to(self.device), model.plan(prefs))
 
@@ -276,7 +298,7 @@ def bench_arch(arch_name: str, sizes: list[int], args: argparse.Namespace, devic
     for n in sizes:
         images, prefs = v.inputs(n, gen)
         fns = {"a": lambda: v.plain(images, prefs), "b": lambda: v.mixed(images, prefs),
-               "f": lambda: v.feature_map(images, prefs)}
+               "f": lambda: v.feature_map(images, prefs), "m": lambda: v.anchored_map(images, prefs)}
         if args.graphs:
             fns |= {"ag": lambda: v.plain_graphed(images, prefs), "bg": lambda: v.mixed(images, prefs, graphed=True),
                     "fg": lambda: v.feature_map(images, prefs, graphed=True)}
@@ -299,7 +321,8 @@ def bench_arch(arch_name: str, sizes: list[int], args: argparse.Namespace, devic
                         "images_per_s": n / stats["p50_s"], "images_per_s_mean": n / stats["mean_s"],
                         "p50_ms": stats["p50_s"] * 1e3, "p99_ms": stats["p99_s"] * 1e3}
         # throughput ratios (> 1: faster than a); from the p50 batch latency, robust to a noisy neighbour
-        pairs = [("b", "a"), ("c", "a"), ("b", "c"), ("f", "a"), ("bg", "ag"), ("fg", "ag"), ("ag", "a"), ("bg", "b")]
+        pairs = [("b", "a"), ("c", "a"), ("b", "c"), ("f", "a"), ("m", "a"), ("bg", "ag"), ("fg", "ag"), ("ag", "a"),
+                 ("bg", "b")]
         for x, y in pairs:
             if x in row and y in row:
                 row[f"{x}_over_{y}"] = row[x]["images_per_s"] / row[y]["images_per_s"]
@@ -376,8 +399,8 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     path = write_result(args.out_dir, NAME, device, payload)
     payload["path"] = str(path)
 
-    shown = [k for k in ("a", "b", "f", "ag", "bg", "fg", "c") if any(k in b for r in results for b in r["batches"])]
-    ratios = [(x, y) for x, y in (("b", "a"), ("f", "a"), ("bg", "ag"), ("fg", "ag"), ("ag", "a"))
+    shown = [k for k in ("a", "b", "f", "m", "ag", "bg", "fg", "c") if any(k in b for r in results for b in r["batches"])]
+    ratios = [(x, y) for x, y in (("b", "a"), ("f", "a"), ("m", "a"), ("bg", "ag"), ("fg", "ag"), ("ag", "a"))
               if f"{x}_over_{y}_per_round" in results[0]["batches"][0]]
     table = [[r["arch_name"], b["batch"], *(b[k]["images_per_s"] for k in shown),
               *(spread_text(b[f"{x}_over_{y}_per_round"]) for x, y in ratios)] for r in results for b in r["batches"]]

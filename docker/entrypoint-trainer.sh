@@ -56,6 +56,6 @@ if ! has_family; then
     exit 1
 fi
 # the newest family's front, kept in the store for GET /front and the page at /ui
-pmerge front --store "$STORE" --grid 2 --random 0 --baselines none --test-limit 500 --out /tmp/front >/dev/null
+pmerge front --store "$STORE" --grid 2 --random 0 --baselines none --merges none --test-limit 500 --out /tmp/front >/dev/null
 echo "pmerge-trainer: done:"
 ls -1d "$STORE"/*/

@@ -20,6 +20,7 @@ from PIL import Image
 from service.app import create_app
 from service.server import uvicorn_config
 from service.settings import Settings
+from trainer.demo import DEMO_LEARNER
 
 
 def main() -> None:
@@ -32,8 +33,8 @@ def main() -> None:
     from sklearn.datasets import load_digits
 
     store = Path(args.dir) / "families"
-    pm = next(d.name for d in sorted(store.iterdir()) if d.name.startswith("pm-"))  # the demo's own family
-    settings = Settings(store=store, family=pm, device="cpu", port=8765, download_cache_dir=Path(tempfile.mkdtemp()))
+    demo = next(d.name for d in sorted(store.iterdir()) if d.name.startswith(f"{DEMO_LEARNER}-"))  # the demo's own
+    settings = Settings(store=store, family=demo, device="cpu", port=8765, download_cache_dir=Path(tempfile.mkdtemp()))
     server = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     url = "http://127.0.0.1:8765"

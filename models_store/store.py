@@ -97,8 +97,13 @@ def remove_family(store: str | Path, family_id: str) -> None:
 
 
 def describe_kind(m: FamilyManifest) -> str:
-    """`kind=lowrank(rank=16,targets=8)`: the kind and its parameters, lists by their length."""
-    params = ",".join(f"{k}={len(v) if isinstance(v, (list, dict)) else v}" for k, v in m.kind_params.items())
+    """`kind=lowrank(rank=16,targets=8)`: the kind and its parameters, lists by their length, a
+    rule (a dict with `rule`, point-set's `at_preference`) by its name."""
+    def short(v):
+        if isinstance(v, dict) and "rule" in v:
+            return v["rule"]
+        return len(v) if isinstance(v, (list, dict)) else v
+    params = ",".join(f"{k}={short(v)}" for k, v in m.kind_params.items())
     return f"kind={m.kind}({params})"
 
 

@@ -1,8 +1,8 @@
 """`pmerge demo`: the whole product on one machine, from data the dependencies ship.
 
     DIR/zoo        the demo zoo (built once: `pmerge zoo --demo`)
-    DIR/families   the family store (trained once: `pmerge train` with its defaults), with the
-                   family's front (evaluated once, as `pmerge front` keeps it) for the page at /ui
+    DIR/families   the family store (trained once: `pmerge train DEMO_LEARNER` with its defaults),
+                   with the family's front (evaluated once, as `pmerge front` keeps it) for /ui
 
 A complete zoo in DIR/zoo is reused as it is; a family trained with the same zoo, configuration
 and data already in the store is reused (a family's id is a hash of exactly those), so a
@@ -16,6 +16,10 @@ from pathlib import Path
 import torch
 
 from models_store.zoo import MANIFEST, Zoo
+
+# the family that is best across the simplex on the demo zoo (docs/figures.md, "One family for
+# every preference"): ReACT at the centre, the fine-tuned towers at the corners
+DEMO_LEARNER = "react-anchored"
 
 
 def default_dir() -> Path:
@@ -43,7 +47,7 @@ def demo_family(root: Path, device: torch.device) -> Path:
 
     zoo = demo_zoo(root / "zoo")
     store = root / "families"
-    path = FAMILIES["pm"](LearnContext(zoo, store, device=device, resume=True))
+    path = FAMILIES[DEMO_LEARNER](LearnContext(zoo, store, device=device, resume=True))
     print(f"family {path.name} in {store}")
     demo_front(path, device)
     return path
@@ -59,6 +63,6 @@ def demo_front(path: Path, device: torch.device) -> None:
 
     if read_front(path.parent, path.name) is not None:
         return
-    config = FrontConfig(grid=2, random=0, baselines=["none"], test_limit=500)
+    config = FrontConfig(grid=2, random=0, baselines=["none"], merges=["none"], test_limit=500)
     report = compute_front(Family(path), config, device, log=lambda line: None)
     print(f"front of {path.name}: {len(report.preferences)} preferences -> {keep_front(path.parent, report)}")

@@ -18,7 +18,10 @@ Sets of task-arithmetic coefficients c in [0, c_max]^K, evaluated with no surrog
 - `ground-truth grid:N` (K <= 3): the dense grid of N^K points, the reference front; every model's
   IGD+ (pymoo) against it is reported beside its hypervolume.
 
-Per model: the non-dominated points and their hypervolume (reference: all-zero accuracy).
+Per model: the non-dominated points and their hypervolume (reference: all-zero accuracy), and
+what it gives up (`TradeOff`): its worst vertex against the fine-tuned towers (task k's accuracy
+at the one-hot preference of k over fine-tuned tower k's) and its equal preference against the
+best of the single merges of `merges` (average accuracies), measured on the same test images.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from models_store import StoreError
 from models_store.checkpoint import StateDict
 from models_store.family import Family, SearchBox
 from models_store.preference import Preference, equal_preference, from_weights
-from models_store.simplex import PointSet, priority_preference
+from models_store.simplex import PointSet, priority_preference, vertices
 from models_store.zoo import Zoo
 
 from .evaluate import Evaluator, Scores
@@ -56,6 +59,9 @@ class FrontConfig(PointSet):
     baselines: list[str] = Field(["ta-pref", "adamerging-pref"], description=(
         "merged from the zoo at every preference, or none: ta-pref (theta0 + s sum_k K pref_k tau_k), "
         "adamerging-pref (one whole AdaMerging run of --baseline-steps per preference)"))
+    merges: list[str] = Field(["task-arithmetic", "ties", "tsv-m", "iso-c", "iso-cts"], description=(
+        "single merges (`pmerge merge` methods, their defaults) whose best average the equal preference is measured "
+        "against, beside the fine-tuned towers at the vertices; none: neither"))
     ta_scale: float = Field(0.3, ge=0, description="task arithmetic scale s")
     baseline_steps: int = Field(100, ge=0, description="AdaMerging steps per preference")
     test_limit: Optional[int] = Field(None, ge=1, description="test images per task")
@@ -71,6 +77,17 @@ class FrontConfig(PointSet):
     @property
     def grid_steps(self) -> Optional[int]:
         return int(self.ground_truth.split(":")[1]) if self.ground_truth else None
+
+    @field_validator("merges")
+    @classmethod
+    def _known_merges(cls, names: list[str]) -> list[str]:
+        from .methods import METHODS
+        if [n.lower() for n in names] == ["none"]:
+            return []
+        unknown = [n for n in names if n not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown merge {unknown[0]!r}; known: {', '.join(METHODS)}")
+        return list(dict.fromkeys(names))
 
     @field_validator("baselines")
     @classmethod
@@ -111,6 +128,32 @@ class ModelFront:
 
 
 @dataclass
+class References:
+    """What every model's trade-offs are measured against, on the report's test images."""
+    finetuned: Scores  # task -> fine-tuned tower k's accuracy on task k
+    merges: dict[str, float]  # single merge -> its average accuracy
+
+
+@dataclass
+class TradeOff:
+    """What one model gives up: at its worst vertex, and at the equal preference."""
+    worst_vertex_task: str
+    worst_vertex_accuracy: float
+    finetuned_accuracy: float
+    equal_average: float
+    best_merge: str
+    best_merge_average: float
+
+    @property
+    def vertex_over_finetuned(self) -> float:
+        return self.worst_vertex_accuracy / self.finetuned_accuracy
+
+    @property
+    def equal_over_best_merge(self) -> float:
+        return self.equal_average / self.best_merge_average
+
+
+@dataclass
 class FrontReport:
     family_id: str
     method: str
@@ -118,10 +161,27 @@ class FrontReport:
     preferences: list[Preference]
     config: FrontConfig
     models: dict[str, ModelFront] = field(default_factory=dict)
+    references: Optional[References] = None
 
     @property
     def equal(self) -> Preference:
         return equal_preference(self.tasks)
+
+    def trade_offs(self) -> dict[str, TradeOff]:
+        """Per model with a point at the equal preference and at every vertex (none without references)."""
+        if self.references is None or not self.references.merges:
+            return {}
+        best = max(self.references.merges, key=self.references.merges.__getitem__)
+        out = {}
+        for name, model in self.models.items():
+            equal = model.point(self.equal)
+            at_vertex = [(t, model.point(v)) for t, v in zip(self.tasks, vertices(self.tasks))]
+            if equal is None or any(p is None for _, p in at_vertex):
+                continue
+            task, point = min(at_vertex, key=lambda tp: tp[1].accuracy[tp[0]] / self.references.finetuned[tp[0]])
+            out[name] = TradeOff(task, point.accuracy[task], self.references.finetuned[task], equal.average,
+                                 best, self.references.merges[best])
+        return out
 
     def priority(self) -> dict[str, Preference]:
         """0.7 on each task (the quality bar's rows), for the tasks whose point is in the set."""
@@ -183,6 +243,18 @@ def baseline_zoo(family: Family, zoo: Optional[str | Path]) -> Zoo:
     if found.tasks != family.tasks:
         raise StoreError(f"zoo {path} has tasks {found.tasks}, family {family.family_id} has {family.tasks}")
     return found
+
+
+def references(ctx: MergeContext, merges: list[str], evaluator: Evaluator, log: Callable[[str], None]) -> References:
+    """The fine-tuned towers, each on its own task, and the single merges' averages."""
+    start = time.perf_counter()
+    finetuned = {t: evaluator.accuracy(ctx.pool.zoo.finetuned(t), [t])[t] for t in evaluator.tasks}
+    averages = {}
+    for name in merges:
+        scores = evaluator.accuracy(get_method(name)(ctx))
+        averages[name] = sum(scores.values()) / len(scores)
+    log(f"references: fine-tuned towers and {len(merges)} single merges in {time.perf_counter() - start:.1f} s")
+    return References(finetuned, averages)
 
 
 # ---- point sets and sets of coefficients ------------------------------------------------------
@@ -268,7 +340,7 @@ def compute_front(family: Family, cfg: FrontConfig, device: torch.device, zoo: O
             raise StoreError(f"family {other.family_id} has tasks {other.tasks}, family {family.family_id} has {tasks}")
     named = {FAMILY: family} | {other.family_id: other for other in families}
     sets = coefficient_sets(cfg, list(named.values()), len(tasks))  # fail before any work
-    pool = ModelPool(baseline_zoo(family, zoo)) if cfg.baselines or sets else None
+    pool = ModelPool(baseline_zoo(family, zoo)) if cfg.baselines or cfg.merges or sets else None
     prefs = front_preferences(tasks, cfg)
     specs = recorded_specs(family.manifest.tasks, f"family {family.family_id}")
     test = load_test_sets(specs, family.manifest.preprocess, cfg.test_limit)
@@ -278,13 +350,15 @@ def compute_front(family: Family, cfg: FrontConfig, device: torch.device, zoo: O
         merge = (lambda m: lambda p: dict(m.iter_materialized(p, device)))(member)  # merged on the device
         report.models[name] = sweep(name, merge, prefs, evaluator, log)
         report.models |= {m.name: m for m in member_fronts(name, member, evaluator, log)}
-    if cfg.baselines:
+    if cfg.baselines or cfg.merges:
         # AdaMerging adapts on the tasks' test images without labels (its and the paper's protocol)
         ctx = MergeContext(pool=pool, unlabeled={t: test[t].images for t in tasks}, device=device,
                            seed=cfg.seed, progress=False)
         evaluator = Evaluator(pool.architecture, pool.heads, test, device)
         for name in cfg.baselines:
             report.models[name] = sweep(name, BASELINES[name](ctx, cfg), prefs, evaluator, log)
+        if cfg.merges:
+            report.references = references(ctx, cfg.merges, evaluator, log)
     if sets:
         evaluator = CoefficientEvaluator(pool, test, device)
         for name, points in sets.items():

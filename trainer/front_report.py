@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Optional
@@ -51,6 +52,11 @@ def front_json(report: FrontReport) -> dict[str, Any]:
         "igd_plus": {name: m.igd_plus for name, m in report.models.items() if m.igd_plus is not None},
         "equal": row_json(report, report.equal),
         "priority": {t: row_json(report, p) for t, p in report.priority().items()},
+        "references": None if report.references is None else {"finetuned": report.references.finetuned,
+                                                               "merges": report.references.merges},
+        "trade_offs": {name: asdict(t) | {"vertex_over_finetuned": t.vertex_over_finetuned,
+                                          "equal_over_best_merge": t.equal_over_best_merge}
+                       for name, t in report.trade_offs().items()},
         "models": {name: {"hypervolume": m.hypervolume, "igd_plus": m.igd_plus, "per_preference": m.per_preference,
                           "seconds": round(m.seconds, 2), "points": [point_json(p) for p in m.points]}
                    for name, m in report.models.items()},
@@ -90,6 +96,19 @@ def front_markdown(report: FrontReport) -> str:
         on = sum(p.on_front for p in m.points)
         igd_cell = (f" {m.igd_plus:.4f} |" if m.igd_plus is not None else " |") if igd else ""
         lines.append(f"| {name} | {m.hypervolume:.4f} |{igd_cell} {on}/{len(m.points)} | {m.seconds:.1f} |")
+    trade_offs = report.trade_offs()
+    if trade_offs:
+        lines += ["", "## What each model gives up", "",
+                  "At its worst vertex: task k's accuracy at the one-hot preference of k, over fine-tuned tower k's. "
+                  f"At the equal preference: its average accuracy, over the best single merge's "
+                  f"({next(iter(trade_offs.values())).best_merge}).", "",
+                  "| model | worst vertex | accuracy % | fine-tuned % | ratio | equal avg % | best merge avg % | ratio |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, t in trade_offs.items():
+            lines.append(f"| {name} | {t.worst_vertex_task} | {100 * t.worst_vertex_accuracy:.1f} | "
+                         f"{100 * t.finetuned_accuracy:.1f} | {t.vertex_over_finetuned:.3f} | "
+                         f"{100 * t.equal_average:.1f} | {100 * t.best_merge_average:.1f} | "
+                         f"{t.equal_over_best_merge:.3f} |")
     anchors = [("equal", report.equal)] + [(f"0.7 on {t}", p) for t, p in report.priority().items()]
     lines += ["", "## Equal and priority preferences (accuracy %)", "",
               _table(report, [(label, pref) for label, pref in anchors]), "",

@@ -17,7 +17,7 @@ from .. import StoreError
 # name -> module:class; a kind's code (torch, open_clip) is imported when the kind is first used,
 # so reading and listing manifests costs none of it
 KINDS = {"lowrank": "lowrank:LowRankFamily", "point-set": "point_set:PointSetFamily",
-         "feature-map": "feature_map:FeatureMapFamily"}
+         "feature-map": "feature_map:FeatureMapFamily", "anchored-map": "anchored_map:AnchoredMapFamily"}
 
 FORMAT_1_KIND = "lowrank"  # format-1 manifests predate kinds: every family then was low-rank
 

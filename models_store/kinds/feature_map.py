@@ -87,12 +87,20 @@ class FeatureMapServable(Servable):
         distinct, inverse = torch.unique(prefs.float(), dim=0, return_inverse=True)
         return MapPlan([tuple(row) for row in distinct.tolist()], inverse.tolist())
 
+    def tower_features(self, images: torch.Tensor, plan: MapPlan) -> torch.Tensor:
+        """The towers' output features [N, d], float32: here the base tower's, once for the batch."""
+        return self.run("base", self.tower, images).float()
+
+    def solve(self, keys: list[tuple[float, ...]]) -> torch.Tensor:
+        """The maps [M, d, d] of these distinct preferences, solved together."""
+        return preference_maps(self.WC, self.C, torch.tensor(keys, device=self.device))
+
     def features(self, images: torch.Tensor, prefs: torch.Tensor, plan: MapPlan) -> torch.Tensor:
-        features = self.run("base", self.tower, images).float()
+        features = self.tower_features(images, plan)
         keys = plan.distinct
         missing = [i for i, key in enumerate(keys) if key not in self.maps]
         if missing:
-            solved = preference_maps(self.WC, self.C, torch.tensor([keys[i] for i in missing], device=self.device))
+            solved = self.solve([keys[i] for i in missing])
             d = solved.shape[-1]
             self.maps.room(len(missing) * d * d * 4, keep=frozenset(keys))  # a batch keeps its own maps
             for i, m in zip(missing, solved):

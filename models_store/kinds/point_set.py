@@ -23,20 +23,31 @@ download writes it, is still a plain open_clip tower of the family's depth. Serv
 by member and runs each member's tower on its images (a member's skipped blocks left out, so
 skipping saves their time), keeping the last `cache` materialised towers on the device (least
 recently used out).
+
+With `at_preference` (a rule), the family makes a member for every preference asked instead of
+picking one of its members: `task-arithmetic` (c = scale K p, task arithmetic + preference) or
+`surrogate` (MAP: the coefficients that its surrogates' scalarisation picks, models_store/surrogate.py).
+A preference is resolved to PREFERENCE_DECIMALS decimals per weight and the coefficients made for it
+are rounded to COEFFICIENT_DECIMALS: preferences that close share one tower (in the cache and in
+the solver's memory), and a download applies the same rounding, so it is the tower that was served.
+The stored members stay what the learner made and measured (`pmerge front` draws them).
 """
 from __future__ import annotations
 
 import itertools
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Optional
+from typing import Annotated, Callable, Iterator, Literal, Optional, Union
 
+import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from .. import StoreError
 from ..checkpoint import StateDict, load_state_dict
+from ..surrogate import Metric, Scalarisation, Surrogates, feature_count
 from ..tower import build_tower, with_layers
 from ..zoo import Head
 from .base import DeviceCache, KindFormat, Servable, tensor_bytes
@@ -101,10 +112,73 @@ class Member(BaseModel):
         return self
 
 
+PREFERENCE_DECIMALS, COEFFICIENT_DECIMALS = 4, 3
+SOLVED = 4096  # preferences whose coefficients a family remembers (host memory: a few hundred KiB)
+
+# a stored member (its index), or the task-level coefficients of a member made for a preference
+MemberKey = Union[int, tuple[float, ...]]
+
+
+class TaskArithmeticRule(BaseModel):
+    """c(p) = scale K p: task arithmetic + preference (the ta-pref learner's members, at any p)."""
+    model_config = ConfigDict(extra="forbid")
+    rule: Literal["task-arithmetic"] = "task-arithmetic"
+    scale: float = Field(ge=0, description="s in theta0 + s sum_k K p_k tau_k")
+
+    def coefficients(self, pref: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        return self.scale * len(pref) * pref
+
+
+class SurrogateRule(BaseModel):
+    """c(p) = the coefficients that MAP's surrogates' scalarisation picks for p (models_store/surrogate.py)."""
+    model_config = ConfigDict(extra="forbid")
+    rule: Literal["surrogate"] = "surrogate"
+    metric: Metric
+    scalarisation: Scalarisation
+    c_max: float = Field(gt=0, description="the box [0, c_max]^K the surrogates were fitted in")
+    weights: list[list[float]] = Field(description="[K, (K + 1)(K + 2) / 2]: each task's quadratic surrogate")
+
+    _surrogates: Optional[Surrogates] = PrivateAttr(None)
+
+    def coefficients(self, pref: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        return self.surrogates.best_coefficients(pref, self.scalarisation, starts)
+
+    @property
+    def surrogates(self) -> Surrogates:
+        if self._surrogates is None:  # built once: it remembers the ideal point
+            self._surrogates = Surrogates(np.array(self.weights), self.metric, self.c_max)
+        return self._surrogates
+
+
+MemberRule = Annotated[Union[TaskArithmeticRule, SurrogateRule], Field(discriminator="rule")]
+
+
+class MemberMaker:
+    """A rule bound to a family: a preference's member key, remembered (SOLVED preferences, least
+    recently used out). Starting points of a solve: the stored members' coefficients."""
+
+    def __init__(self, rule: TaskArithmeticRule | SurrogateRule, starts: np.ndarray):
+        self.rule, self.starts = rule, starts
+        self.solved: OrderedDict[tuple[float, ...], tuple[float, ...]] = OrderedDict()
+
+    def __call__(self, pref: list[float]) -> tuple[float, ...]:
+        key = tuple(round(w, PREFERENCE_DECIMALS) for w in pref)
+        made = self.solved.get(key)
+        if made is None:
+            c = self.rule.coefficients(np.array(key, dtype=np.float64), self.starts)
+            made = self.solved[key] = tuple(round(float(x), COEFFICIENT_DECIMALS) + 0.0 for x in c)
+            if len(self.solved) > SOLVED:
+                self.solved.popitem(last=False)
+        self.solved.move_to_end(key)
+        return made
+
+
 class PointSetParams(BaseModel):
     """kind_params of a point-set family."""
     model_config = ConfigDict(extra="forbid")
     pick: str = "nearest"
+    at_preference: Optional[MemberRule] = Field(None, description=(
+        "make a member for every preference asked by this rule, instead of picking a stored member"))
     merge_vectors: bool = Field(False, description=(
         f"the members' merges combine the {MERGE_PREFIX}<task>/<param> vectors of {TASK_VECTORS} (a preprocessing "
         "of the task vectors, HM3's DARE-TIES) instead of the task vectors; finetuned:<task> blocks still use tau"))
@@ -141,7 +215,8 @@ class Members:
 
     def __init__(self, pretrained: StateDict, vectors: dict[str, torch.Tensor], params: PointSetParams,
                  per_tensor: dict[int, dict[str, torch.Tensor]], tasks: list[str],
-                 merge_vectors: Optional[dict[str, torch.Tensor]] = None, table: Optional[MemberTable] = None):
+                 merge_vectors: Optional[dict[str, torch.Tensor]] = None, table: Optional[MemberTable] = None,
+                 maker: Optional[MemberMaker] = None):
         self.pretrained, self.vectors, self.params, self.per_tensor, self.tasks = pretrained, vectors, params, per_tensor, tasks
         self.merge_vectors = vectors if merge_vectors is None else merge_vectors
         if table is None:  # on the host, always: picking is host work
@@ -149,41 +224,55 @@ class Members:
             scores = None if None in predicted else torch.tensor(predicted) * (1 if params.sense == "max" else -1)
             table = MemberTable(torch.tensor([m.preference for m in params.members]), scores)
         self.table = table
+        if maker is None and params.at_preference is not None:
+            starts = np.array([m.coefficients for m in params.members if m.coefficients is not None]).reshape(-1, len(tasks))
+            maker = MemberMaker(params.at_preference, starts)
+        self.maker = maker
 
     def to(self, device: torch.device) -> "Members":
         move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
         vectors = move(self.vectors)
         merge_vectors = vectors if self.merge_vectors is self.vectors else move(self.merge_vectors)
-        return Members(move(self.pretrained), vectors, self.params,
-                       {i: move(c) for i, c in self.per_tensor.items()}, self.tasks, merge_vectors, self.table)
+        return Members(move(self.pretrained), vectors, self.params, {i: move(c) for i, c in self.per_tensor.items()},
+                       self.tasks, merge_vectors, self.table, self.maker)
 
     def pick(self, prefs: torch.Tensor) -> torch.Tensor:
-        """prefs [N, K] -> [N] member index."""
+        """prefs [N, K] -> [N] the stored member that the pick rule chooses."""
         return PICK_RULES[self.params.pick](prefs.cpu(), self.table)
 
-    def source(self, index: int, name: str) -> str:
-        """Where member `index` takes parameter `name` from: merge, finetuned:<task> or skip."""
-        blocks, block = self.params.members[index].blocks, block_of(name)
+    def keys(self, prefs: torch.Tensor) -> list[MemberKey]:
+        """prefs [N, K] -> the member serving each: one made for it (`at_preference`), or a stored one."""
+        if self.maker is None:
+            return self.pick(prefs).tolist()
+        return [self.maker(row) for row in prefs.cpu().double().tolist()]
+
+    def source(self, key: MemberKey, name: str) -> str:
+        """Where member `key` takes parameter `name` from: merge, finetuned:<task> or skip."""
+        if isinstance(key, tuple):
+            return MERGE
+        blocks, block = self.params.members[key].blocks, block_of(name)
         return MERGE if blocks is None or block is None else blocks[block[0]]
 
-    def kept_blocks(self, index: int) -> Optional[list[int]]:
-        """The blocks member `index` runs, or None when it skips none."""
-        blocks = self.params.members[index].blocks
+    def kept_blocks(self, key: MemberKey) -> Optional[list[int]]:
+        """The blocks member `key` runs, or None when it skips none."""
+        blocks = None if isinstance(key, tuple) else self.params.members[key].blocks
         if blocks is None or SKIP not in blocks:
             return None
         return [b for b, s in enumerate(blocks) if s != SKIP]
 
-    def coefficients(self, index: int, name: str) -> torch.Tensor:
-        """lambda of member `index` for parameter `name`, [K] float32, over the vectors `tensor` combines."""
-        member, source = self.params.members[index], self.source(index, name)
+    def coefficients(self, key: MemberKey, name: str) -> torch.Tensor:
+        """lambda of member `key` for parameter `name`, [K] float32, over the vectors `tensor` combines."""
+        if isinstance(key, tuple):
+            return torch.tensor(key)
+        member, source = self.params.members[key], self.source(key, name)
         if source.startswith(FINETUNED):
             return torch.nn.functional.one_hot(torch.tensor(self.tasks.index(source[len(FINETUNED):])),
                                                len(self.tasks)).float()
         if member.per_tensor:
-            return self.per_tensor[index][name].float()
+            return self.per_tensor[key][name].float()
         return torch.tensor(member.coefficients)
 
-    def tensor(self, index: int, name: str, device: Optional[torch.device] = None) -> torch.Tensor:
+    def tensor(self, index: MemberKey, name: str, device: Optional[torch.device] = None) -> torch.Tensor:
         """theta_member[name], in theta0's dtype, computed on `device` (default: where the tensors are)."""
         w = self.pretrained[name].to(device)
         if name not in self.vectors:  # not a float parameter: never merged
@@ -215,7 +304,7 @@ def family_files(pretrained: StateDict, task_vectors: dict[str, dict[str, torch.
 @dataclass(frozen=True)
 class MemberPlan:
     """A batch grouped by member: each member picked, with the rows of its images (host values)."""
-    groups: list[tuple[int, list[int]]]
+    groups: list[tuple[MemberKey, list[int]]]
 
 
 class PointSetServable(Servable):
@@ -237,10 +326,10 @@ class PointSetServable(Servable):
         return self.towers.misses
 
     def plan(self, prefs: torch.Tensor) -> MemberPlan:
-        picked = self.members.pick(prefs).tolist()
-        return MemberPlan([(index, [i for i, p in enumerate(picked) if p == index]) for index in sorted(set(picked))])
+        picked = self.members.keys(prefs)
+        return MemberPlan([(key, [i for i, p in enumerate(picked) if p == key]) for key in dict.fromkeys(picked)])
 
-    def tower(self, index: int) -> torch.nn.Module:
+    def tower(self, index: MemberKey) -> torch.nn.Module:
         """Member `index`'s tower on the device, materialised on a miss. A tower evicted for it may be
         one this batch ran already: its forward is queued before the copy that overwrites it."""
         tower = self.towers.get(index)
@@ -316,6 +405,10 @@ class PointSetFamily(KindFormat):
                     raise StoreError(f"{where}: {COEFFICIENTS} lacks or misshapes {(lacking or wrong)[0]} ([{k}])")
             if m.blocks is not None:
                 self._check_blocks(where, m.blocks, n_blocks, tasks)
+        rule = members.params.at_preference
+        if isinstance(rule, SurrogateRule) and np.shape(rule.weights) != (k, feature_count(k)):
+            raise StoreError(f"family {family_id}: its surrogates' weights are {list(np.shape(rule.weights))}; "
+                             f"{k} tasks need [{k}, {feature_count(k)}]")
 
     def _check_blocks(self, where: str, blocks: list[str], n_blocks: int, tasks: list[str]) -> None:
         if len(blocks) != n_blocks:
@@ -350,8 +443,8 @@ class PointSetFamily(KindFormat):
 
     def iter_materialized(self, pref: torch.Tensor, device: torch.device = torch.device("cpu")
                           ) -> Iterator[tuple[str, torch.Tensor]]:
-        """The tower of the member that `pref` picks, one tensor at a time, computed on `device`."""
-        return self.iter_member(int(self.member_weights.pick(pref[None].cpu())[0]), device)
+        """The tower of the member that serves `pref`, one tensor at a time, computed on `device`."""
+        return self.iter_member(self.member_weights.keys(pref[None].cpu())[0], device)
 
     def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype,
                  cache_bytes: int, graphs: bool = False) -> PointSetServable:
@@ -363,6 +456,8 @@ class PointSetFamily(KindFormat):
         return [m.model_dump(exclude_none=True, exclude=set() if params.sense == "max" else {"predicted"})
                 for m in params.members]
 
-    def iter_member(self, index: int, device: torch.device = torch.device("cpu")) -> Iterator[tuple[str, torch.Tensor]]:
+    def iter_member(self, index: MemberKey, device: torch.device = torch.device("cpu")
+                    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Stored member `index`'s tower (or, given made coefficients, that member's), one tensor at a time."""
         for name in self.member_weights.pretrained:
             yield name, self.member_weights.tensor(index, name, device)

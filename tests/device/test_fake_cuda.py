@@ -33,7 +33,10 @@ PREFS = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0.3, 0.3, 0.4], [0.5, 
 def families(tmp_path_factory):
     """A family of every kind (micro tower, 3 tasks), loaded on the host."""
     store = tmp_path_factory.mktemp("families")
-    makers = {"lowrank": make_family, "point_set": make_point_set_family, "feature_map": make_feature_map_family}
+    makers = {"lowrank": make_family, "point_set": make_point_set_family, "feature_map": make_feature_map_family,
+              "anchored_map": lambda store: make_feature_map_family(store, family_id="anchored-test", anchor=0.6),
+              "point_set_at_preference": lambda store: make_point_set_family(
+                  store, family_id="ta-pref-at-test", at_preference={"rule": "task-arithmetic", "scale": 0.3})}
     return {kind: open_family(store, make(store).name) for kind, make in makers.items()}
 
 
@@ -96,7 +99,7 @@ def test_jpegs_decoded_on_the_device_are_converted_and_resized_there(cuda, monke
     on_device(pre.normalize(torch.stack(out)), torch.float32)
 
 
-@pytest.mark.parametrize("kind", ["lowrank", "point_set", "feature_map"])
+@pytest.mark.parametrize("kind", ["lowrank", "point_set", "feature_map", "point_set_at_preference", "anchored_map"])
 def test_every_kind_serves_a_mixed_batch_on_the_device(cuda, families, kind):
     family = families[kind]
     model = family.servable(cuda.device, BF16, cache_bytes=2 * family.tower_bytes(BF16))
@@ -107,24 +110,31 @@ def test_every_kind_serves_a_mixed_batch_on_the_device(cuda, families, kind):
         logits = model.logits(images, cuda.host(PREFS), plan)
         for task in family.tasks:
             on_device(logits[task], torch.float32)
-    if kind == "point_set":
+    if kind.startswith("point_set"):
         assert model.materialized > 2 and len(model.towers) <= 2
-        on_device(next(model.towers.get(i) for i in range(5) if i in model.towers).conv1.weight, BF16)
-    if kind == "feature_map":
+        on_device(model.towers.get(next(iter(model.towers.entries))).conv1.weight, BF16)
+    if kind == "anchored_map":  # PREFS: three vertices anchored (a = 1) through room for two, the rest: the base
+        assert model.materialized > 2 and len(model.towers) <= 2
+        on_device(model.towers.get(next(iter(model.towers.entries))).conv1.weight, BF16)
+    if kind in ("feature_map", "anchored_map"):
         with on_host():
             distinct = [tuple(row) for row in PREFS.tolist()]
         assert model.solved == len(set(distinct))  # solved on the device, together
         on_device(model.maps.get(distinct[0]), torch.float32)
 
 
-@pytest.mark.parametrize("kind", ["lowrank", "point_set", "feature_map"])
+@pytest.mark.parametrize("kind", ["lowrank", "point_set", "feature_map", "point_set_at_preference", "anchored_map"])
 def test_downloads_are_merged_on_the_device(cuda, families, kind):
     family = families[kind]
-    pref = from_weights([0.2, 0.3, 0.5], family.tasks)
-    if kind == "point_set":  # the pick is host work; the member's tensors are merged on the device
+    pref = from_weights([0.1, 0.1, 0.8] if kind == "anchored_map" else [0.2, 0.3, 0.5], family.tasks)  # anchored: a = 0.5
+    if kind.startswith("point_set"):  # the pick (or the solve) is host work; the tensors are merged on the device
         with on_host():
-            index = int(family.body.member_weights.pick(pref.tensor()[None])[0])
-        tensors = dict(family.body.iter_member(index, cuda.device))
+            key = family.body.member_weights.keys(pref.tensor()[None])[0]
+        tensors = dict(family.body.iter_member(key, cuda.device))
+    elif kind == "anchored_map":  # the anchor is host work too, done when the download starts
+        with on_host():
+            tensors = family.body.iter_materialized(pref.tensor(), cuda.device)
+        tensors = dict(tensors)
     else:
         tensors = dict(family.iter_materialized(pref, cuda.device))
     assert [name for name, _, _ in family.tower_specs()] == list(tensors)

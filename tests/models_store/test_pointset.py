@@ -132,3 +132,74 @@ def test_a_family_that_says_merge_vectors_needs_them(family, tmp_path):
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(StoreError, match="lacks some task's merge vector of"):
         Family(bad, verify=False)
+
+
+# ---- members made for the preference asked (`at_preference`) ----------------------------------
+
+@pytest.fixture(scope="module")
+def ta_family(tmp_path_factory) -> Family:
+    return Family(make_point_set_family(tmp_path_factory.mktemp("store"), at_preference={
+        "rule": "task-arithmetic", "scale": 0.3}))
+
+
+def surrogate_rule(weights) -> dict:
+    return {"rule": "surrogate", "metric": "accuracy", "scalarisation": "tchebycheff", "c_max": 1.0,
+            "weights": weights}
+
+
+@pytest.fixture(scope="module")
+def surrogate_family(tmp_path_factory) -> Family:
+    g = torch.Generator().manual_seed(5)
+    weights = (torch.randn(3, 10, generator=g) * 0.3 + torch.cat([torch.zeros(3, 1), 4 * torch.eye(3),
+                                                                   torch.zeros(3, 6)], 1)).tolist()
+    return Family(make_point_set_family(tmp_path_factory.mktemp("store"), at_preference=surrogate_rule(weights)))
+
+
+def test_task_arithmetic_at_the_preference_asked_is_its_formula(ta_family):
+    pre, tau, _ = stored(ta_family)
+    for w in ([0.9, 0.05, 0.05], [0.2, 0.3, 0.5], [1, 0, 0], [0.123456, 0.5, 0.376544]):
+        theta = ta_family.materialize(from_weights(w, TASK_NAMES))
+        c = [round(0.3 * 3 * x, 3) for x in w]  # s K p, to the stated 3 decimals
+        for k, v in pre.items():
+            assert torch.allclose(theta[k], v + sum(ci * tau[t][k] for ci, t in zip(c, TASK_NAMES)), atol=1e-6), (w, k)
+    # the stored members stay what the learner made: the front evaluates and draws them
+    assert len(ta_family.body.members()) == len(POINT_SET_MEMBERS)
+
+
+def test_preferences_closer_than_the_tolerance_share_one_tower_and_downloads_are_what_is_served(ta_family):
+    model = ta_family.servable(torch.device("cpu"), torch.float32, cache_bytes=2 * ta_family.tower_bytes())
+    weights = [[0.2, 0.3, 0.5], [0.20001, 0.29999, 0.5], [0.5, 0.25, 0.25], [0.2, 0.3, 0.5]]
+    prefs = torch.stack([from_weights(w, TASK_NAMES).tensor() for w in weights])
+    images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    logits = model.logits(images, prefs)
+    assert model.materialized == 2  # the first two within 1e-4 per weight: one tower
+    for i, w in enumerate(weights):
+        tower = load_tower(ta_family.manifest.architecture, ta_family.materialize(from_weights(w, TASK_NAMES)))
+        with torch.no_grad():
+            feats = tower(images[i:i + 1])
+        for t, h in ta_family.heads.items():
+            assert (logits[t][i] - head_logits(feats, h.weight, h.bias)[0]).abs().max() <= 1e-4, (i, t)
+    model.logits(images[:1], prefs[:1])
+    assert model.materialized == 2  # cached
+
+
+def test_surrogate_members_solve_the_scalarisation_from_the_stored_members(surrogate_family):
+    import numpy as np
+    rule = surrogate_family.body.member_weights.params.at_preference
+    starts = np.array([m["coefficients"] for m in POINT_SET_MEMBERS if "coefficients" in m])
+    pre, tau, _ = stored(surrogate_family)
+    for w in ([1, 0, 0], [0.3, 0.3, 0.4], [0.1, 0.7, 0.2]):
+        c = rule.surrogates.best_coefficients(np.array(w, dtype=float), "tchebycheff", starts).round(3)
+        theta = surrogate_family.materialize(from_weights(w, TASK_NAMES))
+        k = "conv1.weight"
+        assert torch.allclose(theta[k], pre[k] + sum(float(ci) * tau[t][k] for ci, t in zip(c, TASK_NAMES)), atol=1e-5)
+    # at a vertex the Tchebycheff member reaches that task's ideal, as the surrogates predict
+    c = np.array(surrogate_family.body.member_weights.keys(torch.tensor([[0.0, 1.0, 0.0]]))[0])
+    assert rule.surrogates.predict(c[None])[0, 1] == pytest.approx(rule.surrogates.ideal()[1], abs=2e-3)
+
+
+def test_surrogates_that_do_not_fit_the_tasks_are_refused(tmp_path):
+    with pytest.raises(StoreError, match=r"surrogates' weights are \[3, 6\]; 3 tasks need \[3, 10\]"):
+        Family(make_point_set_family(tmp_path, at_preference=surrogate_rule([[0.0] * 6] * 3)), verify=False)
+    with pytest.raises(StoreError, match="rule"):
+        Family(make_point_set_family(tmp_path / "b", at_preference={"rule": "magic"}), verify=False)

@@ -110,7 +110,8 @@ POINT_SET_MEMBERS = [
 
 
 def make_point_set_family(store: Path, family_id: str = POINT_SET_ID, seed: int = 0,
-                          tasks: dict[str, list[str]] = TASKS, merge_vectors: bool = False) -> Path:
+                          tasks: dict[str, list[str]] = TASKS, merge_vectors: bool = False,
+                          at_preference: dict | None = None) -> Path:
     """A random micro point-set family whose members differ visibly; with `merge_vectors`, the merges
     combine other random vectors than the task vectors (HM3's layout)."""
     from models_store.kinds import point_set
@@ -125,7 +126,8 @@ def make_point_set_family(store: Path, family_id: str = POINT_SET_ID, seed: int 
                               preprocess=Preprocess(image_size=16),
                               tasks=[TaskInfo(name=t, classes=c) for t, c in tasks.items()],
                               kind=point_set.NAME, kind_params={"pick": "nearest", "members": POINT_SET_MEMBERS,
-                                                                "merge_vectors": merge_vectors})
+                                                                "merge_vectors": merge_vectors}
+                              | ({"at_preference": at_preference} if at_preference else {}))
     merges = {t: {k: torch.randn(v.shape, generator=g) * 0.2 for k, v in pretrained.items()} for t in tasks}
     files = point_set.family_files(pretrained, vectors, per_tensor, merges if merge_vectors else None)
     return publish_family(store, manifest, files, heads)
@@ -135,9 +137,10 @@ FEATURE_MAP_ID = "react-test"
 
 
 def make_feature_map_family(store: Path, family_id: str = FEATURE_MAP_ID, seed: int = 0,
-                            tasks: dict[str, list[str]] = TASKS) -> Path:
-    """A random micro feature-map family whose per-task maps differ visibly."""
-    from models_store.kinds import feature_map
+                            tasks: dict[str, list[str]] = TASKS, anchor: float | None = None) -> Path:
+    """A random micro feature-map family whose per-task maps differ visibly; with `anchor`, an
+    anchored-map family whose fine-tuned towers are random too."""
+    from models_store.kinds import anchored_map, feature_map
 
     g = torch.Generator().manual_seed(seed)
     base = {k: v.detach().clone() for k, v in build_tower(MICRO).state_dict().items()}
@@ -150,7 +153,11 @@ def make_feature_map_family(store: Path, family_id: str = FEATURE_MAP_ID, seed: 
                               preprocess=Preprocess(image_size=16),
                               tasks=[TaskInfo(name=t, classes=c) for t, c in tasks.items()],
                               kind=feature_map.NAME, kind_params={"dim": dim})
-    return publish_family(store, manifest, feature_map.family_files(base, W, C), heads)
+    if anchor is None:
+        return publish_family(store, manifest, feature_map.family_files(base, W, C), heads)
+    towards = {t: {k: torch.randn(v.shape, generator=g) * 0.2 for k, v in base.items()} for t in tasks}
+    manifest = manifest.model_copy(update={"kind": anchored_map.NAME, "kind_params": {"dim": dim, "anchor": anchor}})
+    return publish_family(store, manifest, anchored_map.family_files(base, W, C, towards), heads)
 
 
 def downloaded_probs(url: str, pref: str, pixels: torch.Tensor, family) -> dict[str, torch.Tensor]:

@@ -19,10 +19,11 @@ from svc_helpers import FEATURE_MAP_ID, make_feature_map_family, png_bytes, runn
 PREFS = ["0.9,0.05,0.05", "fashion:1", "0.1,0.1,0.8", "1,1,1", "digits:0.45,fashion:0.45,letters:0.1"]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["feature-map", "anchored-map"])
+def server(tmp_path_factory, request):
+    """A feature-map family, or an anchored one (q = 0.6: 0.9, 1 and 0.8 on one task are anchored)."""
     store = tmp_path_factory.mktemp("maps")
-    make_feature_map_family(store)
+    make_feature_map_family(store, anchor=None if request.param == "feature-map" else 0.6)
     settings = Settings(store=store, family=FEATURE_MAP_ID, device="cpu", max_batch=64, max_wait_ms=50,
                         download_cache_dir=tmp_path_factory.mktemp("downloads"))
     app = create_app(settings)
@@ -55,7 +56,7 @@ def test_mixed_preferences_answer_as_their_downloaded_checkpoints(server):
             return await asyncio.gather(*(client.post("/classify", params={"pref": p, "top_k": 5},
                                                       files=[("files", ("i.png", img, "image/png"))])
                                           for img, p in jobs))
-    solved = model.solved
+    solved, made = model.solved, getattr(model, "materialized", 0)
     responses = asyncio.run(run())
     assert [r.status_code for r in responses] == [200] * len(jobs), [r.text for r in responses]
     for r, probs in zip(responses, expected):
@@ -63,4 +64,6 @@ def test_mixed_preferences_answer_as_their_downloaded_checkpoints(server):
             for label in labels:
                 assert abs(label["probability"] - probs[task][label["index"]].item()) <= 1e-4, task
     assert model.solved - solved <= len(PREFS)  # one solve per distinct preference, then cached
-    assert httpx.get(url + "/family").json()["kind"] == "feature-map"
+    assert httpx.get(url + "/family").json()["kind"] == family.manifest.kind
+    if family.manifest.kind == "anchored-map":  # three anchors among the preferences, each materialised once
+        assert {(0, 0.75), (1, 1.0), (2, 0.5)} <= set(model.towers.entries) and model.materialized - made <= 3

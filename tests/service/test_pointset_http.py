@@ -91,3 +91,40 @@ def test_family_lists_the_members(server):
     assert body["kind"] == "point-set" and body["kind_params"]["pick"] == "nearest"
     assert [m["preference"] for m in body["kind_params"]["members"]] == [m["preference"] for m in POINT_SET_MEMBERS]
     assert body["rank"] is None and body["targets"] is None
+
+
+@pytest.fixture(scope="module")
+def made_server(tmp_path_factory):
+    """A point-set family that makes a member for every preference asked (task arithmetic + preference)."""
+    store = tmp_path_factory.mktemp("made")
+    family_id = "ta-pref-made-test"
+    make_point_set_family(store, family_id=family_id, at_preference={"rule": "task-arithmetic", "scale": 0.3})
+    settings = Settings(store=store, family=family_id, device="cpu", max_batch=64, max_wait_ms=50,
+                        device_cache_bytes=2 * open_family(store, family_id).tower_bytes(),
+                        download_cache_dir=tmp_path_factory.mktemp("downloads"))
+    app = create_app(settings)
+    with running_server(app) as url:
+        yield url, app
+
+
+def test_every_preference_asked_gets_its_own_member_and_its_download(made_server):
+    url, app = made_server
+    engine = app.state.runtime.families.default.engine
+    family, model = app.state.runtime.families.default.family, engine.model
+    prefs = ["0.9,0.05,0.05", "0.2,0.3,0.5", "0.21,0.3,0.49", "1,1,1", "fashion:1"]  # none a stored member's
+    images = [png_bytes(300 + i) for i in range(len(prefs))]
+    jobs = list(zip(images, prefs))
+    expected = [downloaded_probs(url, p, decode_image(img, family.manifest.preprocess, 10**6), family)
+                for img, p in jobs]
+    threads = set()
+    materialise = model.members.tensor
+    model.members.tensor = lambda *a: (threads.add(threading.current_thread().name), materialise(*a))[1]
+    responses = classify_all(url, jobs)
+    assert [r.status_code for r in responses] == [200] * len(jobs), [r.text for r in responses]
+    for r, probs in zip(responses, expected):
+        for task, labels in r.json()["results"][0]["predictions"].items():
+            for label in labels:
+                assert abs(label["probability"] - probs[task][label["index"]].item()) <= 1e-4, task
+    keys = {model.members.keys(parse_preference(p, family.tasks).tensor()[None])[0] for p in prefs}
+    assert len(keys) == len(prefs) and all(isinstance(k, tuple) for k in keys)
+    assert threads == {"pmerge-engine"}

@@ -19,13 +19,15 @@ from safetensors.torch import load_file
 
 from models_store.preprocess import Preprocess
 from models_store.tower import MICRO, build_tower
-from models_store.zoo import Head, TaskInfo, ZooManifest, write_zoo
+from models_store.zoo import Head, TaskInfo, Zoo, ZooManifest, write_zoo
 from service.app import create_app
 from service.settings import Settings
 from trainer.data import load_dataset
+from trainer.demo import DEMO_LEARNER
+from trainer.families import FAMILIES, LearnContext
 from trainer.zoo_builder import demo_tasks
 
-from svc_helpers import make_family, running_server
+from svc_helpers import running_server
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cli_zygote import shim_venv  # noqa: E402
@@ -59,8 +61,9 @@ def demo_like(root: Path) -> Path:
     zoo_dir = root / "runs" / "demo" / "zoo"
     write_zoo(zoo_dir, ZooManifest(architecture=MICRO, preprocess=pre, tasks=infos), pretrained, finetuned, heads)
     store = root / "runs" / "demo" / "families"
-    make_family(store, "pm-demo", tasks={t.name: t.classes for t in infos}, base=pretrained, heads=heads,
-                zoo=str(zoo_dir), data={t.name: t.data for t in infos})
+    # the demo's family, by the demo's learner (a small calibration: the stand-in zoo is random)
+    learner = FAMILIES[DEMO_LEARNER]
+    learner(LearnContext(Zoo(zoo_dir), store, progress=False), learner.config(calibration=64))
     return store
 
 
@@ -93,7 +96,7 @@ def test_readme_examples_run_verbatim_against_the_demo(tmp_path):
             else:
                 assert lang == "json", lang  # a response's shape, shown, not run
     ready = json.loads(next(out for line, out in outputs.items() if "/readyz" in line))
-    assert ready == {"status": "ready", "family_id": "pm-demo", "detail": None}
+    assert ready["status"] == "ready" and ready["family_id"].startswith(f"{DEMO_LEARNER}-")
     answers = [json.loads(out) for line, out in outputs.items() if "/classify" in line]
     assert answers[0]["preference"].startswith("digits:0.7,glyphs:0.3") and len(answers[0]["results"]) == 1
     assert all(len(v) == 3 for v in answers[0]["results"][0]["predictions"].values())

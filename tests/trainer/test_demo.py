@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from models_store.store import list_families
+from trainer.demo import DEMO_LEARNER
 from models_store.cli import main
 
 PMERGE = str(Path(sys.executable).parent / "pmerge")
@@ -67,9 +68,12 @@ def test_demo_trains_once_serves_and_reuses_its_cache(tmp_path):
     assert "reusing the zoo" in output
     assert [m.family_id for m in list_families(tmp_path / "families")] == [served]
 
+    assert served.startswith(f"{DEMO_LEARNER}-")
+    published = (tmp_path / "families" / served / "manifest.json").stat().st_mtime_ns
     again = subprocess.run([PMERGE, "demo", "--dir", str(tmp_path), "--no-serve"], capture_output=True, text=True,
                            timeout=120, check=True, env=ONE_THREAD)
     assert f"family {served}" in again.stdout
-    assert "train pm" not in again.stderr  # no second training run: the published family is reused
+    # no second training run: the published family is reused as it is
+    assert (tmp_path / "families" / served / "manifest.json").stat().st_mtime_ns == published
     assert "front of" not in again.stdout  # nor a second evaluation of its front
     assert [m.family_id for m in list_families(tmp_path / "families")] == [served]

@@ -15,7 +15,8 @@ from models_store.simplex import PointSet
 
 
 def test_every_learner_is_registered_with_its_config():
-    assert list(FAMILIES) == ["pm", "pm++", "ta-pref", "adamerging-pref", "map", "bmap", "nmap", "hm3", "react"]
+    assert list(FAMILIES) == ["pm", "pm++", "ta-pref", "adamerging-pref", "map", "bmap", "nmap", "hm3", "react",
+                             "react-anchored"]
     with pytest.raises(KeyError, match="unknown family method 'magic'"):
         get_family_learner("magic")
     assert PointSet.model_validate("grid=2,random=1") == PointSet(grid=2, random=1)
@@ -35,8 +36,9 @@ def test_ta_pref_family_serves_task_arithmetic_at_each_point(quick_zoo, tmp_path
     shown = json.loads(capsys.readouterr().out)
     assert [m["preference"] for m in shown["kind_params"]["members"]] == [m["preference"] for m in members]
     main(["store", "ls", "--store", str(store)])
-    assert "kind=point-set(pick=nearest,sense=max,members=9)" in capsys.readouterr().out
-    for pref in ("digits:0.7,shapes:0.15,glyphs:0.15", "1,1,1"):
+    assert "kind=point-set(pick=nearest,at_preference=task-arithmetic,sense=max,members=9)" in capsys.readouterr().out
+    # two members, and a preference that is none: each gets task arithmetic + preference of its own
+    for pref in ("digits:0.7,shapes:0.15,glyphs:0.15", "1,1,1", "digits:0.6,shapes:0.3,glyphs:0.1"):
         main(["export", "--store", str(store), "--pref", pref, "--out", str(tmp_path / "m.safetensors")])
         main(["merge", "task-arithmetic", "--zoo", zoo, "--scale", "0.4", "--pref", pref,
               "--out", str(tmp_path / "ta.safetensors")])

@@ -174,6 +174,33 @@ def test_front_end_to_end(quick_store, tmp_path, capsys):
     assert [(p.preference, p.accuracy, p.on_front) for p in kept.points] == [
         (p["canonical"], p["accuracy"], p["on_front"]) for p in front["models"]["family"]["points"]]
 
+    # what each model gives up, against references measured here independently on the same images
+    from models_store.zoo import Zoo
+    from trainer.evaluate import Evaluator
+    from trainer.pool import ModelPool
+    from trainer.taskpool import TaskPool
+    zoo = Zoo(open_family(store, family_id).manifest.zoo)
+    test = TaskPool(zoo, test_limit=40).test
+    evaluator = Evaluator(zoo.manifest.architecture, zoo.heads, test, torch.device("cpu"))
+    finetuned = {t: evaluator.accuracy(zoo.finetuned(t), [t])[t] for t in zoo.tasks}
+    ctx = MergeContext(pool=ModelPool(zoo), unlabeled={t: test[t].images for t in zoo.tasks}, progress=False)
+    merges = {m: sum(evaluator.accuracy(get_method(m)(ctx)).values()) / 3
+              for m in ("task-arithmetic", "ties", "tsv-m", "iso-c", "iso-cts")}
+    assert front["references"]["finetuned"] == pytest.approx(finetuned)
+    assert front["references"]["merges"] == pytest.approx(merges)
+    assert set(front["trade_offs"]) == set(front["models"])
+    for name, model in front["models"].items():
+        points = {p["canonical"]: p for p in model["points"]}
+        ratios = {t: points[from_weights([float(u == t) for u in zoo.tasks], zoo.tasks).canonical]["accuracy"][t]
+                  / finetuned[t] for t in zoo.tasks}
+        given_up = front["trade_offs"][name]
+        assert given_up["worst_vertex_task"] == min(ratios, key=ratios.get)
+        assert given_up["vertex_over_finetuned"] == pytest.approx(min(ratios.values()))
+        assert given_up["best_merge"] == max(merges, key=merges.get)
+        assert given_up["equal_over_best_merge"] == pytest.approx(
+            points[front["equal"]["preference"]]["average"] / max(merges.values()))
+    assert "## What each model gives up" in printed
+
 
 def test_front_rejects_bad_inputs(quick_store, tmp_path, capsys):
     store, _ = quick_store

@@ -135,6 +135,16 @@ def test_map_family_through_the_cli_serves_its_members_and_resumes(quick_zoo, tm
     picked = family.body.member_weights.pick(prefs)
     assert picked.tolist() == (prefs @ predicted.T).argmax(1).tolist()
     assert_serves_materialised(family, prefs, torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
+    # served at the preference asked: the coefficients the surrogates' weighted sum picks, never worse (as
+    # predicted) than the member the same rule picks
+    rule = m.kind_params["at_preference"]
+    assert rule["rule"] == "surrogate" and rule["scalarisation"] == "weighted-sum" and len(rule["weights"]) == 3
+    surrogates = family.body.member_weights.params.at_preference.surrogates
+    made = np.array(family.body.member_weights.keys(prefs))
+    coefficients = np.array([x["coefficients"] for x in members])
+    assert (made >= 0).all() and (made <= 1.0).all()
+    for p, c, i in zip(prefs.double().numpy(), made, picked.tolist()):
+        assert surrogates.predict(c[None])[0] @ p >= surrogates.predict(coefficients[i][None])[0] @ p - 1e-3
 
     # killed after 7 evaluations: the rerun with --resume evaluates only the rest of the design
     calls = []

@@ -79,3 +79,36 @@ def test_a_feature_map_family_refuses_maps_that_do_not_fit():
     with pytest.raises(StoreError, match="needs the tower's output projection"):
         FeatureMapFamily({k: v for k, v in base.items() if k != "proj"}, good, good, FeatureMapParams(dim=d), 3,
                          MICRO, "f")
+
+
+def test_react_anchored_is_react_below_the_anchor_and_the_fine_tuned_tower_at_a_vertex(quick_zoo, tmp_path, capsys,
+                                                                                       assert_serves_materialised):
+    common = ["--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--calibration", "64", "--device", "cpu"]
+    main(["train", "react", *common])
+    react = open_family(tmp_path, capsys.readouterr().out.strip().splitlines()[-1])
+    main(["train", "react-anchored", *common, "--anchor", "0.6"])
+    family = open_family(tmp_path, capsys.readouterr().out.strip().splitlines()[-1])
+    assert family.manifest.kind == "anchored-map" and family.manifest.kind_params["anchor"] == 0.6
+    tasks = family.tasks
+    # where no task weighs more than the anchor, it is ReACT's model, to the byte
+    for w in ([1, 1, 1], [0.6, 0.4, 0], [0.2, 0.3, 0.5]):
+        mine, theirs = (f.materialize(from_weights(w, tasks)) for f in (family, react))
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), w
+    # at a vertex, the fine-tuned tower (its proj times the identity map)
+    for t in tasks:
+        mine, finetuned = family.materialize(from_weights([float(u == t) for u in tasks], tasks)), quick_zoo.finetuned(t)
+        assert all(torch.allclose(mine[k], finetuned[k], atol=1e-5) for k in finetuned), t
+    # between: the straight line, half way at p_k = (1 + q) / 2
+    half = family.materialize(from_weights([0.8, 0.1, 0.1], tasks))
+    base, finetuned = react.materialize(from_weights([1, 1, 1], tasks)), quick_zoo.finetuned(tasks[0])
+    k = "transformer.resblocks.0.attn.in_proj_weight"
+    assert torch.allclose(half[k], (base[k] + finetuned[k]) / 2, atol=1e-6)
+    # a mixed batch: base-tower images, anchored images, one anchored tower per (task, a); cold and warm
+    prefs = torch.stack([from_weights(w, tasks).tensor() for w in
+                         ([1, 0, 0], [0.8, 0.1, 0.1], [1, 1, 1], [0, 0, 1], [0.8, 0.1, 0.1], [0.1, 0.2, 0.7])])
+    images = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    model = family.servable(torch.device("cpu"), torch.float32)
+    assert_serves_materialised(family, prefs, images, model)
+    assert model.materialized == 4  # (0, 1), (0, 0.5), (2, 1), (2, 0.25): the repeated preference shares its tower
+    assert_serves_materialised(family, prefs, images, model)
+    assert model.materialized == 4

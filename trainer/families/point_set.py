@@ -19,20 +19,26 @@ class PointsConfig(LearnerConfig):
         "random=M (Dirichlet(1) draws), seed=S; the equal and the 0.7-on-one-task preferences always"))
 
 
-def kind_params(pick: str, sense: Literal["max", "min"], members: list[point_set.Member], merge_vectors: bool) -> dict:
-    """`merge_vectors` only where true: a family without it reads in a pmerge from before it."""
-    params = point_set.PointSetParams(pick=pick, sense=sense, members=members, merge_vectors=merge_vectors)
-    return params.model_dump(exclude=set() if merge_vectors else {"merge_vectors"})
+def kind_params(pick: str, sense: Literal["max", "min"], members: list[point_set.Member], merge_vectors: bool,
+                at_preference: point_set.MemberRule | None = None) -> dict:
+    """`merge_vectors` and `at_preference` only where set: a family without them reads in a pmerge
+    from before them."""
+    params = point_set.PointSetParams(pick=pick, sense=sense, members=members, merge_vectors=merge_vectors,
+                                      at_preference=at_preference)
+    return params.model_dump(exclude=({"merge_vectors"} if not merge_vectors else set())
+                             | ({"at_preference"} if at_preference is None else set()))
 
 
 def point_set_family(ctx: LearnContext, members: list[point_set.Member],
                      per_tensor: dict[int, dict[str, torch.Tensor]] | None = None, pick: str = "nearest",
                      sense: Literal["max", "min"] = "max", metrics: dict | None = None,
                      merge_vectors: dict[str, dict[str, torch.Tensor]] | None = None,
-                     search: SearchBox | None = None) -> Learned:
+                     search: SearchBox | None = None, at_preference: point_set.MemberRule | None = None) -> Learned:
     """The members with the zoo's theta0 and task vectors (in its dtype): self-contained.
-    With `merge_vectors` ({task: {param: v}}), the members' merges combine those instead."""
+    With `merge_vectors` ({task: {param: v}}), the members' merges combine those instead; with
+    `at_preference`, every preference is served by a member that rule makes for it."""
     pool = ctx.pool
-    return Learned(kind=point_set.NAME, kind_params=kind_params(pick, sense, members, merge_vectors is not None),
+    return Learned(kind=point_set.NAME, kind_params=kind_params(pick, sense, members, merge_vectors is not None,
+                                                                at_preference),
                    files=point_set.family_files(pool.pretrained, pool.task_vectors, per_tensor or {}, merge_vectors),
                    metrics={"members": len(members)} | (metrics or {}), search=search)

@@ -29,7 +29,7 @@ from pydantic import Field
 
 from models_store.atomic import write_text
 from models_store.family import SearchBox
-from models_store.kinds.point_set import Member
+from models_store.kinds.point_set import Member, SurrogateRule
 
 from ...progress import progress_bar
 from ..point_set import PointsConfig, point_set_family
@@ -43,7 +43,7 @@ from .search import fit_surrogates, surrogate_front
 from .surrogate import Metric
 
 
-class MapConfig(ValidationConfig):
+class MapSearchConfig(ValidationConfig):
     budget: Optional[int] = Field(None, ge=1, description="real evaluations of the design (default 2 (K+1)(K+2)/2, "
                                                           "at least (K+1)(K+2)/2: the surrogate's parameters; "
                                                           "nmap: of each pairwise merge, K = 2)")
@@ -53,11 +53,17 @@ class MapConfig(ValidationConfig):
     design: Design = Field("sobol", description="the space-filling design (scipy.stats.qmc), beside the K one-hot and "
                                                 "3 isotropic points")
     pick: Literal["weighted-sum", "tchebycheff"] = Field("weighted-sum", description=(
-        "how a preference picks a member: the largest preference-weighted predicted metric (the paper's), or "
-        "the smallest weighted Tchebycheff gap to the best predicted metric per task"))
+        "the scalarisation of the predicted metrics that serves a preference: the largest preference-weighted "
+        "predicted metric (the paper's), or the smallest weighted Tchebycheff gap to the best predicted metric per task"))
     population: int = Field(100, ge=4, description="NSGA-III population (Das-Dennis reference directions)")
     generations: int = Field(200, ge=1, description="NSGA-III generations")
     eval_batch: int = Field(256, ge=1, description="validation images per forward pass")
+
+
+class MapConfig(MapSearchConfig):
+    at_preference: bool = Field(True, description=(
+        "serve every preference with the coefficients the scalarisation picks on the surrogates (false: the member "
+        "of the Pareto set that it picks)"))
 
 
 def point_key(c) -> tuple[float, ...]:
@@ -125,8 +131,10 @@ def front_family(ctx: LearnContext, config: MapConfig, method: str, points: np.n
                "surrogates": {t: {"r2": round(s.r2, 5), "loo_rmse": round(s.loo_rmse, 5)} for t, s in zip(tasks, surrogates)},
                "seconds_by_stage": by_stage(evaluator.timer)} | extra
     search = SearchBox(c_max=config.c_max, real_evaluations=metrics["real_evaluations"], seed=config.seed)
+    rule = SurrogateRule(metric=config.metric, scalarisation=config.pick, c_max=config.c_max,
+                         weights=[s.weights.tolist() for s in surrogates]) if config.at_preference else None
     return point_set_family(ctx, members, pick=config.pick, sense="max" if config.metric == "accuracy" else "min",
-                            metrics=metrics, search=search)
+                            metrics=metrics, search=search, at_preference=rule)
 
 
 def evaluation_log(ctx: LearnContext) -> EvaluationLog:
@@ -188,7 +196,7 @@ def learn_bayesian(ctx: LearnContext, config: BayesianMapConfig):
     return learn_front(ctx, config, "bmap", adaptive=True)
 
 
-class NestedMapConfig(MapConfig, PointsConfig):
+class NestedMapConfig(MapSearchConfig, PointsConfig):
     pass
 
 

@@ -1,31 +1,15 @@
-"""MAP's surrogates: per task, a full quadratic in the coefficients c through a link, fitted by
-nonlinear least squares (scipy.optimize.least_squares):
-
-    accuracy_t(c) ~ sigmoid(phi(c) . w_t)        loss_t(c) ~ softplus(phi(c) . w_t)
-    phi(c) = [1, c_1..c_K, c_i c_j (i <= j)]     ((K + 1)(K + 2) / 2 features)
-
+"""MAP's surrogates (their form: models_store/surrogate.py): per task, a full quadratic in the
+coefficients c through a link, fitted by nonlinear least squares (scipy.optimize.least_squares),
 with the fit's R^2 and its leave-one-out error (each point predicted by the fit without it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from scipy.optimize import least_squares
-from scipy.special import expit, logit
+from scipy.special import logit
 
-Metric = Literal["accuracy", "loss"]
-
-
-def quadratic_features(c: np.ndarray) -> np.ndarray:
-    """[n, K] -> [n, (K + 1)(K + 2) / 2]."""
-    c = np.atleast_2d(c)
-    i, j = np.triu_indices(c.shape[1])
-    return np.hstack([np.ones((len(c), 1)), c, c[:, i] * c[:, j]])
-
-
-def link(z: np.ndarray, metric: Metric) -> np.ndarray:
-    return expit(z) if metric == "accuracy" else np.logaddexp(0.0, z)
+from models_store.surrogate import Metric, link, quadratic_features
 
 
 def unlink(y: np.ndarray, metric: Metric) -> np.ndarray:

@@ -15,12 +15,14 @@ the vertex of t. The maps act on the features before they are normalised.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from pydantic import Field
 
-from models_store.kinds import feature_map
+from models_store.checkpoint import StateDict
+from models_store.kinds import anchored_map, feature_map
 from models_store.tower import load_tower
 
 from ...methods import MergeContext, get_method
@@ -53,9 +55,15 @@ def task_map(z_mtl: torch.Tensor, z_ind: torch.Tensor, beta: float) -> tuple[tor
     return w, c
 
 
-@register_family("react", ReactConfig, "ReACT: per-task closed-form corrections of a fixed merge's features, "
-                 "mixed per preference (kind feature-map)")
-def learn(ctx: LearnContext, config: ReactConfig):
+@dataclass
+class ReactParts:
+    merged: StateDict  # the base tower
+    W: torch.Tensor  # [K, d, d]
+    C: torch.Tensor  # [K, d, d]
+    seconds: float  # the preference stage: features and solves
+
+
+def react_parts(ctx: LearnContext, config: ReactConfig) -> ReactParts:
     zoo, pool = ctx.zoo, ctx.pool
     unlabeled = ctx.unlabeled
     generator = torch.Generator().manual_seed(config.seed)
@@ -74,8 +82,38 @@ def learn(ctx: LearnContext, config: ReactConfig):
         w, c = task_map(z_mtl, z_ind, config.beta)
         maps.append(w.float())
         grams.append(c.float())
-    seconds = time.perf_counter() - stage
-    W, C = torch.stack(maps), torch.stack(grams)
-    return Learned(kind=feature_map.NAME, kind_params=feature_map.FeatureMapParams(dim=W.shape[-1]).model_dump(),
-                   files=feature_map.family_files(merged, W, C),
-                   metrics={"preference_stage_seconds": round(seconds, 2), "calibration_images": config.calibration})
+    return ReactParts(merged, torch.stack(maps), torch.stack(grams), time.perf_counter() - stage)
+
+
+def react_metrics(parts: ReactParts, config: ReactConfig) -> dict:
+    return {"preference_stage_seconds": round(parts.seconds, 2), "calibration_images": config.calibration}
+
+
+@register_family("react", ReactConfig, "ReACT: per-task closed-form corrections of a fixed merge's features, "
+                 "mixed per preference (kind feature-map)")
+def learn(ctx: LearnContext, config: ReactConfig):
+    parts = react_parts(ctx, config)
+    return Learned(kind=feature_map.NAME, kind_params=feature_map.FeatureMapParams(dim=parts.W.shape[-1]).model_dump(),
+                   files=feature_map.family_files(parts.merged, parts.W, parts.C), metrics=react_metrics(parts, config))
+
+
+class AnchoredConfig(ReactConfig):
+    anchor: float = Field(0.7, ge=0.5, lt=1.0, description=(
+        "react-anchored: q; where one task weighs more than q the tower moves towards that task's fine-tuned tower, "
+        "reaching it at the task's vertex"))
+
+
+@register_family("react-anchored", AnchoredConfig, "ReACT anchored at the fine-tuned towers: ReACT where no task "
+                 "weighs more than --anchor, fine-tuned tower k at the vertex of k, a straight line between "
+                 "(kind anchored-map)")
+def learn_anchored(ctx: LearnContext, config: AnchoredConfig):
+    parts = react_parts(ctx, config)
+    keys = [k for k, w in parts.merged.items() if w.is_floating_point()]
+    towards = {}
+    for t in ctx.zoo.tasks:
+        finetuned = ctx.zoo.finetuned(t)
+        towards[t] = {k: finetuned[k].float() - parts.merged[k].float() for k in keys}
+    params = anchored_map.AnchoredMapParams(dim=parts.W.shape[-1], anchor=config.anchor)
+    return Learned(kind=anchored_map.NAME, kind_params=params.model_dump(),
+                   files=anchored_map.family_files(parts.merged, parts.W, parts.C, towards),
+                   metrics=react_metrics(parts, config))

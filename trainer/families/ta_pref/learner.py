@@ -1,10 +1,11 @@
 """Task arithmetic + preference (the Pareto Merging paper's baseline) as a servable family: one
-merge theta0 + s sum_k K p_k tau_k per point (kind point-set, task-level coefficients)."""
+merge theta0 + s sum_k K p_k tau_k per point (kind point-set, task-level coefficients), and the
+same formula at every preference asked (`at_preference`)."""
 from __future__ import annotations
 
 from pydantic import Field
 
-from models_store.kinds.point_set import Member
+from models_store.kinds.point_set import Member, TaskArithmeticRule
 from models_store.preference import Preference
 
 from ...methods.preference import task_weights
@@ -14,6 +15,8 @@ from ..registry import LearnContext, register_family
 
 class TaPrefConfig(PointsConfig):
     scale: float = Field(0.3, ge=0, description="s in theta0 + s sum_k K p_k tau_k (task arithmetic's, 0.3 for CLIP)")
+    at_preference: bool = Field(True, description="serve every preference with its own merge (false: the nearest "
+                                                  "of the points)")
 
 
 def members_at(prefs: list[Preference], scale: float, tasks: list[str]) -> list[Member]:
@@ -24,4 +27,5 @@ def members_at(prefs: list[Preference], scale: float, tasks: list[str]) -> list[
 @register_family("ta-pref", TaPrefConfig, "task arithmetic + preference at each point (kind point-set)")
 def learn(ctx: LearnContext, config: TaPrefConfig):
     tasks = ctx.zoo.tasks
-    return point_set_family(ctx, members_at(config.points.preferences(tasks), config.scale, tasks))
+    rule = TaskArithmeticRule(scale=config.scale) if config.at_preference else None
+    return point_set_family(ctx, members_at(config.points.preferences(tasks), config.scale, tasks), at_preference=rule)
