@@ -14,8 +14,8 @@ preference. Candidates, evaluated here from their parts (no kind of their own ye
   fine-tuned tower k, for p_k <= q it is ReACT.
 
 Per family and seed: the hypervolume of its points, the equal preference's average over the
-fine-tuned towers' average, the worst vertex over fine-tuned, and at every preference the
-preference-weighted accuracy's shortfall to the best family there (points).
+fine-tuned towers' average, the worst vertex over fine-tuned, and the largest shortfall, over the
+preferences, of its preference-weighted accuracy to the best published family there (points).
 """
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--betas", default="0.1")
     p.add_argument("--anchors", default="0.5,0.7", help="anchoring thresholds q (on the first base)")
     p.add_argument("--published", default=",".join(PUBLISHED))
+    p.add_argument("--calibration", type=int, default=2048, help="ReACT's calibration images per task (at most)")
     add_common_args(p)
     return run_benchmark(p, argv, run)
 
@@ -157,7 +158,7 @@ def measure(args: argparse.Namespace, device: torch.device, store: Path) -> dict
                 base = merge(MergeContext(pool=ctx.pool, unlabeled=unlabeled, device=device, seed=seed,
                                           progress=False), merge.config(**fields))
             for beta in [float(b) for b in args.betas.split(",")]:
-                parts = Candidates(evaluator, zoo, base, unlabeled, beta, seed, device)
+                parts = Candidates(evaluator, zoo, base, unlabeled, beta, seed, device, args.calibration)
                 label = f"react on {base_name}, beta {beta}"
                 fronts[label] = {p.canonical: parts.react(p) for p in prefs}
                 print(f"seed {seed}: {label} evaluated", flush=True)
@@ -165,13 +166,13 @@ def measure(args: argparse.Namespace, device: torch.device, store: Path) -> dict
                     fronts[f"anchored q={q} on {base_name}, beta {beta}"] = {p.canonical: parts.anchored(p, q)
                                                                              for p in prefs}
         rows = {label: summary(points, prefs, tasks, finetuned) for label, points in fronts.items()}
-        for p in prefs:
+        for p in prefs:  # against the best published family there (a candidate against them and itself)
             weighted = {label: sum(w * points[p.canonical][t] for w, t in zip(p.weights, tasks))
                         for label, points in fronts.items()}
-            best = max(weighted.values())
+            best = max((weighted[label] for label in families), default=0.0)
             for label, value in weighted.items():
                 rows[label]["worst_shortfall_points"] = max(rows[label].get("worst_shortfall_points", 0.0),
-                                                            100 * (best - value))
+                                                            100 * (max(best, value) - value))
         for label in rows:
             rows[label]["points"] = fronts[label]
         per_seed[seed] = rows

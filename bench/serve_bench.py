@@ -162,8 +162,8 @@ class Variants:
         grams = z @ z.transpose(1, 2) / (2 * d) + 0.1 * torch.eye(d)
         self.feature_maps = {g: FeatureMapServable(self.tower, maps, grams, {}, device, dtype, 1 << 30, graphs=g)
                              for g in ((False, True) if graphs else (False,))}
-        towards = {k: torch.randn(tasks, *v.shape, generator=gen) * 0.01 for k, v in self.base.items()
-                   if v.is_floating_point()}
+        towards = {k: (torch.randn(tasks, *v.shape, generator=gen) * 0.01).to(dtype) for k, v in self.base.items()
+                   if v.is_floating_point()}  # as a family stores them: the zoo's dtype, here the serving one
         self.anchored = AnchoredMapServable(self.tower, maps, grams, towards, self.arch, 0.7, {}, device, dtype, 1 << 34)
 
     def inputs(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -65,6 +65,25 @@ def test_families_front_bench_on_a_quick_zoo(quick_zoo, tmp_path):
     assert set(react["vertex_over_finetuned"]) == set(quick_zoo.tasks)
 
 
+def test_dominance_sweep_on_a_quick_zoo_agrees_with_the_published_families(quick_zoo, tmp_path):
+    """bench/dominance_sweep.py builds its candidates from their parts: ReACT from its parts must
+    give the published ReACT family's points, and the anchored candidate its vertices exactly."""
+    import sys
+    from pathlib import Path
+    import pytest
+    sys.path.insert(0, str(Path(__file__).parents[2]))
+    from bench import dominance_sweep
+    out = dominance_sweep.main(["--zoo", str(quick_zoo.root), "--seeds", "0", "--published", "react,ta-pref",
+                                "--bases", "tsv-m", "--anchors", "0.7", "--device", "cpu", "--out-dir", str(tmp_path)])
+    rows = out["per_seed"][0]
+    published, parts = rows["react"], rows["react on tsv-m, beta 0.1"]
+    for pref, accuracy in published["points"].items():
+        assert parts["points"][pref] == pytest.approx(accuracy, abs=1e-6), pref  # far below one image
+    anchored = rows["anchored q=0.7 on tsv-m, beta 0.1"]
+    assert anchored["worst_vertex_over_finetuned"] == pytest.approx(1.0)
+    assert anchored["hypervolume"] > 0 and set(out["summary"]) == set(rows)
+
+
 def test_a_feature_map_family_refuses_maps_that_do_not_fit():
     import pytest
     from models_store import StoreError
