@@ -31,7 +31,7 @@ from ..tower import build_tower
 from ..zoo import Head
 from .base import DeviceCache, tensor_bytes
 from .feature_map import (BASE, MAPS, PROJ, FeatureMapFamily, FeatureMapParams, FeatureMapServable, MapPlan,
-                          preference_maps)
+                          preference_maps, read_maps)
 
 NAME = "anchored-map"
 TOWARDS = "towards.safetensors"
@@ -156,13 +156,11 @@ class AnchoredMapFamily(FeatureMapFamily):
     @classmethod
     def load(cls, path: Path, params: AnchoredMapParams, tasks: list[str], architecture: dict,
              family_id: str) -> "AnchoredMapFamily":
-        maps = load_state_dict(path / MAPS)
-        if set(maps) != {"W", "C"}:
-            raise StoreError(f"family {family_id}: {MAPS} must hold exactly W and C, has {sorted(maps)}")
+        W, C = read_maps(path, family_id)
         base, stored = load_state_dict(path / BASE), load_state_dict(path / TOWARDS)
         towards = {p: torch.stack([stored[f"{t}/{p}"] for t in tasks]) for p in base
                    if all(f"{t}/{p}" in stored for t in tasks)}
-        return cls(base, maps["W"], maps["C"], towards, params, len(tasks), architecture, family_id)
+        return cls(base, W, C, towards, params, len(tasks), architecture, family_id)
 
     def iter_materialized(self, pref: torch.Tensor, device: torch.device = torch.device("cpu")
                           ) -> Iterator[tuple[str, torch.Tensor]]:

@@ -112,6 +112,14 @@ class FeatureMapServable(Servable):
         return torch.bmm(per_image, features.unsqueeze(2)).squeeze(2)
 
 
+def read_maps(path: Path, family_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """W and C from the family's MAPS file, which must hold exactly those."""
+    maps = load_state_dict(path / MAPS)
+    if set(maps) != {"W", "C"}:
+        raise StoreError(f"family {family_id}: {MAPS} must hold exactly W and C, has {sorted(maps)}")
+    return maps["W"], maps["C"]
+
+
 class FeatureMapFamily(KindFormat):
     name = NAME
     files = FILES
@@ -132,10 +140,8 @@ class FeatureMapFamily(KindFormat):
     @classmethod
     def load(cls, path: Path, params: FeatureMapParams, tasks: list[str], architecture: dict,
              family_id: str) -> "FeatureMapFamily":
-        maps = load_state_dict(path / MAPS)
-        if set(maps) != {"W", "C"}:
-            raise StoreError(f"family {family_id}: {MAPS} must hold exactly W and C, has {sorted(maps)}")
-        return cls(load_state_dict(path / BASE), maps["W"], maps["C"], params, len(tasks), architecture, family_id)
+        W, C = read_maps(path, family_id)
+        return cls(load_state_dict(path / BASE), W, C, params, len(tasks), architecture, family_id)
 
     def tower_specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
         return [(k, v.dtype, tuple(v.shape)) for k, v in self.base.items()]

@@ -98,6 +98,18 @@ def test_a_feature_map_family_refuses_maps_that_do_not_fit():
     with pytest.raises(StoreError, match="needs the tower's output projection"):
         FeatureMapFamily({k: v for k, v in base.items() if k != "proj"}, good, good, FeatureMapParams(dim=d), 3,
                          MICRO, "f")
+    # anchored: every float parameter needs every task's direction, of the base's shape
+    from models_store.kinds.anchored_map import AnchoredMapFamily, AnchoredMapParams
+    params = AnchoredMapParams(dim=d, anchor=0.7)
+    towards = {k: torch.zeros(3, *v.shape) for k, v in base.items() if v.is_floating_point()}
+    AnchoredMapFamily(base, good, good, towards, params, 3, MICRO, "a")
+    with pytest.raises(StoreError, match="towards.safetensors lacks or misshapes some task's tensor of proj"):
+        AnchoredMapFamily(base, good, good, {k: v for k, v in towards.items() if k != "proj"}, params, 3, MICRO, "a")
+    with pytest.raises(StoreError, match="lacks or misshapes some task's tensor of proj"):
+        AnchoredMapFamily(base, good, good, towards | {"proj": torch.zeros(2, *base["proj"].shape)}, params, 3,
+                          MICRO, "a")
+    with pytest.raises(ValueError, match="anchor"):
+        AnchoredMapParams(dim=d, anchor=0.4)  # below 0.5 two tasks could exceed it
 
 
 def test_react_anchored_is_react_below_the_anchor_and_the_fine_tuned_tower_at_a_vertex(quick_zoo, tmp_path, capsys,
