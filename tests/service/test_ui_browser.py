@@ -36,12 +36,16 @@ def a_front(family_id: str, tasks: list[str]) -> StoredFront:
     return StoredFront(family_id=family_id, tasks=tasks, created=now_iso(), hypervolume=0.2, points=points)
 
 
+ANCHORED_ID = "react-anchored-test"
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     store = tmp_path_factory.mktemp("ui-store")
     make_family(store)
     make_point_set_family(store)
     make_feature_map_family(store)
+    make_feature_map_family(store, family_id=ANCHORED_ID, anchor=0.6)
     for family_id in (FAMILY_ID, POINT_SET_ID):
         write_front(store, a_front(family_id, list(TASKS)))
     images = store.parent / "ui-images"
@@ -153,9 +157,9 @@ def test_every_kind_and_several_families(store, browser, tmp_path):
         page = open_page(browser, url, [])
         page.wait_for_selector('[data-testid="family"] option', state="attached")
         options = page.locator('[data-testid="family"] option').evaluate_all("(o) => o.map((x) => x.value)")
-        assert set(options) == {FAMILY_ID, POINT_SET_ID, FEATURE_MAP_ID}
+        assert set(options) == {FAMILY_ID, POINT_SET_ID, FEATURE_MAP_ID, ANCHORED_ID}
         page.set_input_files('[data-testid="images"]', str(image))
-        for family_id in (POINT_SET_ID, FEATURE_MAP_ID, FAMILY_ID):
+        for family_id in (POINT_SET_ID, FEATURE_MAP_ID, ANCHORED_ID, FAMILY_ID):  # letters:1 is anchored there
             page.select_option('[data-testid="family"]', family_id)
             page.wait_for_function(  # the family is loaded: its download link is there
                 f"document.querySelector('[data-testid=download]').getAttribute('href').includes('{family_id}')")
