@@ -11,8 +11,8 @@ feature-map and `towards.safetensors`: "<task>/<P>" = theta_task[P] - base[P] fo
 the base, in the base's dtype. kind_params: `dim` and `anchor`.
 
 Serving: the base tower once for the images whose preferences need no anchoring, one anchored
-tower per distinct (k, a) for the others (materialised on the device and kept in the kinds' one
-cache, like point-set members), then each image's map. A download is tower(p) with its map folded
+tower per distinct (k, a) for the others (materialised on the device), then each image's map;
+towers and maps share one DeviceCache, so the family keeps at most its bound, whichever it holds. A download is tower(p) with its map folded
 into proj, as feature-map's: a plain open_clip tower.
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ NAME = "anchored-map"
 TOWARDS = "towards.safetensors"
 FILES = (BASE, MAPS, TOWARDS)
 ANCHOR_DECIMALS = 3
+TOWER = "tower"  # the first element of a tower's key in the cache (a map's key is its preference)
 
 Anchor = Optional[tuple[int, float]]  # (task index k, a > 0), or None: the base tower
 
@@ -75,13 +76,15 @@ class AnchoredMapServable(FeatureMapServable):
         self.q, self.architecture = anchor, architecture
         self.base = {k: v.to(self.device) for k, v in tower.state_dict().items()}
         self.towards = {k: v.to(self.device) for k, v in towards.items()}  # P -> [K, ...]
-        self.towers: DeviceCache[torch.nn.Module] = DeviceCache(cache_bytes, self._forget)
+        # one cache for the maps (keyed by preference) and the towers (keyed by TOWER, k, a): the
+        # family keeps at most cache_bytes on the device, whichever it holds
+        self.maps = self.towers = DeviceCache(cache_bytes, self._forget)
         self._made = itertools.count()
+        self.materialized = 0  # anchored towers materialised so far (tests, benchmarks)
 
     @property
-    def materialized(self) -> int:
-        """Anchored towers materialised so far (tests, benchmarks)."""
-        return self.towers.misses
+    def solved(self) -> int:
+        return self.maps.misses - self.materialized
 
     def plan(self, prefs: torch.Tensor) -> AnchoredPlan:
         plan = super().plan(prefs)
@@ -90,12 +93,13 @@ class AnchoredMapServable(FeatureMapServable):
         towers = [(a, [n for n, b in enumerate(per_image) if b == a]) for a in dict.fromkeys(per_image)]
         return AnchoredPlan(plan.distinct, plan.inverse, anchors, towers)
 
-    def _forget(self, tower: torch.nn.Module) -> None:
-        if self.graphed is not None:
-            self.graphed.forget(tower.graph_key)
+    def _forget(self, evicted) -> None:
+        if isinstance(evicted, torch.nn.Module) and self.graphed is not None:
+            self.graphed.forget(evicted.graph_key)
 
     def anchored_tower(self, anchor: tuple[int, float]) -> torch.nn.Module:
-        tower = self.towers.get(anchor)
+        key = (TOWER, *anchor)
+        tower = self.towers.get(key)
         if tower is not None:
             return tower
         state = anchored_state(self.base, self.towards, anchor)
@@ -103,8 +107,9 @@ class AnchoredMapServable(FeatureMapServable):
         self.towers.room(nbytes)
         tower = build_tower(self.architecture).to(self.device, self.dtype).eval()
         tower.load_state_dict(state)
-        tower.graph_key = ("anchored", next(self._made))
-        return self.towers.put(anchor, tower, nbytes)
+        tower.graph_key = (TOWER, next(self._made))
+        self.materialized += 1
+        return self.towers.put(key, tower, nbytes)
 
     def tower_features(self, images: torch.Tensor, plan: AnchoredPlan) -> torch.Tensor:
         if all(anchor is None for anchor, _ in plan.towers):  # no image anchored: the base tower alone

@@ -114,13 +114,17 @@ def test_every_kind_serves_a_mixed_batch_on_the_device(cuda, families, kind):
         assert model.materialized > 2 and len(model.towers) <= 2
         on_device(model.towers.get(next(iter(model.towers.entries))).conv1.weight, BF16)
     if kind == "anchored_map":  # PREFS: three vertices anchored (a = 1) through room for two, the rest: the base
-        assert model.materialized > 2 and len(model.towers) <= 2
-        on_device(model.towers.get(next(iter(model.towers.entries))).conv1.weight, BF16)
+        towers = [key for key in model.towers.entries if key[0] == "tower"]  # the maps share the cache
+        assert model.materialized > 2 and len(towers) <= 2
+        on_device(model.towers.get(towers[0]).conv1.weight, BF16)
     if kind in ("feature_map", "anchored_map"):
         with on_host():
             distinct = [tuple(row) for row in PREFS.tolist()]
-        assert model.solved == len(set(distinct))  # solved on the device, together
-        on_device(model.maps.get(distinct[0]), torch.float32)
+        if kind == "feature_map":
+            assert model.solved == len(set(distinct))  # solved on the device, together
+        else:  # the towers share the cache's room with the maps: a map evicted for a tower is solved again
+            assert model.solved >= len(set(distinct))
+        on_device(model.maps.get(distinct[-1]), torch.float32)
 
 
 @pytest.mark.parametrize("kind", ["lowrank", "point_set", "feature_map", "point_set_at_preference", "anchored_map"])

@@ -143,3 +143,7 @@ def test_react_anchored_is_react_below_the_anchor_and_the_fine_tuned_tower_at_a_
     assert model.materialized == 4  # (0, 1), (0, 0.5), (2, 1), (2, 0.25): the repeated preference shares its tower
     assert_serves_materialised(family, prefs, images, model)
     assert model.materialized == 4
+    # maps and towers share one bound: room for one tower holds the whole family's device memory
+    small = family.servable(torch.device("cpu"), torch.float32, cache_bytes=family.tower_bytes())
+    assert_serves_materialised(family, prefs, images, small)
+    assert small.towers is small.maps and small.towers.bytes <= family.tower_bytes()
