@@ -34,11 +34,11 @@ from models_store.kinds.feature_map import preference_maps  # noqa: E402
 from models_store.preference import Preference, equal_preference  # noqa: E402
 from models_store.simplex import PointSet, vertices  # noqa: E402
 from models_store.store import open_family  # noqa: E402
-from models_store.tower import float_keys, head_logits, load_tower  # noqa: E402
+from models_store.tower import float_keys, head_logits  # noqa: E402
 from models_store.zoo import Zoo  # noqa: E402
 from trainer.evaluate import Evaluator  # noqa: E402
 from trainer.families import LearnContext, get_family_learner  # noqa: E402
-from trainer.families.react.learner import projected_features, task_map  # noqa: E402
+from trainer.families.react.learner import react_maps  # noqa: E402
 from trainer.hypervolume import hypervolume  # noqa: E402
 from trainer.methods import MergeContext, get_method  # noqa: E402
 from trainer.taskpool import TaskPool  # noqa: E402
@@ -73,18 +73,7 @@ class Candidates:
     def __init__(self, evaluator: Evaluator, zoo: Zoo, base: dict, unlabeled: dict, beta: float, seed: int,
                  device: torch.device, calibration: int = 2048):
         self.evaluator, self.zoo, self.base = evaluator, zoo, base
-        tower = load_tower(zoo.manifest.architecture, base).to(device).eval()
-        generator = torch.Generator().manual_seed(seed)
-        W, C = [], []
-        for task in zoo.tasks:
-            images = unlabeled[task]
-            chosen = torch.randperm(len(images), generator=generator)[:calibration]
-            z_mtl = projected_features(tower, images[chosen], device)
-            finetuned = load_tower(zoo.manifest.architecture, zoo.finetuned(task)).to(device).eval()
-            w, c = task_map(z_mtl, projected_features(finetuned, images[chosen], device), beta)
-            W.append(w.float())
-            C.append(c.float())
-        self.W, self.C = torch.stack(W).to(device), torch.stack(C).to(device)
+        self.W, self.C = (m.to(device) for m in react_maps(zoo, base, unlabeled, beta, calibration, seed, device))
         self.WC = self.W @ self.C
         self.features = {t: evaluator.features(base, evaluator.images[t]) for t in evaluator.tasks}
 

@@ -82,22 +82,22 @@ class FrontConfig(PointSet):
     @classmethod
     def _known_merges(cls, names: list[str]) -> list[str]:
         from .methods import METHODS
-        if [n.lower() for n in names] == ["none"]:
-            return []
-        unknown = [n for n in names if n not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown merge {unknown[0]!r}; known: {', '.join(METHODS)}")
-        return list(dict.fromkeys(names))
+        return known_names(names, METHODS, "merge")
 
     @field_validator("baselines")
     @classmethod
     def _known(cls, names: list[str]) -> list[str]:
-        if [n.lower() for n in names] == ["none"]:
-            return []
-        unknown = [n for n in names if n not in BASELINES]
-        if unknown:
-            raise ValueError(f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINES)}")
-        return list(dict.fromkeys(names))
+        return known_names(names, BASELINES, "baseline")
+
+
+def known_names(names: list[str], known, what: str) -> list[str]:
+    """A list flag of names from `known`: `none` means none; an unknown name is an error naming it."""
+    if [n.lower() for n in names] == ["none"]:
+        return []
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown[0]!r}; known: {', '.join(known)}")
+    return list(dict.fromkeys(names))
 
 
 @dataclass

@@ -12,8 +12,8 @@ the base, in the base's dtype. kind_params: `dim` and `anchor`.
 
 Serving: the base tower once for the images whose preferences need no anchoring, one anchored
 tower per distinct (k, a) for the others (materialised on the device), then each image's map;
-towers and maps share one DeviceCache, so the family keeps at most its bound, whichever it holds. A download is tower(p) with its map folded
-into proj, as feature-map's: a plain open_clip tower.
+towers and maps share one DeviceCache, so the family keeps at most its bound, whichever it holds.
+A download is tower(p) with its map folded into proj, as feature-map's: a plain open_clip tower.
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ from ..checkpoint import StateDict, load_state_dict
 from ..tower import build_tower
 from ..zoo import Head
 from .base import DeviceCache, tensor_bytes
-from .feature_map import (BASE, MAPS, PROJ, FeatureMapFamily, FeatureMapParams, FeatureMapServable, MapPlan,
-                          preference_maps, read_maps)
+from .feature_map import (BASE, MAPS, FeatureMapFamily, FeatureMapParams, FeatureMapServable, MapPlan, folded,
+                          preference_map, read_maps)
 
 NAME = "anchored-map"
 TOWARDS = "towards.safetensors"
@@ -128,19 +128,26 @@ class AnchoredMapServable(FeatureMapServable):
         return features
 
     def solve(self, keys: list[tuple[float, ...]]) -> torch.Tensor:
-        maps = super().solve(keys)
-        a = torch.tensor([0.0 if (x := anchor_of(key, self.q)) is None else x[1] for key in keys], device=self.device)
-        eye = torch.eye(maps.shape[-1], device=self.device)
-        return (1 - a)[:, None, None] * maps + a[:, None, None] * eye
+        a = [0.0 if (x := anchor_of(key, self.q)) is None else x[1] for key in keys]
+        return towards_identity(super().solve(keys), torch.tensor(a, device=self.device))
+
+
+def towards_identity(maps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """(1 - a) W_p + a I for maps [..., d, d] and a [...] (0: the map itself, 1: the identity)."""
+    eye = torch.eye(maps.shape[-1], device=maps.device)
+    return (1 - a)[..., None, None] * maps + a[..., None, None] * eye
+
+
+def anchored_tensor(name: str, w: torch.Tensor, towards: dict[str, torch.Tensor], anchor: Anchor) -> torch.Tensor:
+    """base[name] + a (theta_k - base)[name], in float32 then the base's dtype; the base's without an anchor."""
+    if anchor is None or name not in towards:
+        return w
+    k, a = anchor
+    return (w.float() + a * towards[name][k].to(w.device).float()).to(w.dtype)
 
 
 def anchored_state(base: StateDict, towards: dict[str, torch.Tensor], anchor: Anchor) -> StateDict:
-    """base + a (theta_k - base), in float32 then the base's dtype; the base itself without an anchor."""
-    if anchor is None:
-        return dict(base)
-    k, a = anchor
-    return {p: (w.float() + a * towards[p][k].to(w.device).float()).to(w.dtype) if p in towards else w
-            for p, w in base.items()}
+    return {name: anchored_tensor(name, w, towards, anchor) for name, w in base.items()}
 
 
 class AnchoredMapFamily(FeatureMapFamily):
@@ -176,15 +183,10 @@ class AnchoredMapFamily(FeatureMapFamily):
 
     def _iter_materialized(self, weights: list[float], anchor: Anchor, device: torch.device
                            ) -> Iterator[tuple[str, torch.Tensor]]:
-        pref = torch.tensor([weights], device=device)
-        W = preference_maps(self.W.to(device) @ self.C.to(device), self.C.to(device), pref)[0]
-        if anchor is not None:
-            W = (1 - anchor[1]) * W + anchor[1] * torch.eye(len(W), device=W.device)
-        for name, w in self.base.items():
-            w = anchored_state({name: w.to(device)}, self.towards, anchor)[name]
-            if name == PROJ:
-                w = (w.float() @ W.T).to(w.dtype)
-            yield name, w
+        W = preference_map(self.W.to(device), self.C.to(device), torch.tensor(weights, device=device))
+        W = towards_identity(W, torch.tensor(0.0 if anchor is None else anchor[1], device=device))
+        yield from folded(((name, anchored_tensor(name, w.to(device), self.towards, anchor))
+                           for name, w in self.base.items()), W)
 
     def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype,
                  cache_bytes: int, graphs: bool = False) -> AnchoredMapServable:

@@ -54,6 +54,13 @@ def preference_map(W: torch.Tensor, C: torch.Tensor, pref: torch.Tensor) -> torc
     return preference_maps(W.float() @ C.float(), C.float(), pref[None])[0]
 
 
+def folded(tensors: Iterator[tuple[str, torch.Tensor]], W: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+    """A tower's tensors with the map W [d, d] folded into proj: x (proj W^T) = W f, so the tower that
+    a download writes is a plain open_clip tower."""
+    for name, w in tensors:
+        yield name, (w.float() @ W.T).to(w.dtype) if name == PROJ else w
+
+
 def family_files(base: StateDict, W: torch.Tensor, C: torch.Tensor) -> dict[str, StateDict]:
     return {BASE: base, MAPS: {"W": W.float().contiguous(), "C": C.float().contiguous()}}
 
@@ -148,12 +155,9 @@ class FeatureMapFamily(KindFormat):
 
     def iter_materialized(self, pref: torch.Tensor, device: torch.device = torch.device("cpu")
                           ) -> Iterator[tuple[str, torch.Tensor]]:
-        """The base tower with W_p folded into proj: x proj W_p^T = W_p f."""
-        for name, w in self.base.items():
-            w = w.to(device)
-            if name == PROJ:
-                w = (w.float() @ preference_map(self.W.to(device), self.C.to(device), pref.to(device)).T).to(w.dtype)
-            yield name, w
+        """The base tower with W_p folded into proj."""
+        W = preference_map(self.W.to(device), self.C.to(device), pref.to(device))
+        yield from folded(((name, w.to(device)) for name, w in self.base.items()), W)
 
     def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype,
                  cache_bytes: int, graphs: bool = False) -> FeatureMapServable:

@@ -63,26 +63,33 @@ class ReactParts:
     seconds: float  # the preference stage: features and solves
 
 
-def react_parts(ctx: LearnContext, config: ReactConfig) -> ReactParts:
-    zoo, pool = ctx.zoo, ctx.pool
-    unlabeled = ctx.unlabeled
-    generator = torch.Generator().manual_seed(config.seed)
-    merged = get_method(config.base)(MergeContext(pool=pool, unlabeled=unlabeled, device=ctx.device,
-                                                  seed=config.seed, progress=False))
-    base_tower = load_tower(zoo.manifest.architecture, merged).to(ctx.device).eval()
+def react_maps(zoo, merged: StateDict, unlabeled: dict[str, torch.Tensor], beta: float, calibration: int, seed: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W [K, d, d], C [K, d, d]) float32: every task's map and calibration matrix for the base tower
+    `merged`, from at most `calibration` of each task's unlabeled images (drawn with `seed`)."""
+    base_tower = load_tower(zoo.manifest.architecture, merged).to(device).eval()
     if base_tower.proj is None:
         raise ValueError("ReACT folds its maps into the tower's output projection `proj`; this tower has none")
-    maps, grams, stage = [], [], time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    maps, grams = [], []
     for task in zoo.tasks:
         images = unlabeled[task]
-        chosen = torch.randperm(len(images), generator=generator)[:config.calibration]
-        z_mtl = projected_features(base_tower, images[chosen], ctx.device)
-        finetuned = load_tower(zoo.manifest.architecture, zoo.finetuned(task)).to(ctx.device).eval()
-        z_ind = projected_features(finetuned, images[chosen], ctx.device)
-        w, c = task_map(z_mtl, z_ind, config.beta)
+        chosen = torch.randperm(len(images), generator=generator)[:calibration]
+        z_mtl = projected_features(base_tower, images[chosen], device)
+        finetuned = load_tower(zoo.manifest.architecture, zoo.finetuned(task)).to(device).eval()
+        z_ind = projected_features(finetuned, images[chosen], device)
+        w, c = task_map(z_mtl, z_ind, beta)
         maps.append(w.float())
         grams.append(c.float())
-    return ReactParts(merged, torch.stack(maps), torch.stack(grams), time.perf_counter() - stage)
+    return torch.stack(maps), torch.stack(grams)
+
+
+def react_parts(ctx: LearnContext, config: ReactConfig) -> ReactParts:
+    merged = get_method(config.base)(MergeContext(pool=ctx.pool, unlabeled=ctx.unlabeled, device=ctx.device,
+                                                  seed=config.seed, progress=False))
+    stage = time.perf_counter()
+    W, C = react_maps(ctx.zoo, merged, ctx.unlabeled, config.beta, config.calibration, config.seed, ctx.device)
+    return ReactParts(merged, W, C, time.perf_counter() - stage)
 
 
 def react_metrics(parts: ReactParts, config: ReactConfig) -> dict:
