@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from bench.common import (add_common_args, machine_info, markdown_table, now_iso, run_benchmark,  # noqa: E402
                           temporary_store, write_result)
-from models_store.kinds.feature_map import preference_maps  # noqa: E402
+from models_store.kinds.feature_map import map_factors, preference_maps  # noqa: E402
 from models_store.preference import Preference, equal_preference  # noqa: E402
 from models_store.simplex import PointSet, vertices  # noqa: E402
 from models_store.store import open_family  # noqa: E402
@@ -73,8 +73,8 @@ class Candidates:
     def __init__(self, evaluator: Evaluator, zoo: Zoo, base: dict, unlabeled: dict, beta: float, seed: int,
                  device: torch.device, calibration: int = 2048):
         self.evaluator, self.zoo, self.base = evaluator, zoo, base
-        self.W, self.C = (m.to(device) for m in react_maps(zoo, base, unlabeled, beta, calibration, seed, device))
-        self.WC = self.W @ self.C
+        W, C = react_maps(zoo, base, unlabeled, beta, calibration, seed, device)
+        self.WC, self.C = map_factors(W, C, device)
         self.features = {t: evaluator.features(base, evaluator.images[t]) for t in evaluator.tasks}
 
     def accuracy(self, features: dict, W_p: torch.Tensor) -> dict[str, float]:
@@ -83,7 +83,7 @@ class Candidates:
                           == ev.labels[t]).float().mean()) for t, f in features.items()}
 
     def react(self, pref: Preference) -> dict[str, float]:
-        return self.accuracy(self.features, preference_maps(self.WC, self.C, pref.tensor()[None])[0])
+        return self.accuracy(self.features, preference_maps(self.WC, self.C, [pref.weights])[0])
 
     def anchored(self, pref: Preference, q: float) -> dict[str, float]:
         weights = list(pref.weights)
@@ -97,7 +97,7 @@ class Candidates:
                  for n, w in self.base.items()}
         ev = self.evaluator
         features = {t: ev.features(state, ev.images[t]) for t in ev.tasks}
-        W_p = preference_maps(self.WC, self.C, pref.tensor()[None])[0]
+        W_p = preference_maps(self.WC, self.C, [pref.weights])[0]
         eye = torch.eye(len(W_p), device=W_p.device)
         return self.accuracy(features, (1 - a) * W_p + a * eye)
 

@@ -13,6 +13,7 @@ from . import StoreError
 from .atomic import write_text
 from .manifest import check_format, describe
 from .family import is_family_id
+from .preference import PreferenceError, parse_preference
 
 FRONTS = ".fronts"  # STORE/.fronts/<family_id>.json
 FRONT_FORMAT = 1
@@ -75,4 +76,13 @@ def read_front(store: str | Path, family_id: str) -> Optional[StoredFront]:
         raise StoreError(f"{path} is invalid: {describe(e)}") from None
     if front.family_id != family_id:
         raise StoreError(f"{path} is the front of {front.family_id!r}, not of {family_id!r}")
+    for where, points in (("points", front.points), ("members", front.members or [])):
+        for i, point in enumerate(points):
+            try:
+                parse_preference(point.preference, front.tasks)
+            except PreferenceError as e:
+                raise StoreError(f"{path} is invalid: {where}[{i}]: {e}") from None
+            unknown = sorted(set(point.accuracy) - set(front.tasks))
+            if unknown:
+                raise StoreError(f"{path} is invalid: {where}[{i}]: accuracy of {unknown[0]!r}, not a task of the front")
     return front

@@ -175,6 +175,14 @@ def create_app(settings: Optional[Settings] = None, runtime: RuntimeFactory = Lo
     return app
 
 
+# the page runs its own scripts only, talks to this origin only, and is framed by no one (its labels are
+# set with textContent already: this is the second wall); plotly.js sets inline styles as it draws
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                           "img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
+                                           "form-action 'self'; frame-ancestors 'none'",
+                "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
 def add_ui(app: FastAPI) -> None:
     """The trade-off explorer at /ui: the package's own files and plotly.js from the installed plotly
     package (no CDN, no build step). The page is public; the data it asks for needs the API key."""
@@ -192,7 +200,7 @@ def add_ui(app: FastAPI) -> None:
 
     @app.get("/ui", include_in_schema=False)
     async def ui() -> HTMLResponse:
-        return HTMLResponse((here / "index.html").read_text(), headers={"Cache-Control": "no-cache"})
+        return HTMLResponse((here / "index.html").read_text(), headers={"Cache-Control": "no-cache", **PAGE_HEADERS})
 
 
 def add_offline_docs(app: FastAPI) -> None:

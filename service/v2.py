@@ -62,9 +62,57 @@ def split_body(body: bytes, header_length: Optional[str]) -> tuple[dict, bytes]:
         header = json.loads(body[:size])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ProtocolError(f"the inference request is not JSON: {e}") from None
+    except RecursionError:
+        raise ProtocolError("the inference request nests its JSON too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError("the inference request must be a JSON object")
     return header, body[size:]
+
+
+def json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def parameters_of(obj: dict, where: str) -> dict:
+    """The `parameters` of the request, an input or an output: a JSON object, or absent."""
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ProtocolError(f"{where}: `parameters` must be a JSON object, got {json_type(params)}")
+    return params
+
+
+def flag(params: dict, name: str, where: str, default: bool) -> bool:
+    value = params.get(name, default)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{where}: parameter {name} must be true or false, got {json_type(value)}")
+    return value
+
+
+def is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON's true is no 1 here
+
+
+def numbers(data: Any, where: str) -> list[float]:
+    """The numbers of a tensor's JSON data, flat or nested row-major; anything but a number (a string,
+    a boolean, null) is refused by name."""
+    if not isinstance(data, list):
+        raise ProtocolError(f"{where}: JSON data must be a list of numbers, got {json_type(data)}")
+    out: list[float] = []
+    stack = [iter(data)]  # no recursion: a deeply nested list is no stack overflow
+    while stack:
+        for x in stack[-1]:
+            if isinstance(x, list):
+                stack.append(iter(x))
+                break
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                raise ProtocolError(f"{where}: JSON data must hold numbers only, got {json_type(x)} ({x!r:.40})")
+            out.append(float(x))
+        else:
+            stack.pop()
+    return out
 
 
 class BinaryData:
@@ -74,7 +122,7 @@ class BinaryData:
         self.data, self.at = data, 0
 
     def take(self, name: str, size: Any) -> bytes:
-        if not isinstance(size, int) or size < 0 or self.at + size > len(self.data):
+        if not is_integer(size) or size < 0 or self.at + size > len(self.data):
             raise ProtocolError(f"input {name}: binary_data_size {size!r} does not fit the {len(self.data)} bytes of "
                                 f"binary data after the JSON")
         chunk = self.data[self.at:self.at + size]
@@ -84,7 +132,7 @@ class BinaryData:
 
 def shape_of(tensor: dict) -> list[int]:
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(is_integer(d) and d >= 0 for d in shape):
         raise ProtocolError(f"input {tensor.get('name')}: shape must be a list of non-negative integers, got {shape!r}")
     return shape
 
@@ -137,11 +185,7 @@ def preference_rows(tensor: dict, binary: Optional[bytes], n: int, tasks: Sequen
             raise ProtocolError(f"input {PREFERENCE}: {len(binary)} bytes of binary data for {count} {datatype} values")
         values = np.frombuffer(binary, dtype=FLOATS[datatype]).astype(np.float64)
     else:
-        data = tensor.get("data")
-        try:
-            values = np.asarray(data, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError):
-            raise ProtocolError(f"input {PREFERENCE}: JSON data must be {count} numbers") from None
+        values = np.asarray(numbers(tensor.get("data"), f"input {PREFERENCE}"), dtype=np.float64)
         if values.size != count:
             raise ProtocolError(f"input {PREFERENCE}: JSON data has {values.size} numbers, its shape {shape} needs {count}")
     rows = []
@@ -155,6 +199,11 @@ def preference_rows(tensor: dict, binary: Optional[bytes], n: int, tasks: Sequen
 
 def parse_infer(body: bytes, header_length: Optional[str], tasks: Sequence[str], max_images: int) -> InferRequest:
     header, data = split_body(body, header_length)
+    binary_default = flag(parameters_of(header, "the inference request"), "binary_data_output",
+                          "the inference request", False)
+    request_id = header.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError(f"the inference request's `id` must be a string, got {json_type(request_id)}")
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not all(isinstance(t, dict) for t in inputs):
         raise ProtocolError("the inference request needs `inputs`, a list of tensors")
@@ -168,14 +217,13 @@ def parse_infer(body: bytes, header_length: Optional[str], tasks: Sequence[str],
     binary = BinaryData(data)
     chunks = {}
     for tensor in inputs:  # binary data comes in the order the inputs are listed
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        size = parameters_of(tensor, f"input {tensor['name']}").get("binary_data_size")
         chunks[tensor["name"]] = None if size is None else binary.take(tensor["name"], size)
     if binary.at != len(data):
         raise ProtocolError(f"{len(data) - binary.at} bytes of binary data that no input claims")
     tensors = {t["name"]: t for t in inputs}
     images = image_elements(tensors[IMAGE], chunks[IMAGE], max_images)
     prefs = preference_rows(tensors[PREFERENCE], chunks[PREFERENCE], len(images), tasks)
-    binary_default = bool((header.get("parameters") or {}).get("binary_data_output", False))
     asked = header.get("outputs")
     if asked is None:
         outputs, binary_out = list(tasks), {t: binary_default for t in tasks}
@@ -186,9 +234,9 @@ def parse_infer(body: bytes, header_length: Optional[str], tasks: Sequence[str],
         unknown = [o for o in outputs if o not in tasks]
         if unknown:
             raise ProtocolError(f"unknown output {unknown[0]!r}; this model's outputs are its tasks: {', '.join(tasks)}")
-        binary_out = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", binary_default)) for o in asked}
-    request_id = header.get("id")
-    return InferRequest(images, prefs, outputs, binary_out, request_id if isinstance(request_id, str) else None)
+        binary_out = {o["name"]: flag(parameters_of(o, f"output {o['name']}"), "binary_data", f"output {o['name']}",
+                                      binary_default) for o in asked}
+    return InferRequest(images, prefs, outputs, binary_out, request_id)
 
 
 def infer_response(model: str, request: InferRequest, logits: dict[str, np.ndarray]) -> tuple[bytes, Optional[int]]:

@@ -19,6 +19,11 @@ from .. import StoreError
 KINDS = {"lowrank": "lowrank:LowRankFamily", "point-set": "point_set:PointSetFamily",
          "feature-map": "feature_map:FeatureMapFamily", "anchored-map": "anchored_map:AnchoredMapFamily"}
 
+# name -> the version of what the kind materialises for a preference: bumped when a change of code
+# changes those tensors (not only their last bits), so that download caches and ETags made by an
+# earlier build are never served for this one's (service/downloads.py keys on it)
+MATERIALIZATION = {"lowrank": 1, "point-set": 1, "feature-map": 2, "anchored-map": 2}
+
 FORMAT_1_KIND = "lowrank"  # format-1 manifests predate kinds: every family then was low-rank
 
 

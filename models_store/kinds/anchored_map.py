@@ -30,8 +30,8 @@ from ..checkpoint import StateDict, load_state_dict
 from ..tower import build_tower
 from ..zoo import Head
 from .base import DeviceCache, tensor_bytes
-from .feature_map import (BASE, MAPS, FeatureMapFamily, FeatureMapParams, FeatureMapServable, MapPlan, folded,
-                          preference_map, read_maps)
+from .feature_map import (BASE, MAPS, FeatureMapFamily, FeatureMapParams, FeatureMapServable, MapPlan,
+                          canonical_weights, folded, preference_map, read_maps)
 
 NAME = "anchored-map"
 TOWARDS = "towards.safetensors"
@@ -49,7 +49,7 @@ class AnchoredMapParams(FeatureMapParams):
 
 def anchor_of(pref: tuple[float, ...] | list[float], q: float) -> Anchor:
     """(k, a) of a preference, or None where no weight exceeds q."""
-    weights = [round(float(w), 6) for w in pref]  # a preference's canonical precision: float32 or 64, one anchor
+    weights = canonical_weights(pref)  # float32 or 64: one anchor
     k = max(range(len(weights)), key=weights.__getitem__)
     a = round(max(0.0, (weights[k] - q) / (1.0 - q)), ANCHOR_DECIMALS)
     return None if a == 0.0 else (k, a)
@@ -183,7 +183,7 @@ class AnchoredMapFamily(FeatureMapFamily):
 
     def _iter_materialized(self, weights: list[float], anchor: Anchor, device: torch.device
                            ) -> Iterator[tuple[str, torch.Tensor]]:
-        W = preference_map(self.W.to(device), self.C.to(device), torch.tensor(weights, device=device))
+        W = preference_map(self.W, self.C, weights, device)
         W = towards_identity(W, torch.tensor(0.0 if anchor is None else anchor[1], device=device))
         yield from folded(((name, anchored_tensor(name, w.to(device), self.towards, anchor))
                            for name, w in self.base.items()), W)

@@ -10,15 +10,15 @@ Files: `base.safetensors` (the base merged tower) and `maps.safetensors`: "W" [K
 "C" [K, d, d], float32. kind_params: `dim` (d, the features' size).
 
 Serving is per image and exact in one forward pass: the base tower's features of every image go
-through its own preference's W_p (the new preferences of a batch solved together, the maps kept
-in the kinds' one bounded cache). A download folds W_p into the output projection, proj_p = proj W_p^T (f_p = x proj_p), so
+through its own preference's W_p (each new preference solved on its own, in float64, so a map
+never depends on its batch; the maps kept in the kinds' one bounded cache). A download folds W_p into the output projection, proj_p = proj W_p^T (f_p = x proj_p), so
 the checkpoint is a plain open_clip tower that loads with strict=True.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from pydantic import BaseModel, Field
@@ -40,18 +40,36 @@ class FeatureMapParams(BaseModel):
     dim: int = Field(ge=1, description="d: the size of the tower's output features")
 
 
-def preference_maps(WC: torch.Tensor, C: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
-    """W_p = (sum_t p_t W_t C_t)(sum_t p_t C_t)^-1 for each row p of prefs [M, K]: WC = W_t C_t and C
-    [K, d, d] -> [M, d, d], float32. One batched solve for all of them."""
-    prefs = prefs.to(WC.device, torch.float32)
-    numerator = torch.einsum("mk,kil->mil", prefs, WC)
-    denominator = torch.einsum("mk,kij->mij", prefs, C)
-    return torch.linalg.solve(denominator, numerator, left=False)  # numerator @ denominator^-1
+def canonical_weights(pref: Sequence[float] | torch.Tensor) -> tuple[float, ...]:
+    """A preference row at the canonical precision (1e-6, models_store/preference.py): its float32 and
+    float64 spellings give one key, one map."""
+    return tuple(round(float(w), 6) for w in (pref.tolist() if isinstance(pref, torch.Tensor) else pref))
 
 
-def preference_map(W: torch.Tensor, C: torch.Tensor, pref: torch.Tensor) -> torch.Tensor:
-    """W_p for one preference [K] -> [d, d] (float32)."""
-    return preference_maps(W.float() @ C.float(), C.float(), pref[None])[0]
+def map_factors(W: torch.Tensor, C: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """WC = W_t C_t and C [K, d, d], float64 on `device`: what preference_maps takes."""
+    C = C.to(device, torch.float64)
+    return W.to(device, torch.float64) @ C, C
+
+
+def preference_maps(WC: torch.Tensor, C: torch.Tensor, prefs: Sequence[Sequence[float]]) -> torch.Tensor:
+    """W_p = (sum_t p_t W_t C_t)(sum_t p_t C_t)^-1 for each preference (host weights), from map_factors
+    -> [M, d, d] float32. Each map is solved on its own in float64 from the canonical weights: the
+    systems are ill-conditioned (a calibration's C_t has the rank of its images, plus a small ridge),
+    so a map solved in float32, or in one batched call with other preferences, would depend on the
+    preferences it came with; this way it is a function of its preference alone."""
+    maps = []
+    for row in prefs:
+        p = torch.tensor(canonical_weights(row), dtype=torch.float64, device=WC.device)
+        numerator = torch.einsum("k,kil->il", p, WC)
+        denominator = torch.einsum("k,kij->ij", p, C)
+        maps.append(torch.linalg.solve(denominator, numerator, left=False))  # numerator @ denominator^-1
+    return torch.stack(maps).float()
+
+
+def preference_map(W: torch.Tensor, C: torch.Tensor, pref: Sequence[float], device: torch.device) -> torch.Tensor:
+    """W_p for one preference (host weights) -> [d, d] float32 on `device`."""
+    return preference_maps(*map_factors(W, C, device), [pref])[0]
 
 
 def folded(tensors: Iterator[tuple[str, torch.Tensor]], W: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
@@ -75,14 +93,13 @@ class MapPlan:
 
 class FeatureMapServable(Servable):
     """The base tower once for the whole batch, then each image's preference map on its features.
-    Maps of a batch's new preferences are solved together; they stay in the kinds' one cache."""
+    Maps of a batch's new preferences are solved one by one; they stay in the kinds' one cache."""
 
     def __init__(self, tower: torch.nn.Module, W: torch.Tensor, C: torch.Tensor, heads: dict[str, Head],
                  device: torch.device, dtype: torch.dtype, cache_bytes: int, graphs: bool = False):
         super().__init__(heads, device, dtype, graphs)
         self.tower = tower.to(device=self.device, dtype=dtype).eval()
-        self.C = C.to(self.device, torch.float32)
-        self.WC = W.to(self.device, torch.float32) @ self.C
+        self.WC, self.C = map_factors(W, C, self.device)
         self.maps: DeviceCache[torch.Tensor] = DeviceCache(cache_bytes)
 
     @property
@@ -92,15 +109,15 @@ class FeatureMapServable(Servable):
 
     def plan(self, prefs: torch.Tensor) -> MapPlan:
         distinct, inverse = torch.unique(prefs.float(), dim=0, return_inverse=True)
-        return MapPlan([tuple(row) for row in distinct.tolist()], inverse.tolist())
+        return MapPlan([canonical_weights(row) for row in distinct.tolist()], inverse.tolist())
 
     def tower_features(self, images: torch.Tensor, plan: MapPlan) -> torch.Tensor:
         """The towers' output features [N, d], float32: here the base tower's, once for the batch."""
         return self.run("base", self.tower, images).float()
 
     def solve(self, keys: list[tuple[float, ...]]) -> torch.Tensor:
-        """The maps [M, d, d] of these distinct preferences, solved together."""
-        return preference_maps(self.WC, self.C, torch.tensor(keys, device=self.device))
+        """The maps [M, d, d] of these distinct preferences, each solved on its own."""
+        return preference_maps(self.WC, self.C, keys)
 
     def features(self, images: torch.Tensor, prefs: torch.Tensor, plan: MapPlan) -> torch.Tensor:
         features = self.tower_features(images, plan)
@@ -155,8 +172,12 @@ class FeatureMapFamily(KindFormat):
 
     def iter_materialized(self, pref: torch.Tensor, device: torch.device = torch.device("cpu")
                           ) -> Iterator[tuple[str, torch.Tensor]]:
-        """The base tower with W_p folded into proj."""
-        W = preference_map(self.W.to(device), self.C.to(device), pref.to(device))
+        """The base tower with W_p folded into proj. The weights are host work, read at the call (not at
+        the first tensor); the map is solved on `device` with the first tensor."""
+        return self._iter_materialized(pref.cpu().tolist(), device)
+
+    def _iter_materialized(self, weights: list[float], device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+        W = preference_map(self.W, self.C, weights, device)
         yield from folded(((name, w.to(device)) for name, w in self.base.items()), W)
 
     def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype,

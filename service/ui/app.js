@@ -163,13 +163,22 @@ async function download(event) {
 async function loadFront(id) {
   if (id in state.fronts) return state.fronts[id];
   try {
-    state.fronts[id] = await (await api(familyPath(id) + "/front")).json();
-  } catch (e) {
-    if (e.status !== 404) throw e;
+    state.fronts[id] = readable(await (await api(familyPath(id) + "/front")).json());
+  } catch (e) {  // no front (404), one the service refuses (503), or no JSON: the page goes on without it
     state.fronts[id] = null;
-    if (id === state.family.family_id) $("front-note").textContent = e.message.replace(/^404: /, "");
+    if (id === state.family.family_id) $("front-note").textContent = e.message.replace(/^\d+: /, "");
   }
   return state.fronts[id];
+}
+
+// a point whose preference the page cannot read is left out rather than breaking every drawing
+function readable(front) {
+  const ok = (p) => {
+    try { parsePreference(p.preference, front.tasks); return true; } catch (e) { return false; }
+  };
+  front.points = (front.points || []).filter(ok);
+  if (front.members) front.members = front.members.filter(ok);
+  return front;
 }
 
 function nearest(points) {
@@ -205,7 +214,7 @@ function drawFront() {
     if (state.fronts[id]) traces.push(scatter(state.fronts[id].points, id, "square", 8));
   }
   const here = nearest(front.points);
-  traces.push(scatter([here], "nearest evaluated to the current preference", "star", 18));
+  if (here) traces.push(scatter([here], "nearest evaluated to the current preference", "star", 18));
   const layout = {
     margin: { l: 50, r: 10, t: 10, b: 40 }, hovermode: "closest", legend: { orientation: "h", y: -0.15 },
     xaxis: { title: { text: $("axis-x").value + " accuracy" } }, yaxis: { title: { text: $("axis-y").value + " accuracy" } },

@@ -137,17 +137,20 @@ FEATURE_MAP_ID = "react-test"
 
 
 def make_feature_map_family(store: Path, family_id: str = FEATURE_MAP_ID, seed: int = 0,
-                            tasks: dict[str, list[str]] = TASKS, anchor: float | None = None) -> Path:
+                            tasks: dict[str, list[str]] = TASKS, anchor: float | None = None,
+                            ill_conditioned: bool = False) -> Path:
     """A random micro feature-map family whose per-task maps differ visibly; with `anchor`, an
-    anchored-map family whose fine-tuned towers are random too."""
+    anchored-map family whose fine-tuned towers are random too. `ill_conditioned`: each C_t as
+    ReACT's calibration makes it from fewer images than features, rank d/8 plus a 1e-6 ridge
+    (condition numbers about 1e6)."""
     from models_store.kinds import anchored_map, feature_map
 
     g = torch.Generator().manual_seed(seed)
     base = {k: v.detach().clone() for k, v in build_tower(MICRO).state_dict().items()}
     dim = MICRO["custom"]["embed_dim"]
     W = torch.eye(dim) + 0.5 * torch.randn(len(tasks), dim, dim, generator=g)
-    z = torch.randn(len(tasks), dim, 4 * dim, generator=g)
-    C = z @ z.transpose(1, 2) / (4 * dim) + 0.1 * torch.eye(dim)
+    z = torch.randn(len(tasks), dim, dim // 8 if ill_conditioned else 4 * dim, generator=g)
+    C = z @ z.transpose(1, 2) / (4 * dim) + (1e-6 if ill_conditioned else 0.1) * torch.eye(dim)
     heads = {t: Head(weight=torch.randn(len(c), dim, generator=g) * 5) for t, c in tasks.items()}
     manifest = FamilyManifest(family_id=family_id, created=now_iso(), method="react", architecture=MICRO,
                               preprocess=Preprocess(image_size=16),

@@ -36,8 +36,8 @@ def test_checkpoint_layout_and_cache(family, tmp_path):
     got = cache.get(pref)
     data = got.file.read()
     got.file.close()
-    assert got.built and got.size == len(data) and got.etag == f'"{cache_key(family.family_id, family.digest, pref)}"'
-    path = tmp_path / "dl" / f"{cache_key(family.family_id, family.digest, pref)}.safetensors"
+    assert got.built and got.size == len(data) and got.etag == f'"{cache_key(family.family_id, family.digest, family.manifest.kind, pref)}"'
+    path = tmp_path / "dl" / f"{cache_key(family.family_id, family.digest, family.manifest.kind, pref)}.safetensors"
     state = load_file(str(path))
     visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
     build_tower(family.manifest.architecture).load_state_dict(visual, strict=True)
@@ -84,7 +84,7 @@ def test_lru_eviction_keeps_the_bound(family, tmp_path):
     cache.get(prefs[0]).file.close()  # touch: prefs[1] is now least recently used
     cache.get(prefs[2]).file.close()
     names = {p.name for p, _ in cache.entries()}
-    key = lambda p: f"{cache_key(family.family_id, family.digest, p)}.safetensors"  # noqa: E731
+    key = lambda p: f"{cache_key(family.family_id, family.digest, family.manifest.kind, p)}.safetensors"  # noqa: E731
     assert names == {key(prefs[0]), key(prefs[2])}
     assert sum(st.st_size for _, st in cache.entries()) <= cache.max_bytes
     # a file bigger than the whole bound is still served, streamed as it is made, and never kept
@@ -142,7 +142,7 @@ def test_concurrent_builds_never_pass_the_bound(family, tmp_path):
 
 def test_preference_text_is_never_a_path(family):
     pref = from_weights([1, 1, 1], family.tasks)
-    assert "/" not in cache_key(family.family_id, family.digest, pref) and len(cache_key(family.family_id, family.digest, pref)) == 32
+    assert "/" not in cache_key(family.family_id, family.digest, family.manifest.kind, pref) and len(cache_key(family.family_id, family.digest, family.manifest.kind, pref)) == 32
 
 
 def test_pmerge_export_writes_the_bytes_the_service_serves(store, family, tmp_path):
@@ -161,3 +161,32 @@ def test_pmerge_export_writes_the_bytes_the_service_serves(store, family, tmp_pa
     out = tmp_path / "exported.safetensors"
     main(["export", "--store", str(store), "--family", family.family_id, "--pref", "0.7,0,0.3", "--out", str(out)])
     assert out.read_bytes() == served.content
+
+
+def test_a_cache_filled_by_a_build_that_materialised_otherwise_is_not_served(store, family, tmp_path, monkeypatch):
+    """A store's download cache outlives the code that filled it: a file made by an earlier build's
+    materialisation (here: other tensors under the old key) is never served once the kind's
+    materialisation version changes; the ETag changes with it."""
+    import httpx
+
+    from models_store import kinds
+    from service.app import create_app
+    from service.settings import Settings
+    from svc_helpers import running_server
+
+    settings = Settings(store=store, family=family.family_id, device="cpu", download_cache_dir=tmp_path / "dl")
+    pref = family.preference("digits:0.7,fashion:0.3")
+    with running_server(create_app(settings)) as url:
+        first = httpx.get(f"{url}/models/{pref.canonical}", timeout=60)
+        other = httpx.get(f"{url}/models/1,0,0", timeout=60)
+    assert first.status_code == other.status_code == 200
+    stale = tmp_path / "dl" / f"{first.headers['etag'].strip(chr(34))}.safetensors"
+    stale.write_bytes(other.content)  # what an earlier build made for this preference
+    kind = family.manifest.kind
+    monkeypatch.setitem(kinds.MATERIALIZATION, kind, kinds.MATERIALIZATION[kind] + 1)
+    with running_server(create_app(settings)) as url:
+        now = httpx.get(f"{url}/models/{pref.canonical}", timeout=60)
+    assert now.status_code == 200 and now.headers["etag"] != first.headers["etag"]
+    served = load_file_bytes(now.content)
+    merged = family.materialize(pref)
+    assert all(torch.allclose(served[f"visual.{k}"], v, atol=1e-6) for k, v in merged.items())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load as load_safetensors
@@ -68,3 +69,46 @@ def test_mixed_preferences_answer_as_their_downloaded_checkpoints(server):
     if family.manifest.kind == "anchored-map":  # three anchors among the preferences, each materialised once
         assert {("tower", 0, 0.75), ("tower", 1, 1.0), ("tower", 2, 0.5)} <= set(model.towers.entries)
         assert model.materialized - made <= 3
+
+
+@pytest.mark.parametrize("anchor", [None, 0.6], ids=["feature-map", "anchored-map"])
+def test_a_preference_answers_the_same_whatever_its_batch(tmp_path, anchor):
+    """Ill-conditioned maps (ReACT's calibration has fewer images than features): a preference's
+    answer in a batch of many other preferences, its answer asked alone on another server, and its
+    download are one model, at 1e-4 in probability, whatever the company or the cache state."""
+    import base64
+
+    from svc_helpers import TASKS, downloaded_probs
+    store = tmp_path / "store"
+    make_feature_map_family(store, anchor=anchor, ill_conditioned=True)
+    image = png_bytes(7)
+    targets = [[0.3, 0.3, 0.4], [0.85, 0.1, 0.05]]  # the second anchored at q = 0.6
+    company = np.random.default_rng(3).dirichlet(np.ones(len(TASKS)), 30).tolist()
+    rows = targets + company
+    body = {"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [len(rows)],
+                        "data": [base64.b64encode(image).decode()] * len(rows)},
+                       {"name": "PREFERENCE", "datatype": "FP64", "shape": [len(rows), len(TASKS)], "data": rows}]}
+
+    def settings(name: str) -> Settings:
+        return Settings(store=store, family=FEATURE_MAP_ID, device="cpu", max_batch=64, max_wait_ms=50,
+                        download_cache_dir=tmp_path / name)
+
+    with running_server(create_app(settings("a"))) as url:  # the targets in one batch with 30 others
+        answer = httpx.post(f"{url}/v2/models/{FEATURE_MAP_ID}/infer", json=body, timeout=60)
+        assert answer.status_code == 200, answer.text
+        in_company = {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in answer.json()["outputs"]}
+    app = create_app(settings("b"))
+    with running_server(app) as url:  # each target asked alone first, then downloaded
+        app_family = app.state.runtime.families.default.family
+        pixels = decode_image(image, app_family.manifest.preprocess, 10**6)
+        for i, weights in enumerate(targets):
+            pref = ",".join(map(str, weights))
+            alone = httpx.post(f"{url}/v2/models/{FEATURE_MAP_ID}/infer", timeout=60, json={"inputs": [
+                {**body["inputs"][0], "shape": [1], "data": body["inputs"][0]["data"][:1]},
+                {**body["inputs"][1], "shape": [1, len(TASKS)], "data": [weights]}]})
+            assert alone.status_code == 200, alone.text
+            downloaded = downloaded_probs(url, pref, torch.from_numpy(pixels), app_family)
+            for o in alone.json()["outputs"]:
+                task = o["name"]
+                assert np.abs(np.asarray(o["data"]) - in_company[task][i]).max() <= 1e-4, (pref, task, "alone")
+                assert np.abs(downloaded[task].numpy() - in_company[task][i]).max() <= 1e-4, (pref, task, "download")

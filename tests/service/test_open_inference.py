@@ -128,18 +128,47 @@ def pref_tensor(rows: list[list[float]], datatype: str = "FP32") -> dict:
     ({"inputs": [image_tensor([png_bytes(1)]), pref_tensor([[1, 0, 0]], "INT32")]}, "datatype FP32 or FP64"),
     ({"inputs": [image_tensor([png_bytes(1)]), pref_tensor([[1, -1, 0]])]}, "row 0: preference for 'fashion' is negative"),
     ({"inputs": [image_tensor([png_bytes(1)]), pref_tensor([[0, 0, 0]])]}, "sum to zero"),
-    ({"inputs": [image_tensor([png_bytes(1)]), {**pref_tensor([[1, 0, 0]]), "data": [1, "NaN", 0]}]}, "not a finite"),
+    ({"inputs": [image_tensor([png_bytes(1)]), {**pref_tensor([[1, 0, 0]]), "data": [1, float("nan"), 0]}]}, "not a finite"),
     ({"inputs": [image_tensor([b"not an image"]), pref_tensor([[1, 0, 0]])]}, "image"),
     ({"inputs": [{**image_tensor([b"x"]), "data": ["%%%"]}, pref_tensor([[1, 0, 0]])]}, "base64"),
     ({"inputs": [image_tensor([png_bytes(1)] * 65), pref_tensor([[1, 0, 0]])]}, "at most 64 per request"),
     ({"inputs": [image_tensor([png_bytes(1)]), pref_tensor([[1, 0, 0]])], "outputs": [{"name": "cars"}]},
      "unknown output 'cars'"),
     ({"inputs": "no"}, "needs `inputs`"),
+    # the protocol's types, strictly: a parameters that is no object, true for 1, text for numbers
+    *[({"inputs": [image_tensor([png_bytes(1)]), pref_tensor([[1, 0, 0]])], "parameters": bad},
+       "the inference request: `parameters` must be a JSON object") for bad in ([1], "x", 5)],
+    ({"inputs": [{**image_tensor([png_bytes(1)]), "parameters": "x"}, pref_tensor([[1, 0, 0]])]},
+     "input IMAGE: `parameters` must be a JSON object, got a string"),
+    ({"inputs": [image_tensor([png_bytes(1)]), pref_tensor([[1, 0, 0]])], "outputs": [{"name": "digits",
+                                                                                      "parameters": [1]}]},
+     "output digits: `parameters` must be a JSON object, got a list"),
+    ({"inputs": [{**image_tensor([png_bytes(1)]), "shape": [True]}, pref_tensor([[1, 0, 0]])]},
+     "shape must be a list of non-negative integers"),
+    ({"inputs": [image_tensor([png_bytes(1)]), {**pref_tensor([[1, 0, 0]]), "data": ["1", "0", "0"]}]},
+     "input PREFERENCE: JSON data must hold numbers only, got a string"),
+    ({"inputs": [image_tensor([png_bytes(1)]), {**pref_tensor([[1, 0, 0]]), "data": [[True, False, False]]}]},
+     "JSON data must hold numbers only, got a boolean"),
+    ({"inputs": [image_tensor([png_bytes(1)]), pref_tensor([[1, 0, 0]])],
+      "parameters": {"binary_data_output": "false"}}, "binary_data_output must be true or false, got a string"),
+    ({"inputs": [image_tensor([png_bytes(1)]), pref_tensor([[1, 0, 0]])], "outputs": [{"name": "digits",
+      "parameters": {"binary_data": 1}}]}, "output digits: parameter binary_data must be true or false"),
+    ({"inputs": [image_tensor([png_bytes(1)]), pref_tensor([[1, 0, 0]])], "id": 7}, "`id` must be a string"),
 ])
 def test_bad_input_is_a_400_that_names_it(server, header, words):
     answer = raw_infer(server, header)
     assert answer.status_code == 400, answer.text
     assert words in answer.json()["error"], answer.json()
+
+
+def test_json_nested_deeply_is_a_400(server):
+    """2 kB of brackets: the decoder's recursion is a bad request, not a 500."""
+    for body in ("[" * 1000 + "]" * 1000, '{"inputs": ' + "[" * 1000 + "]" * 1000 + "}"):
+        answer = httpx.post(f"{server}/v2/models/{FAMILY_ID}/infer", content=body.encode(), timeout=30)
+        assert answer.status_code == 400, answer.text
+        assert "nests its JSON too deeply" in answer.json()["error"]
+    deep_data = {"inputs": [image_tensor([png_bytes(1)]), {**pref_tensor([[1, 0, 0]]), "data": [[[[[1, 0, 0]]]]]}]}
+    assert raw_infer(server, deep_data).status_code == 200  # nested row-major data is the protocol's own
 
 
 def test_bad_binary_data_is_a_400(server):

@@ -65,8 +65,12 @@ def browser():
 
 
 def open_page(browser, url: str, requests: list[str]):
+    """The page at /ui; `page.problems` collects its uncaught errors and the browser's policy refusals."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.problems = []
     page.on("request", lambda r: requests.append(r.url))
+    page.on("pageerror", lambda e: page.problems.append(f"uncaught: {e}"))
+    page.on("console", lambda m: page.problems.append(m.text) if "Content Security Policy" in m.text else None)
     page.goto(url + "/ui")
     return page
 
@@ -125,7 +129,7 @@ def test_the_page_shows_what_the_api_answers(store, browser, tmp_path):
         target = point.get_attribute("data-preference")
         box = point.bounding_box()
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-        page.wait_for_function(f"document.querySelector('[data-testid=preference]').value === '{target}'")
+        page.wait_for_function(f"() => document.querySelector('[data-testid=preference]').value === '{target}'")
         wait_for_preference(page, target)
 
         # the download link: the bytes GET /models/<pref> serves
@@ -138,13 +142,14 @@ def test_the_page_shows_what_the_api_answers(store, browser, tmp_path):
 
         # a new task: select's preference, applied to the sliders
         page.set_input_files('[data-testid="select-images"]', [str(images / f"{i}.png") for i in range(3)])
-        page.wait_for_function("document.querySelector('[data-testid=selected]').textContent.length > 0")
+        page.wait_for_function("() => document.querySelector('[data-testid=selected]').textContent.length > 0")
         selected = page.text_content('[data-testid="selected"]')
         answer = httpx.post(f"{url}/families/{FAMILY_ID}/select",
                             files=[("files", (f"{i}.png", (images / f"{i}.png").read_bytes(), "image/png"))
                                    for i in range(3)])
         assert selected == answer.json()["selected"]["preference"]
-        page.wait_for_function(f"document.querySelector('[data-testid=preference]').value === '{selected}'")
+        page.wait_for_function(f"() => document.querySelector('[data-testid=preference]').value === '{selected}'")
+        assert page.problems == []  # everything above ran under the page's Content-Security-Policy
         page.close()
     assert requests and all(r.startswith(url) or r.startswith("blob:") for r in requests), \
         [r for r in requests if not r.startswith(url)]
@@ -162,7 +167,7 @@ def test_every_kind_and_several_families(store, browser, tmp_path):
         for family_id in (POINT_SET_ID, FEATURE_MAP_ID, ANCHORED_ID, FAMILY_ID):  # letters:1 is anchored there
             page.select_option('[data-testid="family"]', family_id)
             page.wait_for_function(  # the family is loaded: its download link is there
-                f"document.querySelector('[data-testid=download]').getAttribute('href').includes('{family_id}')")
+                f"() => document.querySelector('[data-testid=download]').getAttribute('href').includes('{family_id}')")
             page.fill('[data-testid="preference"]', "letters:1")
             page.press('[data-testid="preference"]', "Enter")
             pref = parse_preference("letters:1", list(TASKS)).canonical
@@ -175,8 +180,34 @@ def test_every_kind_and_several_families(store, browser, tmp_path):
         # another family of the store on the same axes
         page.select_option('[data-testid="family"]', FAMILY_ID)
         page.check(f'[data-testid="compare-{POINT_SET_ID}"]')
-        page.wait_for_function("document.querySelectorAll('#front .scatterlayer .trace').length >= 3")
+        page.wait_for_function("() => document.querySelectorAll('#front .scatterlayer .trace').length >= 3")
         page.close()
+
+
+def test_the_page_is_served_with_a_strict_policy_and_survives_a_bad_front(store, browser, tmp_path):
+    """No frame may hold the page and it runs only its own scripts; a front file with a malformed
+    preference is refused by /front by name, and the page says so instead of throwing."""
+    from models_store.fronts import front_path
+    bad = a_front(ANCHORED_ID, list(TASKS))
+    bad.points[1].preference = "digits:2,cars:1"
+    write_front(store, bad)
+    app = create_app(Settings(store=store, family=ANCHORED_ID, device="cpu", download_cache_dir=tmp_path / "dl"))
+    try:
+        with running_server(app) as url:
+            headers = httpx.get(f"{url}/ui").headers
+            assert "frame-ancestors 'none'" in headers["content-security-policy"]
+            assert "default-src 'self'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
+            refused = httpx.get(f"{url}/front")
+            assert refused.status_code == 503 and "points[1]" in refused.json()["detail"], refused.text
+            assert "unknown task 'cars'" in refused.json()["detail"]
+            page = open_page(browser, url, [])
+            page.wait_for_function("() => document.getElementById('front-note').textContent.includes('points[1]')")
+            page.set_input_files('[data-testid="images"]', str(store.parent / "ui-images" / "0.png"))
+            wait_for_preference(page, parse_preference(None, list(TASKS)).canonical)  # the rest of the page works
+            assert page.problems == []
+            page.close()
+    finally:
+        front_path(store, ANCHORED_ID).unlink()
 
 
 def test_behind_an_api_key(store, browser, tmp_path):
@@ -184,7 +215,7 @@ def test_behind_an_api_key(store, browser, tmp_path):
                               download_cache_dir=tmp_path / "dl"))
     with running_server(app) as url:
         page = open_page(browser, url, [])
-        page.wait_for_function("document.getElementById('error').textContent.includes('API key')")
+        page.wait_for_function("() => document.getElementById('error').textContent.includes('API key')")
         page.fill('[data-testid="api-key"]', KEY)
         page.press('[data-testid="api-key"]', "Tab")
         page.wait_for_selector('[data-testid="front"] path.point[data-preference]')

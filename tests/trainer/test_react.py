@@ -29,10 +29,10 @@ def test_the_preference_map_is_each_tasks_at_its_vertex_and_mixes_by_the_gram_ma
     z = torch.randn(3, 4, 20, generator=g)
     C = z @ z.transpose(1, 2) + 0.1 * torch.eye(4)
     for t in range(3):
-        assert torch.allclose(preference_map(W, C, torch.eye(3)[t]), W[t], atol=1e-4)
+        assert torch.allclose(preference_map(W, C, torch.eye(3)[t].tolist(), torch.device("cpu")), W[t], atol=1e-4)
     same = C[0].expand(3, 4, 4)
     p = torch.tensor([0.2, 0.3, 0.5])
-    assert torch.allclose(preference_map(W, same, p), (p[:, None, None] * W).sum(0), atol=1e-4)
+    assert torch.allclose(preference_map(W, same, p.tolist(), torch.device("cpu")), (p[:, None, None] * W).sum(0), atol=1e-4)
 
 
 def test_react_family_through_the_cli(quick_zoo, tmp_path, capsys, assert_serves_materialised):
