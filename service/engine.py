@@ -6,6 +6,9 @@ request's logits. The worker takes up to `max_batch` images, waiting at most `ma
 after the oldest one arrived, and runs ONE forward pass where every image carries its own
 preference row. When the queue holds `queue_size` images, `submit` raises `Overloaded`;
 `admission(n)` holds n places first, so a server can refuse a request before decoding its images.
+Background work (POST /select's candidates) waits in a queue of its own: a batch takes it only
+where the foreground's images leave room, so a /select never makes a /classify wait behind it
+for more than the one batch that is running.
 
 Images arrive as a front end made them (service/images.py, `Decoded`): 8-bit pixels [C, S, S],
 or JPEG files that the worker decodes on the device, the batch's together. The worker moves the
@@ -134,8 +137,9 @@ class Ticket:
     places: int
     submitted: bool = False
 
-    def submit(self, images: Sequence[Decoded], prefs, loop: Optional[asyncio.AbstractEventLoop] = None):
-        return self.engine._enqueue(self, images, prefs, loop)
+    def submit(self, images: Sequence[Decoded], prefs, loop: Optional[asyncio.AbstractEventLoop] = None,
+               background: bool = False):
+        return self.engine._enqueue(self, images, prefs, loop, background)
 
 
 def preference_rows(prefs, n: int, k: int) -> np.ndarray:
@@ -158,6 +162,7 @@ class Engine:
         self.on_batch = on_batch or (lambda n, s, c: None)
         self.on_queue_wait = on_queue_wait or (lambda s: None)
         self._queue: deque[_Item] = deque()
+        self._background: deque[_Item] = deque()  # taken only where the foreground leaves room
         self._held = 0  # queue places admitted but not yet submitted
         self._cond = threading.Condition()
         self._thread: Optional[threading.Thread] = None
@@ -199,15 +204,17 @@ class Engine:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._background)
 
     # --- the event loop's side ------------------------------------------------------------
 
-    def submit(self, images: Sequence[Decoded], prefs, loop: Optional[asyncio.AbstractEventLoop] = None):
+    def submit(self, images: Sequence[Decoded], prefs, loop: Optional[asyncio.AbstractEventLoop] = None,
+               background: bool = False):
         """Queue N images with their preferences [N, K], or one [K] for all; raises Overloaded when full.
-        The future of their logits is `loop`'s (to await there) when given, else a concurrent one."""
+        The future of their logits is `loop`'s (to await there) when given, else a concurrent one.
+        `background`: served only where foreground work leaves room in a batch."""
         with self.admission(len(images)) as ticket:
-            return ticket.submit(images, prefs, loop)
+            return ticket.submit(images, prefs, loop, background)
 
     @contextmanager
     def admission(self, n: int) -> Iterator["Ticket"]:
@@ -219,8 +226,8 @@ class Engine:
         with self._cond:
             if not self.ready:
                 raise NotReady("the model is not loaded yet (or shutting down)")
-            if len(self._queue) + self._held + n > self.config.queue_size:
-                raise Overloaded(f"queue full ({len(self._queue)} images waiting, {self._held} being decoded); "
+            if self.queued + self._held + n > self.config.queue_size:
+                raise Overloaded(f"queue full ({self.queued} images waiting, {self._held} being decoded); "
                                  f"retry later", retry_after=self._retry_after())
             self._held += n
         ticket = Ticket(self, n)
@@ -236,7 +243,7 @@ class Engine:
         with self.admission(n):
             pass
 
-    def _enqueue(self, ticket: "Ticket", images: Sequence[Decoded], prefs, loop=None):
+    def _enqueue(self, ticket: "Ticket", images: Sequence[Decoded], prefs, loop=None, background: bool = False):
         n = len(images)
         if ticket.submitted or n != ticket.places:
             raise ValueError(f"a ticket for {ticket.places} images submits them once, got {n}")
@@ -246,14 +253,15 @@ class Engine:
             if not self.ready:
                 raise NotReady("the model is not loaded yet (or shutting down)")
             now = time.monotonic()
-            self._queue.extend(_Item(images[i], rows[i], request, i, now) for i in range(n))
+            (self._background if background else self._queue).extend(
+                _Item(images[i], rows[i], request, i, now) for i in range(n))
             self._held -= n
             ticket.submitted = True
             self._cond.notify()
         return request.future
 
     def _retry_after(self) -> int:
-        batches_ahead = len(self._queue) / self.config.max_batch + 1
+        batches_ahead = self.queued / self.config.max_batch + 1
         return max(1, math.ceil(batches_ahead * self._batch_seconds))
 
     # --- the worker ---------------------------------------------------------------------------
@@ -362,15 +370,15 @@ class Engine:
     def _next_batch(self) -> Optional[list[_Item]]:
         max_batch, max_wait = self.config.max_batch, self.config.max_wait_ms / 1000
         with self._cond:
-            while not self._queue:
+            while not self._queue and not self._background:
                 if self._stopping:
                     return None
                 self._cond.wait()
             # the window opens when the oldest image arrived: a busy worker does not wait again; images
             # admitted and being decoded right now (`_held`) may extend it once more, to join this batch
-            deadline = self._queue[0].enqueued + max_wait
+            deadline = (self._queue or self._background)[0].enqueued + max_wait
             extended = False
-            while len(self._queue) < max_batch and not self._stopping:
+            while len(self._queue) + len(self._background) < max_batch and not self._stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     if extended or not self._held:
@@ -379,6 +387,7 @@ class Engine:
                     continue
                 self._cond.wait(remaining)
             items = [self._queue.popleft() for _ in range(min(max_batch, len(self._queue)))]
+            items += [self._background.popleft() for _ in range(min(max_batch - len(items), len(self._background)))]
         return [it for it in items if not it.request.cancelled]
 
     def _process(self, items: list[_Item]) -> None:

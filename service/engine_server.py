@@ -3,7 +3,7 @@ front-end processes on a Unix socket (service/ipc.py says how). Each connection 
 at a time; a front end keeps a few open.
 
     hold {family}                          -> the family's manifest, digest, where JPEGs decode
-    classify {family, digest, arena, images, prefs}
+    classify {family, digest, arena, images, prefs, background}
                                            -> logits [N, sum of classes] float32, tasks, sizes
     checkpoint {family, digest, pref}      -> the cached file's path, or its bytes streamed
     families {} / readiness {}             -> as the routes say them
@@ -108,7 +108,8 @@ class EngineServer:
             else:
                 images.append(Decoded(jpeg=view, name=item["name"]))
         async with self.runtime.hold(header["family"]) as family:
-            logits = await self.runtime.submit(self._view(header, family), images, np.asarray(header["prefs"]))
+            logits = await self.runtime.run(self._view(header, family), images, np.asarray(header["prefs"]),
+                                            background=bool(header.get("background")))
         tasks = list(logits)
         matrix = np.ascontiguousarray(np.concatenate([logits[t] for t in tasks], axis=1), dtype=np.float32)
         await ipc.send(writer, {"ok": True, "tasks": tasks, "sizes": [logits[t].shape[1] for t in tasks]},

@@ -121,6 +121,12 @@ class RemoteRuntime(Runtime):
             raise Overloaded("this front end's shared memory is full of images in flight; retry later", retry_after=1)
 
     async def classify(self, family: FamilyView, files: Sequence[tuple[str, bytes]], prefs: np.ndarray) -> Logits:
+        async with self.prepared(family, files) as described:
+            return await self.run(family, described, prefs)
+
+    @asynccontextmanager
+    async def prepared(self, family: FamilyView, files: Sequence[tuple[str, bytes]]) -> AsyncIterator[list[dict]]:
+        """The files decoded into this front's shared memory once: the places the engine reads them at."""
         await self.admit(family, len(files))
         images = await self.decode(family, files)
         sizes = [ipc.aligned(d.nbytes) for d in images]
@@ -135,10 +141,16 @@ class RemoteRuntime(Runtime):
                 described.append({"kind": "pixels" if d.pixels is not None else "jpeg", "at": at, "n": d.nbytes,
                                   "name": d.name, **({"shape": list(d.pixels.shape)} if d.pixels is not None else {})})
                 at += size
+            yield described
+        finally:
+            self.arena.release(start, sum(sizes))
+
+    async def run(self, family: FamilyView, images: list[dict], prefs: np.ndarray, background: bool = False) -> Logits:
+        try:
             prefs = np.asarray(prefs, dtype=np.float32)
             reply, payload = await self.link.call({"op": "classify", "family": family.family_id, "digest": family.digest,
-                                                   "arena": self.arena.name, "images": described,
-                                                   "prefs": prefs.tolist()})
+                                                   "arena": self.arena.name, "images": images,
+                                                   "prefs": prefs.tolist(), "background": background})
         except ipc.RemoteError as e:
             if e.status == 503 and e.error == "overloaded":
                 refusal = Overloaded(e.detail, retry_after=int(e.headers.get("Retry-After", "1")))
@@ -146,8 +158,6 @@ class RemoteRuntime(Runtime):
             if e.status in (404, 503):
                 self._held.clear()  # ask the engine again: removed, replaced, unloaded
             raise
-        finally:
-            self.arena.release(start, sum(sizes))
         matrix = np.frombuffer(payload, dtype=np.float32).reshape(len(images), -1)
         bounds = np.cumsum([0, *reply["sizes"]])
         return {t: matrix[:, a:b] for t, a, b in zip(reply["tasks"], bounds[:-1], bounds[1:])}

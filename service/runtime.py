@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, AsyncContextManager, AsyncIterator, Optional, Sequence
 
 import numpy as np
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Logits = dict[str, np.ndarray]  # task -> [N, C_task] float32
+Prepared = Any  # a runtime's own handle on decoded images: Decoded images here, shared-memory places in a front
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,16 @@ class Runtime(ABC):
     @abstractmethod
     async def classify(self, family: FamilyView, files: Sequence[tuple[str, bytes]], prefs: np.ndarray) -> Logits:
         """Decode `files` and classify them, image i under prefs[i] ([N, K], or one [K] for all)."""
+
+    @abstractmethod
+    def prepared(self, family: FamilyView, files: Sequence[tuple[str, bytes]]) -> "AsyncContextManager[Prepared]":
+        """`async with runtime.prepared(family, files) as images`: the files decoded once (queue room
+        checked first), for several `run`s of them under other preferences (POST /select)."""
+
+    @abstractmethod
+    async def run(self, family: FamilyView, images: "Prepared", prefs: np.ndarray, background: bool = False) -> Logits:
+        """Classify prepared images, image i under prefs[i] ([N, K], or one [K] for all); `background`
+        work is served where foreground requests leave room in a batch."""
 
     @abstractmethod
     async def checkpoint(self, family: FamilyView, pref: Preference) -> CachedFile:
@@ -233,9 +244,15 @@ class LocalRuntime(Runtime):
             future = ticket.submit(images, prefs, asyncio.get_running_loop())
         return await future
 
-    async def submit(self, family: FamilyView, images: Sequence[Decoded], prefs: np.ndarray) -> Logits:
-        """Classify images decoded elsewhere (a front-end process)."""
-        return await self._resident(family).engine.submit(images, prefs, asyncio.get_running_loop())
+    @asynccontextmanager
+    async def prepared(self, family: FamilyView, files: Sequence[tuple[str, bytes]]) -> AsyncIterator[list[Decoded]]:
+        await self.admit(family, len(files))
+        yield await self.decode(family, files)
+
+    async def run(self, family: FamilyView, images: Sequence[Decoded], prefs: np.ndarray,
+                  background: bool = False) -> Logits:
+        """Classify decoded images (prepared here, or by a front-end process)."""
+        return await self._resident(family).engine.submit(images, prefs, asyncio.get_running_loop(), background)
 
     async def checkpoint(self, family: FamilyView, pref: Preference) -> CachedFile:
         loop = asyncio.get_running_loop()

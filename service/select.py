@@ -11,10 +11,12 @@ import numpy as np
 
 from models_store.simplex import selection_candidates
 
+from .errors import InvalidParameter
 from .runtime import FamilyView, Runtime
 
 MAX_SELECT_IMAGES = 32  # images per request: each is classified under every candidate
 MAX_SELECT_SAMPLES = 64  # Dirichlet draws beside the equal preference and the vertices
+MAX_SELECT_EVALUATIONS = 1024  # candidates x images: the forward passes one request may cost
 
 
 def mean_entropy(logits: np.ndarray) -> float:
@@ -29,14 +31,20 @@ async def select_preference(runtime: Runtime, family: FamilyView, files: Sequenc
                             samples: int, seed: int) -> dict:
     """The answer of POST /select (schemas.SelectResponse)."""
     candidates = selection_candidates(family.tasks, samples, seed)
-    # a few candidates at a time: each is one classify of every image, and together they fill a batch
+    if len(candidates) * len(files) > MAX_SELECT_EVALUATIONS:
+        raise InvalidParameter(f"{len(candidates)} candidate preferences (samples={samples} beside the equal one and "
+                               f"the {len(family.tasks)} vertices) x {len(files)} images is over "
+                               f"{MAX_SELECT_EVALUATIONS} evaluations: lower samples or send fewer images")
+    # a few candidates at a time: each is one classify of every image, and together they fill a batch;
+    # the images are decoded once, and their batches are background work (a /classify goes first)
     at_once = max(1, runtime.settings.max_batch // len(files))
     scores: list[float] = []
-    for start in range(0, len(candidates), at_once):
-        group = candidates[start:start + at_once]
-        answers = await asyncio.gather(*(runtime.classify(family, files, np.asarray(p.weights, dtype=np.float32))
-                                         for p in group))
-        scores += [float(np.mean([mean_entropy(logits[t]) for t in family.tasks])) for logits in answers]
+    async with runtime.prepared(family, files) as images:
+        for start in range(0, len(candidates), at_once):
+            group = candidates[start:start + at_once]
+            answers = await asyncio.gather(*(runtime.run(family, images, np.asarray(p.weights, dtype=np.float32),
+                                                         background=True) for p in group))
+            scores += [float(np.mean([mean_entropy(logits[t]) for t in family.tasks])) for logits in answers]
     best = int(np.argmin(scores))  # the first of equals: the order tried
     trial = lambda p, e: {"preference": p.canonical, "weights": p.as_dict(), "entropy": e}  # noqa: E731
     return {"family_id": family.family_id, "tasks": family.tasks, "images": len(files), "samples": samples,

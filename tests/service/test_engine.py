@@ -100,6 +100,35 @@ def test_full_queue_raises_overloaded_with_retry_after(family):
         engine.submit(decoded(pixels(1)), pref)
 
 
+def test_background_work_waits_for_the_foreground(family):
+    """POST /select's batches are background work: queued behind them, a /classify's images are in
+    the very next batch, and background fills only the room they leave."""
+    base = family.servable(torch.device("cpu"), torch.float32)
+    gated = GatedModel(base)
+    gated.gate.set()
+    engine = Engine(gated, EngineConfig(max_batch=4, max_wait_ms=0), tasks=len(family.tasks),
+                    preprocess=family.manifest.preprocess)
+    engine.start()
+    gated.gate.clear()
+    gated.entered.clear()
+    gated.seen.clear()
+    background, foreground = torch.tensor([1.0, 0, 0]), torch.tensor([0, 0, 1.0])
+    try:
+        first = engine.submit(decoded(pixels(4)), background, background=True)  # running, then blocked
+        assert gated.entered.wait(5)
+        later = [engine.submit(decoded(pixels(4)), background, background=True) for _ in range(3)]
+        classify = engine.submit(decoded(pixels(2)), foreground)
+        gated.gate.set()
+        assert classify.result(10)["digits"].shape == (2, 5)
+        assert all(f.result(10)["digits"].shape == (4, 5) for f in [first, *later])
+    finally:
+        gated.gate.set()
+        engine.stop()
+    second = gated.seen[1]  # the batch after the running one: the foreground first, background after it
+    assert second.shape[0] == 4 and torch.equal(second[:2], foreground.expand(2, 3))
+    assert torch.equal(second[2:], background.expand(2, 3))
+
+
 def test_a_failing_batch_fails_its_requests_and_the_engine_keeps_serving(family):
     engine, _ = make_engine(family, max_batch=4, max_wait_ms=0)
     try:

@@ -91,6 +91,24 @@ def test_select_has_bounded_cost(served):
     assert httpx.post(f"{url}/select", files=[("files", ("x.png", b"not an image", "image/png"))]).status_code == 415
 
 
+def test_select_decodes_each_image_once_and_bounds_candidates_times_images(served, monkeypatch):
+    """Each image is prepared once, however many candidate preferences it is classified under; a
+    request whose candidates x images is over the bound is refused by name before any work."""
+    from service import runtime
+    decoded: list[int] = []
+    real = runtime.decode_uploads
+    monkeypatch.setattr(runtime, "decode_uploads", lambda files, *a: decoded.append(len(files)) or real(files, *a))
+    _, url = served
+    files = [("files", (f"{i}.png", png_bytes(i, size=(300, 200)), "image/png")) for i in range(4)]
+    answer = httpx.post(f"{url}/select", params={"samples": 20}, files=files, timeout=60)
+    assert answer.status_code == 200 and len(answer.json()["trials"]) == 1 + len(TASKS) + 20
+    assert decoded == [4]
+    too_many = [("files", (f"{i}.png", png_bytes(i), "image/png")) for i in range(32)]
+    refused = httpx.post(f"{url}/select", params={"samples": 64}, files=too_many, timeout=60)
+    assert refused.status_code == 422 and "68 candidate preferences" in refused.json()["detail"]
+    assert "x 32 images is over 1024 evaluations" in refused.json()["detail"]
+
+
 def test_select_on_a_point_set_family(tmp_path):
     make_point_set_family(tmp_path)
     app = create_app(Settings(store=tmp_path, device="cpu", download_cache_dir=tmp_path / ".dl"))
