@@ -1,7 +1,10 @@
 """A front-end process of `pmerge serve` (service/processes.py starts them): the HTTP app on the
 shared listening socket, over the engine process.
 
-    python -m service.front SETTINGS_JSON SOCKET_FD ENGINE_SOCKET ARENA_BYTES LOG_LEVEL
+    python -m service.front SETTINGS_JSON SOCKET_FD ENGINE_SOCKET ARENA_BYTES LOG_LEVEL ENGINE_PID
+
+A front lives no longer than its engine process: the kernel sends it SIGTERM when the engine dies
+(Linux's parent-death signal), and uvicorn then stops as it does on any SIGTERM.
 """
 from __future__ import annotations
 
@@ -11,8 +14,25 @@ import sys
 from pathlib import Path
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with(parent: int) -> None:
+    """SIGTERM to this process when `parent` exits; exit now if it already has."""
+    import ctypes
+    import os
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the engine's socket going away still fails requests
+        pass
+    if os.getppid() != parent:  # it died before the signal was armed
+        sys.exit(0)
+
+
 def main(argv: list[str]) -> None:
-    settings_file, fd, engine, arena, log_level = argv
+    settings_file, fd, engine, arena, log_level, parent = argv
+    die_with(int(parent))
     import uvicorn
 
     from .app import create_app

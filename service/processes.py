@@ -6,7 +6,13 @@ Every request still joins the same mixed-preference batches, in the one engine.
 
 Bounds that were per process stay totals: each front gets its share of PMERGE_MAX_CONNECTIONS,
 PMERGE_MAX_INFLIGHT_BYTES and PMERGE_SHARED_MEMORY_BYTES. A front that dies is started again (at
-most RESTARTS a minute, then the service stops); SIGTERM and SIGINT stop the fronts, then the engine.
+most RESTARTS a minute, then the service stops).
+
+SIGTERM and SIGINT drain (a rolling restart): the listening socket closes at once, so new
+connections are refused; the fronts finish the requests they hold, which the engine, its event loop
+free, still answers; then the engine stops. A front whose engine dies (kill -9) gets SIGTERM from
+the kernel (its parent-death signal) and exits too, freeing the port; a later `pmerge serve` sweeps
+the temporary directories that a dead engine left behind.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,6 +36,38 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 RESTARTS = 5  # front ends started again within a minute before the service gives up
+DRAIN_S = 35  # how long the fronts may take to finish their requests at a stop (uvicorn gives them 30 s)
+TEMPORARY = re.compile(r"pmerge-(serve|metrics)-(\d+)-")  # a temporary directory of engine process PID
+
+
+def temporary_dir(kind: str) -> Path:
+    """A private temporary directory named after this process, so a later start knows whether it is stale."""
+    path = Path(tempfile.mkdtemp(prefix=f"pmerge-{kind}-{os.getpid()}-"))
+    os.chmod(path, 0o700)
+    return path
+
+
+def sweep_stale_dirs(root: Optional[str] = None) -> list[Path]:
+    """Remove this user's pmerge-serve-* and pmerge-metrics-* directories of engine processes that are gone."""
+    removed = []
+    base = Path(root or tempfile.gettempdir())
+    for path in base.glob("pmerge-*"):
+        match = TEMPORARY.match(path.name)
+        if not match or not path.is_dir() or path.stat().st_uid != os.getuid() or alive(int(match.group(2))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -54,8 +93,7 @@ def front_settings(settings: Settings, fronts: int) -> dict:
 class Supervisor:
     def __init__(self, settings: Settings, fronts: int, log_level: str):
         self.settings, self.fronts, self.log_level = settings, fronts, log_level
-        self.workdir = Path(tempfile.mkdtemp(prefix="pmerge-serve-"))
-        os.chmod(self.workdir, 0o700)
+        self.workdir = temporary_dir("serve")
         self.engine_path = str(self.workdir / "engine.sock")
         self.settings_file = self.workdir / "front.json"
         self.settings_file.write_text(json.dumps(front_settings(settings, fronts)))
@@ -69,7 +107,7 @@ class Supervisor:
         fd = self.socket.fileno()
         self.procs[i] = subprocess.Popen(
             [sys.executable, "-m", "service.front", str(self.settings_file), str(fd), self.engine_path,
-             str(arena_bytes(self.settings, self.fronts)), self.log_level], pass_fds=(fd,))
+             str(arena_bytes(self.settings, self.fronts)), self.log_level, str(os.getpid())], pass_fds=(fd,))
 
     async def run(self) -> Optional[str]:
         """Serve until a signal (None) or a failure (its reason)."""
@@ -100,11 +138,11 @@ class Supervisor:
                 except asyncio.TimeoutError:
                     pass
         finally:
-            self._stop_fronts()
+            self.socket.close()  # the fronts close theirs as they get the signal: new connections are refused
+            await self._stop_fronts()  # the engine answers their requests in flight meanwhile
             loading.cancel()
             await server.close()
             runtime.close()
-            self.socket.close()
             shutil.rmtree(self.workdir, ignore_errors=True)
         return self.failure
 
@@ -123,16 +161,20 @@ class Supervisor:
                 return
             self.spawn(i)
 
-    def _stop_fronts(self) -> None:
+    async def _stop_fronts(self) -> None:
+        """SIGTERM to every front, then wait for them without blocking the loop: their requests in flight
+        are still being answered by this process's engine server."""
         live = [p for p in self.procs if p is not None and p.poll() is None]
         for p in live:
             p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 35
+        deadline = time.monotonic() + DRAIN_S
+        while any(p.poll() is None for p in live) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         for p in live:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if p.poll() is None:
+                log.warning("front end (pid %d) did not stop within %d s; killed", p.pid, DRAIN_S)
                 p.kill()
+                p.wait()
 
 
 SHM = "/dev/shm"
@@ -157,7 +199,9 @@ def serve_with_fronts(settings: Settings, fronts: int, log_level: str) -> Option
     problem = check_shared_memory(settings)
     if problem:
         return problem
-    metrics_dir = tempfile.mkdtemp(prefix="pmerge-metrics-")
+    for stale in sweep_stale_dirs():
+        log.info("removed %s, left by an engine process that is gone", stale)
+    metrics_dir = str(temporary_dir("metrics"))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any metric exists, here and in the fronts
     try:
         return asyncio.run(Supervisor(settings, fronts, log_level).run())

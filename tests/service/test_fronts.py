@@ -35,12 +35,9 @@ def shm_segments() -> set[str]:
     return {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith("psm_")}
 
 
-@pytest.fixture(scope="module")
-def split_server(store, tmp_path_factory):
-    port = free_port()
-    shm_before = shm_segments()
-    env = os.environ | {"PMERGE_API_KEY": KEY, "PMERGE_MAX_WAIT_MS": "300",
-                        "PMERGE_DOWNLOAD_CACHE_DIR": str(tmp_path_factory.mktemp("dl"))}
+def start_split(store: Path, port: int, **env: str) -> tuple[subprocess.Popen, str]:
+    """`pmerge serve --fronts 2` as a user starts it, once it is ready: the process and its URL."""
+    env = os.environ | {"PMERGE_API_KEY": KEY} | env
     proc = subprocess.Popen([sys.executable, "-m", "models_store.cli", "serve", "--store", str(store), "--family",
                              FAMILY_ID, "--device", "cpu", "--port", str(port), "--fronts", "2", "--max-batch", "64",
                              "--log-level", "warning"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
@@ -49,11 +46,18 @@ def split_server(store, tmp_path_factory):
     while True:
         try:
             if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                break
+                return proc, url
         except httpx.TransportError:
             pass
         assert proc.poll() is None and time.monotonic() < deadline, "pmerge serve --fronts 2 never became ready"
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def split_server(store, tmp_path_factory):
+    shm_before = shm_segments()
+    proc, url = start_split(store, free_port(), PMERGE_MAX_WAIT_MS="300",
+                            PMERGE_DOWNLOAD_CACHE_DIR=str(tmp_path_factory.mktemp("dl")))
     yield url, proc, shm_before
     if proc.poll() is None:
         proc.kill()
@@ -179,8 +183,12 @@ def test_sigterm_stops_fronts_and_engine_and_leaves_nothing(split_server):
     assert classify(url, [png_bytes(3)]).status_code == 200
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, proc.stderr.read()[-2000:]
-    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists() and
-                "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+    live = lambda: [(pid, Path(f"/proc/{pid}/cmdline").read_text()) for pid in pids  # noqa: E731
+                    if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+    deadline = time.monotonic() + 5  # the resource tracker notices its engine is gone within a moment
+    while live() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not live()
     time.sleep(0.5)  # the resource tracker unlinks a killed front's arena once it notices
     assert shm_segments() <= shm_before
 
@@ -196,3 +204,56 @@ def test_too_little_shared_memory_is_said_before_anything_starts(store, tmp_path
                            "--port", str(free_port()), "--fronts", "1"], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, env=os.environ | {"PMERGE_SHARED_MEMORY_BYTES": str(free + (64 << 20))})
     assert done.returncode == 1 and "MiB free: lower it" in done.stderr, done.stderr[-2000:]
+
+
+def test_sigterm_drains_requests_in_flight_and_refuses_new_connections(store, tmp_path):
+    """A rolling restart (docker stop, a Kubernetes rollout): requests in flight at SIGTERM answer,
+    connections made after it are refused at once, the server exits in seconds, and logs no traceback."""
+    from concurrent.futures import ThreadPoolExecutor
+    proc, url = start_split(store, free_port(), PMERGE_MAX_WAIT_MS="1500", TMPDIR=str(tmp_path))
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            # each waits up to 1.5 s for its batch to fill: in flight when the signal comes
+            pending = [pool.submit(classify, url, [png_bytes(i)]) for i in range(6)]
+            time.sleep(0.7)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            start = time.monotonic()
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(url + "/livez", timeout=5)
+            assert time.monotonic() - start < 1, "a new connection waited instead of being refused"
+            answers = [f.result(30) for f in pending]
+        assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    assert "Traceback" not in err and "CancelledError" not in err, err[-3000:]
+    assert not list(tmp_path.glob("pmerge-*")), "the server left its temporary directories"
+
+
+def test_fronts_exit_when_the_engine_is_killed_and_a_restart_sweeps_what_it_left(store, tmp_path):
+    """kill -9 of the engine: its fronts exit and free the port, so `pmerge serve` starts again on it
+    and removes the temporary directories the dead engine left."""
+    port = free_port()
+    proc, url = start_split(store, port, TMPDIR=str(tmp_path))
+    fronts = [pid for pid in children(proc.pid) if "service.front" in Path(f"/proc/{pid}/cmdline").read_text()]
+    assert len(fronts) == 2
+    left = {p.name for p in tmp_path.glob("pmerge-*")}
+    assert {n.split("-")[1] for n in left} == {"serve", "metrics"}
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+              for pid in fronts):
+        assert time.monotonic() < deadline, "the fronts outlived their engine"
+        time.sleep(0.1)
+    assert {p.name for p in tmp_path.glob("pmerge-*")} == left  # kill -9: nothing could clean up
+    again, url = start_split(store, port, TMPDIR=str(tmp_path))  # the same port is free again
+    try:
+        assert classify(url, [png_bytes(1)]).status_code == 200
+        assert not left & {p.name for p in tmp_path.glob("pmerge-*")}, "the dead engine's directories stayed"
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(timeout=30) == 0
