@@ -16,7 +16,7 @@ from .atomic import atomic_dir
 from .checkpoint import StateDict, load_state_dict, save_state_dict, sha256_file
 from .preference import Preference, parse_preference
 from .preprocess import Preprocess
-from .kinds import FORMAT_1_KIND, KINDS, get_kind
+from .kinds import FORMAT_1_KIND, KINDS, MATERIALIZATION, get_kind
 from .manifest import check_format, describe, parse_manifest
 from .zoo import Head, TaskInfo
 
@@ -99,6 +99,12 @@ class FamilyManifest(BaseModel):
         if v not in KINDS:
             raise ValueError(f"unknown family kind {v!r} (this pmerge knows {', '.join(KINDS)})")
         return v
+
+    @property
+    def materialization(self) -> str:
+        """What makes this family's towers: its kind and the version of that kind's materialisation
+        (a download made by another version is another file)."""
+        return f"{self.kind}/{MATERIALIZATION[self.kind]}"
 
     @cached_property
     def params(self) -> BaseModel:

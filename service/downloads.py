@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import AsyncIterator, BinaryIO, Callable, Iterator, Optional
 
 from models_store.atomic import TMP_PREFIX
-from models_store.kinds import MATERIALIZATION
 from models_store.preference import Preference
 
 from .errors import InsufficientStorage
@@ -43,11 +42,11 @@ def write_checkpoint(path: Path, family, pref: Preference, device) -> None:
     write(path, family, pref, device)
 
 
-def cache_key(family_id: str, digest: str, kind: str, pref: Preference) -> str:
-    """The cache file's name and the ETag: of the family's id and verified manifest, the version of its
-    kind's materialisation (a file an earlier build made differently is never served), and the preference."""
-    made_by = f"{kind}/{MATERIALIZATION[kind]}"
-    text = "\0".join(("pmerge-download", DOWNLOAD_FORMAT, made_by, family_id, digest, pref.canonical))
+def cache_key(family_id: str, digest: str, materialization: str, pref: Preference) -> str:
+    """The cache file's name and the ETag: of the family's id and verified manifest, its kind's
+    materialisation version (FamilyManifest.materialization: a file an earlier build made otherwise is
+    never served), and the preference."""
+    text = "\0".join(("pmerge-download", DOWNLOAD_FORMAT, materialization, family_id, digest, pref.canonical))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -93,12 +92,12 @@ class DownloadCache:
 
     def etag(self, pref: Preference) -> str:
         # the file is a pure function of its key (families are immutable), so the key is the ETag
-        return f'"{cache_key(self.family.family_id, self.family.digest, self.family.manifest.kind, pref)}"'
+        return f'"{cache_key(self.family.family_id, self.family.digest, self.family.manifest.materialization, pref)}"'
 
     def get(self, pref: Preference) -> CachedFile:
         """Open the checkpoint of `pref`, building it first if needed. Blocking: run it in a thread."""
         from models_store.merged import checkpoint_chunks, checkpoint_size
-        key = cache_key(self.family.family_id, self.family.digest, self.family.manifest.kind, pref)
+        key = cache_key(self.family.family_id, self.family.digest, self.family.manifest.materialization, pref)
         path = self.root / f"{key}{SUFFIX}"
         name = f"{self.family.family_id}-{key[:12]}{SUFFIX}"
         with self._key_lock(key):

@@ -65,7 +65,7 @@ class FamilyView:
 
     def etag(self, pref: Preference) -> str:
         # the file is a pure function of its key (families are immutable), so the key is the ETag
-        return f'"{cache_key(self.family_id, self.digest, self.manifest.kind, pref)}"'
+        return f'"{cache_key(self.family_id, self.digest, self.manifest.materialization, pref)}"'
 
 
 @dataclass(frozen=True)
