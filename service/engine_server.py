@@ -35,13 +35,20 @@ class EngineServer:
         self.arenas: dict[str, object] = {}  # name -> SharedMemory, attached once
         self.users: dict[str, int] = {}  # name -> connections that sent images from it
         self.server: Optional[asyncio.AbstractServer] = None
+        self.connections: dict[asyncio.Task, asyncio.StreamWriter] = {}  # handler -> its connection
 
     async def start(self) -> None:
         self.server = await asyncio.start_unix_server(self.handle, self.path, limit=1 << 26)
 
     async def close(self) -> None:
+        """Stop listening, then end every connection's handler here: a handler left to the loop's
+        shutdown would be cancelled, and asyncio logs each such cancellation as an error."""
         if self.server is not None:
             self.server.close()
+        for writer in self.connections.values():
+            writer.close()
+        if self.connections:
+            await asyncio.wait(list(self.connections), timeout=5)
         for name in list(self.arenas):
             self._detach(name)
 
@@ -61,6 +68,9 @@ class EngineServer:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         used: set[str] = set()
+        task = asyncio.current_task()
+        if task is not None:
+            self.connections[task] = writer
         try:
             while True:
                 try:
@@ -78,6 +88,7 @@ class EngineServer:
                     log.exception("engine: %s failed", header.get("op"))
                     await ipc.send(writer, ipc.refusal(ServiceError(f"{type(e).__name__}: {e}")))
         finally:
+            self.connections.pop(task, None)  # type: ignore[arg-type]
             writer.close()
             for name in used:
                 if name in self.users:  # else detached already (close())
