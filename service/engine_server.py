@@ -1,26 +1,22 @@
 """The engine process of `pmerge serve`: its families and engines (a LocalRuntime), answering the
-front-end processes on a Unix socket (service/ipc.py says how). Each connection carries one request
-at a time; a front end keeps a few open.
-
-    hold {family}                          -> the family's manifest, digest, where JPEGs decode
-    classify {family, digest, arena, images, prefs, background}
-                                           -> logits [N, sum of classes] float32, tasks, sizes
-    checkpoint {family, digest, pref}      -> the cached file's path, or its bytes streamed
-    families {} / readiness {}             -> as the routes say them
+front-end processes on a Unix socket (service/ipc.py says how, service/messages.py what). Each
+connection carries one request at a time; a front end keeps a few open.
 """
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
-from typing import Optional
+from multiprocessing.shared_memory import SharedMemory
+from typing import Any, Awaitable, Callable, Iterator, Optional, cast
 
 import numpy as np
 
 from models_store.preference import parse_preference
 
 from . import ipc
-from .errors import NotReady, ServiceError
+from . import messages as m
+from .errors import BadRequest, NotReady, ServiceError
 from .images import Decoded
 from .runtime import FamilyView, LocalRuntime
 
@@ -32,10 +28,13 @@ STREAM_CHUNK = 1 << 20
 class EngineServer:
     def __init__(self, runtime: LocalRuntime, path: str):
         self.runtime, self.path = runtime, path
-        self.arenas: dict[str, object] = {}  # name -> SharedMemory, attached once
+        self.arenas: dict[str, SharedMemory] = {}  # name -> the front's arena, attached once
         self.users: dict[str, int] = {}  # name -> connections that sent images from it
         self.server: Optional[asyncio.AbstractServer] = None
         self.connections: dict[asyncio.Task, asyncio.StreamWriter] = {}  # handler -> its connection
+        self.handlers: dict[m.Op, Callable[[Any, asyncio.StreamWriter], Awaitable[None]]] = {
+            m.Op.HOLD: self.hold, m.Op.CLASSIFY: self.classify, m.Op.CHECKPOINT: self.checkpoint,
+            m.Op.FAMILIES: self.families, m.Op.READINESS: self.readiness}
 
     async def start(self) -> None:
         self.server = await asyncio.start_unix_server(self.handle, self.path, limit=1 << 26)
@@ -77,11 +76,14 @@ class EngineServer:
                     header, _ = await ipc.receive(reader)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
-                if header.get("arena") and header["arena"] not in used:
-                    used.add(header["arena"])
-                    self.users[header["arena"]] = self.users.get(header["arena"], 0) + 1
                 try:
-                    await getattr(self, "op_" + header["op"])(header, writer)
+                    request = m.request_from_wire(header)
+                    if isinstance(request, m.Classify) and request.arena not in used:
+                        used.add(request.arena)
+                        self.users[request.arena] = self.users.get(request.arena, 0) + 1
+                    await self.handlers[request.op](request, writer)
+                except m.BadMessage as e:
+                    await ipc.send(writer, ipc.refusal(BadRequest(f"engine: {e}")))
                 except ServiceError as e:
                     await ipc.send(writer, ipc.refusal(e))
                 except Exception as e:  # noqa: BLE001  (a bug answers this request, never the connection)
@@ -96,56 +98,59 @@ class EngineServer:
                     if not self.users[name]:
                         self._detach(name)
 
-    def _view(self, header: dict, view: FamilyView) -> FamilyView:
-        if header.get("digest") not in (None, view.digest):
+    def _view(self, digest: str, view: FamilyView) -> FamilyView:
+        if digest != view.digest:
             raise NotReady(f"family {view.family_id!r} was replaced in the store meanwhile; retry", retry_after=1)
         return view
 
-    async def op_hold(self, header: dict, writer) -> None:
-        async with self.runtime.hold(header.get("family")) as view:
-            await ipc.send(writer, {"ok": True, "manifest": view.manifest.model_dump(mode="json"),
-                                    "digest": view.digest, "device_jpeg": view.device_jpeg})
+    async def hold(self, request: m.Hold, writer: asyncio.StreamWriter) -> None:
+        async with self.runtime.hold(request.family) as view:
+            await ipc.send(writer, m.HoldReply(view.manifest.model_dump(mode="json"), view.digest,
+                                               view.device_jpeg).to_wire())
 
-    async def op_classify(self, header: dict, writer) -> None:
-        shm = self.arenas.get(header["arena"])
+    async def classify(self, request: m.Classify, writer: asyncio.StreamWriter) -> None:
+        shm = self.arenas.get(request.arena)
         if shm is None:
-            shm = self.arenas[header["arena"]] = ipc.attach(header["arena"])
+            shm = self.arenas[request.arena] = ipc.attach(request.arena)
+        buf = shm.buf
+        if buf is None:  # unmapped: its front end went away meanwhile
+            raise NotReady("the front end's shared memory is gone; retry", retry_after=1)
         images = []
-        for item in header["images"]:
-            view = shm.buf[item["at"]:item["at"] + item["n"]]
+        for item in request.images:
+            view = buf[item["at"]:item["at"] + item["n"]]
             if item["kind"] == "pixels":
                 images.append(Decoded(pixels=np.frombuffer(view, dtype=np.uint8).reshape(item["shape"]),
                                       name=item["name"]))
             else:
                 images.append(Decoded(jpeg=view, name=item["name"]))
-        async with self.runtime.hold(header["family"]) as family:
-            logits = await self.runtime.run(self._view(header, family), images, np.asarray(header["prefs"]),
-                                            background=bool(header.get("background")))
+        async with self.runtime.hold(request.family) as family:
+            logits = await self.runtime.run(self._view(request.digest, family), images, np.asarray(request.prefs),
+                                            background=request.background)
         tasks = list(logits)
         matrix = np.ascontiguousarray(np.concatenate([logits[t] for t in tasks], axis=1), dtype=np.float32)
-        await ipc.send(writer, {"ok": True, "tasks": tasks, "sizes": [logits[t].shape[1] for t in tasks]},
-                       memoryview(matrix).cast("B"))
+        await ipc.send(writer, m.ClassifyReply(tasks, [logits[t].shape[1] for t in tasks]).to_wire(),
+                       matrix.data.cast("B"))
 
-    async def op_checkpoint(self, header: dict, writer) -> None:
-        async with self.runtime.hold(header["family"]) as family:
-            family = self._view(header, family)
-            cached = await self.runtime.checkpoint(family, parse_preference(header["pref"], family.tasks))
-        meta = {"ok": True, "size": cached.size, "etag": cached.etag, "filename": cached.filename,
-                "built": cached.built}
+    async def checkpoint(self, request: m.Checkpoint, writer: asyncio.StreamWriter) -> None:
+        async with self.runtime.hold(request.family) as family:
+            family = self._view(request.digest, family)
+            cached = await self.runtime.checkpoint(family, parse_preference(request.pref, family.tasks))
         if cached.file is not None:  # the front end reads the file; its name is the cache's own
             path = cached.file.name
             cached.close()
-            await ipc.send(writer, meta | {"path": path})
+            await ipc.send(writer, m.CheckpointReply(cached.size, cached.etag, cached.filename, cached.built,
+                                                     path=path).to_wire())
             return
-        await ipc.send(writer, meta | {"stream": True})  # larger than the cache: made as it is sent
-        chunks = cached.chunks()
+        await ipc.send(writer, m.CheckpointReply(cached.size, cached.etag, cached.filename, cached.built,
+                                                 stream=True).to_wire())  # larger than the cache: made as it is sent
+        chunks = cast(Iterator[bytes], cached.chunks())  # this process's downloads are made here, in threads
         while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:  # merging is blocking work
-            await ipc.send(writer, {"ok": True}, chunk)
-        await ipc.send(writer, {"ok": True, "end": True})
+            await ipc.send(writer, m.Chunk().to_wire(), chunk)
+        await ipc.send(writer, m.Chunk(end=True).to_wire())
 
-    async def op_families(self, header: dict, writer) -> None:
-        await ipc.send(writer, {"ok": True, "families": await self.runtime.list_families()})
+    async def families(self, request: m.Families, writer: asyncio.StreamWriter) -> None:
+        await ipc.send(writer, m.FamiliesReply(await self.runtime.list_families()).to_wire())
 
-    async def op_readiness(self, header: dict, writer) -> None:
+    async def readiness(self, request: m.Readiness, writer: asyncio.StreamWriter) -> None:
         ready = await self.runtime.readiness()
-        await ipc.send(writer, {"ok": True, "ready": ready.ready, "family_id": ready.family_id, "detail": ready.detail})
+        await ipc.send(writer, m.ReadinessReply(ready.ready, ready.family_id, ready.detail).to_wire())

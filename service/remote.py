@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Optional, Sequence
+from typing import AsyncIterator, Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from models_store.family import FamilyManifest
 from models_store.preference import Preference
 
 from . import ipc
+from . import messages as m
 from .downloads import CachedFile
 from .errors import NotReady, Overloaded
 from .metrics import Metrics
@@ -30,6 +31,7 @@ from .settings import Settings
 
 MAX_CONNECTIONS = 64  # to the engine, per front end
 HOLD_S = 1.0
+R = TypeVar("R", bound=m.Reply)
 
 
 class EngineLink:
@@ -57,15 +59,16 @@ class EngineLink:
                 raise
             self.idle.append(conn)
 
-    async def call(self, header: dict) -> tuple[dict, bytes]:
+    async def call(self, request: m.Request, answer: type[R]) -> tuple[R, bytes]:
+        """The engine's answer to `request` (and its payload); its refusal raised as the service error."""
         async with self.connection() as (reader, writer):
             try:
-                await ipc.send(writer, header)
+                await ipc.send(writer, request.to_wire())
                 reply, payload = await ipc.receive(reader)
             except (asyncio.IncompleteReadError, ConnectionError) as e:
                 raise NotReady(f"the engine process went away ({type(e).__name__})", retry_after=2) from None
         ipc.raise_refusal(reply)
-        return reply, payload
+        return answer.from_wire(reply), payload
 
     def close(self) -> None:
         for _, writer in self.idle:
@@ -92,20 +95,20 @@ class RemoteRuntime(Runtime):
 
     async def readiness(self) -> Readiness:
         try:
-            reply, _ = await self.link.call({"op": "readiness"})
+            reply, _ = await self.link.call(m.Readiness(), m.ReadinessReply)
         except NotReady as e:
             return Readiness(False, None, e.detail)
-        return Readiness(reply["ready"], reply["family_id"], reply["detail"])
+        return Readiness(reply.ready, reply.family_id, reply.detail)
 
     @asynccontextmanager
     async def hold(self, family_id: Optional[str]) -> AsyncIterator[FamilyView]:
         until, view = self._held.get(family_id, (0.0, None))
         if view is None or time.monotonic() > until:
-            reply, _ = await self.link.call({"op": "hold", "family": family_id})
-            manifest = self._manifests.get(reply["digest"])
+            reply, _ = await self.link.call(m.Hold(family_id), m.HoldReply)
+            manifest = self._manifests.get(reply.digest)
             if manifest is None:
-                manifest = self._manifests[reply["digest"]] = FamilyManifest.model_validate(reply["manifest"])
-            view = FamilyView(manifest, reply["digest"], reply["device_jpeg"])
+                manifest = self._manifests[reply.digest] = FamilyManifest.model_validate(reply.manifest)
+            view = FamilyView(manifest, reply.digest, reply.device_jpeg)
             self._held[family_id] = (time.monotonic() + HOLD_S, view)
         yield view
 
@@ -125,7 +128,8 @@ class RemoteRuntime(Runtime):
             return await self.run(family, described, prefs)
 
     @asynccontextmanager
-    async def prepared(self, family: FamilyView, files: Sequence[tuple[str, bytes]]) -> AsyncIterator[list[dict]]:
+    async def prepared(self, family: FamilyView, files: Sequence[tuple[str, bytes]]
+                       ) -> AsyncIterator[list[m.ImagePlace]]:
         """The files decoded into this front's shared memory once: the places the engine reads them at."""
         await self.admit(family, len(files))
         images = await self.decode(family, files)
@@ -134,23 +138,27 @@ class RemoteRuntime(Runtime):
         if start is None:
             raise Overloaded("this front end's shared memory is full of images in flight; retry later", retry_after=1)
         try:
-            described, at = [], start
+            described: list[m.ImagePlace] = []
+            at = start
             for d, size in zip(images, sizes):
-                data = d.pixels if d.pixels is not None else d.jpeg
-                self.arena.write(at, memoryview(data).cast("B") if d.pixels is not None else data)
-                described.append({"kind": "pixels" if d.pixels is not None else "jpeg", "at": at, "n": d.nbytes,
-                                  "name": d.name, **({"shape": list(d.pixels.shape)} if d.pixels is not None else {})})
+                if d.pixels is not None:
+                    self.arena.write(at, d.pixels.data.cast("B"))
+                    described.append(m.ImagePlace(kind="pixels", at=at, n=d.nbytes, name=d.name,
+                                                  shape=list(d.pixels.shape)))
+                elif d.jpeg is not None:
+                    self.arena.write(at, d.jpeg)
+                    described.append(m.ImagePlace(kind="jpeg", at=at, n=d.nbytes, name=d.name))
                 at += size
             yield described
         finally:
             self.arena.release(start, sum(sizes))
 
-    async def run(self, family: FamilyView, images: list[dict], prefs: np.ndarray, background: bool = False) -> Logits:
+    async def run(self, family: FamilyView, images: list[m.ImagePlace], prefs: np.ndarray,
+                  background: bool = False) -> Logits:
+        rows = np.broadcast_to(np.asarray(prefs, dtype=np.float32), (len(images), len(family.tasks)))
+        request = m.Classify(family.family_id, family.digest, self.arena.name, images, rows.tolist(), background)
         try:
-            prefs = np.asarray(prefs, dtype=np.float32)
-            reply, payload = await self.link.call({"op": "classify", "family": family.family_id, "digest": family.digest,
-                                                   "arena": self.arena.name, "images": images,
-                                                   "prefs": prefs.tolist(), "background": background})
+            reply, payload = await self.link.call(request, m.ClassifyReply)
         except ipc.RemoteError as e:
             if e.status == 503 and e.error == "overloaded":
                 refusal = Overloaded(e.detail, retry_after=int(e.headers.get("Retry-After", "1")))
@@ -159,11 +167,11 @@ class RemoteRuntime(Runtime):
                 self._held.clear()  # ask the engine again: removed, replaced, unloaded
             raise
         matrix = np.frombuffer(payload, dtype=np.float32).reshape(len(images), -1)
-        bounds = np.cumsum([0, *reply["sizes"]])
-        return {t: matrix[:, a:b] for t, a, b in zip(reply["tasks"], bounds[:-1], bounds[1:])}
+        bounds = np.cumsum([0, *reply.sizes])
+        return {t: matrix[:, a:b] for t, a, b in zip(reply.tasks, bounds[:-1], bounds[1:])}
 
     async def checkpoint(self, family: FamilyView, pref: Preference) -> CachedFile:
-        request = {"op": "checkpoint", "family": family.family_id, "digest": family.digest, "pref": pref.canonical}
+        request = m.Checkpoint(family.family_id, family.digest, pref.canonical)
         for attempt in (1, 2):  # the file can be evicted between the engine's answer and our open: ask again
             # a connection of its own: a stream holds it until the last byte is sent
             try:
@@ -171,18 +179,19 @@ class RemoteRuntime(Runtime):
             except OSError as e:
                 raise NotReady(f"the engine process does not answer ({e.strerror or e})", retry_after=2) from None
             try:
-                await ipc.send(writer, request)
-                reply, _ = await ipc.receive(reader)
-                ipc.raise_refusal(reply)
+                await ipc.send(writer, request.to_wire())
+                header, _ = await ipc.receive(reader)
+                ipc.raise_refusal(header)
             except BaseException:
                 writer.close()
                 raise
-            meta = (reply["size"], reply["etag"], reply["filename"], reply["built"])
-            if reply.get("stream"):
+            reply = m.CheckpointReply.from_wire(header)
+            meta = (reply.size, reply.etag, reply.filename, reply.built)
+            if reply.stream or reply.path is None:
                 return CachedFile(*meta, stream=self._stream(reader, writer), on_close=writer.close)
             writer.close()
             try:
-                return CachedFile(*meta, file=open(reply["path"], "rb"))
+                return CachedFile(*meta, file=open(reply.path, "rb"))
             except FileNotFoundError:
                 if attempt == 2:
                     raise NotReady("the checkpoint was evicted as it was sent; retry", retry_after=1) from None
@@ -194,15 +203,15 @@ class RemoteRuntime(Runtime):
             while True:
                 header, payload = await ipc.receive(reader)
                 ipc.raise_refusal(header)
-                if header.get("end"):
+                if m.Chunk.from_wire(header).end:
                     return
                 yield payload
         finally:
             writer.close()
 
     async def list_families(self) -> list[dict]:
-        reply, _ = await self.link.call({"op": "families"})
-        return reply["families"]
+        reply, _ = await self.link.call(m.Families(), m.FamiliesReply)
+        return reply.families
 
 
 def arena_bytes(settings: Settings, fronts: int) -> int:

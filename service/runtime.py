@@ -96,7 +96,7 @@ class Runtime(ABC):
     # --- what the routes use -----------------------------------------------------------------
 
     @abstractmethod
-    def hold(self, family_id: Optional[str]) -> "AsyncIterator[FamilyView]":
+    def hold(self, family_id: Optional[str]) -> AsyncContextManager[FamilyView]:
         """`async with runtime.hold(id) as family`: the family (None: the default), loaded on first use,
         not evicted while held; UnknownFamily (404) or FamilyUnavailable (503) otherwise."""
 
