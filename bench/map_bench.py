@@ -41,7 +41,7 @@ from models_store.store import open_family  # noqa: E402
 from models_store.zoo import Zoo, write_subset  # noqa: E402
 from trainer.families import LearnContext, get_family_learner  # noqa: E402
 from trainer.families.map.design import default_budget, design_points, surrogate_size  # noqa: E402
-from trainer.families.map.evaluate import CoefficientEvaluator  # noqa: E402
+from trainer.evaluate import CoefficientEvaluator  # noqa: E402
 from trainer.families.validation import validation_sets  # noqa: E402
 from trainer.front import FrontConfig, compute_front  # noqa: E402
 from trainer.hypervolume import hypervolume, non_dominated  # noqa: E402

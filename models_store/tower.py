@@ -111,3 +111,9 @@ def head_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 def float_keys(state: dict[str, torch.Tensor]) -> list[str]:
     """The parameters that merging touches: every floating-point tensor of the tower."""
     return [k for k, v in state.items() if v.is_floating_point()]
+
+
+def task_arithmetic(w: torch.Tensor, lam: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """theta0 + sum_k lambda_k tau_k for one tensor: w [...], lambda [K], vectors [K, ...]; computed
+    in float32, returned in w's dtype (the members' tensors, MAP's evaluations)."""
+    return (w.float() + torch.tensordot(lam.float().to(w.device), vectors.float(), dims=1)).to(w.dtype)

@@ -1,7 +1,8 @@
 """Evaluation, in one place (FusionBench's `taskpool.evaluate(model)` shape): per-task accuracy and
 loss of any state of a tower, on labelled data kept on the device, through
 `torch.func.functional_call` (the tower is built once; a state is never loaded into it). `eval`,
-`front`, `select`, MAP and HM3 use it.
+`front`, `select`, MAP and HM3 use it; `CoefficientEvaluator` evaluates task-arithmetic
+coefficient vectors (MAP's design, the front's direct search and ground truth) through it.
 
 The device part of an evaluation ends in tensors (`totals`, `outcomes`, `features`); the host
 reads them once per evaluation (`__call__`), never per batch, so a GPU is not stopped at every
@@ -14,16 +15,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
 from models_store.checkpoint import StateDict
+from models_store.tower import task_arithmetic
 from models_store.tower import build_tower, head_logits
 from models_store.zoo import Head
 
 from .data import TaskData
 from .objective import autocast
+from .pool import ModelPool
 
 Scores = dict[str, float]
 
@@ -136,3 +140,36 @@ def markdown_table(rows: Mapping[str, Scores], tasks: list[str], extra: Mapping[
         cells += [extra.get(name, {}).get(c, "") for c in extra_cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+@dataclass
+class VectorScores:
+    """Per-task metrics of one coefficient vector, in task order."""
+    accuracy: list[float]
+    loss: list[float]
+
+
+class CoefficientEvaluator:
+    """theta(c) = theta0 + sum_k c_k tau_k, merged on the device, and its per-task scores. theta0, the
+    task vectors and the images stay on the device, so a point costs one weighted sum and the
+    forwards, never a rebuild or a re-read."""
+
+    def __init__(self, pool: ModelPool, data: dict[str, TaskData], device: torch.device, batch_size: int = 256):
+        self.tasks, self.device = pool.tasks, device
+        self.timer = StageTimer(device)
+        self.evaluator = Evaluator(pool.architecture, pool.heads, {t: data[t] for t in pool.tasks}, device,
+                                   batch_size, self.timer)
+        self.theta0 = {k: v.to(device) for k, v in pool.pretrained.items()}
+        self.vectors = {k: torch.stack([pool.task_vectors[t][k] for t in pool.tasks]).to(device) for k in pool.keys}
+
+    def merged(self, c: np.ndarray) -> dict[str, torch.Tensor]:
+        lam = torch.as_tensor(np.asarray(c, dtype=np.float32), device=self.device)
+        return self.theta0 | {k: task_arithmetic(self.theta0[k], lam, tau) for k, tau in self.vectors.items()}
+
+    def __call__(self, c: np.ndarray, tasks: Optional[Sequence[str]] = None) -> VectorScores:
+        """The metrics of theta(c) on `tasks` (default: every task), in that order."""
+        with self.timer.stage("merge"):
+            state = self.merged(c)
+        scores = self.evaluator(state, tasks)
+        self.timer.count("points")
+        return VectorScores([s.accuracy for s in scores.values()], [s.loss for s in scores.values()])

@@ -42,10 +42,8 @@ from models_store.preference import Preference, equal_preference, from_weights
 from models_store.simplex import PointSet, priority_preference, vertices
 from models_store.zoo import Zoo
 
-from .evaluate import Evaluator, Scores
-from .families.map.design import sobol
-from .families.map.evaluate import CoefficientEvaluator
-from .families.map.learner import normalised
+from .coefficients import normalised, sobol
+from .evaluate import CoefficientEvaluator, Evaluator, Scores
 from .hypervolume import hypervolume, non_dominated
 from .methods import MergeContext, get_method
 from .pool import ModelPool

@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from .. import StoreError
 from ..checkpoint import StateDict, load_state_dict
 from ..surrogate import Metric, Scalarisation, Surrogates, feature_count
-from ..tower import build_tower, with_layers
+from ..tower import build_tower, task_arithmetic, with_layers
 from ..zoo import Head
 from .base import DeviceCache, KindFormat, Servable, tensor_bytes
 
@@ -197,12 +197,6 @@ class PointSetParams(BaseModel):
         if self.pick in NEEDS_PREDICTED and any(m.predicted is None for m in self.members):
             raise ValueError(f"pick rule {self.pick!r} reads every member's `predicted` metrics; some have none")
         return self
-
-
-def task_arithmetic(w: torch.Tensor, lam: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-    """theta0 + sum_k lambda_k tau_k for one tensor: w [...], lambda [K], vectors [K, ...]; computed
-    in float32, returned in w's dtype (the members' tensors, MAP's evaluations)."""
-    return (w.float() + torch.tensordot(lam.float().to(w.device), vectors.float(), dims=1)).to(w.dtype)
 
 
 def block_of(name: str) -> Optional[tuple[int, str]]:

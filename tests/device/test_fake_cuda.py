@@ -200,7 +200,7 @@ def test_an_adamerging_step_on_the_device(cuda, pool, zoo, preference):
 
 
 def test_the_map_evaluator_on_the_device(cuda, pool, data):
-    from trainer.families.map.evaluate import CoefficientEvaluator
+    from trainer.evaluate import CoefficientEvaluator
     evaluator = CoefficientEvaluator(pool, data, cuda.device)
     state = evaluator.merged(np.array([0.3, 0.2, 0.1]))
     correct, loss = evaluator.evaluator.totals(state)

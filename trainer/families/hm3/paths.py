@@ -22,7 +22,8 @@ from typing import Optional, Sequence
 import torch
 
 from models_store.atomic import write_text
-from models_store.kinds.point_set import FINETUNED, MERGE, SKIP, task_arithmetic
+from models_store.kinds.point_set import FINETUNED, MERGE, SKIP
+from models_store.tower import task_arithmetic
 from models_store.tower import embed, pool_project
 
 from ...data import TaskData

@@ -10,6 +10,8 @@ from typing import Literal
 import numpy as np
 from scipy.stats import qmc
 
+from ...coefficients import sobol
+
 Design = Literal["sobol", "lhs"]
 ISOTROPIC = (0.15, 0.3, 0.5)  # c_k of the isotropic points (0.3: task arithmetic's usual scale)
 
@@ -22,13 +24,6 @@ def surrogate_size(k: int) -> int:
 def default_budget(k: int) -> int:
     """Twice the surrogate's parameters."""
     return 2 * surrogate_size(k)
-
-
-def sobol(k: int, n: int, c_max: float, seed: int) -> np.ndarray:
-    """The first n of 2^m scrambled Sobol points in [0, c_max]^K (its balance wants whole powers of two)."""
-    if n <= 0:
-        return np.empty((0, k))
-    return c_max * qmc.Sobol(k, scramble=True, seed=seed).random_base2(int(np.ceil(np.log2(n))))[:n]
 
 
 def design_points(k: int, budget: int, c_max: float, design: Design, seed: int) -> np.ndarray:

@@ -31,13 +31,14 @@ from models_store.atomic import write_text
 from models_store.family import SearchBox
 from models_store.kinds.point_set import Member, SurrogateRule
 
+from ...coefficients import normalised
+from ...evaluate import CoefficientEvaluator, StageTimer, VectorScores
 from ...progress import progress_bar
 from ..point_set import PointsConfig, point_set_family
 from ..registry import LearnContext, Learned, register_family
 from ..validation import ValidationConfig, validation_sets
 from .adaptive import next_points
 from .design import Design, default_budget, design_points, surrogate_size
-from .evaluate import CoefficientEvaluator, Scores, by_stage
 from .nested import NestedSearch, task_tree
 from .search import fit_surrogates, surrogate_front
 from .surrogate import Metric
@@ -87,7 +88,7 @@ class EvaluationLog:
         write_text(self.path, json.dumps({"evaluations": entries}))
 
     def evaluate(self, evaluator: CoefficientEvaluator, points: np.ndarray, desc: str,
-                 tasks: Optional[Sequence[str]] = None) -> list[Scores]:
+                 tasks: Optional[Sequence[str]] = None) -> list[VectorScores]:
         """Scores of `points` on `tasks` (default: every task); what was saved is reused."""
         tasks = list(tasks or evaluator.tasks)
         out = []
@@ -98,26 +99,25 @@ class EvaluationLog:
                 new = evaluator(c, missing)
                 self.saved.update({(key, t): (a, l) for t, a, l in zip(missing, new.accuracy, new.loss)})
                 self._write()
-            out.append(Scores([self.saved[key, t][0] for t in tasks], [self.saved[key, t][1] for t in tasks]))
+            out.append(VectorScores([self.saved[key, t][0] for t in tasks], [self.saved[key, t][1] for t in tasks]))
         return out
 
 
-def normalised(c: np.ndarray) -> list[float]:
-    """A member's `preference`: its coefficients normalised to the simplex (equal when all are 0)."""
-    total = float(c.sum())
-    return [float(x) / total for x in c] if total > 0 else [1.0 / len(c)] * len(c)
+def by_stage(timer: StageTimer) -> dict[str, float]:
+    """A MAP run's seconds by stage, every stage named (zero when it did not run)."""
+    return {name: round(timer.seconds.get(name, 0.0), 3) for name in ("merge", "evaluate", "fit", "nsga3")}
 
 
-def metric_matrix(scores: list[Scores], metric: Metric) -> np.ndarray:
+def metric_matrix(scores: list[VectorScores], metric: Metric) -> np.ndarray:
     return np.array([getattr(s, metric) for s in scores])  # [n, K]
 
 
-def real_metrics(tasks: list[str], scores: Scores) -> dict[str, float]:
+def real_metrics(tasks: list[str], scores: VectorScores) -> dict[str, float]:
     return {f"{name}.{t}": v for name, values in (("real_accuracy", scores.accuracy), ("real_loss", scores.loss))
             for t, v in zip(tasks, values)}
 
 
-def front_family(ctx: LearnContext, config: MapConfig, method: str, points: np.ndarray, scores: list[Scores],
+def front_family(ctx: LearnContext, config: MapConfig, method: str, points: np.ndarray, scores: list[VectorScores],
                  evaluator: CoefficientEvaluator, log: EvaluationLog, extra: dict) -> Learned:
     """Surrogates, NSGA-III, the front evaluated for real, and the point-set family."""
     tasks = ctx.zoo.tasks
@@ -172,8 +172,8 @@ class BayesianMapConfig(MapConfig):
                                                       "their mean)")
 
 
-def error_driven_rounds(config: BayesianMapConfig, points: np.ndarray, scores: list[Scores], budget: int,
-                        evaluator: CoefficientEvaluator, log: EvaluationLog) -> tuple[np.ndarray, list[Scores], dict]:
+def error_driven_rounds(config: BayesianMapConfig, points: np.ndarray, scores: list[VectorScores], budget: int,
+                        evaluator: CoefficientEvaluator, log: EvaluationLog) -> tuple[np.ndarray, list[VectorScores], dict]:
     """BMAP's rounds until the budget is spent (trainer/map/adaptive.py)."""
     rng = np.random.default_rng(config.seed)
     rounds = []
