@@ -82,7 +82,7 @@ def zoo(args: argparse.Namespace) -> None:
 
 def method_summaries() -> dict[str, str]:
     from .methods import METHODS
-    return {name: m.summary for name, m in METHODS.items()}
+    return {name: m.summary for name, m in METHODS.all().items()}
 
 
 def merge_flags(p: argparse.ArgumentParser, name: str) -> None:
@@ -253,7 +253,7 @@ LEARNER_OWN = ("method",)  # a learner's config field that its name sets (pm / p
 
 def learner_summaries() -> dict[str, str]:
     from .families import FAMILIES
-    return {name: learner.summary for name, learner in FAMILIES.items()}
+    return {name: learner.summary for name, learner in FAMILIES.all().items()}
 
 
 def train_flags(p: argparse.ArgumentParser, name: str) -> None:

@@ -24,6 +24,29 @@ def test_every_learner_is_registered_with_its_config():
         PointSet.model_validate("grid=2,size=3")
 
 
+def test_registries_import_a_method_or_learner_only_when_it_is_used():
+    """Importing the packages imports no method and no learner (FusionBench's lazy registry); asking
+    for one name imports its module alone; every name of the tables registers what it names."""
+    import subprocess
+    import sys
+    code = """
+import sys
+import trainer.families, trainer.methods
+tables = {*trainer.methods.METHODS.modules.values(), *trainer.families.FAMILIES.modules.values()}
+loaded = lambda: sorted(m for m in sys.modules if m in tables)
+assert loaded() == [], loaded()
+trainer.methods.get_method("ties")
+trainer.families.get_family_learner("ta-pref")
+print(loaded())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert eval(done.stdout) == ["trainer.families.ta_pref.learner", "trainer.methods.ties"]
+    from trainer.methods import METHODS
+    assert list(METHODS.all()) == list(METHODS) and list(FAMILIES.all()) == list(FAMILIES)
+    assert all(entry.name == name for name, entry in [*METHODS.all().items(), *FAMILIES.all().items()])
+
+
 def test_ta_pref_family_serves_task_arithmetic_at_each_point(quick_zoo, tmp_path, capsys):
     store, zoo = tmp_path / "store", str(quick_zoo.root)
     main(["train", "ta-pref", "--zoo", zoo, "--store", str(store), "--points", "grid=1,random=2",

@@ -100,7 +100,12 @@ class FamilyLearner(Entry[LearnerConfig]):
         return publish_family(ctx.store, manifest, learned.files, ctx.pool.heads)
 
 
-FAMILIES: Registry[FamilyLearner] = Registry("family method")
+# name -> the module that registers it (imported on the name's first use), in listing order
+MODULES = {name: f"trainer.families.{module}.learner" for name, module in (
+    ("pm", "pareto"), ("pm++", "pareto"), ("ta-pref", "ta_pref"), ("adamerging-pref", "adamerging_pref"),
+    ("map", "map"), ("bmap", "map"), ("nmap", "map"), ("hm3", "hm3"), ("react", "react"),
+    ("react-anchored", "react"))}
+FAMILIES: Registry[FamilyLearner] = Registry("family method", MODULES)
 
 
 def register_family(name: str, config: type[LearnerConfig], summary: str):

@@ -1,5 +1,5 @@
 """One registry of merging methods (mergekit style): a decorator registers a function by name
-together with its pydantic config. Adding a method touches one new module and one import line."""
+together with its pydantic config. Adding a method touches one new module and one line of MODULES."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -39,7 +39,12 @@ class Method(Entry[MethodConfig]):
         return self.fn(ctx, config or self.config())
 
 
-METHODS: Registry[Method] = Registry("merging method")
+# name -> the module that registers it (imported on the name's first use), in listing order
+MODULES = {name: f"trainer.methods.{module}" for name, module in (
+    ("weight-average", "weight_average"), ("task-arithmetic", "task_arithmetic"), ("ties", "ties"),
+    ("adamerging", "adamerging"), ("adamerging++", "adamerging"), ("tsv-m", "tsv_m"), ("iso-c", "iso"),
+    ("iso-cts", "iso"), ("wudi", "wudi"))}
+METHODS: Registry[Method] = Registry("merging method", MODULES)
 
 
 def register(name: str, config: type[MethodConfig], summary: str, needs_data: bool = False):
