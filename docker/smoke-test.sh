@@ -142,4 +142,21 @@ T="$(cid trainer)"
 trainer_log="$("${COMPOSE[@]}" logs --tail=5 trainer)"
 grep -q "already holds a family" <<<"$trainer_log" || fail "second trainer run retrained"
 
+step "docker stop drains: a request in flight answers, then the service exits 0"
+# noise compresses badly: a ~120 kB PNG, sent at 20 kB/s, is still arriving when the stop comes
+docker exec "$S" python -c "
+import io, os, sys
+from PIL import Image
+b = io.BytesIO(); Image.frombytes('RGB', (200, 200), os.urandom(120000)).save(b, format='PNG')
+sys.stdout.buffer.write(b.getvalue())
+" >"$WORK/slow.png"
+curl -sS -o "$WORK/slow-body" -w '%{http_code}' --limit-rate 20k "${AUTH[@]}" \
+     -F "files=@$WORK/slow.png;type=image/png" "$BASE/classify" >"$WORK/slow-code" &
+slow=$!
+sleep 2
+"${COMPOSE[@]}" stop service
+wait "$slow" || fail "the request in flight at docker stop failed: $(cat "$WORK/slow-code" 2>/dev/null)"
+[[ "$(cat "$WORK/slow-code")" == 200 ]] || fail "the request in flight at docker stop got $(cat "$WORK/slow-code")"
+[[ "$(docker inspect -f '{{.State.ExitCode}}' "$S")" == 0 ]] || fail "the service did not exit 0 on docker stop"
+
 echo; echo "smoke: OK"

@@ -347,6 +347,16 @@ def test_the_service_has_room_for_its_shared_memory(compose):
     assert nbytes >= Settings.model_fields["shared_memory_bytes"].default + (64 << 20)
 
 
+def test_a_stop_leaves_the_service_time_to_drain(compose):
+    """docker stop and a Kubernetes rollout send SIGTERM, then SIGKILL after a grace period (docker's
+    default 10 s): it must outlast the drain, or requests in flight are cut."""
+    from service.processes import DRAIN_S
+    grace = str(compose["services"]["service"]["stop_grace_period"])
+    assert grace.endswith("s") and int(grace[:-1]) > DRAIN_S
+    kserve = yaml.safe_load((ROOT / "kserve" / "inferenceservice.yaml").read_text())
+    assert kserve["spec"]["predictor"]["terminationGracePeriodSeconds"] > DRAIN_S
+
+
 def test_api_key_is_passed_through_not_hard_coded(compose):
     env = env_dict(compose["services"]["service"])
     assert "PMERGE_API_KEY" in env
