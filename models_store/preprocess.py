@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -184,7 +184,7 @@ def pillow_resize(image: "torch.Tensor", size: tuple[int, int], crop: tuple[int,
 
 # Modes with more than 8 bits per channel, and the value that maps to 255. Pillow's own
 # convert() clips these to 0..255 instead of scaling, which reads a 16-bit photo as black and white.
-WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
+WIDE_MODES: dict[str, float] = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
 
 
 def to_8bit(image: Image.Image) -> Image.Image:
@@ -196,7 +196,7 @@ def to_8bit(image: Image.Image) -> Image.Image:
     if image.mode not in WIDE_MODES and image.mode not in ("I", "F"):
         return image
     array = np.asarray(image, dtype=np.float64)
-    top = WIDE_MODES.get(image.mode)
+    top: Optional[float] = WIDE_MODES.get(image.mode)
     if top is None:
         peak = float(array.max()) if array.size else 0.0
         if image.mode == "I":

@@ -52,7 +52,7 @@ def stream_chunks(specs: Sequence[Spec], tensors: Iterable[tuple[str, torch.Tens
                              f"{name} {dtype} {tuple(shape)}")
         flat = t.detach().to("cpu").contiguous().reshape(-1)
         if flat.numel():
-            yield memoryview(flat.view(torch.uint8).numpy())  # no extra copy
+            yield flat.view(torch.uint8).numpy().data  # a memoryview: no extra copy
 
 
 def _itemsize(dtype: torch.dtype) -> int:

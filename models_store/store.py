@@ -59,10 +59,10 @@ def family_path(store: str | Path, family_id: Optional[str] = None) -> Path:
             if _complete(path, manifest):
                 return path
         raise StoreError(f"store {store} holds no family; train one with `pmerge train`")
-    path = published(store, family_id)
-    if path is None:
+    found = published(store, family_id)
+    if found is None:
         raise StoreError(f"store {store} has no family {shown_id(family_id)}")
-    return path
+    return found
 
 
 def published(store: str | Path, family_id: str) -> Optional[Path]:

@@ -111,7 +111,9 @@ class AnchoredMapServable(FeatureMapServable):
         self.materialized += 1
         return self.towers.put(key, tower, nbytes)
 
-    def tower_features(self, images: torch.Tensor, plan: AnchoredPlan) -> torch.Tensor:
+    def tower_features(self, images: torch.Tensor, plan: MapPlan) -> torch.Tensor:
+        if not isinstance(plan, AnchoredPlan):
+            raise TypeError(f"an anchored-map batch needs its AnchoredPlan, got {type(plan).__name__}")
         if all(anchor is None for anchor, _ in plan.towers):  # no image anchored: the base tower alone
             return super().tower_features(images, plan)
         features: Optional[torch.Tensor] = None
@@ -125,6 +127,8 @@ class AnchoredMapServable(FeatureMapServable):
             if features is None:
                 features = torch.empty(len(images), out.shape[1], device=self.device)
             features[index] = out.float()
+        if features is None:
+            raise ValueError("a batch of no image")
         return features
 
     def solve(self, keys: list[tuple[float, ...]]) -> torch.Tensor:
@@ -166,8 +170,10 @@ class AnchoredMapFamily(FeatureMapFamily):
         self.towards, self.q = towards, params.anchor
 
     @classmethod
-    def load(cls, path: Path, params: AnchoredMapParams, tasks: list[str], architecture: dict,
+    def load(cls, path: Path, params: FeatureMapParams, tasks: list[str], architecture: dict,
              family_id: str) -> "AnchoredMapFamily":
+        if not isinstance(params, AnchoredMapParams):
+            raise StoreError(f"family {family_id}: an anchored-map family needs its `anchor` in kind_params")
         W, C = read_maps(path, family_id)
         base, stored = load_state_dict(path / BASE), load_state_dict(path / TOWARDS)
         towards = {p: torch.stack([stored[f"{t}/{p}"] for t in tasks]) for p in base
@@ -179,10 +185,9 @@ class AnchoredMapFamily(FeatureMapFamily):
         """tower(p) with its map folded into proj, one tensor at a time, computed on `device`. The
         anchor is host work, done at the call (not at the first tensor)."""
         weights = pref.cpu().tolist()
-        return self._iter_materialized(weights, anchor_of(weights, self.q), device)
+        return self._anchored(weights, anchor_of(weights, self.q), device)
 
-    def _iter_materialized(self, weights: list[float], anchor: Anchor, device: torch.device
-                           ) -> Iterator[tuple[str, torch.Tensor]]:
+    def _anchored(self, weights: list[float], anchor: Anchor, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
         W = preference_map(self.W, self.C, weights, device)
         W = towards_identity(W, torch.tensor(0.0 if anchor is None else anchor[1], device=device))
         yield from folded(((name, anchored_tensor(name, w.to(device), self.towards, anchor))

@@ -55,6 +55,13 @@ class DeviceCache(Generic[V]):
         self.entries.move_to_end(key)
         return entry[0]
 
+    def __getitem__(self, key: Hashable) -> V:
+        """The entry of `key`, which must be there (a KeyError otherwise); now the most recently used."""
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
     def room(self, nbytes: int, keep: frozenset = frozenset()) -> list[V]:
         """Evict least recently used entries (never those in `keep`) until `nbytes` more fit; the
         evicted values, for their memory."""

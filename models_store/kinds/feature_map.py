@@ -129,7 +129,7 @@ class FeatureMapServable(Servable):
             self.maps.room(len(missing) * d * d * 4, keep=frozenset(keys))  # a batch keeps its own maps
             for i, m in zip(missing, solved):
                 self.maps.put(keys[i], m, d * d * 4)
-        maps = torch.stack([self.maps.get(key) for key in keys])  # [M, d, d]
+        maps = torch.stack([self.maps[key] for key in keys])  # [M, d, d]
         if len(keys) == 1:
             return features @ maps[0].T
         per_image = maps[torch.tensor(plan.inverse, device=self.device)]  # [N, d, d]
@@ -146,8 +146,8 @@ def read_maps(path: Path, family_id: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 class FeatureMapFamily(KindFormat):
     name = NAME
-    files = FILES
-    Params = FeatureMapParams
+    files: tuple[str, ...] = FILES
+    Params: type[FeatureMapParams] = FeatureMapParams
 
     def __init__(self, base: StateDict, W: torch.Tensor, C: torch.Tensor, params: FeatureMapParams, tasks: int,
                  architecture: dict, family_id: str):

@@ -179,7 +179,7 @@ class LowRankServable(Servable):
 
     def _projection(self, slots: dict[str, int], name: str, cores: Optional[torch.Tensor]):
         index = slots.get(name)
-        return (None, None) if index is None else (self.factors[index], cores[index])
+        return (None, None) if index is None or cores is None else (self.factors[index], cores[index])
 
     def _attention(self, attn: nn.MultiheadAttention, x: torch.Tensor, slots: dict[str, int],
                    cores: Optional[torch.Tensor]) -> torch.Tensor:

@@ -78,14 +78,22 @@ def nearest(prefs: torch.Tensor, table: MemberTable) -> torch.Tensor:
     return torch.cdist(prefs.float(), table.preferences.float()).argmin(dim=1)
 
 
+def predicted(table: MemberTable) -> torch.Tensor:
+    """The members' predicted metrics, which the rules that read them require (PointSetParams checks)."""
+    if table.scores is None:
+        raise StoreError("this pick rule reads every member's `predicted` metrics; the family has none")
+    return table.scores
+
+
 def weighted_sum(prefs: torch.Tensor, table: MemberTable) -> torch.Tensor:
     """The member that maximises sum_k pref_k score_k (MAP's rule)."""
-    return (prefs.float() @ table.scores.T).argmax(dim=1)
+    return (prefs.float() @ predicted(table).T).argmax(dim=1)
 
 
 def tchebycheff(prefs: torch.Tensor, table: MemberTable) -> torch.Tensor:
     """The member that minimises max_k pref_k (best_k - score_k), best_k the members' best on task k."""
-    gaps = table.scores.max(dim=0).values - table.scores  # [M, K], >= 0
+    scores = predicted(table)
+    gaps = scores.max(dim=0).values - scores  # [M, K], >= 0
     return (prefs.float()[:, None, :] * gaps[None]).amax(dim=2).argmin(dim=1)
 
 
@@ -271,8 +279,8 @@ class Members:
         w = self.pretrained[name].to(device)
         if name not in self.vectors:  # not a float parameter: never merged
             return w
-        source = self.source(index, name)
-        if source == SKIP and block_of(name)[1] in SKIPPED:
+        source, block = self.source(index, name), block_of(name)
+        if source == SKIP and block is not None and block[1] in SKIPPED:
             return torch.zeros_like(w)
         basis = self.vectors if source.startswith(FINETUNED) else self.merge_vectors
         return task_arithmetic(w, self.coefficients(index, name), basis[name].to(w.device))
@@ -363,12 +371,14 @@ class PointSetServable(Servable):
         """One forward per member picked, on its images."""
         features: Optional[torch.Tensor] = None
         for index, rows in plan.groups:
-            rows = torch.tensor(rows, device=self.device)
+            at = torch.tensor(rows, device=self.device)
             tower = self.tower(index)
-            out = self.run(tower.graph_key, tower, images[rows]).float()
+            out = self.run(tower.graph_key, tower, images[at]).float()
             if features is None:
                 features = out.new_empty(len(images), out.shape[1])
-            features[rows] = out
+            features[at] = out
+        if features is None:
+            raise ValueError("a batch of no image")
         return features
 
 
