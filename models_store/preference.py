@@ -77,6 +77,12 @@ def from_weights(values: Sequence[float], tasks: Sequence[str]) -> Preference:
     return Preference(tasks, tuple(round(v / total, DECIMALS) for v in values))
 
 
+def canonical_weights(weights: Sequence[float]) -> tuple[float, ...]:
+    """Weights already on the simplex at the canonical precision: a preference's float32 and float64
+    rows (the engine's, a download's) give one key."""
+    return tuple(round(float(w), DECIMALS) for w in weights)
+
+
 def parse_preference(text: str | None, tasks: Sequence[str]) -> Preference:
     """Parse positional or named preference text; None or blank gives the equal preference."""
     tasks = tuple(tasks)

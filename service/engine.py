@@ -378,7 +378,7 @@ class Engine:
             # admitted and being decoded right now (`_held`) may extend it once more, to join this batch
             deadline = (self._queue or self._background)[0].enqueued + max_wait
             extended = False
-            while len(self._queue) + len(self._background) < max_batch and not self._stopping:
+            while self.queued < max_batch and not self._stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     if extended or not self._held:

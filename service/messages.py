@@ -87,7 +87,7 @@ class Classify(Request):
     digest: str
     arena: str
     images: list[ImagePlace]
-    prefs: list[list[float]]  # [N, K]
+    prefs: list[list[float]] | list[float]  # [N, K], or one [K] for every image
     background: bool = False  # POST /select's work: served where the foreground leaves room
 
 

@@ -155,8 +155,8 @@ class RemoteRuntime(Runtime):
 
     async def run(self, family: FamilyView, images: list[m.ImagePlace], prefs: np.ndarray,
                   background: bool = False) -> Logits:
-        rows = np.broadcast_to(np.asarray(prefs, dtype=np.float32), (len(images), len(family.tasks)))
-        request = m.Classify(family.family_id, family.digest, self.arena.name, images, rows.tolist(), background)
+        rows = np.asarray(prefs, dtype=np.float32).tolist()  # one [K] for every image travels once
+        request = m.Classify(family.family_id, family.digest, self.arena.name, images, rows, background)
         try:
             reply, payload = await self.link.call(request, m.ClassifyReply)
         except ipc.RemoteError as e:

@@ -30,8 +30,9 @@ from ..checkpoint import StateDict, load_state_dict
 from ..tower import build_tower
 from ..zoo import Head
 from .base import DeviceCache, tensor_bytes
-from .feature_map import (BASE, MAPS, FeatureMapFamily, FeatureMapParams, FeatureMapServable, MapPlan,
-                          canonical_weights, folded, preference_map, read_maps)
+from ..preference import canonical_weights
+from .feature_map import (BASE, MAPS, FeatureMapFamily, FeatureMapParams, FeatureMapServable, MapPlan, folded,
+                          preference_map, read_maps)
 
 NAME = "anchored-map"
 TOWARDS = "towards.safetensors"

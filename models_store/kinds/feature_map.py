@@ -24,6 +24,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from .. import StoreError
+from ..preference import canonical_weights
 from ..checkpoint import StateDict, load_state_dict
 from ..tower import load_tower
 from ..zoo import Head
@@ -38,12 +39,6 @@ PROJ = "proj"
 
 class FeatureMapParams(BaseModel):
     dim: int = Field(ge=1, description="d: the size of the tower's output features")
-
-
-def canonical_weights(pref: Sequence[float] | torch.Tensor) -> tuple[float, ...]:
-    """A preference row at the canonical precision (1e-6, models_store/preference.py): its float32 and
-    float64 spellings give one key, one map."""
-    return tuple(round(float(w), 6) for w in (pref.tolist() if isinstance(pref, torch.Tensor) else pref))
 
 
 def map_factors(W: torch.Tensor, C: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

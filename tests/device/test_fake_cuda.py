@@ -118,7 +118,7 @@ def test_every_kind_serves_a_mixed_batch_on_the_device(cuda, families, kind):
         assert model.materialized > 2 and len(towers) <= 2
         on_device(model.towers.get(towers[0]).conv1.weight, BF16)
     if kind in ("feature_map", "anchored_map"):
-        from models_store.kinds.feature_map import canonical_weights
+        from models_store.preference import canonical_weights
         with on_host():
             distinct = [canonical_weights(row) for row in PREFS.tolist()]  # the maps' keys
         if kind == "feature_map":

@@ -47,6 +47,18 @@ class GatedModel:
         return self.model.logits(images, prefs, plan)
 
 
+def gated_engine(family, **config) -> tuple[Engine, GatedModel]:
+    """An engine over a GatedModel, warmed up, whose next forward blocks until the test opens the gate."""
+    gated = GatedModel(family.servable(torch.device("cpu"), torch.float32))
+    gated.gate.set()  # warm-up passes
+    engine = Engine(gated, EngineConfig(**config), tasks=len(family.tasks), preprocess=family.manifest.preprocess)
+    engine.start()
+    gated.gate.clear()
+    gated.entered.clear()
+    gated.seen.clear()
+    return engine, gated
+
+
 def test_requests_with_different_preferences_share_one_batch(family):
     engine, sizes = make_engine(family, max_batch=16, max_wait_ms=200)
     try:
@@ -70,14 +82,7 @@ def test_requests_with_different_preferences_share_one_batch(family):
 
 
 def test_full_queue_raises_overloaded_with_retry_after(family):
-    base = family.servable(torch.device("cpu"), torch.float32)
-    gated = GatedModel(base)
-    gated.gate.set()  # warm-up passes
-    engine = Engine(gated, EngineConfig(max_batch=2, max_wait_ms=0, queue_size=4), tasks=len(family.tasks),
-                    preprocess=family.manifest.preprocess)
-    engine.start()
-    gated.gate.clear()
-    gated.entered.clear()
+    engine, gated = gated_engine(family, max_batch=2, max_wait_ms=0, queue_size=4)
     pref = torch.full((3,), 1 / 3)
     try:
         first = engine.submit(decoded(pixels(2)), pref)  # taken by the worker, which then blocks
@@ -103,15 +108,7 @@ def test_full_queue_raises_overloaded_with_retry_after(family):
 def test_background_work_waits_for_the_foreground(family):
     """POST /select's batches are background work: queued behind them, a /classify's images are in
     the very next batch, and background fills only the room they leave."""
-    base = family.servable(torch.device("cpu"), torch.float32)
-    gated = GatedModel(base)
-    gated.gate.set()
-    engine = Engine(gated, EngineConfig(max_batch=4, max_wait_ms=0), tasks=len(family.tasks),
-                    preprocess=family.manifest.preprocess)
-    engine.start()
-    gated.gate.clear()
-    gated.entered.clear()
-    gated.seen.clear()
+    engine, gated = gated_engine(family, max_batch=4, max_wait_ms=0)
     background, foreground = torch.tensor([1.0, 0, 0]), torch.tensor([0, 0, 1.0])
     try:
         first = engine.submit(decoded(pixels(4)), background, background=True)  # running, then blocked
