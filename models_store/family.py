@@ -199,21 +199,29 @@ class Family:
             total += torch.Size(shape).numel() * torch.empty((), dtype=kind).element_size()
         return total
 
+    def resolve(self, preferences: Any) -> list[Any]:
+        """The variant serving each preference row [N, K] (kinds/base.py, KindFormat.resolve)."""
+        return self.body.resolve(preferences)
+
+    def variant(self, pref: Preference) -> Any:
+        return self.body.resolve([pref.weights])[0]
+
     def materialize(self, pref: Preference) -> StateDict:
         """The full tower state dict for one preference (on the CPU)."""
         return dict(self.iter_materialized(pref))
 
     def iter_materialized(self, pref: Preference, device: "torch.device | str" = "cpu"
                           ) -> Iterator[tuple[str, "torch.Tensor"]]:
-        """Lazily, one tensor at a time, computed on `device`, so a writer holds at most one extra tensor."""
+        """The tower of the variant serving `pref`, lazily, one tensor at a time, computed on `device`, so
+        a writer holds at most one extra tensor."""
         import torch
-        return self.body.iter_materialized(pref.tensor(), torch.device(device))
+        return self.body.materialize(self.variant(pref), torch.device(device))
 
     def servable(self, device: "torch.device", dtype: "torch.dtype", cache_bytes: int = 1 << 30,
                  graphs: bool = False):
         """The kind's model (kinds/base.py, Servable) on `device`, keeping at most `cache_bytes` of
-        materialised objects there (point-set towers, feature-map maps); with `graphs`, its forwards
-        replay CUDA graphs (CUDA only)."""
+        materialised objects there (variants' towers, feature-map maps); with `graphs`, its forwards
+        replay CUDA graphs (CUDA only). It serves variants: `resolve` makes them."""
         return self.body.servable(self.heads, device, dtype, cache_bytes, graphs)
 
 

@@ -2,7 +2,13 @@
 
     visual.<key>               the vision tower (strip `visual.` for open_clip's `model.visual`)
     heads.<task>.weight|bias   the family's heads
-    __metadata__               family_id, preference (JSON, by task), architecture (JSON)
+    __metadata__               family_id, variant (the key of the model written), variant_description
+                               (JSON: its preference, a member's index, made coefficients),
+                               preference (JSON, by task: the variant's own, where it has one),
+                               architecture (JSON)
+
+A checkpoint is a function of its variant (kinds/base.py): two preferences served by one point-set
+member download the same file.
 
 The service streams it as a download; `pmerge eval --weights` and anything else that takes a
 tower's weights read it with `read_tower_weights`, beside plain tower state dicts.
@@ -48,8 +54,13 @@ def checkpoint_tensors(family: Family, pref: Preference, device: str | torch.dev
 
 
 def checkpoint_metadata(family: Family, pref: Preference) -> dict[str, str]:
-    return {"family_id": family.family_id,
-            "preference": json.dumps(pref.as_dict()),
+    from .kinds.base import variant_key
+    variant = family.variant(pref)
+    described = family.body.describe(variant)
+    own = described.get("preference")
+    return {"family_id": family.family_id, "variant": variant_key(variant),
+            "variant_description": json.dumps(described),
+            **({} if own is None else {"preference": json.dumps(dict(zip(family.tasks, own)))}),
             "architecture": json.dumps(family.manifest.architecture)}
 
 

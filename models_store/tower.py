@@ -61,6 +61,20 @@ def build_tower(arch: Architecture) -> VisionTransformer:
     return tower.eval()
 
 
+def check_tower_state(state: dict[str, torch.Tensor], arch: Architecture, where: str) -> None:
+    """Refuse a stored tower (`where` names its file) whose tensors are not the architecture's, by name
+    and shape: a family short of a tensor fails when it loads, not at its first request."""
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        expected = {k: tuple(v.shape) for k, v in build_tower(arch).state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    if missing or extra or wrong:
+        what = (f"lacks {missing[0]}" if missing else f"has {extra[0]}, which the tower has not" if extra
+                else f"has {wrong[0]} of shape {list(state[wrong[0]].shape)}, the tower's is {list(expected[wrong[0]])}")
+        raise StoreError(f"{where} {what}")
+
+
 def with_layers(arch: Architecture, layers: int) -> Architecture:
     """The same tower with `layers` transformer blocks, as a custom architecture (a point-set member
     whose skipped blocks are left out)."""

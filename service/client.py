@@ -156,7 +156,7 @@ class Client:
             if response.num_bytes_downloaded != int(length):
                 raise ClientError(f"{url}: received {response.num_bytes_downloaded} bytes, Content-Length said "
                                   f"{length}; nothing written to {out}")
-            check_checkpoint(tmp, self.family, pref, url, out)
+            check_checkpoint(tmp, self.family, pref, url, out, response.headers)
             os.replace(tmp, out)
             return out.stat().st_size, etag
         finally:
@@ -193,9 +193,11 @@ def json_answer(response: httpx.Response) -> dict:
     return answer
 
 
-def check_checkpoint(path: Path, family: Optional[str], pref: str, url: str, out: Path) -> None:
+def check_checkpoint(path: Path, family: Optional[str], pref: str, url: str, out: Path,
+                     answer: httpx.Headers) -> None:
     """A complete safetensors file whose metadata name `family` (when the user gave one) and the
-    preference `pref` asked for; ClientError otherwise. Reads the header only."""
+    variant the answer's headers name as serving the preference `pref` asked for (X-Pmerge-Variant,
+    X-Pmerge-Preference); ClientError otherwise. Reads the header only."""
     from models_store.preference import PreferenceError, parse_preference
 
     def refuse(why: str) -> ClientError:
@@ -221,14 +223,19 @@ def check_checkpoint(path: Path, family: Optional[str], pref: str, url: str, out
         raise refuse(f"the safetensors file holds {8 + n + end} bytes of tensors and header, not {size}")
     if family and metadata.get("family_id") != family:
         raise refuse(f"the checkpoint is of family {shown(str(metadata.get('family_id')))}, not {family}")
+    answered = answer.get("x-pmerge-preference", "")
     try:
-        weights = json.loads(metadata.get("preference", "null"))
+        weights = parse_preference(answered, [t.partition(":")[0] for t in answered.split(",")]).as_dict()
         asked = parse_preference(pref, list(weights)).as_dict()
         same = all(math.isclose(asked[t], float(w), abs_tol=2e-6) for t, w in weights.items())
     except (ValueError, TypeError, AttributeError, PreferenceError):
-        raise refuse("the checkpoint's metadata name no preference that fits the one asked for") from None
+        raise refuse("the answer names no preference (X-Pmerge-Preference) that fits the one asked for") from None
     if not same:
-        raise refuse(f"the checkpoint is of preference {shown(json.dumps(weights))}, not {pref}")
+        raise refuse(f"the answer is for preference {shown(answered)}, not {pref}")
+    variant = answer.get("x-pmerge-variant")
+    if not variant or metadata.get("variant") != variant:
+        raise refuse(f"the checkpoint is of variant {shown(str(metadata.get('variant')))}, not the "
+                     f"{shown(str(variant))} the answer names (X-Pmerge-Variant)")
 
 
 def retry_after(response: httpx.Response) -> float:

@@ -1,8 +1,10 @@
 """Merged checkpoints for download (docs/formats.md, "Merged checkpoint"), cached on disk with an exact LRU byte bound.
 
 The file name is a hash of (format, the kind's materialisation version, family id, the verified
-manifest's sha256, canonical preference): the preference text from the URL is parsed, never used as a path, and a family
-removed and published again with other bytes under the same id never meets its old files. A file is built once per key (a per-key lock makes
+manifest's sha256, the key of the variant serving the preference: models_store/kinds/base.py): the
+preference text from the URL is parsed, never used as a path; a family removed and published again
+with other bytes under the same id never meets its old files; preferences served by one variant (a
+point-set member) share one file and one ETag. A file is built once per key (a per-key lock makes
 concurrent requests wait for the first build), written atomically, and streamed from an open
 file handle so eviction by another request cannot pull it from under a running download.
 
@@ -31,7 +33,7 @@ from .errors import InsufficientStorage
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_FORMAT = "2"  # part of the cache key: a layout change never serves stale files
+DOWNLOAD_FORMAT = "3"  # part of the cache key: a layout change never serves stale files (3: keyed by variant)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 SUFFIX = ".safetensors"
 CHUNK = 1 << 20
@@ -42,12 +44,35 @@ def write_checkpoint(path: Path, family, pref: Preference, device) -> None:
     write(path, family, pref, device)
 
 
-def cache_key(family_id: str, digest: str, materialization: str, pref: Preference) -> str:
+def cache_key(family_id: str, digest: str, materialization: str, variant: str) -> str:
     """The cache file's name and the ETag: of the family's id and verified manifest, its kind's
     materialisation version (FamilyManifest.materialization: a file an earlier build made otherwise is
-    never served), and the preference."""
-    text = "\0".join(("pmerge-download", DOWNLOAD_FORMAT, materialization, family_id, digest, pref.canonical))
+    never served), and the variant's key."""
+    text = "\0".join(("pmerge-download", DOWNLOAD_FORMAT, materialization, family_id, digest, variant))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def download_key(family, pref: Preference) -> tuple[str, str]:
+    """(the file's key, the variant's key) of a loaded family's `pref`: resolving may solve (host
+    work, the caller's thread)."""
+    from models_store.kinds.base import variant_key
+    variant = variant_key(family.variant(pref))
+    return cache_key(family.family_id, family.digest, family.manifest.materialization, variant), variant
+
+
+def etag_matches(header: Optional[str], etag: str) -> bool:
+    """Whether an If-None-Match header names `etag` (or *)."""
+    if not header:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+@dataclass(frozen=True)
+class NotModified:
+    """The answer to a conditional download whose ETag the client holds."""
+    etag: str
+    variant: str
 
 
 @dataclass
@@ -57,6 +82,7 @@ class CachedFile:
     etag: str  # quoted, as sent in the ETag header
     filename: str
     built: bool  # False: a cache hit
+    variant: str  # the key of the variant written
     file: Optional[BinaryIO] = None
     stream: Optional[Iterator[bytes] | AsyncIterator[bytes]] = None  # sync, or async from an engine process
     on_close: Optional[Callable[[], None]] = None
@@ -90,14 +116,18 @@ class DownloadCache:
         self._guard = threading.Condition()
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def etag(self, pref: Preference) -> str:
-        # the file is a pure function of its key (families are immutable), so the key is the ETag
-        return f'"{cache_key(self.family.family_id, self.family.digest, self.family.manifest.materialization, pref)}"'
+    def key(self, pref: Preference) -> tuple[str, str]:
+        return download_key(self.family, pref)
 
-    def get(self, pref: Preference) -> CachedFile:
-        """Open the checkpoint of `pref`, building it first if needed. Blocking: run it in a thread."""
+    def get(self, pref: Preference, if_none_match: Optional[str] = None) -> CachedFile | NotModified:
+        """Open the checkpoint of `pref`, building it first if needed; NotModified when `if_none_match`
+        names its ETag (the file is a pure function of its key: families are immutable). Blocking: run
+        it in a thread."""
         from models_store.merged import checkpoint_chunks, checkpoint_size
-        key = cache_key(self.family.family_id, self.family.digest, self.family.manifest.materialization, pref)
+        key, variant = self.key(pref)
+        etag = f'"{key}"'
+        if etag_matches(if_none_match, etag):
+            return NotModified(etag, variant)
         path = self.root / f"{key}{SUFFIX}"
         name = f"{self.family.family_id}-{key[:12]}{SUFFIX}"
         with self._key_lock(key):
@@ -110,7 +140,7 @@ class DownloadCache:
                 if size > self.max_bytes:  # never fits: stream it as it is made
                     with self._guard:
                         self.builds += 1
-                    return CachedFile(size=size, etag=self.etag(pref), filename=name, built=True,
+                    return CachedFile(size=size, etag=etag, filename=name, built=True, variant=variant,
                                       stream=checkpoint_chunks(self.family, pref, self.device))
                 self._reserve(size, key)
                 try:
@@ -129,7 +159,7 @@ class DownloadCache:
                 else:
                     self.hits += 1
         size = os.fstat(f.fileno()).st_size
-        return CachedFile(size=size, etag=self.etag(pref), filename=name, built=built, file=f)
+        return CachedFile(size=size, etag=etag, filename=name, built=built, variant=variant, file=f)
 
     def _write(self, path: Path, pref: Preference, key: str) -> None:
         """Write the checkpoint (atomically: a failed write leaves nothing); on a full disk, evict

@@ -1,10 +1,12 @@
 """The batching engine: one worker thread owns the model; requests with any preferences share batches.
 
-`submit(images, prefs)` is cheap and thread-safe (the event loop calls it); it splits a request
-into per-image items on a bounded queue and returns a `concurrent.futures.Future` of the
-request's logits. The worker takes up to `max_batch` images, waiting at most `max_wait_ms`
-after the oldest one arrived, and runs ONE forward pass where every image carries its own
-preference row. When the queue holds `queue_size` images, `submit` raises `Overloaded`;
+`submit(images, prefs)` is cheap and thread-safe (the event loop calls it); it resolves the
+preferences to the family's variants there (models_store/kinds/base.py: memoised; a caller
+resolves a family's `slow_resolution` preferences in a thread first, see `Engine.resolve`), splits
+the request into per-image items (image, variant) on a bounded queue and returns a
+`concurrent.futures.Future` of the request's logits. The worker takes up to `max_batch` images,
+waiting at most `max_wait_ms` after the oldest one arrived, and runs ONE forward pass where every
+image carries its own variant: it never rounds, picks or solves. When the queue holds `queue_size` images, `submit` raises `Overloaded`;
 `admission(n)` holds n places first, so a server can refuse a request before decoding its images.
 Background work (POST /select's candidates) waits in a queue of its own: a batch takes it only
 where the foreground's images leave room, so a /select never makes a /classify wait behind it
@@ -26,13 +28,13 @@ from collections import deque
 from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
 from models_store.family import Family
-from models_store.kinds.base import BUCKETS, Servable
+from models_store.kinds.base import BUCKETS, Servable, Variant
 from models_store.preprocess import Preprocess
 
 from .errors import NotReady, Overloaded, PayloadTooLarge, ServiceError, UnsupportedImage
@@ -124,7 +126,7 @@ def deliver_settled(requests) -> None:
 @dataclass
 class _Item:
     image: Decoded
-    pref: np.ndarray  # [K] float32
+    variant: Variant
     request: _Request
     index: int
     enqueued: float
@@ -142,20 +144,18 @@ class Ticket:
         return self.engine._enqueue(self, images, prefs, loop, background)
 
 
-def preference_rows(prefs, n: int, k: int) -> np.ndarray:
-    """[N, K] float32 preference rows from [N, K] or one [K] for all."""
-    prefs = np.asarray(prefs, dtype=np.float32)
-    return np.broadcast_to(prefs, (n, k)) if prefs.ndim == 1 else prefs
+Resolve = Callable[[Any], list[Variant]]  # preference rows [N, K] -> their variants
 
 
 class Engine:
     def __init__(self, model: Servable, config: EngineConfig, *, tasks: int, preprocess: Preprocess,
-                 on_batch: Optional[Callable[[int, float, float], None]] = None,
+                 resolve: Resolve, on_batch: Optional[Callable[[int, float, float], None]] = None,
                  on_queue_wait: Optional[Callable[[float], None]] = None):
-        """`model.logits(images [N, C, S, S], prefs [N, tasks])` serves a batch of images that
-        `preprocess` normalises; `on_batch(images, seconds, cpu_seconds)` after every forward pass;
-        `on_queue_wait(seconds)` per image."""
+        """`model.logits(images [N, C, S, S], variants)` serves a batch of images that `preprocess`
+        normalises, `resolve` gives the variants of preference rows [N, tasks] (the family's);
+        `on_batch(images, seconds, cpu_seconds)` after every forward pass; `on_queue_wait(seconds)` per image."""
         self.model = model
+        self.resolve = resolve
         self.tasks = tasks
         self.preprocess = preprocess
         self.config = config
@@ -177,7 +177,7 @@ class Engine:
     def from_family(cls, family: Family, config: EngineConfig, **hooks) -> "Engine":
         graphs = config.graphs and config.device.type == "cuda"
         return cls(family.servable(config.device, config.dtype, config.device_cache_bytes, graphs), config,
-                   tasks=len(family.tasks), preprocess=family.manifest.preprocess, **hooks)
+                   tasks=len(family.tasks), preprocess=family.manifest.preprocess, resolve=family.resolve, **hooks)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -247,18 +247,25 @@ class Engine:
         n = len(images)
         if ticket.submitted or n != ticket.places:
             raise ValueError(f"a ticket for {ticket.places} images submits them once, got {n}")
-        rows = preference_rows(prefs, n, self.tasks)
+        variants = self.variants(prefs, n)
         request = _Request(n, loop)
         with self._cond:
             if not self.ready:
                 raise NotReady("the model is not loaded yet (or shutting down)")
             now = time.monotonic()
             (self._background if background else self._queue).extend(
-                _Item(images[i], rows[i], request, i, now) for i in range(n))
+                _Item(images[i], variants[i], request, i, now) for i in range(n))
             self._held -= n
             ticket.submitted = True
             self._cond.notify()
         return request.future
+
+    def variants(self, prefs, n: int) -> list[Variant]:
+        """The variants of n images' preferences: rows [N, K], or one [K] for all (resolved once)."""
+        rows = np.asarray(prefs, dtype=np.float64)
+        if rows.shape[-1:] != (self.tasks,) or rows.ndim not in (1, 2) or (rows.ndim == 2 and len(rows) != n):
+            raise ValueError(f"preferences of shape {list(rows.shape)} for {n} images of {self.tasks} tasks")
+        return self.resolve(rows[None]) * n if rows.ndim == 1 else self.resolve(rows)
 
     def _retry_after(self) -> int:
         batches_ahead = self.queued / self.config.max_batch + 1
@@ -291,16 +298,17 @@ class Engine:
         for n in sorted(sizes):
             prefs = torch.eye(self.tasks)[torch.arange(n) % self.tasks] if n > 1 else \
                 torch.full((1, self.tasks), 1.0 / self.tasks)
-            self.forward(torch.zeros(n, pre.channels, pre.image_size, pre.image_size, dtype=torch.uint8), prefs)
+            self.forward(torch.zeros(n, pre.channels, pre.image_size, pre.image_size, dtype=torch.uint8),
+                         self.resolve(prefs))
 
-    def forward(self, pixels: torch.Tensor, prefs: torch.Tensor, plan=...) -> dict[str, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor, variants: Sequence[Variant], plan=...) -> dict[str, torch.Tensor]:
         """The device path of one batch: pixels [N, C, S, S] uint8 (on the host or the device) and
-        prefs [N, K] on the host -> logits on the host. Normalised on the device; one copy of all
-        tasks' logits back."""
+        each image's variant -> logits on the host. Normalised on the device; one copy of all tasks'
+        logits back."""
         if plan is ...:
-            plan = self.model.plan(prefs)
+            plan = self.model.plan(variants)
         images = self.preprocess.normalize(pixels.to(self.config.device, non_blocking=True))
-        logits = self.model.logits(images, prefs, plan)
+        logits = self.model.logits(images, variants, plan)
         sizes = [v.shape[1] for v in logits.values()]
         host = torch.cat(list(logits.values()), dim=1).cpu()
         return dict(zip(logits, host.split(sizes, dim=1)))
@@ -406,7 +414,7 @@ class Engine:
             pixels, items = self._gather(items)
             if not items:
                 return
-            logits = self.forward(pixels, torch.from_numpy(np.stack([it.pref for it in items])))
+            logits = self.forward(pixels, [it.variant for it in items])
             logits = {t: v.numpy() for t, v in logits.items()}
         except Exception as e:  # fail this batch's requests; the engine keeps serving
             log.exception("forward pass failed for a batch of %d images", len(items))

@@ -16,6 +16,7 @@ from models_store.preference import parse_preference
 
 from . import ipc
 from . import messages as m
+from .downloads import NotModified
 from .errors import BadRequest, NotReady, ServiceError
 from .images import Decoded
 from .runtime import FamilyView, LocalRuntime
@@ -134,15 +135,19 @@ class EngineServer:
     async def checkpoint(self, request: m.Checkpoint, writer: asyncio.StreamWriter) -> None:
         async with self.runtime.hold(request.family) as family:
             family = self._view(request.digest, family)
-            cached = await self.runtime.checkpoint(family, parse_preference(request.pref, family.tasks))
+            cached = await self.runtime.checkpoint(family, parse_preference(request.pref, family.tasks),
+                                                   request.if_none_match)
+        if isinstance(cached, NotModified):
+            await ipc.send(writer, m.CheckpointReply(cached.etag, cached.variant, not_modified=True).to_wire())
+            return
+        meta = dict(etag=cached.etag, variant=cached.variant, size=cached.size, filename=cached.filename,
+                    built=cached.built)
         if cached.file is not None:  # the front end reads the file; its name is the cache's own
             path = cached.file.name
             cached.close()
-            await ipc.send(writer, m.CheckpointReply(cached.size, cached.etag, cached.filename, cached.built,
-                                                     path=path).to_wire())
+            await ipc.send(writer, m.CheckpointReply(**meta, path=path).to_wire())
             return
-        await ipc.send(writer, m.CheckpointReply(cached.size, cached.etag, cached.filename, cached.built,
-                                                 stream=True).to_wire())  # larger than the cache: made as it is sent
+        await ipc.send(writer, m.CheckpointReply(**meta, stream=True).to_wire())  # larger than the cache: made as it is sent
         chunks = cast(Iterator[bytes], cached.chunks())  # this process's downloads are made here, in threads
         while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:  # merging is blocking work
             await ipc.send(writer, m.Chunk().to_wire(), chunk)

@@ -6,8 +6,9 @@ field renamed on one side fails in mypy and the tests rather than in a request.
     Hold(family)                        -> HoldReply(manifest, digest, device_jpeg)
     Classify(family, digest, arena,
              images, prefs, background)  -> ClassifyReply(tasks, sizes) + logits [N, sum of classes] float32
-    Checkpoint(family, digest, pref)     -> CheckpointReply(size, etag, filename, built, path | stream),
-                                            then, when streamed, payload-carrying chunks and an end
+    Checkpoint(family, digest, pref,     -> CheckpointReply(etag, variant, not_modified | size, filename,
+               if_none_match)               built, path | stream), then, when streamed, payload-carrying
+                                            chunks and an end
     Families()                           -> FamiliesReply(families)
     Readiness()                          -> ReadinessReply(ready, family_id, detail)
 
@@ -103,14 +104,17 @@ class Checkpoint(Request):
     family: str
     digest: str
     pref: str  # canonical
+    if_none_match: Optional[str] = None  # the client's header: the engine resolves the variant, whose ETag it is
 
 
 @dataclass(frozen=True)
 class CheckpointReply(Reply):
-    size: int
     etag: str
-    filename: str
-    built: bool
+    variant: str  # the key of the variant serving the preference
+    not_modified: bool = False  # the client holds it: nothing more follows
+    size: int = 0
+    filename: str = ""
+    built: bool = False
     path: Optional[str] = None  # the cached file, which the front end opens and sends
     stream: bool = False  # else: the file is made as it is sent, in chunks on this connection
 

@@ -23,7 +23,7 @@ from models_store.preference import Preference
 
 from . import ipc
 from . import messages as m
-from .downloads import CachedFile
+from .downloads import CachedFile, NotModified
 from .errors import NotReady, Overloaded
 from .metrics import Metrics
 from .runtime import FamilyView, Logits, Readiness, Runtime
@@ -170,8 +170,9 @@ class RemoteRuntime(Runtime):
         bounds = np.cumsum([0, *reply.sizes])
         return {t: matrix[:, a:b] for t, a, b in zip(reply.tasks, bounds[:-1], bounds[1:])}
 
-    async def checkpoint(self, family: FamilyView, pref: Preference) -> CachedFile:
-        request = m.Checkpoint(family.family_id, family.digest, pref.canonical)
+    async def checkpoint(self, family: FamilyView, pref: Preference, if_none_match: Optional[str] = None
+                         ) -> CachedFile | NotModified:
+        request = m.Checkpoint(family.family_id, family.digest, pref.canonical, if_none_match)
         for attempt in (1, 2):  # the file can be evicted between the engine's answer and our open: ask again
             # a connection of its own: a stream holds it until the last byte is sent
             try:
@@ -186,7 +187,10 @@ class RemoteRuntime(Runtime):
                 writer.close()
                 raise
             reply = m.CheckpointReply.from_wire(header)
-            meta = (reply.size, reply.etag, reply.filename, reply.built)
+            if reply.not_modified:
+                writer.close()
+                return NotModified(reply.etag, reply.variant)
+            meta = (reply.size, reply.etag, reply.filename, reply.built, reply.variant)
             if reply.stream or reply.path is None:
                 return CachedFile(*meta, stream=self._stream(reader, writer), on_close=writer.close)
             writer.close()

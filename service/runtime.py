@@ -25,7 +25,7 @@ import numpy as np
 from models_store.family import FamilyManifest
 from models_store.preference import Preference, parse_preference
 
-from .downloads import CachedFile, cache_key
+from .downloads import CachedFile, NotModified
 from .errors import NotReady
 from .families import parse_family_ids
 from .images import Decoded, decode_uploads
@@ -62,10 +62,6 @@ class FamilyView:
 
     def preference(self, text: Optional[str]) -> Preference:
         return parse_preference(text, self.tasks)
-
-    def etag(self, pref: Preference) -> str:
-        # the file is a pure function of its key (families are immutable), so the key is the ETag
-        return f'"{cache_key(self.family_id, self.digest, self.manifest.materialization, pref)}"'
 
 
 @dataclass(frozen=True)
@@ -119,8 +115,9 @@ class Runtime(ABC):
         work is served where foreground requests leave room in a batch."""
 
     @abstractmethod
-    async def checkpoint(self, family: FamilyView, pref: Preference) -> CachedFile:
-        ...
+    async def checkpoint(self, family: FamilyView, pref: Preference, if_none_match: Optional[str] = None
+                         ) -> CachedFile | NotModified:
+        """The checkpoint of the variant serving `pref`, or NotModified when `if_none_match` names its ETag."""
 
     @abstractmethod
     async def list_families(self) -> list[dict]:
@@ -238,11 +235,19 @@ class LocalRuntime(Runtime):
         self._resident(family).engine.require_room(n)
 
     async def classify(self, family: FamilyView, files: Sequence[tuple[str, bytes]], prefs: np.ndarray) -> Logits:
-        engine = self._resident(family).engine
-        with engine.admission(len(files)) as ticket:
+        served = self._resident(family)
+        with served.engine.admission(len(files)) as ticket:
             images = await self.decode(family, files)
+            await self._resolve(served, prefs)
             future = ticket.submit(images, prefs, asyncio.get_running_loop())
         return await future
+
+    @staticmethod
+    async def _resolve(served: "Served", prefs: np.ndarray) -> None:
+        """Where a family's new preferences cost a solve (`slow_resolution`), resolve them in a thread
+        first: the submit that follows finds them remembered, and the event loop never solves."""
+        if served.family.body.slow_resolution:
+            await asyncio.to_thread(served.engine.resolve, np.atleast_2d(np.asarray(prefs, dtype=np.float64)))
 
     @asynccontextmanager
     async def prepared(self, family: FamilyView, files: Sequence[tuple[str, bytes]]) -> AsyncIterator[list[Decoded]]:
@@ -252,12 +257,17 @@ class LocalRuntime(Runtime):
     async def run(self, family: FamilyView, images: Sequence[Decoded], prefs: np.ndarray,
                   background: bool = False) -> Logits:
         """Classify decoded images (prepared here, or by a front-end process)."""
-        return await self._resident(family).engine.submit(images, prefs, asyncio.get_running_loop(), background)
+        served = self._resident(family)
+        await self._resolve(served, prefs)
+        return await served.engine.submit(images, prefs, asyncio.get_running_loop(), background)
 
-    async def checkpoint(self, family: FamilyView, pref: Preference) -> CachedFile:
+    async def checkpoint(self, family: FamilyView, pref: Preference, if_none_match: Optional[str] = None
+                         ) -> CachedFile | NotModified:
         loop = asyncio.get_running_loop()
-        cached = await loop.run_in_executor(self._downloader, self._resident(family).downloads.get, pref)
-        self.metrics.downloads.labels("build" if cached.built else "hit").inc()
+        cached = await loop.run_in_executor(self._downloader, self._resident(family).downloads.get, pref,
+                                            if_none_match)
+        if isinstance(cached, CachedFile):
+            self.metrics.downloads.labels("build" if cached.built else "hit").inc()
         return cached
 
     async def list_families(self) -> list[dict]:

@@ -265,7 +265,7 @@ def member_fronts(name: str, family: Family, evaluator: Evaluator, log: Callable
         return []
     start = time.perf_counter()
     prefs = [from_weights(m["preference"], family.tasks) for m in members]
-    evaluated = [FrontPoint(p, evaluator.accuracy(dict(family.body.iter_member(i, evaluator.device))))
+    evaluated = [FrontPoint(p, evaluator.accuracy(dict(family.body.materialize(i, evaluator.device))))
                  for i, p in enumerate(prefs)]
     seconds = time.perf_counter() - start
     log(f"{name}: {len(evaluated)} members in {seconds:.1f} s")

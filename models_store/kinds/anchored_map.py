@@ -10,29 +10,26 @@ k itself; in between, both the weights and the map move along a straight line. F
 feature-map and `towards.safetensors`: "<task>/<P>" = theta_task[P] - base[P] for every float P of
 the base, in the base's dtype. kind_params: `dim` and `anchor`.
 
-Serving: the base tower once for the images whose preferences need no anchoring, one anchored
+A variant is (canonical weights, anchor). Serving: the base tower once for the images whose preferences need no anchoring, one anchored
 tower per distinct (k, a) for the others (materialised on the device), then each image's map;
 towers and maps share one DeviceCache, so the family keeps at most its bound, whichever it holds.
 A download is tower(p) with its map folded into proj, as feature-map's: a plain open_clip tower.
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from pydantic import Field
 
 from .. import StoreError
 from ..checkpoint import StateDict, load_state_dict
-from ..tower import build_tower
 from ..zoo import Head
-from .base import DeviceCache, tensor_bytes
-from ..preference import canonical_weights
+from .base import TowerCache, Variant, Weights, groups
 from .feature_map import (BASE, MAPS, FeatureMapFamily, FeatureMapParams, FeatureMapServable, MapPlan, folded,
-                          preference_map, read_maps)
+                          preference_map, read_base, read_maps)
 
 NAME = "anchored-map"
 TOWARDS = "towards.safetensors"
@@ -48,9 +45,8 @@ class AnchoredMapParams(FeatureMapParams):
                                                       "that task's fine-tuned tower")
 
 
-def anchor_of(pref: tuple[float, ...] | list[float], q: float) -> Anchor:
-    """(k, a) of a preference, or None where no weight exceeds q."""
-    weights = canonical_weights(pref)  # float32 or 64: one anchor
+def anchor_of(weights: Weights, q: float) -> Anchor:
+    """(k, a) of canonical weights, or None where no weight exceeds q."""
     k = max(range(len(weights)), key=weights.__getitem__)
     a = round(max(0.0, (weights[k] - q) / (1.0 - q)), ANCHOR_DECIMALS)
     return None if a == 0.0 else (k, a)
@@ -64,53 +60,40 @@ def family_files(base: StateDict, W: torch.Tensor, C: torch.Tensor, towards: dic
 
 @dataclass(frozen=True)
 class AnchoredPlan(MapPlan):
-    """MapPlan, plus each distinct preference's anchor and the batch's rows per tower."""
-    anchors: list[Anchor]
+    """MapPlan, plus the batch's rows per tower (an anchor, or None: the base tower)."""
     towers: list[tuple[Anchor, list[int]]]
 
 
 class AnchoredMapServable(FeatureMapServable):
-    def __init__(self, tower: torch.nn.Module, W: torch.Tensor, C: torch.Tensor, towards: dict[str, torch.Tensor],
-                 architecture: dict, anchor: float, heads: dict[str, Head], device: torch.device, dtype: torch.dtype,
+    def __init__(self, family: "AnchoredMapFamily", heads: dict[str, Head], device: torch.device, dtype: torch.dtype,
                  cache_bytes: int, graphs: bool = False):
-        super().__init__(tower, W, C, heads, device, dtype, cache_bytes, graphs)
-        self.q, self.architecture = anchor, architecture
-        self.base = {k: v.to(self.device) for k, v in tower.state_dict().items()}
-        self.towards = {k: v.to(self.device) for k, v in towards.items()}  # P -> [K, ...]
-        # one cache for the maps (keyed by preference) and the towers (keyed by TOWER, k, a): the
+        from ..tower import load_tower
+        super().__init__(load_tower(family.architecture, family.base), family.W, family.C, heads, device, dtype,
+                         cache_bytes, graphs)
+        # the base's tensors are the served tower's own (serving dtype, on the device): no second copy
+        self.family = family.moved(base=self.tower.state_dict(), towards={k: v.to(self.device)
+                                                                          for k, v in family.towards.items()})
+        # one cache for the maps (keyed by variant) and the towers (keyed by TOWER, k, a): the
         # family keeps at most cache_bytes on the device, whichever it holds
-        self.maps = self.towers = DeviceCache(cache_bytes, self._forget)
-        self._made = itertools.count()
-        self.materialized = 0  # anchored towers materialised so far (tests, benchmarks)
+        self.towers = TowerCache(family.architecture, family.tower_specs(), self.device, dtype, self.cache, self.graphed)
+
+    @property
+    def materialized(self) -> int:
+        return self.towers.built
 
     @property
     def solved(self) -> int:
-        return self.maps.misses - self.materialized
+        return self.cache.misses - self.towers.built
 
-    def plan(self, prefs: torch.Tensor) -> AnchoredPlan:
-        plan = super().plan(prefs)
-        anchors = [anchor_of(key, self.q) for key in plan.distinct]
-        per_image = [anchors[i] for i in plan.inverse]
-        towers = [(a, [n for n, b in enumerate(per_image) if b == a]) for a in dict.fromkeys(per_image)]
-        return AnchoredPlan(plan.distinct, plan.inverse, anchors, towers)
-
-    def _forget(self, evicted) -> None:
-        if isinstance(evicted, torch.nn.Module) and self.graphed is not None:
-            self.graphed.forget(evicted.graph_key)
+    def plan(self, variants: Sequence[Variant]) -> AnchoredPlan:
+        plan = MapPlan.of(variants)
+        towers = [(anchor, rows) for anchor, rows in groups([v[1] for v in variants])]
+        return AnchoredPlan(plan.distinct, plan.inverse, towers)
 
     def anchored_tower(self, anchor: tuple[int, float]) -> torch.nn.Module:
-        key = (TOWER, *anchor)
-        tower = self.towers.get(key)
-        if tower is not None:
-            return tower
-        state = anchored_state(self.base, self.towards, anchor)
-        nbytes = tensor_bytes(v for v in state.values())
-        self.towers.room(nbytes)
-        tower = build_tower(self.architecture).to(self.device, self.dtype).eval()
-        tower.load_state_dict(state)
-        tower.graph_key = (TOWER, next(self._made))
-        self.materialized += 1
-        return self.towers.put(key, tower, nbytes)
+        family = self.family
+        return self.towers.get((TOWER, *anchor), lambda: ((name, anchored_tensor(name, w, family.towards, anchor))
+                                                          for name, w in family.base.items()))
 
     def tower_features(self, images: torch.Tensor, plan: MapPlan) -> torch.Tensor:
         if not isinstance(plan, AnchoredPlan):
@@ -132,9 +115,10 @@ class AnchoredMapServable(FeatureMapServable):
             raise ValueError("a batch of no image")
         return features
 
-    def solve(self, keys: list[tuple[float, ...]]) -> torch.Tensor:
-        a = [0.0 if (x := anchor_of(key, self.q)) is None else x[1] for key in keys]
-        return towards_identity(super().solve(keys), torch.tensor(a, device=self.device))
+    def solve(self, keys: list[Variant]) -> torch.Tensor:
+        maps = super().solve([weights for weights, _ in keys])
+        a = [0.0 if anchor is None else anchor[1] for _, anchor in keys]
+        return towards_identity(maps, torch.tensor(a, device=self.device))
 
 
 def towards_identity(maps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -149,10 +133,6 @@ def anchored_tensor(name: str, w: torch.Tensor, towards: dict[str, torch.Tensor]
         return w
     k, a = anchor
     return (w.float() + a * towards[name][k].to(w.device).float()).to(w.dtype)
-
-
-def anchored_state(base: StateDict, towards: dict[str, torch.Tensor], anchor: Anchor) -> StateDict:
-    return {name: anchored_tensor(name, w, towards, anchor) for name, w in base.items()}
 
 
 class AnchoredMapFamily(FeatureMapFamily):
@@ -176,26 +156,31 @@ class AnchoredMapFamily(FeatureMapFamily):
         if not isinstance(params, AnchoredMapParams):
             raise StoreError(f"family {family_id}: an anchored-map family needs its `anchor` in kind_params")
         W, C = read_maps(path, family_id)
-        base, stored = load_state_dict(path / BASE), load_state_dict(path / TOWARDS)
+        base, stored = read_base(path, architecture, family_id), load_state_dict(path / TOWARDS)
         towards = {p: torch.stack([stored[f"{t}/{p}"] for t in tasks]) for p in base
                    if all(f"{t}/{p}" in stored for t in tasks)}
         return cls(base, W, C, towards, params, len(tasks), architecture, family_id)
 
-    def iter_materialized(self, pref: torch.Tensor, device: torch.device = torch.device("cpu")
-                          ) -> Iterator[tuple[str, torch.Tensor]]:
-        """tower(p) with its map folded into proj, one tensor at a time, computed on `device`. The
-        anchor is host work, done at the call (not at the first tensor)."""
-        weights = pref.cpu().tolist()
-        return self._anchored(weights, anchor_of(weights, self.q), device)
+    def variant(self, weights: Weights) -> Variant:
+        return weights, anchor_of(weights, self.q)
 
-    def _anchored(self, weights: list[float], anchor: Anchor, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+    def describe(self, variant: Variant) -> dict[str, Any]:
+        weights, anchor = variant  # type: ignore[misc]
+        return {"preference": list(weights), "anchor": None if anchor is None else list(anchor)}
+
+    def materialize(self, variant: Variant, device: torch.device = torch.device("cpu")
+                    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """tower(p) with its map folded into proj, one tensor at a time, computed on `device`."""
+        weights, anchor = variant  # type: ignore[misc]
         W = preference_map(self.W, self.C, weights, device)
         W = towards_identity(W, torch.tensor(0.0 if anchor is None else anchor[1], device=device))
         yield from folded(((name, anchored_tensor(name, w.to(device), self.towards, anchor))
                            for name, w in self.base.items()), W)
 
+    def on_device(self, device: torch.device) -> "AnchoredMapFamily":
+        move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        return self.moved(base=move(self.base), towards=move(self.towards))  # type: ignore[return-value]
+
     def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype,
                  cache_bytes: int, graphs: bool = False) -> AnchoredMapServable:
-        from ..tower import load_tower
-        return AnchoredMapServable(load_tower(self.architecture, self.base), self.W, self.C, self.towards,
-                                   self.architecture, self.q, heads, device, dtype, cache_bytes, graphs)
+        return AnchoredMapServable(self, heads, device, dtype, cache_bytes, graphs)

@@ -9,7 +9,7 @@ f = pool(x) @ proj. At a one-hot preference W_p = W_t.
 Files: `base.safetensors` (the base merged tower) and `maps.safetensors`: "W" [K, d, d] and
 "C" [K, d, d], float32. kind_params: `dim` (d, the features' size).
 
-Serving is per image and exact in one forward pass: the base tower's features of every image go
+A variant is the canonical weights of a preference. Serving is per image and exact in one forward pass: the base tower's features of every image go
 through its own preference's W_p (each new preference solved on its own, in float64, so a map
 never depends on its batch; the maps kept in the kinds' one bounded cache). A download folds W_p into the output projection, proj_p = proj W_p^T (f_p = x proj_p), so
 the checkpoint is a plain open_clip tower that loads with strict=True.
@@ -18,17 +18,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from pydantic import BaseModel, Field
 
 from .. import StoreError
-from ..preference import canonical_weights
 from ..checkpoint import StateDict, load_state_dict
-from ..tower import load_tower
+from ..tower import check_tower_state, load_tower
 from ..zoo import Head
-from .base import DeviceCache, KindFormat, Servable
+from .base import DeviceCache, KindFormat, Servable, Variant, Weights
 
 NAME = "feature-map"
 BASE = "base.safetensors"
@@ -48,14 +47,14 @@ def map_factors(W: torch.Tensor, C: torch.Tensor, device: torch.device) -> tuple
 
 
 def preference_maps(WC: torch.Tensor, C: torch.Tensor, prefs: Sequence[Sequence[float]]) -> torch.Tensor:
-    """W_p = (sum_t p_t W_t C_t)(sum_t p_t C_t)^-1 for each preference (host weights), from map_factors
-    -> [M, d, d] float32. Each map is solved on its own in float64 from the canonical weights: the
+    """W_p = (sum_t p_t W_t C_t)(sum_t p_t C_t)^-1 for each preference (host weights: a variant's
+    canonical ones), from map_factors -> [M, d, d] float32. Each map is solved on its own in float64: the
     systems are ill-conditioned (a calibration's C_t has the rank of its images, plus a small ridge),
     so a map solved in float32, or in one batched call with other preferences, would depend on the
     preferences it came with; this way it is a function of its preference alone."""
     maps = []
     for row in prefs:
-        p = torch.tensor(canonical_weights(row), dtype=torch.float64, device=WC.device)
+        p = torch.tensor(row, dtype=torch.float64, device=WC.device)
         numerator = torch.einsum("k,kil->il", p, WC)
         denominator = torch.einsum("k,kij->ij", p, C)
         maps.append(torch.linalg.solve(denominator, numerator, left=False))  # numerator @ denominator^-1
@@ -80,10 +79,15 @@ def family_files(base: StateDict, W: torch.Tensor, C: torch.Tensor) -> dict[str,
 
 @dataclass(frozen=True)
 class MapPlan:
-    """A batch's distinct preferences (M rows of K weights) and which one each image has (N indices),
-    host values."""
-    distinct: list[tuple[float, ...]]
+    """A batch's distinct variants (M) and which one each image has (N indices), host values."""
+    distinct: list[Variant]
     inverse: list[int]
+
+    @classmethod
+    def of(cls, variants: Sequence[Variant]) -> "MapPlan":
+        index: dict[Variant, int] = {}
+        inverse = [index.setdefault(v, len(index)) for v in variants]
+        return cls(list(index), inverse)
 
 
 class FeatureMapServable(Servable):
@@ -95,40 +99,45 @@ class FeatureMapServable(Servable):
         super().__init__(heads, device, dtype, graphs)
         self.tower = tower.to(device=self.device, dtype=dtype).eval()
         self.WC, self.C = map_factors(W, C, self.device)
-        self.maps: DeviceCache[torch.Tensor] = DeviceCache(cache_bytes)
+        self.cache: DeviceCache[Any] = DeviceCache(cache_bytes)  # the maps (and an anchored family's towers)
 
     @property
     def solved(self) -> int:
         """Maps solved so far, a cache miss each (tests, benchmarks)."""
-        return self.maps.misses
+        return self.cache.misses
 
-    def plan(self, prefs: torch.Tensor) -> MapPlan:
-        distinct, inverse = torch.unique(prefs.float(), dim=0, return_inverse=True)
-        return MapPlan([canonical_weights(row) for row in distinct.tolist()], inverse.tolist())
+    def plan(self, variants: Sequence[Variant]) -> MapPlan:
+        return MapPlan.of(variants)
 
     def tower_features(self, images: torch.Tensor, plan: MapPlan) -> torch.Tensor:
         """The towers' output features [N, d], float32: here the base tower's, once for the batch."""
         return self.run("base", self.tower, images).float()
 
-    def solve(self, keys: list[tuple[float, ...]]) -> torch.Tensor:
-        """The maps [M, d, d] of these distinct preferences, each solved on its own."""
+    def solve(self, keys: list[Variant]) -> torch.Tensor:
+        """The maps [M, d, d] of these distinct variants (here: weights), each solved on its own."""
         return preference_maps(self.WC, self.C, keys)
 
-    def features(self, images: torch.Tensor, prefs: torch.Tensor, plan: MapPlan) -> torch.Tensor:
+    def features(self, images: torch.Tensor, plan: MapPlan) -> torch.Tensor:
         features = self.tower_features(images, plan)
         keys = plan.distinct
-        missing = [i for i, key in enumerate(keys) if key not in self.maps]
+        missing = [i for i, key in enumerate(keys) if key not in self.cache]
         if missing:
             solved = self.solve([keys[i] for i in missing])
             d = solved.shape[-1]
-            self.maps.room(len(missing) * d * d * 4, keep=frozenset(keys))  # a batch keeps its own maps
+            self.cache.room(len(missing) * d * d * 4, keep=frozenset(keys))  # a batch keeps its own maps
             for i, m in zip(missing, solved):
-                self.maps.put(keys[i], m, d * d * 4)
-        maps = torch.stack([self.maps[key] for key in keys])  # [M, d, d]
+                self.cache.put(keys[i], m, d * d * 4)
+        maps = torch.stack([self.cache[key] for key in keys])  # [M, d, d]
         if len(keys) == 1:
             return features @ maps[0].T
         per_image = maps[torch.tensor(plan.inverse, device=self.device)]  # [N, d, d]
         return torch.bmm(per_image, features.unsqueeze(2)).squeeze(2)
+
+
+def read_base(path: Path, architecture: dict, family_id: str) -> StateDict:
+    base = load_state_dict(path / BASE)
+    check_tower_state(base, architecture, f"family {family_id}: {BASE}")
+    return base
 
 
 def read_maps(path: Path, family_id: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,19 +169,15 @@ class FeatureMapFamily(KindFormat):
     def load(cls, path: Path, params: FeatureMapParams, tasks: list[str], architecture: dict,
              family_id: str) -> "FeatureMapFamily":
         W, C = read_maps(path, family_id)
-        return cls(load_state_dict(path / BASE), W, C, params, len(tasks), architecture, family_id)
+        return cls(read_base(path, architecture, family_id), W, C, params, len(tasks), architecture, family_id)
 
     def tower_specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
         return [(k, v.dtype, tuple(v.shape)) for k, v in self.base.items()]
 
-    def iter_materialized(self, pref: torch.Tensor, device: torch.device = torch.device("cpu")
-                          ) -> Iterator[tuple[str, torch.Tensor]]:
-        """The base tower with W_p folded into proj. The weights are host work, read at the call (not at
-        the first tensor); the map is solved on `device` with the first tensor."""
-        return self._iter_materialized(pref.cpu().tolist(), device)
-
-    def _iter_materialized(self, weights: list[float], device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
-        W = preference_map(self.W, self.C, weights, device)
+    def materialize(self, variant: Weights, device: torch.device = torch.device("cpu")
+                    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """The base tower with W_p folded into proj; the map is solved on `device` with the first tensor."""
+        W = preference_map(self.W, self.C, variant, device)
         yield from folded(((name, w.to(device)) for name, w in self.base.items()), W)
 
     def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype,

@@ -6,7 +6,8 @@ Files: `base.safetensors` (the merged base tower) and `lowrank.safetensors` ("P.
     theta(pref)[P] = base[P] + A_P (sum_k pref_k G_P[k]) B_P^T   for every adapted P,
     theta(pref)[P] = base[P]                                     otherwise.
 
-Serving never materialises weights: every adapted projection computes
+A variant is the canonical weights of a preference. Serving never materialises weights: every
+adapted projection computes
 
     y = x W^T + b + ((x B) M_i^T) A^T,     M_i = sum_k pref_ik G_k   (r x r, one per image)
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +34,9 @@ from torch import nn
 
 from .. import StoreError
 from ..checkpoint import StateDict, load_state_dict
-from ..tower import embed, load_tower, pool_project
+from ..tower import check_tower_state, embed, load_tower, pool_project
 from ..zoo import Head
-from .base import KindFormat, Servable
+from .base import KindFormat, Servable, Weights
 
 NAME = "lowrank"
 BASE = "base.safetensors"
@@ -165,8 +166,12 @@ class LowRankServable(Servable):
         # every adapted projection's G, stacked: one einsum gives every core of the batch
         self.G = torch.stack([f.G for f in self.factors]) if self.factors else None  # [P, K, r, r]
 
-    def features(self, images: torch.Tensor, prefs: torch.Tensor, plan=None) -> torch.Tensor:
-        return self.run("mixed", self.mixed_features, images, prefs)
+    def plan(self, variants: Sequence[Weights]) -> torch.Tensor:
+        """Each image's weights [N, K], on the host."""
+        return torch.tensor(variants, dtype=torch.float32)
+
+    def features(self, images: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
+        return self.run("mixed", self.mixed_features, images, plan.to(self.device, non_blocking=True))
 
     def mixed_features(self, images: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
         cores = None if self.G is None else torch.einsum("nk,pkij->pnij", prefs.to(self.dtype), self.G)
@@ -235,15 +240,17 @@ class LowRankFamily(KindFormat):
     def load(cls, path: Path, params: LowRankParams, tasks: list[str], architecture: dict,
              family_id: str) -> "LowRankFamily":
         lowrank = lowrank_from_state(load_state_dict(path / LOWRANK), params.targets)
-        return cls(load_state_dict(path / BASE), lowrank, params, len(tasks), architecture, family_id)
+        base = load_state_dict(path / BASE)
+        check_tower_state(base, architecture, f"family {family_id}: {BASE}")
+        return cls(base, lowrank, params, len(tasks), architecture, family_id)
 
     def tower_specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
         return [(k, v.dtype, tuple(v.shape)) for k, v in self.base.items()]
 
-    def iter_materialized(self, pref: torch.Tensor, device: torch.device = torch.device("cpu")
-                          ) -> Iterator[tuple[str, torch.Tensor]]:
+    def materialize(self, variant: Weights, device: torch.device = torch.device("cpu")
+                    ) -> Iterator[tuple[str, torch.Tensor]]:
         """theta(pref) lazily, one tensor at a time on `device`, so a writer holds at most one extra tensor."""
-        pref = pref.to(device)
+        pref = torch.tensor(variant, dtype=torch.float32, device=device)
         for name, w in self.base.items():
             f = self.lowrank.get(name)
             w = w.to(device)

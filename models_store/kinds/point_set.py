@@ -19,24 +19,24 @@ kind_params: `pick` (a rule of PICK_RULES), `merge_vectors` (bool) and `members`
 except in a block whose source is "finetuned:<task>" (theta0 + tau_task: that task's fine-tuned
 block) or "skip": the member's merge with the block's residual branches zeroed (attention
 `out_proj` and `mlp.c_proj`, weight and bias), so the block is the identity and the member, as a
-download writes it, is still a plain open_clip tower of the family's depth. Serving groups a batch
-by member and runs each member's tower on its images (a member's skipped blocks left out, so
-skipping saves their time), keeping the last `cache` materialised towers on the device (least
-recently used out).
+download writes it, is still a plain open_clip tower of the family's depth.
 
 With `at_preference` (a rule), the family makes a member for every preference asked instead of
 picking one of its members: `task-arithmetic` (c = scale K p, task arithmetic + preference) or
 `surrogate` (MAP: the coefficients that its surrogates' scalarisation picks, models_store/surrogate.py).
-A preference is resolved to PREFERENCE_DECIMALS decimals per weight and the coefficients made for it
-are rounded to COEFFICIENT_DECIMALS: preferences that close share one tower (in the cache and in
-the solver's memory), and a download applies the same rounding, so it is the tower that was served.
+The coefficients made for a preference are rounded to COEFFICIENT_DECIMALS, and a download applies
+the same rule, so it is the tower that was served.
 The stored members stay what the learner made and measured (`pmerge front` draws them).
+
+A variant is a stored member's index, or (`at_preference`) the tuple of coefficients made for a
+preference, rounded to COEFFICIENT_DECIMALS: preferences whose coefficients round alike share one
+tower, in the device cache and in the download cache. The family is served by the kinds' generic
+servable (kinds/base.py, VariantServable): one plain tower per variant of a batch, a member's
+skipped blocks left out.
 """
 from __future__ import annotations
 
-import itertools
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Callable, Iterator, Literal, Optional, Union
@@ -48,9 +48,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from .. import StoreError
 from ..checkpoint import StateDict, load_state_dict
 from ..surrogate import Metric, Scalarisation, Surrogates, feature_count
-from ..tower import build_tower, task_arithmetic, with_layers
-from ..zoo import Head
-from .base import DeviceCache, KindFormat, Servable, tensor_bytes
+from ..tower import check_tower_state, task_arithmetic
+from .base import KindFormat
 
 NAME = "point-set"
 PRETRAINED = "pretrained.safetensors"
@@ -120,8 +119,7 @@ class Member(BaseModel):
         return self
 
 
-PREFERENCE_DECIMALS, COEFFICIENT_DECIMALS = 4, 3
-SOLVED = 4096  # preferences whose coefficients a family remembers (host memory: a few hundred KiB)
+COEFFICIENT_DECIMALS = 3
 
 # a stored member (its index), or the task-level coefficients of a member made for a preference
 MemberKey = Union[int, tuple[float, ...]]
@@ -161,24 +159,11 @@ class SurrogateRule(BaseModel):
 MemberRule = Annotated[Union[TaskArithmeticRule, SurrogateRule], Field(discriminator="rule")]
 
 
-class MemberMaker:
-    """A rule bound to a family: a preference's member key, remembered (SOLVED preferences, least
-    recently used out). Starting points of a solve: the stored members' coefficients."""
-
-    def __init__(self, rule: TaskArithmeticRule | SurrogateRule, starts: np.ndarray):
-        self.rule, self.starts = rule, starts
-        self.solved: OrderedDict[tuple[float, ...], tuple[float, ...]] = OrderedDict()
-
-    def __call__(self, pref: list[float]) -> tuple[float, ...]:
-        key = tuple(round(w, PREFERENCE_DECIMALS) for w in pref)
-        made = self.solved.get(key)
-        if made is None:
-            c = self.rule.coefficients(np.array(key, dtype=np.float64), self.starts)
-            made = self.solved[key] = tuple(round(float(x), COEFFICIENT_DECIMALS) + 0.0 for x in c)
-            if len(self.solved) > SOLVED:
-                self.solved.popitem(last=False)
-        self.solved.move_to_end(key)
-        return made
+def made_coefficients(rule: "TaskArithmeticRule | SurrogateRule", weights: tuple[float, ...],
+                      starts: np.ndarray) -> tuple[float, ...]:
+    """The coefficients `rule` makes for canonical weights, rounded: a made member's variant."""
+    c = rule.coefficients(np.array(weights, dtype=np.float64), starts)
+    return tuple(round(float(x), COEFFICIENT_DECIMALS) + 0.0 for x in c)
 
 
 class PointSetParams(BaseModel):
@@ -217,8 +202,7 @@ class Members:
 
     def __init__(self, pretrained: StateDict, vectors: dict[str, torch.Tensor], params: PointSetParams,
                  per_tensor: dict[int, dict[str, torch.Tensor]], tasks: list[str],
-                 merge_vectors: Optional[dict[str, torch.Tensor]] = None, table: Optional[MemberTable] = None,
-                 maker: Optional[MemberMaker] = None):
+                 merge_vectors: Optional[dict[str, torch.Tensor]] = None, table: Optional[MemberTable] = None):
         self.pretrained, self.vectors, self.params, self.per_tensor, self.tasks = pretrained, vectors, params, per_tensor, tasks
         self.merge_vectors = vectors if merge_vectors is None else merge_vectors
         if table is None:  # on the host, always: picking is host work
@@ -226,27 +210,27 @@ class Members:
             scores = None if None in predicted else torch.tensor(predicted) * (1 if params.sense == "max" else -1)
             table = MemberTable(torch.tensor([m.preference for m in params.members]), scores)
         self.table = table
-        if maker is None and params.at_preference is not None:
-            starts = np.array([m.coefficients for m in params.members if m.coefficients is not None]).reshape(-1, len(tasks))
-            maker = MemberMaker(params.at_preference, starts)
-        self.maker = maker
+        # a solve's starting points: the stored members' coefficients
+        self.starts = np.array([m.coefficients for m in params.members if m.coefficients is not None]
+                               ).reshape(-1, len(tasks))
 
     def to(self, device: torch.device) -> "Members":
         move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
         vectors = move(self.vectors)
         merge_vectors = vectors if self.merge_vectors is self.vectors else move(self.merge_vectors)
         return Members(move(self.pretrained), vectors, self.params, {i: move(c) for i, c in self.per_tensor.items()},
-                       self.tasks, merge_vectors, self.table, self.maker)
+                       self.tasks, merge_vectors, self.table)
 
     def pick(self, prefs: torch.Tensor) -> torch.Tensor:
         """prefs [N, K] -> [N] the stored member that the pick rule chooses."""
         return PICK_RULES[self.params.pick](prefs.cpu(), self.table)
 
-    def keys(self, prefs: torch.Tensor) -> list[MemberKey]:
-        """prefs [N, K] -> the member serving each: one made for it (`at_preference`), or a stored one."""
-        if self.maker is None:
-            return self.pick(prefs).tolist()
-        return [self.maker(row) for row in prefs.cpu().double().tolist()]
+    def key(self, weights: tuple[float, ...]) -> MemberKey:
+        """The member serving canonical weights: one made for them (`at_preference`), or a stored one."""
+        rule = self.params.at_preference
+        if rule is None:
+            return int(self.pick(torch.tensor([weights]))[0])
+        return made_coefficients(rule, weights, self.starts)
 
     def source(self, key: MemberKey, name: str) -> str:
         """Where member `key` takes parameter `name` from: merge, finetuned:<task> or skip."""
@@ -285,9 +269,6 @@ class Members:
         basis = self.vectors if source.startswith(FINETUNED) else self.merge_vectors
         return task_arithmetic(w, self.coefficients(index, name), basis[name].to(w.device))
 
-    def iter_tensors(self, index: int) -> Iterator[tuple[str, torch.Tensor]]:
-        for name in self.pretrained:
-            yield name, self.tensor(index, name)
 
 
 def family_files(pretrained: StateDict, task_vectors: dict[str, dict[str, torch.Tensor]],
@@ -303,85 +284,6 @@ def family_files(pretrained: StateDict, task_vectors: dict[str, dict[str, torch.
     return {PRETRAINED: pretrained, TASK_VECTORS: vectors, COEFFICIENTS: coefficients}
 
 
-@dataclass(frozen=True)
-class MemberPlan:
-    """A batch grouped by member: each member picked, with the rows of its images (host values)."""
-    groups: list[tuple[MemberKey, list[int]]]
-
-
-class PointSetServable(Servable):
-    """Each image runs through its member's plain open_clip tower. Materialised towers stay on the
-    device in the kinds' one cache (least recently used out); a miss materialises into an evicted
-    tower's memory when it is as deep."""
-
-    def __init__(self, members: Members, architecture: dict, heads: dict[str, Head], device: torch.device,
-                 dtype: torch.dtype, cache_bytes: int, graphs: bool = False):
-        super().__init__(heads, device, dtype, graphs)
-        self.members, self.architecture = members.to(self.device), architecture
-        self.spare: list[torch.nn.Module] = []  # evicted towers, whose memory a miss may reuse
-        self._towers_made = itertools.count()
-        self.towers: DeviceCache[torch.nn.Module] = DeviceCache(cache_bytes, self.spare.append)
-
-    @property
-    def materialized(self) -> int:
-        """Cache misses so far (tests, benchmarks)."""
-        return self.towers.misses
-
-    def plan(self, prefs: torch.Tensor) -> MemberPlan:
-        picked = self.members.keys(prefs)
-        return MemberPlan([(key, [i for i, p in enumerate(picked) if p == key]) for key in dict.fromkeys(picked)])
-
-    def tower(self, index: MemberKey) -> torch.nn.Module:
-        """Member `index`'s tower on the device, materialised on a miss. A tower evicted for it may be
-        one this batch ran already: its forward is queued before the copy that overwrites it."""
-        tower = self.towers.get(index)
-        if tower is not None:
-            return tower
-        kept = self.members.kept_blocks(index)
-        depth = None if kept is None else len(kept)
-        nbytes = tensor_bytes(t for t in self._shapes(depth))
-        self.towers.room(nbytes)
-        tower = next((t for t in self.spare if t.kept_depth == depth), None)
-        if tower is not None:
-            self.spare.remove(tower)
-        else:
-            arch = self.architecture if kept is None else with_layers(self.architecture, len(kept))
-            tower = build_tower(arch).to(self.device, self.dtype)
-            tower.kept_depth = depth
-            tower.graph_key = ("tower", next(self._towers_made))  # its graphs read its memory, whoever's weights
-        for freed in self.spare:  # what was not reused is freed, with its graphs
-            if self.graphed is not None:
-                self.graphed.forget(freed.graph_key)
-        self.spare.clear()
-        with torch.no_grad():
-            for name, target in tower.state_dict().items():
-                block = block_of(name)
-                source = name if kept is None or block is None else f"transformer.resblocks.{kept[block[0]]}.{block[1]}"
-                target.copy_(self.members.tensor(index, source))
-        return self.towers.put(index, tower, nbytes)
-
-    def _shapes(self, depth: Optional[int]) -> Iterator[torch.Tensor]:
-        """Stand-ins of a tower's tensors in the serving dtype, for its size (meta: no memory)."""
-        for name, w in self.members.pretrained.items():
-            block = block_of(name)
-            if depth is None or block is None or block[0] < depth:
-                yield torch.empty(w.shape, dtype=self.dtype if w.is_floating_point() else w.dtype, device="meta")
-
-    def features(self, images: torch.Tensor, prefs: torch.Tensor, plan: MemberPlan) -> torch.Tensor:
-        """One forward per member picked, on its images."""
-        features: Optional[torch.Tensor] = None
-        for index, rows in plan.groups:
-            at = torch.tensor(rows, device=self.device)
-            tower = self.tower(index)
-            out = self.run(tower.graph_key, tower, images[at]).float()
-            if features is None:
-                features = out.new_empty(len(images), out.shape[1])
-            features[at] = out
-        if features is None:
-            raise ValueError("a batch of no image")
-        return features
-
-
 class PointSetFamily(KindFormat):
     """A loaded point-set family: theta0, the task vectors, the members; theta(pref) and the servable."""
 
@@ -391,6 +293,8 @@ class PointSetFamily(KindFormat):
 
     def __init__(self, members: Members, architecture: dict, family_id: str):
         self.member_weights, self.architecture = members, architecture
+        # a surrogate's solve takes milliseconds: callers resolve new preferences in a thread
+        self.slow_resolution = isinstance(members.params.at_preference, SurrogateRule)
         tasks, k = members.tasks, len(members.tasks)
         for kind, vectors in (("vector", members.vectors), ("merge vector", members.merge_vectors)):
             missing = [p for p, w in members.pretrained.items() if w.is_floating_point() and p not in vectors]
@@ -429,6 +333,7 @@ class PointSetFamily(KindFormat):
     def load(cls, path: Path, params: PointSetParams, tasks: list[str], architecture: dict,
              family_id: str) -> "PointSetFamily":
         pretrained = load_state_dict(path / PRETRAINED)
+        check_tower_state(pretrained, architecture, f"family {family_id}: {PRETRAINED}")
         stored = load_state_dict(path / TASK_VECTORS)
 
         def stacked(prefix: str) -> dict[str, torch.Tensor]:
@@ -445,14 +350,19 @@ class PointSetFamily(KindFormat):
     def tower_specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
         return [(k, v.dtype, tuple(v.shape)) for k, v in self.member_weights.pretrained.items()]
 
-    def iter_materialized(self, pref: torch.Tensor, device: torch.device = torch.device("cpu")
-                          ) -> Iterator[tuple[str, torch.Tensor]]:
-        """The tower of the member that serves `pref`, one tensor at a time, computed on `device`."""
-        return self.iter_member(self.member_weights.keys(pref[None].cpu())[0], device)
+    def variant(self, weights: tuple[float, ...]) -> MemberKey:
+        return self.member_weights.key(weights)
 
-    def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype,
-                 cache_bytes: int, graphs: bool = False) -> PointSetServable:
-        return PointSetServable(self.member_weights, self.architecture, heads, device, dtype, cache_bytes, graphs)
+    def describe(self, variant: MemberKey) -> dict:  # type: ignore[override]
+        if isinstance(variant, tuple):
+            return {"coefficients": list(variant)}
+        return {"member": variant, "preference": self.member_weights.params.members[variant].preference}
+
+    def kept_blocks(self, variant: MemberKey) -> Optional[list[int]]:  # type: ignore[override]
+        return self.member_weights.kept_blocks(variant)
+
+    def on_device(self, device: torch.device) -> "PointSetFamily":
+        return self.moved(member_weights=self.member_weights.to(device))  # type: ignore[return-value]
 
     def members(self) -> list[dict]:
         """Each member's manifest entry; `predicted` only where higher is better (an accuracy, not a loss)."""
@@ -460,8 +370,9 @@ class PointSetFamily(KindFormat):
         return [m.model_dump(exclude_none=True, exclude=set() if params.sense == "max" else {"predicted"})
                 for m in params.members]
 
-    def iter_member(self, index: MemberKey, device: torch.device = torch.device("cpu")
+    def materialize(self, variant: MemberKey, device: torch.device = torch.device("cpu")  # type: ignore[override]
                     ) -> Iterator[tuple[str, torch.Tensor]]:
-        """Stored member `index`'s tower (or, given made coefficients, that member's), one tensor at a time."""
+        """Stored member `variant`'s tower (or, given made coefficients, that member's), one tensor at a time."""
+        index = variant
         for name in self.member_weights.pretrained:
             yield name, self.member_weights.tensor(index, name, device)

@@ -1,25 +1,19 @@
 """GET|HEAD /models/{pref} (and under /families/{family_id}/): a preference's merged checkpoint."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response, StreamingResponse
 
 from ..dependencies import RuntimeDep
+from ..downloads import NotModified
 from ..runtime import FamilyView
 from . import ERRORS, Naming
 from .classify import PREFERENCE_SCHEMA
 
 DOWNLOAD_RESPONSES = {200: {"content": {"application/octet-stream": {}}, "description": "safetensors checkpoint"},
                       304: {"description": "not modified (If-None-Match)"}, **ERRORS}
-
-
-def etag_matches(header: Optional[str], etag: str) -> bool:
-    if not header:
-        return False
-    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
-    return "*" in tags or etag in tags
 
 
 def add_routes(routes: APIRouter, naming: Naming) -> None:
@@ -36,13 +30,12 @@ def add_routes(routes: APIRouter, naming: Naming) -> None:
                        runtime: RuntimeDep, family: FamilyView = held) -> Response:
         """The merged checkpoint theta(pref): `visual.*` tower weights, `heads.*`, metadata."""
         preference = family.preference(pref)
-        etag = family.etag(preference)
-        if etag_matches(request.headers.get("if-none-match"), etag):  # content is a pure function of the key
-            return Response(status_code=304, headers={"ETag": etag})
-        cached = await runtime.checkpoint(family, preference)
+        cached = await runtime.checkpoint(family, preference, request.headers.get("if-none-match"))
+        if isinstance(cached, NotModified):
+            return Response(status_code=304, headers={"ETag": cached.etag, "X-Pmerge-Variant": cached.variant})
         headers = {"ETag": cached.etag, "Content-Length": str(cached.size),
                    "Content-Disposition": f'attachment; filename="{cached.filename}"',
-                   "X-Pmerge-Preference": preference.canonical}
+                   "X-Pmerge-Preference": preference.canonical, "X-Pmerge-Variant": cached.variant}
         if request.method == "HEAD":
             cached.close()
             return Response(headers=headers, media_type="application/octet-stream")

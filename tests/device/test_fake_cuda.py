@@ -72,8 +72,9 @@ def test_the_engine_batch_goes_to_the_device_and_back(cuda, families, kind):
     engine = Engine.from_family(family, EngineConfig(device=cuda.device, dtype=BF16, max_batch=8,
                                                      device_cache_bytes=2 * family.tower_bytes(BF16)))
     with on_host():
-        plan = engine.model.plan(PREFS)  # host work: which member, which distinct preference
-    logits = engine.forward(cuda.host(pixels(len(PREFS))), cuda.host(PREFS), plan)
+        variants = family.resolve(PREFS)  # host work: which member, which distinct preference
+        plan = engine.model.plan(variants)
+    logits = engine.forward(cuda.host(pixels(len(PREFS))), variants, plan)
     for task, info in zip(family.tasks, family.manifest.tasks):
         assert logits[task].device.type == "cpu" and logits[task].dtype == torch.float32  # back on the host
         assert logits[task].shape == (len(PREFS), len(info.classes))
@@ -106,42 +107,35 @@ def test_every_kind_serves_a_mixed_batch_on_the_device(cuda, families, kind):
     images = cuda.host(family.manifest.preprocess.normalize(pixels(len(PREFS))))
     for _ in range(2):  # point-set: five members through room for two, misses materialised on the device
         with on_host():
-            plan = model.plan(PREFS)
-        logits = model.logits(images, cuda.host(PREFS), plan)
+            variants = family.resolve(PREFS)
+            plan = model.plan(variants)
+        logits = model.logits(images, variants, plan)
         for task in family.tasks:
             on_device(logits[task], torch.float32)
     if kind.startswith("point_set"):
-        assert model.materialized > 2 and len(model.towers) <= 2
-        on_device(model.towers.get(next(iter(model.towers.entries))).conv1.weight, BF16)
+        assert model.materialized > 2 and len(model.cache) <= 2
+        on_device(model.cache.get(next(iter(model.cache.entries))).conv1.weight, BF16)
     if kind == "anchored_map":  # PREFS: three vertices anchored (a = 1) through room for two, the rest: the base
-        towers = [key for key in model.towers.entries if key[0] == "tower"]  # the maps share the cache
+        towers = [key for key in model.cache.entries if key[0] == "tower"]  # the maps share the cache
         assert model.materialized > 2 and len(towers) <= 2
-        on_device(model.towers.get(towers[0]).conv1.weight, BF16)
+        on_device(model.cache.get(towers[0]).conv1.weight, BF16)
     if kind in ("feature_map", "anchored_map"):
-        from models_store.preference import canonical_weights
         with on_host():
-            distinct = [canonical_weights(row) for row in PREFS.tolist()]  # the maps' keys
+            distinct = family.resolve(PREFS)  # the maps' keys
         if kind == "feature_map":
             assert model.solved == len(set(distinct))  # solved on the device, each on its own
         else:  # the towers share the cache's room with the maps: a map evicted for a tower is solved again
             assert model.solved >= len(set(distinct))
-        on_device(model.maps.get(distinct[-1]), torch.float32)
+        on_device(model.cache.get(distinct[-1]), torch.float32)
 
 
 @pytest.mark.parametrize("kind", ["lowrank", "point_set", "feature_map", "point_set_at_preference", "anchored_map"])
 def test_downloads_are_merged_on_the_device(cuda, families, kind):
     family = families[kind]
     pref = from_weights([0.1, 0.1, 0.8] if kind == "anchored_map" else [0.2, 0.3, 0.5], family.tasks)  # anchored: a = 0.5
-    if kind.startswith("point_set"):  # the pick (or the solve) is host work; the tensors are merged on the device
-        with on_host():
-            key = family.body.member_weights.keys(pref.tensor()[None])[0]
-        tensors = dict(family.body.iter_member(key, cuda.device))
-    elif kind in ("anchored_map", "feature_map"):  # the anchor and the map's weights: host work at the call
-        with on_host():
-            tensors = family.body.iter_materialized(pref.tensor(), cuda.device)
-        tensors = dict(tensors)
-    else:
-        tensors = dict(family.iter_materialized(pref, cuda.device))
+    with on_host():  # the variant (a pick, a solve, an anchor) is host work; the tensors are merged on the device
+        variant = family.variant(pref)
+    tensors = dict(family.body.materialize(variant, cuda.device))
     assert [name for name, _, _ in family.tower_specs()] == list(tensors)
     for name, dtype, shape in family.tower_specs():
         on_device(tensors[name], dtype)
@@ -273,5 +267,7 @@ def test_the_tier_catches_a_host_tensor_in_a_device_forward(cuda, families, monk
     monkeypatch.setattr(LowRankServable, "mixed_features", planted)
     model = family.servable(cuda.device, BF16)
     images = cuda.host(family.manifest.preprocess.normalize(pixels(2)))
+    with on_host():
+        variants = family.resolve(PREFS[:2])
     with pytest.raises(FakeTensorDeviceMismatchError, match="cuda:0.*cpu|cpu.*cuda:0"):
-        model.logits(images, cuda.host(PREFS[:2]), None)
+        model.logits(images, variants)

@@ -23,6 +23,6 @@ def test_format_1_reads_as_kind_lowrank():
     assert m.kind == "lowrank" and m.kind_params == {"rank": raw["rank"], "targets": raw["targets"]}
     torch.manual_seed(0)
     images = torch.randn(2, 3, 16, 16)
-    logits = family.servable(torch.device("cpu"), torch.float32).logits(images, torch.tensor([[1., 0, 0], [0.2, 0.3, 0.5]]))
+    logits = family.servable(torch.device("cpu"), torch.float32).logits(images, family.resolve([[1., 0, 0], [0.2, 0.3, 0.5]]))
     for task, expected in LOGITS.items():
         assert torch.allclose(logits[task][1], torch.tensor(expected), atol=1e-4), task

@@ -82,17 +82,17 @@ def test_servable_equals_each_members_tower_cold_and_warm(family, merging_family
                [0.3, 0.3, 0.4]]
     prefs = torch.stack([from_weights(w, TASK_NAMES).tensor() for w in weights])
     for round in range(2):  # cold, then again with the cache holding the last two
-        logits = model.logits(images, prefs)
+        logits = model.logits(images, family.resolve(prefs))
         for i, w in enumerate(weights):
             tower = load_tower(family.manifest.architecture, family.materialize(from_weights(w, TASK_NAMES)))
             with torch.no_grad():
                 feats = tower(images[i:i + 1])
             for t, h in family.heads.items():
                 assert (logits[t][i] - head_logits(feats, h.weight, h.bias)[0]).abs().max() <= 1e-4, (round, i, t)
-        assert len(model.towers) == 2  # never more than the cache holds
+        assert len(model.cache) == 2  # never more than the cache holds
     before = model.materialized
-    model.logits(images[:2], prefs[[0, 0]])  # members run in index order: 3 and 4 were the last, 0 is a miss
-    model.logits(images[:2], prefs[[0, 0]])  # now a hit
+    model.logits(images[:2], family.resolve(prefs[[0, 0]]))  # members run in index order: 3 and 4 were the last, 0 is a miss
+    model.logits(images[:2], family.resolve(prefs[[0, 0]]))  # now a hit
     assert model.materialized == before + 1
     # the member that skips block 1 runs a tower of one block: skipping saves its time
     assert [len(model.tower(i).transformer.resblocks) for i in (3, 4)] == [2, 1]
@@ -171,7 +171,7 @@ def test_preferences_closer_than_the_tolerance_share_one_tower_and_downloads_are
     weights = [[0.2, 0.3, 0.5], [0.20001, 0.29999, 0.5], [0.5, 0.25, 0.25], [0.2, 0.3, 0.5]]
     prefs = torch.stack([from_weights(w, TASK_NAMES).tensor() for w in weights])
     images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    logits = model.logits(images, prefs)
+    logits = model.logits(images, ta_family.resolve(prefs))
     assert model.materialized == 2  # the first two within 1e-4 per weight: one tower
     for i, w in enumerate(weights):
         tower = load_tower(ta_family.manifest.architecture, ta_family.materialize(from_weights(w, TASK_NAMES)))
@@ -179,7 +179,7 @@ def test_preferences_closer_than_the_tolerance_share_one_tower_and_downloads_are
             feats = tower(images[i:i + 1])
         for t, h in ta_family.heads.items():
             assert (logits[t][i] - head_logits(feats, h.weight, h.bias)[0]).abs().max() <= 1e-4, (i, t)
-    model.logits(images[:1], prefs[:1])
+    model.logits(images[:1], ta_family.resolve(prefs[:1]))
     assert model.materialized == 2  # cached
 
 
@@ -194,7 +194,7 @@ def test_surrogate_members_solve_the_scalarisation_from_the_stored_members(surro
         k = "conv1.weight"
         assert torch.allclose(theta[k], pre[k] + sum(float(ci) * tau[t][k] for ci, t in zip(c, TASK_NAMES)), atol=1e-5)
     # at a vertex the Tchebycheff member reaches that task's ideal, as the surrogates predict
-    c = np.array(surrogate_family.body.member_weights.keys(torch.tensor([[0.0, 1.0, 0.0]]))[0])
+    c = np.array(surrogate_family.resolve([[0.0, 1.0, 0.0]])[0])
     assert rule.surrogates.predict(c[None])[0, 1] == pytest.approx(rule.surrogates.ideal()[1], abs=2e-3)
 
 

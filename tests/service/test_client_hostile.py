@@ -75,13 +75,14 @@ def answer(status: str, headers: dict[str, str], body: bytes, length: int | None
     return handle
 
 
-def checkpoint(family: str = "fam", pref: dict | None = None) -> bytes:
-    metadata = {"family_id": family, "preference": json.dumps(pref or {"a": 0.7, "b": 0.3}),
+def checkpoint(family: str = "fam", variant: str = "[0.7,0.3]") -> bytes:
+    metadata = {"family_id": family, "variant": variant, "preference": json.dumps({"a": 0.7, "b": 0.3}),
                 "architecture": "{}"}
     return safetensors_bytes({"visual.w": torch.arange(6.0), "heads.a.weight": torch.ones(2, 3)}, metadata)
 
 
-OCTETS = {"content-type": "application/octet-stream", "etag": '"abc"'}
+OCTETS = {"content-type": "application/octet-stream", "etag": '"abc"', "x-pmerge-preference": "a:0.7,b:0.3",
+          "x-pmerge-variant": "[0.7,0.3]"}
 
 
 def fetch(url: str, tmp_path, *extra: str) -> str:
@@ -104,10 +105,12 @@ CUT = checkpoint()[:-40]
      "the answer is text/html, not a checkpoint"),
     ("200 OK", OCTETS, b"\x00" * 64, None, "the answer is not a safetensors file"),
     ("200 OK", OCTETS, checkpoint(family="other"), None, "the checkpoint is of family other, not fam"),
-    ("200 OK", OCTETS, checkpoint(pref={"a": 0.5, "b": 0.5}), None,
-     'the checkpoint is of preference {"a": 0.5, "b": 0.5}, not a:0.7,b:0.3'),
+    ("200 OK", OCTETS | {"x-pmerge-preference": "a:0.5,b:0.5"}, checkpoint(), None,
+     "the answer is for preference a:0.5,b:0.5, not a:0.7,b:0.3"),
+    ("200 OK", OCTETS, checkpoint(variant="[0.5,0.5]"), None,
+     "the checkpoint is of variant [0.5,0.5], not the [0.7,0.3] the answer names"),
     ("200 OK", OCTETS, CUT, len(CUT) + 40, f"the download broke off after {len(CUT)} of {len(CUT) + 40} bytes"),
-], ids=["redirect", "html", "not-safetensors", "other-family", "other-preference", "cut-short"])
+], ids=["redirect", "html", "not-safetensors", "other-family", "other-preference", "other-variant", "cut-short"])
 def test_fetch_keeps_only_the_checkpoint_asked_for(tmp_path, status, headers, body, length, expected):
     with raw_server(answer(status, headers, body, length)) as url:
         message = fetch(url, tmp_path, "--family", "fam")

@@ -11,7 +11,7 @@ from models_store.preference import from_weights
 from models_store.tower import build_tower
 from models_store.merged import checkpoint_size
 from models_store.safetensors_stream import stream_chunks
-from service.downloads import DownloadCache, cache_key
+from service.downloads import DownloadCache, download_key
 
 
 def test_stream_writer_matches_safetensors(tmp_path):
@@ -36,8 +36,8 @@ def test_checkpoint_layout_and_cache(family, tmp_path):
     got = cache.get(pref)
     data = got.file.read()
     got.file.close()
-    assert got.built and got.size == len(data) and got.etag == f'"{cache_key(family.family_id, family.digest, family.manifest.materialization, pref)}"'
-    path = tmp_path / "dl" / f"{cache_key(family.family_id, family.digest, family.manifest.materialization, pref)}.safetensors"
+    assert got.built and got.size == len(data) and got.etag == f'"{download_key(family, pref)[0]}"'
+    path = tmp_path / "dl" / f"{download_key(family, pref)[0]}.safetensors"
     state = load_file(str(path))
     visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
     build_tower(family.manifest.architecture).load_state_dict(visual, strict=True)
@@ -84,7 +84,7 @@ def test_lru_eviction_keeps_the_bound(family, tmp_path):
     cache.get(prefs[0]).file.close()  # touch: prefs[1] is now least recently used
     cache.get(prefs[2]).file.close()
     names = {p.name for p, _ in cache.entries()}
-    key = lambda p: f"{cache_key(family.family_id, family.digest, family.manifest.materialization, p)}.safetensors"  # noqa: E731
+    key = lambda p: f"{download_key(family, p)[0]}.safetensors"  # noqa: E731
     assert names == {key(prefs[0]), key(prefs[2])}
     assert sum(st.st_size for _, st in cache.entries()) <= cache.max_bytes
     # a file bigger than the whole bound is still served, streamed as it is made, and never kept
@@ -142,7 +142,7 @@ def test_concurrent_builds_never_pass_the_bound(family, tmp_path):
 
 def test_preference_text_is_never_a_path(family):
     pref = from_weights([1, 1, 1], family.tasks)
-    assert "/" not in cache_key(family.family_id, family.digest, family.manifest.materialization, pref) and len(cache_key(family.family_id, family.digest, family.manifest.materialization, pref)) == 32
+    assert "/" not in download_key(family, pref)[0] and len(download_key(family, pref)[0]) == 32
 
 
 def test_pmerge_export_writes_the_bytes_the_service_serves(store, family, tmp_path):

@@ -37,21 +37,22 @@ class GatedModel:
         self.entered = threading.Event()
         self.seen: list[torch.Tensor] = []
 
-    def plan(self, prefs):
-        return self.model.plan(prefs)
+    def plan(self, variants):
+        return self.model.plan(variants)
 
-    def logits(self, images, prefs, plan):
-        self.seen.append(prefs)
+    def logits(self, images, variants, plan):
+        self.seen.append(torch.tensor(variants))  # a low-rank family's variants: the weights
         self.entered.set()
         self.gate.wait(10)
-        return self.model.logits(images, prefs, plan)
+        return self.model.logits(images, variants, plan)
 
 
 def gated_engine(family, **config) -> tuple[Engine, GatedModel]:
     """An engine over a GatedModel, warmed up, whose next forward blocks until the test opens the gate."""
     gated = GatedModel(family.servable(torch.device("cpu"), torch.float32))
     gated.gate.set()  # warm-up passes
-    engine = Engine(gated, EngineConfig(**config), tasks=len(family.tasks), preprocess=family.manifest.preprocess)
+    engine = Engine(gated, EngineConfig(**config), tasks=len(family.tasks), preprocess=family.manifest.preprocess,
+                    resolve=family.resolve)
     engine.start()
     gated.gate.clear()
     gated.entered.clear()
@@ -144,7 +145,7 @@ def test_warm_up_runs_a_full_batch_of_mixed_preferences(family):
     recorder = GatedModel(base)
     recorder.gate.set()
     engine = Engine(recorder, EngineConfig(max_batch=4, max_wait_ms=0), tasks=len(family.tasks),
-                    preprocess=family.manifest.preprocess)
+                    preprocess=family.manifest.preprocess, resolve=family.resolve)
     engine.start()
     engine.stop()
     full = [p for p in recorder.seen if p.shape[0] == 4]

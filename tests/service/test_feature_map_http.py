@@ -67,7 +67,7 @@ def test_mixed_preferences_answer_as_their_downloaded_checkpoints(server):
     assert model.solved - solved <= len(PREFS)  # one solve per distinct preference, then cached
     assert httpx.get(url + "/family").json()["kind"] == family.manifest.kind
     if family.manifest.kind == "anchored-map":  # three anchors among the preferences, each materialised once
-        assert {("tower", 0, 0.75), ("tower", 1, 1.0), ("tower", 2, 0.5)} <= set(model.towers.entries)
+        assert {("tower", 0, 0.75), ("tower", 1, 1.0), ("tower", 2, 0.5)} <= set(model.cache.entries)
         assert model.materialized - made <= 3
 
 

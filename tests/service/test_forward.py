@@ -25,7 +25,7 @@ def test_mixed_batch_equals_materialized_towers(family):
     model = family.servable(torch.device("cpu"), torch.float32)
     images = torch.randn(7, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     prefs = random_prefs(7, family.tasks)
-    logits = model.logits(images, torch.stack([p.tensor() for p in prefs]))
+    logits = model.logits(images, family.resolve(torch.stack([p.tensor() for p in prefs])))
     for i, pref in enumerate(prefs):
         ref = reference_logits(family, pref, images[i:i + 1])
         for t in family.tasks:
@@ -37,7 +37,7 @@ def test_preferences_change_the_output(family):
     model = family.servable(torch.device("cpu"), torch.float32)
     image = torch.randn(1, 3, 16, 16).expand(3, -1, -1, -1)
     prefs = torch.eye(3)
-    feats = model.features(image, prefs)
+    feats = model.features(image, model.plan(family.resolve(prefs)))
     assert (feats[0] - feats[1]).abs().max() > 1e-2 and (feats[1] - feats[2]).abs().max() > 1e-2
 
 
@@ -45,7 +45,8 @@ def test_grayscale_input_is_repeated_to_rgb(family):
     model = family.servable(torch.device("cpu"), torch.float32)
     gray = torch.randn(2, 1, 16, 16)
     prefs = torch.full((2, 3), 1 / 3)
-    gray_logits, rgb_logits = model.logits(gray, prefs), model.logits(gray.expand(-1, 3, -1, -1), prefs)
+    variants = family.resolve(prefs)
+    gray_logits, rgb_logits = model.logits(gray, variants), model.logits(gray.expand(-1, 3, -1, -1), variants)
     assert all(torch.allclose(gray_logits[t], rgb_logits[t]) for t in family.tasks)
 
 

@@ -61,7 +61,7 @@ def pixels(family, data: bytes) -> torch.Tensor:
 
 def direct_probs(model, family, data: bytes, pref_text: str) -> dict[str, torch.Tensor]:
     pref = parse_preference(pref_text, family.tasks)
-    logits = model.logits(pixels(family, data)[None], pref.tensor()[None])
+    logits = model.logits(pixels(family, data)[None], [family.variant(pref)])
     return {t: torch.softmax(v[0], -1) for t, v in logits.items()}
 
 
@@ -80,7 +80,7 @@ def test_mixed_batch_equals_downloaded_checkpoints(server, family, model):
     texts = ["1,0,0", "0,1,0", "0,0,1", "digits:0.7,fashion:0.3", "0.2,0.3,0.5", None]
     prefs = [parse_preference(t, family.tasks) for t in texts]
     batch = torch.stack([pixels(family, d) for d in images])
-    logits = model.logits(batch, torch.stack([p.tensor() for p in prefs]))  # ONE mixed batch
+    logits = model.logits(batch, [family.variant(p) for p in prefs])  # ONE mixed batch
     for i, pref in enumerate(prefs):
         r = httpx.get(f"{url}/models/{pref.canonical}", timeout=30)
         assert r.status_code == 200, r.text

@@ -49,14 +49,14 @@ def test_mixed_batches_over_members_equal_downloaded_checkpoints_cold_and_warm(s
     family, model = runtime.families.default.family, runtime.families.default.engine.model
     images = [png_bytes(200 + i) for i in range(10)]
     jobs = [(images[i], PREFS[i % len(PREFS)]) for i in range(10)]
-    picked = {int(model.members.pick(parse_preference(p, family.tasks).tensor()[None])[0]) for _, p in jobs}
+    picked = {family.variant(parse_preference(p, family.tasks)) for _, p in jobs}
     assert picked == {0, 1, 2, 3, 4}
     expected = [downloaded_probs(url, p, decode_image(img, family.manifest.preprocess, 10**6), family)
                 for img, p in jobs]
     batches = runtime.families.default.engine.batches
     threads = set()
-    materialise = model.members.tensor
-    model.members.tensor = lambda *a: (threads.add(threading.current_thread().name), materialise(*a))[1]
+    materialise = model.kind.member_weights.tensor
+    model.kind.member_weights.tensor = lambda *a: (threads.add(threading.current_thread().name), materialise(*a))[1]
     for round in ("cold", "warm"):
         misses = model.materialized
         responses = classify_all(url, jobs)
@@ -66,7 +66,7 @@ def test_mixed_batches_over_members_equal_downloaded_checkpoints_cold_and_warm(s
                 for label in labels:
                     assert abs(label["probability"] - probs[task][label["index"]].item()) <= 1e-4, (round, task)
         assert model.materialized > misses  # five members through two places: some were materialised
-        assert len(model.towers) == 2
+        assert len(model.cache) == 2
     assert runtime.families.default.engine.batches - batches < 2 * len(jobs), "requests were not batched together"
     assert threads == {"pmerge-engine"}  # misses are materialised by the worker, never on the event loop
     # warm: one member over and over is materialised once
@@ -117,14 +117,14 @@ def test_every_preference_asked_gets_its_own_member_and_its_download(made_server
     expected = [downloaded_probs(url, p, decode_image(img, family.manifest.preprocess, 10**6), family)
                 for img, p in jobs]
     threads = set()
-    materialise = model.members.tensor
-    model.members.tensor = lambda *a: (threads.add(threading.current_thread().name), materialise(*a))[1]
+    materialise = model.kind.member_weights.tensor
+    model.kind.member_weights.tensor = lambda *a: (threads.add(threading.current_thread().name), materialise(*a))[1]
     responses = classify_all(url, jobs)
     assert [r.status_code for r in responses] == [200] * len(jobs), [r.text for r in responses]
     for r, probs in zip(responses, expected):
         for task, labels in r.json()["results"][0]["predictions"].items():
             for label in labels:
                 assert abs(label["probability"] - probs[task][label["index"]].item()) <= 1e-4, task
-    keys = {model.members.keys(parse_preference(p, family.tasks).tensor()[None])[0] for p in prefs}
+    keys = {family.variant(parse_preference(p, family.tasks)) for p in prefs}
     assert len(keys) == len(prefs) and all(isinstance(k, tuple) for k in keys)
     assert threads == {"pmerge-engine"}

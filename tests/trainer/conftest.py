@@ -36,7 +36,7 @@ def assert_serves_materialised():
 
     def check(family, prefs: torch.Tensor, images: torch.Tensor, model=None) -> None:
         model = model or family.servable(torch.device("cpu"), torch.float32, cache_bytes=2 * family.tower_bytes())
-        logits = model.logits(images, prefs)
+        logits = model.logits(images, family.resolve(prefs))
         for i in range(len(prefs)):
             tower = load_tower(family.manifest.architecture,
                                family.materialize(from_weights(prefs[i].tolist(), family.tasks)))

@@ -140,7 +140,7 @@ def test_map_family_through_the_cli_serves_its_members_and_resumes(quick_zoo, tm
     rule = m.kind_params["at_preference"]
     assert rule["rule"] == "surrogate" and rule["scalarisation"] == "weighted-sum" and len(rule["weights"]) == 3
     surrogates = family.body.member_weights.params.at_preference.surrogates
-    made = np.array(family.body.member_weights.keys(prefs))
+    made = np.array(family.resolve(prefs))
     coefficients = np.array([x["coefficients"] for x in members])
     assert (made >= 0).all() and (made <= 1.0).all()
     for p, c, i in zip(prefs.double().numpy(), made, picked.tolist()):

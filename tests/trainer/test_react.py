@@ -146,4 +146,4 @@ def test_react_anchored_is_react_below_the_anchor_and_the_fine_tuned_tower_at_a_
     # maps and towers share one bound: room for one tower holds the whole family's device memory
     small = family.servable(torch.device("cpu"), torch.float32, cache_bytes=family.tower_bytes())
     assert_serves_materialised(family, prefs, images, small)
-    assert small.towers is small.maps and small.towers.bytes <= family.tower_bytes()
+    assert small.towers.cache is small.cache and small.cache.bytes <= family.tower_bytes()

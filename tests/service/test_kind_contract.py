@@ -1,0 +1,162 @@
+"""One contract over every family kind of the registry (models_store/kinds), and over a kind that
+exists only here (vertex_kind.py): what a batch serves equals the variant's materialised tower and
+the checkpoint downloaded over HTTP (1e-4), the generic servable serves every kind as its own does,
+variant keys are the same in another process, and a family with a file missing or short of a
+tensor is refused by the file's name."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors, save_file
+
+from models_store import StoreError, kinds
+from models_store.checkpoint import load_state_dict, sha256_file
+from models_store.family import MANIFEST, FamilyManifest, now_iso, publish_family
+from models_store.kinds.base import VariantServable, variant_key
+from models_store.preference import parse_preference
+from models_store.preprocess import Preprocess
+from models_store.store import open_family
+from models_store.tower import MICRO, build_tower, head_logits, load_tower
+from models_store.zoo import Head, TaskInfo
+from service.app import create_app
+from service.images import decode_image
+from service.settings import Settings
+
+import vertex_kind
+from svc_helpers import TASKS, make_family, make_feature_map_family, make_point_set_family, png_bytes, running_server
+
+PREFS = ["1,0,0", "0,1,0", "0.05,0.05,0.9", "1,1,1", "digits:0.7,fashion:0.3", "0.2,0.3,0.5", "0.2,0.3,0.5"]
+
+
+def make_vertex_family(store: Path) -> Path:
+    g = torch.Generator().manual_seed(5)
+    dim = MICRO["custom"]["embed_dim"]
+    towers = {t: {k: v + 0.2 * torch.randn(v.shape, generator=g) for k, v in build_tower(MICRO).state_dict().items()}
+              for t in TASKS}
+    heads = {t: Head(weight=torch.randn(len(c), dim, generator=g) * 5) for t, c in TASKS.items()}
+    manifest = FamilyManifest(family_id="vertices-test", created=now_iso(), method="test", architecture=MICRO,
+                              preprocess=Preprocess(image_size=16),
+                              tasks=[TaskInfo(name=t, classes=c) for t, c in TASKS.items()], kind=vertex_kind.NAME)
+    return publish_family(store, manifest, vertex_kind.family_files(towers), heads)
+
+
+# every kind of the registry, and the test's own: a kind added to the registry without a maker here fails
+MAKERS = {"lowrank": make_family, "point-set": make_point_set_family,
+          "point-set at-preference": lambda store: make_point_set_family(
+              store, family_id="ta-pref-contract", at_preference={"rule": "task-arithmetic", "scale": 0.3}),
+          "feature-map": make_feature_map_family,
+          "anchored-map": lambda store: make_feature_map_family(store, family_id="anchored-contract", anchor=0.6),
+          vertex_kind.NAME: make_vertex_family}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def vertex_kind_registered():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(kinds.KINDS, vertex_kind.NAME, "vertex_kind:VertexFamily")
+        patch.setitem(kinds.MATERIALIZATION, vertex_kind.NAME, 1)
+        yield
+
+
+def test_every_registered_kind_is_under_the_contract():
+    assert set(kinds.KINDS) <= {name.split()[0] for name in MAKERS}
+    assert set(kinds.KINDS) == set(kinds.MATERIALIZATION)
+
+
+@pytest.fixture(scope="module", params=list(MAKERS))
+def served(request, tmp_path_factory):
+    store = tmp_path_factory.mktemp("contract")
+    path = MAKERS[request.param](store)
+    settings = Settings(store=store, family=path.name, device="cpu", max_batch=64, max_wait_ms=50,
+                        download_cache_dir=tmp_path_factory.mktemp("downloads"))
+    app = create_app(settings)
+    with running_server(app) as url:
+        yield request.param, url, open_family(store, path.name)
+
+
+def tower_probs(state: dict, family, pixels: torch.Tensor, heads: dict) -> dict[str, torch.Tensor]:
+    tower = load_tower(family.manifest.architecture, state)
+    with torch.no_grad():
+        feats = tower(pixels)
+    return {t: torch.softmax(head_logits(feats, h.weight, h.bias), -1) for t, h in heads.items()}
+
+
+def test_served_equals_materialised_equals_downloaded(served):
+    kind, url, family = served
+    images = [png_bytes(40 + i) for i in range(len(PREFS))]
+    pre = family.manifest.preprocess
+    pixels = torch.stack([pre.normalize(decode_image(d, pre, 1 << 24)) for d in images])
+    prefs = [parse_preference(p, family.tasks) for p in PREFS]
+    variants = family.resolve([p.weights for p in prefs])
+    own = family.servable(torch.device("cpu"), torch.float32, cache_bytes=2 * family.tower_bytes())
+    generic = VariantServable(family.body, family.heads, torch.device("cpu"), torch.float32, 2 * family.tower_bytes())
+    served_probs = [{t: torch.softmax(v, -1) for t, v in model.logits(pixels, variants).items()}
+                    for model in (own, generic)]
+    for i, (image, pref) in enumerate(zip(images, prefs)):
+        r = httpx.post(f"{url}/classify", params={"pref": pref.canonical, "top_k": 10},
+                       files=[("files", ("i.png", image, "image/png"))], timeout=30)
+        assert r.status_code == 200, r.text
+        download = httpx.get(f"{url}/models/{pref.canonical}", timeout=30)
+        assert download.status_code == 200 and download.headers["x-pmerge-variant"] == variant_key(variants[i])
+        state = load_safetensors(download.content)
+        visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+        heads = {t: Head(state[f"heads.{t}.weight"], state.get(f"heads.{t}.bias")) for t in family.tasks}
+        expected = tower_probs(dict(family.body.materialize(variants[i], torch.device("cpu"))), family,
+                               pixels[i:i + 1], family.heads)
+        for probs in (tower_probs(visual, family, pixels[i:i + 1], heads), *({t: p[t][i:i + 1] for t in p}
+                                                                              for p in served_probs)):
+            for t in family.tasks:
+                assert (probs[t] - expected[t]).abs().max() <= 1e-4, (kind, PREFS[i], t)
+        for task, labels in r.json()["results"][0]["predictions"].items():
+            for label in labels:
+                assert abs(label["probability"] - expected[task][0, label["index"]].item()) <= 1e-4, (kind, task)
+    # one variant, one file: preferences that share a variant share the ETag
+    etags = {}
+    for pref, variant in zip(prefs, variants):
+        etag = httpx.head(f"{url}/models/{pref.canonical}", timeout=30).headers["etag"]
+        assert etags.setdefault(variant_key(variant), etag) == etag
+    assert len(set(etags.values())) == len(etags)
+
+
+def test_variant_keys_are_the_same_in_another_process(served):
+    kind, _, family = served
+    keys = [variant_key(v) for v in family.resolve([parse_preference(p, family.tasks).weights for p in PREFS])]
+    script = ("import json, sys; sys.path.insert(0, %r)\n"
+              "from models_store import kinds; kinds.KINDS['vertices'] = 'vertex_kind:VertexFamily'\n"
+              "kinds.MATERIALIZATION['vertices'] = 1\n"
+              "from models_store.family import Family; from models_store.kinds.base import variant_key\n"
+              "from models_store.preference import parse_preference\n"
+              "f = Family(%r)\n"
+              "print(json.dumps([variant_key(v) for v in f.resolve([parse_preference(p, f.tasks).weights "
+              "for p in %r])]))") % (str(Path(__file__).parent), str(family.path), PREFS)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(out.stdout) == keys
+
+
+def test_a_family_short_of_a_file_or_a_tensor_is_refused_by_name(served, tmp_path):
+    kind, _, family = served
+    for name in family.kind.files:
+        for how in ("missing", "short"):
+            copy = tmp_path / f"{how}-{name}" / family.family_id
+            copy.parent.mkdir()
+            shutil.copytree(family.path, copy)
+            if how == "missing":
+                (copy / name).unlink()
+            else:
+                state = load_state_dict(copy / name)
+                if not state:
+                    continue  # a file that may be empty (coefficients of a family with no per-tensor member)
+                state.pop(sorted(state)[0])
+                save_file({k: v.contiguous() for k, v in state.items()}, str(copy / name))
+                manifest = json.loads((copy / MANIFEST).read_text())
+                manifest["files"][name] = sha256_file(copy / name)
+                (copy / MANIFEST).write_text(json.dumps(manifest))
+            with pytest.raises(StoreError) as refused:
+                open_family(copy.parent, family.family_id)
+            assert name in str(refused.value), (kind, how, str(refused.value))
