@@ -76,8 +76,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
             out = []
             for s in range(0, len(pixels), args.batch):
                 x = pre.normalize(torch.from_numpy(pixels[s:s + args.batch]).to(device))
-                prefs = equal.expand(len(x), k)
-                out.append(servable.logits(x, prefs)[task.name].argmax(1).cpu().numpy())
+                out.append(servable.logits(x, family.resolve(equal.expand(len(x), k)))[task.name].argmax(1).cpu().numpy())
             preds[name] = np.concatenate(out)
         diff = np.abs(host.astype(np.int16) - on_device.astype(np.int16))
         acc = {name: float((p == labels).mean()) for name, p in preds.items()}

@@ -6,8 +6,11 @@ engine alone, measured interleaved in one run with the same client and images.
 
 A random zoo of the architecture gives a random `lowrank` family (rank 16 on every block's
 attention). Servers, started once, each its own processes: `pmerge serve` with each front-end
-count of `--fronts` (0: one process does all), and `bench/bare_endpoint.py`: FastAPI reading the
-multipart upload and running pmerge's own decoder, answering a constant (the framework's floor).
+count of `--fronts` (0: one process does all), `bench/bare_endpoint.py`: FastAPI reading the
+multipart upload and running pmerge's own decoder, answering a constant (the framework's floor),
+and with `--peers` the servers a user would pick instead, each serving the one tower of the equal
+preference with the same decoder and its own batching across requests (bench/peers/: LitServe,
+MLServer; each in its own environment, made by `bench/peers/setup.sh litserve mlserver`).
 Every round sends the same JPEGs (`--images`, sides `--image-sizes`), `--concurrency` requests in
 flight from one httpx client, to each server at 1 and at 8 images per request (each image its own
 random preference at 1; a request's preference at 8), and also measures, in this process:
@@ -49,11 +52,14 @@ from bench.map_speed import random_zoo  # noqa: E402
 from bench.serve_bench import random_family  # noqa: E402
 from models_store.family import FamilyManifest, now_iso as family_time, publish_family  # noqa: E402
 from models_store.kinds.lowrank import family_files  # noqa: E402
+from models_store.merged import write_checkpoint  # noqa: E402
+from models_store.preference import equal_preference  # noqa: E402
 from models_store.store import open_family  # noqa: E402
 from models_store.tower import build_tower  # noqa: E402
 from service.images import decode_image  # noqa: E402
 
 NAME = "http"
+PEER_READY = {"litserve": "/health", "mlserver": "/v2/health/ready"}  # each peer's readiness route
 MAX_PIXELS = 10 ** 8
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
@@ -178,6 +184,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--port", type=int, default=8765, help="the first of the servers' ports")
     p.add_argument("--dtype", default=None, help="the server's and the engine's dtype (default: bf16 on CUDA)")
+    p.add_argument("--peers", default="", help="peer servers beside pmerge, comma-separated: litserve, mlserver "
+                                               "(their environments: bench/peers/setup.sh)")
     add_common_args(p)
     return run_benchmark(p, argv, run)
 
@@ -211,17 +219,27 @@ def measure(args: argparse.Namespace, device: torch.device, work: Path) -> dict:
                                     str(pre.image_size)], args.port + len(fronts) + j, env)
             for j, s in enumerate(sizes)}
     servable = family.servable(device, dtype)
+    checkpoint = work / "peer.safetensors"  # the one tower a peer serves: the equal preference's download
+    write_checkpoint(checkpoint, family, equal_preference(family.tasks))
+    names = [p for p in args.peers.split(",") if p]
+    first = args.port + len(fronts) + len(sizes)
+    peers = {s: [Server(name, [str(ROOT / ".venv-peers" / name / "bin" / "python"), f"bench/peers/{name}_peer.py",
+                               str(first + j * len(names) + i), str(checkpoint), str(pre.image_size),
+                               str(args.max_batch)], first + j * len(names) + i, env)
+                 for i, name in enumerate(names)] for j, s in enumerate(sizes)}
     rows = {}
     try:
         for server in servers:
             server.wait_ready("/readyz")
         for server in bare.values():
             server.wait_ready("/docs")
+        for server in (p for ps in peers.values() for p in ps):
+            server.wait_ready(PEER_READY[server.name])
         for size in sizes:
-            rows[size] = measure_size(args, size, servers, bare[size], servable, pre, prefs, pref_text, per_request,
-                                      device)
+            rows[size] = measure_size(args, size, servers, bare[size], peers[size], servable, pre,
+                                      family.resolve(prefs), pref_text, per_request, device)
     finally:
-        for server in [*servers, *bare.values()]:
+        for server in [*servers, *bare.values(), *(p for ps in peers.values() for p in ps)]:
             server.stop()
     payload = {"benchmark": NAME, "created": now_iso(), "machine": machine_info(device),
                "config": {"argv": args.argv, "arch": args.arch, "tasks": k, "images": args.images,
@@ -237,8 +255,8 @@ def measure(args: argparse.Namespace, device: torch.device, work: Path) -> dict:
     return payload
 
 
-def measure_size(args, size: int, servers: list[Server], bare: Server, servable, pre, prefs, pref_text,
-                 per_request: list[int], device: torch.device) -> dict:
+def measure_size(args, size: int, servers: list[Server], bare: Server, peers: list[Server], servable, pre,
+                 served: list, pref_text, per_request: list[int], device: torch.device) -> dict:
     images = jpeg_images(args.images, size, args.seed + size)
     decoded = [decode_image(b, pre, MAX_PIXELS) for b in images]
     pixels = pre.normalize(torch.from_numpy(np.stack(decoded)))
@@ -246,7 +264,7 @@ def measure_size(args, size: int, servers: list[Server], bare: Server, servable,
     def engine() -> None:
         for start in range(0, len(images), args.max_batch):
             chunk = slice(start, start + args.max_batch)
-            logits = servable.logits(pixels[chunk], prefs[chunk])
+            logits = servable.logits(pixels[chunk], served[chunk])
             torch.cat(list(logits.values()), 1).cpu()  # waits for the device, as the server's engine does
 
     variants: dict[str, tuple[Callable[[], None], Optional[Server]]] = {
@@ -254,7 +272,7 @@ def measure_size(args, size: int, servers: list[Server], bare: Server, servable,
         "engine": (engine, None)}
     for n in per_request:
         variants[f"bare-{n}"] = ((lambda n: lambda: send_all(bare.url, images, pref_text, n, args.concurrency))(n), bare)
-        for server in servers:
+        for server in (*servers, *peers):
             variants[f"{server.name}-{n}"] = ((lambda s, n: lambda: send_all(s.url, images, pref_text, n,
                                                                              args.concurrency))(server, n), server)
     for fn, _ in variants.values():  # warm-up: every path run once
@@ -289,6 +307,8 @@ def measure_size(args, size: int, servers: list[Server], bare: Server, servable,
             # throughput ratios per round (round_ratios: x's images/s over y's, from their seconds)
             ratios[f"{name}/bare-{n}"] = round_ratios(seconds[name], seconds[f"bare-{n}"])
             ratios[f"{name}/engine"] = round_ratios(seconds[name], seconds["engine"])
+            for peer in peers:
+                ratios[f"{name}/{peer.name}-{n}"] = round_ratios(seconds[name], seconds[f"{peer.name}-{n}"])
             slower = [max(a, b) for a, b in zip(seconds[f"bare-{n}"], seconds["engine"])]  # the lower throughput
             ratios[f"{name}/min(bare,engine)"] = round_ratios(seconds[name], slower)
             beyond = [c - decode_cpu for c in cpu[name]]
@@ -325,6 +345,11 @@ def targets(rows: dict, device: torch.device, fronts: list[int]) -> dict:
                 ratio = r["ratios"][f"{name}/bare-1"]["median"]
                 checks.append({"size": size, "variant": name, "what": "http / bare >= 0.9", "value": ratio,
                                "met": ratio >= 0.9})
+                for key, spread in r["ratios"].items():  # the aim beside the servers a user would pick instead
+                    peer = key.rpartition("/")[2]
+                    if key.startswith(f"{name}/") and peer.rsplit("-", 1)[0] in PEER_READY:
+                        checks.append({"size": size, "variant": name, "what": f"http / {peer} >= 1.5 (aim)",
+                                       "value": spread["median"], "met": spread["median"] >= 1.5})
             elif n == 8:
                 ratio = r["ratios"][f"{name}/min(bare,engine)"]["median"]
                 checks.append({"size": size, "variant": name, "what": "http / min(bare, engine) >= 0.8",

@@ -30,7 +30,7 @@ rotates every repeat):
   c is timed only with `--time-materialise` (it is seconds per batch on a GPU); its one untimed
   call per batch size checks b against it.
 
-And the point-set kind (models_store/kinds/point_set.py `PointSetServable`), at one batch size
+And the point-set kind (served by models_store/kinds/base.py `VariantServable`), at one batch size
 (`--member-batch`, default 64) beside a and b in the same interleaved rounds: a batch whose
 images pick d = 1, 2, 4, 8 distinct members (`--members`), **warm** (every member's tower already
 on the device) and **cold** (every call picks d members that are not cached, so each is
@@ -66,11 +66,13 @@ from torch.func import functional_call
 
 from bench.common import (add_common_args, machine_info, markdown_table, now_iso, round_ratios, run_benchmark,
                           run_interleaved, spread_text, summarize, write_result)
-from models_store.kinds.anchored_map import AnchoredMapServable
+from models_store.kinds.anchored_map import AnchoredMapFamily, AnchoredMapParams
+from models_store.kinds.base import VariantServable
 from models_store.kinds.base import GraphedCalls
 from models_store.kinds.feature_map import FeatureMapServable
 from models_store.kinds.lowrank import TARGETS, LowRank, LowRankServable, target_names
-from models_store.kinds.point_set import Member, Members, PointSetParams, PointSetServable
+from models_store.kinds.point_set import Member, Members, PointSetFamily, PointSetParams
+from models_store.preference import canonical_weights
 from models_store.tower import build_tower, image_size, resolve_architecture
 from service.settings import DTYPES
 
@@ -164,7 +166,10 @@ class Variants:
                              for g in ((False, True) if graphs else (False,))}
         towards = {k: (torch.randn(tasks, *v.shape, generator=gen) * 0.01).to(dtype) for k, v in self.base.items()
                    if v.is_floating_point()}  # as a family stores them: the zoo's dtype, here the serving one
-        self.anchored = AnchoredMapServable(self.tower, maps, grams, towards, self.arch, 0.7, {}, device, dtype, 1 << 34)
+        family = AnchoredMapFamily(dict(self.base), maps, grams, towards, AnchoredMapParams(dim=d, anchor=0.7), tasks,
+                                   self.arch, "bench")
+        self.anchored = family.servable({}, device, dtype, 1 << 34)
+        self.anchored_family = family
 
     def inputs(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.randn(n, 3, self.size, self.size, generator=gen).to(self.device, self.dtype)
@@ -182,14 +187,14 @@ class Variants:
     @torch.inference_mode()
     def mixed(self, images: torch.Tensor, prefs: torch.Tensor, graphed: bool = False) -> torch.Tensor:
         model = self.graphed_model if graphed else self.model
-        return model.features(images, prefs.to(self.device), None)
+        return model.features(images, prefs)  # its plan: the preferences, on the host
 
     @torch.inference_mode()
     def feature_map(self, images: torch.Tensor, prefs: torch.Tensor, graphed: bool = False) -> torch.Tensor:
         model = self.feature_maps[graphed]
-        model.maps.entries.clear()  # every call solves every preference: the worst case of the cache
-        model.maps.bytes = 0
-        return model.features(images, prefs.to(self.device), model.plan(prefs))
+        model.cache.entries.clear()  # every call solves every preference: the worst case of the cache
+        model.cache.bytes = 0
+        return model.features(images, model.plan([canonical_weights(row) for row in prefs.tolist()]))
 
     @torch.inference_mode()
     def anchored_map(self, images: torch.Tensor, prefs: torch.Tensor) -> torch.Tensor:
@@ -199,9 +204,9 @@ class Variants:
             if i % 8:
                 prefs[i, 1] = 0.85
         model = self.anchored
-        model.maps.entries.clear()  # as f: every call solves every preference
-        model.maps.bytes = 0
-        return model.features(images, prefs.to(self.device), model.plan(prefs))
+        model.cache.entries.clear()  # as f: every call solves every preference
+        model.cache.bytes = 0
+        return model.features(images, model.plan(self.anchored_family.resolve(prefs)))
 
     def materialized(self, pref: torch.Tensor) -> dict[str, torch.Tensor]:
         # Family.iter_materialized's math, on the device
@@ -241,25 +246,26 @@ def bench_point_set(v: "Variants", args: argparse.Namespace, device: torch.devic
     tower_bytes = sum(t.numel() * (t.element_size() if not t.is_floating_point() else
                                    torch.empty((), dtype=dtype).element_size()) for t in members.pretrained.values())
     graph_modes = (False, True) if v.graphs is not None else (False,)
-    warm = {g: PointSetServable(members, v.arch, {}, device, dtype, most * tower_bytes, graphs=g) for g in graph_modes}
+    family = PointSetFamily(members, v.arch, "bench")
+    warm = {g: family.servable({}, device, dtype, most * tower_bytes, graphs=g) for g in graph_modes}
     images, prefs = v.inputs(n, gen)
 
-    def batch_prefs(first: int, d: int) -> torch.Tensor:
-        return members.table.preferences[[first + i % d for i in range(n)]]
+    def batch_prefs(first: int, d: int) -> list[int]:
+        return [first + i % d for i in range(n)]  # each image's member: its variant
 
-    def member_features(model: PointSetServable, p: torch.Tensor) -> torch.Tensor:
+    def member_features(model: VariantServable, variants: list[int]) -> torch.Tensor:
         with torch.inference_mode():
-            return model.features(images, p.to(device), model.plan(p))
+            return model.features(images, model.plan(variants))
 
     fns = {"a": lambda: v.plain(images, prefs), "b": lambda: v.mixed(images, prefs)}
     if v.graphs is not None:
         fns |= {"ag": lambda: v.plain_graphed(images, prefs), "bg": lambda: v.mixed(images, prefs, graphed=True)}
-    colds: dict[int, PointSetServable] = {}
+    colds: dict[int, VariantServable] = {}
     for d in counts:
         for g in graph_modes:
             fns[f"w{'g' if g else ''}{d}"] = (lambda m, p: lambda: member_features(m, p))(warm[g], batch_prefs(0, d))
     for d in cold_counts:
-        cold = colds[d] = PointSetServable(members, v.arch, {}, device, dtype, d * tower_bytes)
+        cold = colds[d] = VariantServable(family, {}, device, dtype, d * tower_bytes)
         sets = [batch_prefs(0, d), batch_prefs(most, d)]
         # alternate between two disjoint sets of d members through room for d: every member misses
         fns[f"c{d}"] = (lambda model, sets, d: lambda: member_features(model, sets[model.materialized // d % 2]))(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from dataclasses import replace
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any, Awaitable, Callable, Iterator, Optional, cast
 
@@ -140,14 +141,14 @@ class EngineServer:
         if isinstance(cached, NotModified):
             await ipc.send(writer, m.CheckpointReply(cached.etag, cached.variant, not_modified=True).to_wire())
             return
-        meta = dict(etag=cached.etag, variant=cached.variant, size=cached.size, filename=cached.filename,
-                    built=cached.built)
+        reply = m.CheckpointReply(cached.etag, cached.variant, size=cached.size, filename=cached.filename,
+                                  built=cached.built)
         if cached.file is not None:  # the front end reads the file; its name is the cache's own
             path = cached.file.name
             cached.close()
-            await ipc.send(writer, m.CheckpointReply(**meta, path=path).to_wire())
+            await ipc.send(writer, replace(reply, path=path).to_wire())
             return
-        await ipc.send(writer, m.CheckpointReply(**meta, stream=True).to_wire())  # larger than the cache: made as it is sent
+        await ipc.send(writer, replace(reply, stream=True).to_wire())  # larger than the cache: made as it is sent
         chunks = cast(Iterator[bytes], cached.chunks())  # this process's downloads are made here, in threads
         while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:  # merging is blocking work
             await ipc.send(writer, m.Chunk().to_wire(), chunk)

@@ -38,6 +38,7 @@ ANCHOR_DECIMALS = 3
 TOWER = "tower"  # the first element of a tower's key in the cache (a map's key is its preference)
 
 Anchor = Optional[tuple[int, float]]  # (task index k, a > 0), or None: the base tower
+AnchoredVariant = tuple[Weights, Anchor]
 
 
 class AnchoredMapParams(FeatureMapParams):
@@ -71,7 +72,7 @@ class AnchoredMapServable(FeatureMapServable):
         super().__init__(load_tower(family.architecture, family.base), family.W, family.C, heads, device, dtype,
                          cache_bytes, graphs)
         # the base's tensors are the served tower's own (serving dtype, on the device): no second copy
-        self.family = family.moved(base=self.tower.state_dict(), towards={k: v.to(self.device)
+        self.family: AnchoredMapFamily = family.moved(base=self.tower.state_dict(), towards={k: v.to(self.device)
                                                                           for k, v in family.towards.items()})
         # one cache for the maps (keyed by variant) and the towers (keyed by TOWER, k, a): the
         # family keeps at most cache_bytes on the device, whichever it holds
@@ -161,17 +162,17 @@ class AnchoredMapFamily(FeatureMapFamily):
                    if all(f"{t}/{p}" in stored for t in tasks)}
         return cls(base, W, C, towards, params, len(tasks), architecture, family_id)
 
-    def variant(self, weights: Weights) -> Variant:
+    def variant(self, weights: Weights) -> AnchoredVariant:
         return weights, anchor_of(weights, self.q)
 
-    def describe(self, variant: Variant) -> dict[str, Any]:
-        weights, anchor = variant  # type: ignore[misc]
+    def describe(self, variant: AnchoredVariant) -> dict[str, Any]:
+        weights, anchor = variant
         return {"preference": list(weights), "anchor": None if anchor is None else list(anchor)}
 
-    def materialize(self, variant: Variant, device: torch.device = torch.device("cpu")
+    def materialize(self, variant: AnchoredVariant, device: torch.device = torch.device("cpu")
                     ) -> Iterator[tuple[str, torch.Tensor]]:
         """tower(p) with its map folded into proj, one tensor at a time, computed on `device`."""
-        weights, anchor = variant  # type: ignore[misc]
+        weights, anchor = variant
         W = preference_map(self.W, self.C, weights, device)
         W = towards_identity(W, torch.tensor(0.0 if anchor is None else anchor[1], device=device))
         yield from folded(((name, anchored_tensor(name, w.to(device), self.towards, anchor))
@@ -179,7 +180,7 @@ class AnchoredMapFamily(FeatureMapFamily):
 
     def on_device(self, device: torch.device) -> "AnchoredMapFamily":
         move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
-        return self.moved(base=move(self.base), towards=move(self.towards))  # type: ignore[return-value]
+        return self.moved(base=move(self.base), towards=move(self.towards))
 
     def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype,
                  cache_bytes: int, graphs: bool = False) -> AnchoredMapServable:

@@ -41,10 +41,12 @@ from ..tower import build_tower, head_logits, with_layers
 from ..zoo import Head
 
 V = TypeVar("V")
+K = TypeVar("K", bound="KindFormat")
 Spec = tuple[str, torch.dtype, tuple[int, ...]]
 # one model a kind serves, in plain numbers (tuples of floats, ints, None): hashable, and the same
-# value in every process
-Variant = Hashable
+# value in every process. Any to the type checker: each kind narrows it to its own (Weights, a
+# member's index, ...)
+Variant = Any
 Weights = tuple[float, ...]
 RESOLVED = 4096  # preferences whose variant a family remembers (host memory: a few hundred KiB)
 
@@ -266,7 +268,7 @@ class KindFormat(ABC):
     def describe(self, variant: Variant) -> dict[str, Any]:
         """What a variant is, for a checkpoint's metadata: {"preference": [K]} where it is one
         preference's model (the default), else what identifies it."""
-        return {"preference": list(variant)}  # type: ignore[call-overload]
+        return {"preference": list(variant)}
 
     @abstractmethod
     def materialize(self, variant: Variant, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
@@ -304,7 +306,7 @@ class KindFormat(ABC):
         its `preference` and what its method said of it; none for kinds exact at every preference."""
         return []
 
-    def moved(self, **tensors: Any) -> "KindFormat":
+    def moved(self: K, **tensors: Any) -> K:
         """A shallow copy with these attributes replaced (on_device's helper)."""
         out = copy.copy(self)
         out.__dict__.setdefault("_memo", self.__dict__.setdefault("_memo", Memo()))

@@ -27,7 +27,7 @@ from .. import StoreError
 from ..checkpoint import StateDict, load_state_dict
 from ..tower import check_tower_state, load_tower
 from ..zoo import Head
-from .base import DeviceCache, KindFormat, Servable, Variant, Weights
+from .base import DeviceCache, KindFormat, Servable, Variant
 
 NAME = "feature-map"
 BASE = "base.safetensors"
@@ -174,9 +174,10 @@ class FeatureMapFamily(KindFormat):
     def tower_specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
         return [(k, v.dtype, tuple(v.shape)) for k, v in self.base.items()]
 
-    def materialize(self, variant: Weights, device: torch.device = torch.device("cpu")
+    def materialize(self, variant: Variant, device: torch.device = torch.device("cpu")
                     ) -> Iterator[tuple[str, torch.Tensor]]:
-        """The base tower with W_p folded into proj; the map is solved on `device` with the first tensor."""
+        """The base tower with W_p folded into proj (the variant: the weights); the map is solved on
+        `device` with the first tensor."""
         W = preference_map(self.W, self.C, variant, device)
         yield from folded(((name, w.to(device)) for name, w in self.base.items()), W)
 

@@ -353,16 +353,16 @@ class PointSetFamily(KindFormat):
     def variant(self, weights: tuple[float, ...]) -> MemberKey:
         return self.member_weights.key(weights)
 
-    def describe(self, variant: MemberKey) -> dict:  # type: ignore[override]
+    def describe(self, variant: MemberKey) -> dict:
         if isinstance(variant, tuple):
             return {"coefficients": list(variant)}
         return {"member": variant, "preference": self.member_weights.params.members[variant].preference}
 
-    def kept_blocks(self, variant: MemberKey) -> Optional[list[int]]:  # type: ignore[override]
+    def kept_blocks(self, variant: MemberKey) -> Optional[list[int]]:
         return self.member_weights.kept_blocks(variant)
 
     def on_device(self, device: torch.device) -> "PointSetFamily":
-        return self.moved(member_weights=self.member_weights.to(device))  # type: ignore[return-value]
+        return self.moved(member_weights=self.member_weights.to(device))
 
     def members(self) -> list[dict]:
         """Each member's manifest entry; `predicted` only where higher is better (an accuracy, not a loss)."""
@@ -370,7 +370,7 @@ class PointSetFamily(KindFormat):
         return [m.model_dump(exclude_none=True, exclude=set() if params.sense == "max" else {"predicted"})
                 for m in params.members]
 
-    def materialize(self, variant: MemberKey, device: torch.device = torch.device("cpu")  # type: ignore[override]
+    def materialize(self, variant: MemberKey, device: torch.device = torch.device("cpu")
                     ) -> Iterator[tuple[str, torch.Tensor]]:
         """Stored member `variant`'s tower (or, given made coefficients, that member's), one tensor at a time."""
         index = variant
