@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -120,7 +121,8 @@ class Server:
     def __init__(self, name: str, argv: list[str], port: int, env: dict[str, str]):
         self.name, self.port = name, port
         self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(argv, env=os.environ | env, cwd=ROOT)
+        # a session of its own: stopping it stops the processes it started (a peer's workers)
+        self.proc = subprocess.Popen(argv, env=os.environ | env, cwd=ROOT, start_new_session=True)
 
     def wait_ready(self, path: str) -> None:
         deadline = time.monotonic() + 300
@@ -148,11 +150,15 @@ class Server:
         return out
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        for sig, wait in ((signal.SIGTERM, 40), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.proc.pid, sig)
+                self.proc.wait(timeout=wait)
+                return
+            except ProcessLookupError:
+                return
+            except subprocess.TimeoutExpired:
+                continue
 
 
 def send_all(url: str, images: list[bytes], prefs: list[str], per_request: int, concurrency: int) -> None:

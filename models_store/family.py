@@ -9,7 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from . import StoreError
 from .atomic import atomic_dir
@@ -42,16 +42,6 @@ def shown_id(text: str) -> str:
     return repr(text) if len(text) <= FAMILY_ID_MAX else repr(text[:48]) + f"... ({len(text)} characters)"
 
 
-class SearchBox(BaseModel):
-    """Where a learner searched its members (MAP's): task-arithmetic coefficients c in [0, c_max]^K,
-    found with `real_evaluations` evaluations of real merges, drawn with `seed`: the budget a peer
-    gets for a fair comparison (`pmerge front`'s direct search)."""
-    model_config = ConfigDict(extra="forbid")
-    c_max: float = Field(gt=0)
-    real_evaluations: float = Field(ge=0)
-    seed: int = 0
-
-
 class FamilyManifest(BaseModel):
     format: int = FAMILY_FORMAT
     family_id: str
@@ -66,8 +56,16 @@ class FamilyManifest(BaseModel):
     kind_params: dict[str, Any] = {}
     files: dict[str, str] = {}
     metrics: dict[str, Any] = {}
-    # written only where a learner searched (absent, not null, elsewhere: manifests read as before)
-    search: Optional[SearchBox] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_search(cls, data: Any) -> Any:
+        # a MAP family published before this version held its search box at the top (`search`); it is
+        # the learner's, so it is read into its metrics (`search_box`), where such families hold it now
+        if isinstance(data, dict) and isinstance(data.get("search"), dict):
+            data = dict(data)
+            data["metrics"] = {**(data.get("metrics") or {}), "search_box": data.pop("search")}
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -240,8 +238,7 @@ def publish_family(store: str | Path, manifest: FamilyManifest, files: dict[str,
         for name, state in (files | {HEADS: head_state}).items():
             save_state_dict(tmp / name, state)
         manifest = manifest.model_copy(update={"files": {n: sha256_file(tmp / n) for n in (*files, HEADS)}})
-        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2, exclude={"search"} if manifest.search is None
-                                                             else set()))
+        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
     return target
 
 

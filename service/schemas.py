@@ -51,12 +51,11 @@ class FamilyOut(BaseModel):
     family_id: str
     created: str
     method: str
-    kind: str = Field(description="the family's kind (docs/formats.md): lowrank or point-set")
-    kind_params: dict[str, Any] = Field(description="what that kind needs: rank and targets for lowrank; the pick "
-                                                    "rule and the members (each with its preference) for point-set")
+    kind: str = Field(description="the family's kind: how its models are stored and served (docs/formats.md, one "
+                                  "section per kind)")
+    kind_params: dict[str, Any] = Field(description="the kind's parameters, as the manifest holds them: each kind's "
+                                                    "section of docs/formats.md says what they are")
     zoo: Optional[str] = Field(None, description="the name of the zoo the family was trained from")
-    rank: Optional[int] = Field(None, description="lowrank: the rank r (also in kind_params)")
-    targets: Optional[list[str]] = Field(None, description="lowrank: the adapted parameters (also in kind_params)")
     tasks: list[TaskOut]
     architecture: dict[str, Any]
     image_size: int

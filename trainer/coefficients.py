@@ -3,8 +3,34 @@ MAP (its design and members) and the front (direct search): where space-filling 
 preference a vector stands for. Their evaluator is trainer/evaluate.py's CoefficientEvaluator."""
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy.stats import qmc
+
+SEARCH_BOX = "search_box"  # where a family's metrics hold it
+
+
+class SearchBox(BaseModel):
+    """Where a learner searched its members (MAP's): task-arithmetic coefficients c in [0, c_max]^K,
+    found with `real_evaluations` evaluations of real merges, drawn with `seed`: the budget a peer
+    gets for a fair comparison (`pmerge front`'s direct search). Kept in the family's metrics."""
+    model_config = ConfigDict(extra="forbid")
+    c_max: float = Field(gt=0)
+    real_evaluations: float = Field(ge=0)
+    seed: int = 0
+
+    def metrics(self) -> dict[str, Any]:
+        return {SEARCH_BOX: self.model_dump()}
+
+    @classmethod
+    def of(cls, metrics: dict[str, Any]) -> Optional["SearchBox"]:
+        """The box a family's metrics hold, or None (none, or not one)."""
+        try:
+            return cls.model_validate(metrics[SEARCH_BOX]) if SEARCH_BOX in metrics else None
+        except ValidationError:
+            return None
 
 
 def sobol(k: int, n: int, c_max: float, seed: int) -> np.ndarray:

@@ -37,12 +37,12 @@ from pymoo.indicators.igd_plus import IGDPlus
 
 from models_store import StoreError
 from models_store.checkpoint import StateDict
-from models_store.family import Family, SearchBox
+from models_store.family import Family
 from models_store.preference import Preference, equal_preference, from_weights
 from models_store.simplex import PointSet, priority_preference, vertices
 from models_store.zoo import Zoo
 
-from .coefficients import normalised, sobol
+from .coefficients import SearchBox, normalised, sobol
 from .evaluate import CoefficientEvaluator, Evaluator, Scores
 from .hypervolume import hypervolume, non_dominated
 from .methods import MergeContext, get_method
@@ -281,8 +281,9 @@ def search_box(families: Sequence[Family]) -> Optional[SearchBox]:
     """The box and budget of the first family whose members were searched (MAP's learners); read
     from the manifest's hyperparameters and metrics for families from before `search` was typed."""
     for f in families:
-        if f.manifest.search is not None:
-            return f.manifest.search
+        box = SearchBox.of(f.manifest.metrics)
+        if box is not None:
+            return box
         spent = f.manifest.metrics.get("real_evaluations")
         if isinstance(spent, (int, float)):
             hp = f.manifest.hyperparameters

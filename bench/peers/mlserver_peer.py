@@ -14,9 +14,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import torch
 from fastapi import Request
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
+from mlserver.context import model_context
 from mlserver.handlers import custom_handler
 from mlserver.types import InferenceRequest, InferenceResponse
 
@@ -30,11 +33,9 @@ class TowerRuntime(MLModel):
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        import torch
         pixels = torch.from_numpy(NumpyCodec.decode_input(payload.inputs[0]))
         best = self.model.top1(pixels)
         tasks = list(best[0]) if best else []
-        import numpy as np
         return InferenceResponse(model_name=self.name, outputs=[
             NumpyCodec.encode_output(t, np.array([b[t] for b in best], dtype=np.int64)) for t in tasks])
 
@@ -43,7 +44,8 @@ class TowerRuntime(MLModel):
         form = await request.form()
         files = [await upload.read() for upload in form.getlist("files")]
         pixels = await asyncio.to_thread(self.model.decode, files)
-        answer = await self.predict(InferenceRequest(inputs=[NumpyCodec.encode_input("pixels", pixels.numpy())]))
+        with model_context(self.settings):  # what MLServer's own V2 route sets around `predict`
+            answer = await self.predict(InferenceRequest(inputs=[NumpyCodec.encode_input("pixels", pixels.numpy())]))
         return {"results": [{o.name: o.data[i] for o in answer.outputs} for i in range(len(files))]}
 
 

@@ -26,8 +26,7 @@ def family_out(m) -> FamilyOut:
     zoo = PurePath(m.zoo).name if m.zoo else None
     hyperparameters = {k: v for k, v in m.hyperparameters.items() if k != "zoo"}  # format 1 kept it there
     return FamilyOut(family_id=m.family_id, created=m.created, method=m.method, kind=m.kind,
-                     kind_params=m.kind_params, zoo=zoo, rank=m.kind_params.get("rank"),
-                     targets=m.kind_params.get("targets"),
+                     kind_params=m.kind_params, zoo=zoo,
                      tasks=[TaskOut(name=t.name, classes=t.classes) for t in m.tasks],
                      architecture=m.architecture, image_size=m.preprocess.image_size,
                      hyperparameters=hyperparameters, metrics=m.metrics)

@@ -39,7 +39,7 @@ def test_format_1_serves_and_downloads_the_same_bytes(tmp_path):
     app = create_app(Settings(store=store, device="cpu", download_cache_dir=tmp_path / "dl"))
     with running_server(app) as url:
         fam = httpx.get(url + "/family").json()
-        assert fam["family_id"] == FAMILY and fam["kind"] == "lowrank" and fam["rank"] == 4
+        assert fam["family_id"] == FAMILY and fam["kind"] == "lowrank" and fam["kind_params"]["rank"] == 4
         for pref, weights in DOWNLOADS.items():
             r = httpx.get(f"{url}/models/{pref}", timeout=30)
             assert r.status_code == 200, r.text

@@ -122,8 +122,7 @@ def test_map_family_through_the_cli_serves_its_members_and_resumes(quick_zoo, tm
     m = family.manifest
     assert m.kind == "point-set" and m.kind_params["pick"] == "weighted-sum" and m.kind_params["sense"] == "max"
     assert m.metrics["evaluations"]["design"] == default_budget(3)
-    assert m.search is not None and m.search.model_dump() == {"c_max": 1.0, "seed": 0,
-                                                               "real_evaluations": m.metrics["real_evaluations"]}
+    assert m.metrics["search_box"] == {"c_max": 1.0, "seed": 0, "real_evaluations": m.metrics["real_evaluations"]}
     assert set(m.metrics["surrogates"]) == set(family.tasks)
     assert set(m.metrics["seconds_by_stage"]) == {"merge", "evaluate", "fit", "nsga3"}
     members = m.kind_params["members"]
@@ -369,16 +368,24 @@ def test_validation_sets_say_when_the_fine_tuning_saw_every_validation_image(qui
 
 
 def test_a_map_family_from_before_the_typed_search_box_gives_the_same_box():
-    """Families published before `search` was a field keep c_max in their hyperparameters and the
-    budget in their metrics; front reads the same box from either."""
+    """Families published before the search box keep c_max in their hyperparameters and the budget in
+    their metrics; those published with it at the manifest's top (`search`) read it into their metrics;
+    front reads the same box from each."""
     from types import SimpleNamespace
 
-    from models_store.family import SearchBox
+    from models_store.family import FamilyManifest
+    from models_store.preprocess import Preprocess
+    from models_store.zoo import TaskInfo
+    from trainer.coefficients import SearchBox
     from trainer.front import search_box
 
     typed = SearchBox(c_max=0.8, real_evaluations=42, seed=3)
-    new = SimpleNamespace(manifest=SimpleNamespace(search=typed, metrics={}, hyperparameters={}))
-    old = SimpleNamespace(manifest=SimpleNamespace(search=None, metrics={"real_evaluations": 42},
+    new = SimpleNamespace(manifest=SimpleNamespace(metrics=typed.metrics(), hyperparameters={}))
+    top = FamilyManifest.model_validate({
+        "family_id": "f", "created": "now", "method": "map", "architecture": {}, "preprocess": Preprocess(),
+        "tasks": [TaskInfo(name="a", classes=["x"])], "metrics": {"r2": 1}, "search": typed.model_dump()})
+    old = SimpleNamespace(manifest=SimpleNamespace(metrics={"real_evaluations": 42},
                                                    hyperparameters={"c_max": 0.8, "seed": 3}))
-    plain = SimpleNamespace(manifest=SimpleNamespace(search=None, metrics={}, hyperparameters={}))
-    assert search_box([plain, new]) == search_box([old]) == typed and search_box([plain]) is None
+    plain = SimpleNamespace(manifest=SimpleNamespace(metrics={}, hyperparameters={}))
+    assert search_box([plain, new]) == search_box([old]) == search_box([SimpleNamespace(manifest=top)]) == typed
+    assert search_box([plain]) is None and top.metrics["r2"] == 1 and "search" not in top.model_dump()

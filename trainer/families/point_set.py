@@ -6,10 +6,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from models_store.family import SearchBox
 from models_store.kinds import point_set
 from models_store.simplex import PointSet
 
+from ..coefficients import SearchBox
 from .registry import LearnContext, Learned, LearnerConfig
 
 
@@ -41,4 +41,4 @@ def point_set_family(ctx: LearnContext, members: list[point_set.Member],
     return Learned(kind=point_set.NAME, kind_params=kind_params(pick, sense, members, merge_vectors is not None,
                                                                 at_preference),
                    files=point_set.family_files(pool.pretrained, pool.task_vectors, per_tensor or {}, merge_vectors),
-                   metrics={"members": len(members)} | (metrics or {}), search=search)
+                   metrics={"members": len(members)} | (metrics or {}) | (search.metrics() if search else {}))

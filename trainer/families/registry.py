@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from models_store.checkpoint import StateDict
-from models_store.family import FamilyManifest, SearchBox, now_iso, publish_family
+from models_store.family import FamilyManifest, now_iso, publish_family
 from models_store.store import published
 from models_store.zoo import Zoo
 
@@ -70,7 +70,6 @@ class Learned:
     kind_params: dict[str, Any]
     files: dict[str, StateDict]
     metrics: dict[str, Any] = field(default_factory=dict)
-    search: SearchBox | None = None  # where the members were searched, for learners that search
 
 
 LearnFn = Callable[[LearnContext, LearnerConfig], Learned]
@@ -95,7 +94,7 @@ class FamilyLearner(Entry[LearnerConfig]):
             family_id=ctx.family_id, created=now_iso(), method=self.name,
             hyperparameters=config.model_dump() | {"unlabeled": ctx.unlabeled_specs}, zoo=str(zoo.root.resolve()),
             architecture=zoo.manifest.architecture, preprocess=zoo.manifest.preprocess, tasks=zoo.manifest.tasks,
-            kind=learned.kind, kind_params=learned.kind_params, search=learned.search,
+            kind=learned.kind, kind_params=learned.kind_params,
             metrics={"train_seconds_this_run": round(time.perf_counter() - began, 2)} | learned.metrics)
         return publish_family(ctx.store, manifest, learned.files, ctx.pool.heads)
 

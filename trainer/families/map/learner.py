@@ -28,10 +28,9 @@ import torch
 from pydantic import Field
 
 from models_store.atomic import write_text
-from models_store.family import SearchBox
 from models_store.kinds.point_set import Member, SurrogateRule
 
-from ...coefficients import normalised
+from ...coefficients import SearchBox, normalised
 from ...evaluate import CoefficientEvaluator, StageTimer, VectorScores
 from ...progress import progress_bar
 from ..point_set import PointsConfig, point_set_family
