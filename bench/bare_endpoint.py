@@ -1,5 +1,5 @@
 """The framework's floor for bench/http_bench.py: a bare FastAPI endpoint that reads a multipart
-upload and decodes each image with pmerge's own decoder (service/images.py), and answers a
+upload and decodes each image with pmerge's own decoder (service/engine/images.py), and answers a
 constant. No engine, no middleware of pmerge's, no JSON of predictions.
 
     python bench/bare_endpoint.py PORT IMAGE_SIZE
@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import Response  # noqa: E402
 
 from models_store.preprocess import Preprocess  # noqa: E402
-from service.images import decode_image  # noqa: E402
+from service.engine.images import decode_image  # noqa: E402
 
 
 def app(image_size: int) -> FastAPI:

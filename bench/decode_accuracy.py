@@ -28,7 +28,7 @@ from PIL import Image  # noqa: E402
 from bench.common import add_common_args, machine_info, markdown_table, now_iso, run_benchmark, write_result  # noqa: E402
 from models_store.preference import equal_preference  # noqa: E402
 from models_store.store import open_family  # noqa: E402
-from service.images import decode_image  # noqa: E402
+from service.engine.images import decode_image  # noqa: E402
 from trainer.data.load import load_raw  # noqa: E402
 from trainer.data.spec import parse_spec  # noqa: E402
 

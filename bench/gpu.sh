@@ -91,9 +91,9 @@ if want 3; then
 echo "== 3/7 the request path: pmerge serve against the engine alone"
 if [ "$DEVICE" = cuda ]; then
     "$PY" bench/http_bench.py --device cuda --arch "${arch_list[0]}" --image-sizes 256,640 --per-request 8 \
-        --fronts 0,8 --images 1024 --concurrency 64 --max-batch 128 --repeats 3
+        --front-ends 0,8 --images 1024 --concurrency 64 --max-batch 128 --repeats 3
 else
-    "$PY" bench/http_bench.py --device "$DEVICE" --arch "${arch_list[0]}" --per-request 8 --fronts 0,1 --images 64 \
+    "$PY" bench/http_bench.py --device "$DEVICE" --arch "${arch_list[0]}" --per-request 8 --front-ends 0,1 --images 64 \
         --repeats 2
 fi
 fi

@@ -6,7 +6,7 @@ engine alone, measured interleaved in one run with the same client and images.
 
 A random zoo of the architecture gives a random `lowrank` family (rank 16 on every block's
 attention). Servers, started once, each its own processes: `pmerge serve` with each front-end
-count of `--fronts` (0: one process does all), `bench/bare_endpoint.py`: FastAPI reading the
+count of `--front-ends` (0: one process does all), `bench/bare_endpoint.py`: FastAPI reading the
 multipart upload and running pmerge's own decoder, answering a constant (the framework's floor),
 and with `--peers` the servers a user would pick instead, each serving the one tower of the equal
 preference with the same decoder and its own batching across requests (bench/peers/: LitServe,
@@ -15,7 +15,7 @@ Every round sends the same JPEGs (`--images`, sides `--image-sizes`), `--concurr
 flight from one httpx client, to each server at 1 and at 8 images per request (each image its own
 random preference at 1; a request's preference at 8), and also measures, in this process:
 
-* **decode**: service/images.py's decoder alone on the same files, one thread;
+* **decode**: service/engine/images.py's decoder alone on the same files, one thread;
 * **engine**: the family's servable alone on the decoded images, in batches of `--max-batch`.
 
 Per round and variant: images/s, and the server processes' CPU seconds per image (engine and
@@ -57,7 +57,7 @@ from models_store.merged import write_checkpoint  # noqa: E402
 from models_store.preference import equal_preference  # noqa: E402
 from models_store.store import open_family  # noqa: E402
 from models_store.tower import build_tower  # noqa: E402
-from service.images import decode_image  # noqa: E402
+from service.engine.images import decode_image  # noqa: E402
 
 NAME = "http"
 PEER_READY = {"litserve": "/health", "mlserver": "/v2/health/ready"}  # each peer's readiness route
@@ -184,7 +184,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--images", type=int, default=256, help="images per round and variant")
     p.add_argument("--image-sizes", default="256", help="the JPEGs' sides, comma-separated (each its own rows)")
     p.add_argument("--per-request", default="1,8", help="images per request")
-    p.add_argument("--fronts", default="0,1", help="front-end counts of the pmerge servers")
+    p.add_argument("--front-ends", default="0,1", help="front-end counts of the pmerge servers")
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     p.add_argument("--max-batch", type=int, default=64, help="the server's max_batch, and the engine's batches")
     p.add_argument("--repeats", type=int, default=5)
@@ -210,7 +210,7 @@ def measure(args: argparse.Namespace, device: torch.device, work: Path) -> dict:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
     sizes = [int(s) for s in args.image_sizes.split(",")]
     per_request = [int(n) for n in args.per_request.split(",")]
-    fronts = [int(f) for f in args.fronts.split(",")]
+    fronts = [int(f) for f in args.front_ends.split(",")]
     prefs = torch.distributions.Dirichlet(torch.ones(k)).sample((args.images,))
     pref_text = [",".join(f"{w:.4f}" for w in row.tolist()) for row in prefs]
     threads = torch.get_num_threads()
@@ -218,7 +218,7 @@ def measure(args: argparse.Namespace, device: torch.device, work: Path) -> dict:
     env = {"OMP_NUM_THREADS": "1", "PMERGE_DOWNLOAD_CACHE_DIR": str(store / ".downloads")}
     servers = [Server(f"pmerge-f{f}", [sys.executable, "-m", "models_store.cli", "serve", "--store", str(store),
                                        "--device", device.type, "--dtype", dtype_name, "--port", str(args.port + i),
-                                       "--max-batch", str(args.max_batch), "--fronts", str(f), "--log-level",
+                                       "--max-batch", str(args.max_batch), "--front-ends", str(f), "--log-level",
                                        "warning"], args.port + i, env)
                for i, f in enumerate(fronts)]
     bare = {s: Server(f"bare-{s}", [sys.executable, "bench/bare_endpoint.py", str(args.port + len(fronts) + j),

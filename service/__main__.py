@@ -1,7 +1,7 @@
 """`python -m service --store STORE [...]`: the same as `pmerge serve`."""
 import argparse
 
-from .cli import add_serve_arguments, serve
+from service.cli import add_serve_arguments, serve
 
 
 def main() -> None:

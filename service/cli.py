@@ -13,15 +13,17 @@ from typing import Any
 from models_store.cli import Command
 from models_store.flags import add_model_flags, describe_flags, model_values
 
-from .settings import ENV_PREFIX, Settings
+from service.settings import ENV_PREFIX, Settings
 
 # the settings that are also flags; the others are environment variables only (README, Settings)
 SERVE_FLAGS = ("store", "family", "device", "dtype", "host", "port", "max_batch", "max_wait_ms", "queue_size",
-               "device_cache_bytes", "cuda_graphs", "families", "max_families", "fronts", "decode")
+               "device_cache_bytes", "cuda_graphs", "families", "max_families", "front_ends", "decode")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_model_flags(parser, {"serve": Settings}, include=SERVE_FLAGS, env_prefix=ENV_PREFIX)
+    parser.add_argument("--fronts", dest="front_ends", type=int, default=None, help=argparse.SUPPRESS)  # the old
+    # name of --front-ends ("front" means a Pareto front everywhere else), accepted until the next release
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     ray = parser.add_argument_group("Ray Serve (pip install 'pmerge[ray]')")
     ray.add_argument("--ray", action="store_true", help="serve on Ray Serve replicas (a local Ray cluster, or the one "
@@ -64,7 +66,7 @@ def serve_on_ray(settings: Settings, options: dict) -> None:
         import ray
         from ray import serve
 
-        from .ray_serve import application
+        from service.ray_serve import application
     except ImportError as e:
         raise SystemExit(f"pmerge serve: error: --ray needs Ray Serve: pip install 'pmerge[ray]' ({e})") from None
     ray.init()  # a local cluster, or the one RAY_ADDRESS names
@@ -88,7 +90,7 @@ def check(args: argparse.Namespace) -> None:
     """The settings are valid and the port is free (said before `pmerge demo` builds for minutes)."""
     from pydantic import ValidationError
 
-    from .server import check_port_free
+    from service.http.server import check_port_free
     try:
         settings = settings_from_args(args)
     except ValidationError as e:
@@ -105,7 +107,7 @@ def serve(args: argparse.Namespace) -> None:
     from models_store import StoreError
     from models_store.store import family_path
 
-    from .server import check_port_free
+    from service.http.server import check_port_free
 
     try:
         settings = settings_from_args(args)
@@ -121,17 +123,17 @@ def serve(args: argparse.Namespace) -> None:
     logging.getLogger(__name__).info("serving %s on http://%s:%d", path, settings.host, settings.port)
     if args.ray:  # each replica serves in its own process, Ray's proxies parse HTTP
         return serve_on_ray(settings, options)
-    fronts = settings.front_count()
-    if fronts:
-        from .processes import serve_with_fronts
-        failure = serve_with_fronts(settings, fronts, args.log_level)
+    front_ends = settings.front_end_count()
+    if front_ends:
+        from service.runtime.processes import serve_with_front_ends
+        failure = serve_with_front_ends(settings, front_ends, args.log_level)
         if failure:
             raise SystemExit(f"pmerge serve: error: {failure}")
         return
     import uvicorn
 
-    from .app import create_app
-    from .server import uvicorn_config
+    from service.http.app import create_app
+    from service.http.server import uvicorn_config
     app = create_app(settings)
     # one engine process per GPU: scale out with replicas
     server = uvicorn.Server(uvicorn_config(app, settings, log_level=args.log_level))

@@ -1,6 +1,6 @@
 """Prometheus metrics, one CollectorRegistry per app (tests and several apps never collide).
 
-When `pmerge serve` runs front-end processes, every process of the service (the fronts, the
+When `pmerge serve` runs front-end processes, every process of the service (the front ends, the
 engine) writes its metrics into PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode,
 set before any metric exists) and any front's /metrics sums them all.
 """

@@ -1,4 +1,4 @@
-"""`pmerge serve --ray`: the same FastAPI app (service/app.py) on Ray Serve replicas.
+"""`pmerge serve --ray`: the same FastAPI app (service/http/app.py) on Ray Serve replicas.
 
 Each replica builds the app (`@serve.ingress` with `__serve_build_asgi_app__`), so each owns one
 engine and batches its own requests; the preference stays in the request. A replica takes
@@ -17,8 +17,8 @@ from typing import Any, Optional
 
 from ray import serve
 
-from .app import create_app
-from .settings import Settings
+from service.http.app import create_app
+from service.settings import Settings
 
 REPLICA_HEADER = b"x-pmerge-replica"
 

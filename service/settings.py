@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models_store.family import is_family_id, shown_id
+
 if TYPE_CHECKING:
     import torch
 
@@ -47,12 +49,12 @@ class Settings(BaseSettings):
                                                            "least recently used out, one always kept)")
     cuda_graphs: bool = Field(True, description="on CUDA, replay each forward from a CUDA graph captured per "
                                                 "batch size (one launch instead of hundreds)")
-    fronts: Optional[int] = Field(None, ge=0, description="HTTP front-end processes that parse, check and decode "
-                                                          "for the one engine process (unset: one per core but one, "
-                                                          "at most 8; 0: one process does all)")
+    front_ends: Optional[int] = Field(None, ge=0, description="HTTP front-end processes that parse, check and "
+                                                              "decode for the one engine process (unset: one per core "
+                                                              "but one, at most 8; 0: one process does all)")
     shared_memory_bytes: int = Field(256 * MiB, ge=MiB, description="shared memory of the decoded images in flight "
-                                                                     "from the front ends to the engine, all fronts "
-                                                                     "together")
+                                                                     "from the front ends to the engine, all front "
+                                                                     "ends together")
     decode: Literal["auto", "host", "device"] = Field("auto", description="where JPEG images are decoded: auto "
                                                        "(on the device on CUDA), host (always on the CPU), device "
                                                        "(on the engine's device, the CPU too)")
@@ -72,6 +74,9 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "PMERGE_FRONTS" in os.environ and "front_ends" not in data \
+                and "PMERGE_FRONT_ENDS" not in os.environ:  # the old name, read until the next release
+            data = {**data, "front_ends": os.environ["PMERGE_FRONTS"]}
         if "PMERGE_CACHED_TOWERS" in os.environ:  # a count of towers, until the one byte bound of every kind
             raise ValueError("PMERGE_CACHED_TOWERS is now PMERGE_DEVICE_CACHE_BYTES (bytes, for every kind); "
                              "unset it and set that instead")
@@ -80,14 +85,13 @@ class Settings(BaseSettings):
     @field_validator("families")
     @classmethod
     def _family_ids(cls, v: Optional[str]) -> Optional[str]:
-        from .families import parse_family_ids
         parse_family_ids(v)  # the error names the bad id
         return v
 
-    def front_count(self) -> int:
+    def front_end_count(self) -> int:
         """How many front-end processes `pmerge serve` starts (0: none, the one process serves)."""
-        if self.fronts is not None:
-            return self.fronts
+        if self.front_ends is not None:
+            return self.front_ends
         return max(1, min(8, (os.cpu_count() or 2) - 1))
 
     @property
@@ -103,3 +107,14 @@ class Settings(BaseSettings):
         import torch
         # reduced precision only where it pays: CPU bf16/fp16 matmuls are slow or missing
         return getattr(torch, DTYPES[self.dtype]) if device.type == "cuda" else torch.float32
+
+
+def parse_family_ids(text: Optional[str]) -> Optional[list[str]]:
+    """PMERGE_FAMILIES: comma-separated ids; unset or empty: every family of the store."""
+    if not text or not text.strip():
+        return None
+    ids = [i.strip() for i in text.split(",") if i.strip()]
+    bad = [i for i in ids if not is_family_id(i)]
+    if bad:
+        raise ValueError(f"{shown_id(bad[0])} is not a family id (letters, digits, _ . + -)")
+    return ids

@@ -71,7 +71,7 @@ def serve(path: str) -> None:
             command.add_arguments(ArgumentParser())
         for choice in command.choices() if command.choices else ():
             command.add_arguments(ArgumentParser(), choice)
-    import service.app  # noqa: F401
+    import service.http.app  # noqa: F401
     import trainer.front  # noqa: F401
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)

@@ -350,7 +350,7 @@ def test_the_service_has_room_for_its_shared_memory(compose):
 def test_a_stop_leaves_the_service_time_to_drain(compose):
     """docker stop and a Kubernetes rollout send SIGTERM, then SIGKILL after a grace period (docker's
     default 10 s): it must outlast the drain, or requests in flight are cut."""
-    from service.processes import DRAIN_S
+    from service.runtime.processes import DRAIN_S
     grace = str(compose["services"]["service"]["stop_grace_period"])
     assert grace.endswith("s") and int(grace[:-1]) > DRAIN_S
     kserve = yaml.safe_load((ROOT / "kserve" / "inferenceservice.yaml").read_text())

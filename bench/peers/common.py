@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from models_store.merged import read_tower_weights  # noqa: E402
 from models_store.preprocess import Preprocess  # noqa: E402
 from models_store.tower import head_logits, load_tower  # noqa: E402
-from service.images import decode_image  # noqa: E402
+from service.engine.images import decode_image  # noqa: E402
 
 MAX_PIXELS = 10 ** 8
 

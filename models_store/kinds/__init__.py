@@ -23,7 +23,7 @@ KINDS = {"lowrank": f"{__name__}.lowrank:LowRankFamily", "point-set": f"{__name_
 
 # name -> the version of what the kind materialises for a preference: bumped when a change of code
 # changes those tensors (not only their last bits), so that download caches and ETags made by an
-# earlier build are never served for this one's (service/downloads.py keys on it)
+# earlier build are never served for this one's (service/engine/downloads.py keys on it)
 MATERIALIZATION = {"lowrank": 1, "point-set": 1, "feature-map": 2, "anchored-map": 2}
 
 FORMAT_1_KIND = "lowrank"  # format-1 manifests predate kinds: every family then was low-rank

@@ -16,14 +16,15 @@ from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError
 from models_store.kinds.lowrank import LowRankServable
 from models_store.preference import from_weights
 from models_store.store import open_family
-from service.engine import Engine, EngineConfig
+from service.engine.batching import Engine, EngineConfig
 
 from conftest import on_device, on_host
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "service"))
 sys.path.insert(0, str(Path(__file__).parents[1] / "trainer"))
 from quick_zoo import make_quick_zoo  # noqa: E402
-from svc_helpers import make_family, make_feature_map_family, make_point_set_family  # noqa: E402
+from kind_makers import MAKERS, check_every_kind_has_a_maker, vertex_kind_registered  # noqa: E402
+from svc_helpers import make_family  # noqa: E402
 
 BF16 = torch.bfloat16
 PREFS = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0.3, 0.3, 0.4], [0.5, 0.5, 0], [0.9, 0.1, 0]])
@@ -31,13 +32,17 @@ PREFS = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0.3, 0.3, 0.4], [0.5, 
 
 @pytest.fixture(scope="module")
 def families(tmp_path_factory):
-    """A family of every kind (micro tower, 3 tasks), loaded on the host."""
+    """A family of every kind of the registry and of the test-only kind (tests/service/kind_makers.py;
+    micro tower, 3 tasks), loaded on the host."""
     store = tmp_path_factory.mktemp("families")
-    makers = {"lowrank": make_family, "point_set": make_point_set_family, "feature_map": make_feature_map_family,
-              "anchored_map": lambda store: make_feature_map_family(store, family_id="anchored-test", anchor=0.6),
-              "point_set_at_preference": lambda store: make_point_set_family(
-                  store, family_id="ta-pref-at-test", at_preference={"rule": "task-arithmetic", "scale": 0.3})}
-    return {kind: open_family(store, make(store).name) for kind, make in makers.items()}
+    with vertex_kind_registered():
+        check_every_kind_has_a_maker()
+        yield {name: open_family(store, make(store).name) for name, make in MAKERS.items()}
+
+
+def test_the_tier_covers_every_kind():
+    with vertex_kind_registered():
+        check_every_kind_has_a_maker()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +71,7 @@ def pixels(n: int) -> torch.Tensor:
 
 # --- the service ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["lowrank", "point_set", "feature_map"])
+@pytest.mark.parametrize("kind", list(MAKERS))
 def test_the_engine_batch_goes_to_the_device_and_back(cuda, families, kind):
     family = families[kind]
     engine = Engine.from_family(family, EngineConfig(device=cuda.device, dtype=BF16, max_batch=8,
@@ -100,7 +105,7 @@ def test_jpegs_decoded_on_the_device_are_converted_and_resized_there(cuda, monke
     on_device(pre.normalize(torch.stack(out)), torch.float32)
 
 
-@pytest.mark.parametrize("kind", ["lowrank", "point_set", "feature_map", "point_set_at_preference", "anchored_map"])
+@pytest.mark.parametrize("kind", list(MAKERS))
 def test_every_kind_serves_a_mixed_batch_on_the_device(cuda, families, kind):
     family = families[kind]
     model = family.servable(cuda.device, BF16, cache_bytes=2 * family.tower_bytes(BF16))
@@ -112,27 +117,27 @@ def test_every_kind_serves_a_mixed_batch_on_the_device(cuda, families, kind):
         logits = model.logits(images, variants, plan)
         for task in family.tasks:
             on_device(logits[task], torch.float32)
-    if kind.startswith("point_set"):
+    if kind.startswith(("point-set", "vertices")):  # served by the generic servable
         assert model.materialized > 2 and len(model.cache) <= 2
         on_device(model.cache.get(next(iter(model.cache.entries))).conv1.weight, BF16)
-    if kind == "anchored_map":  # PREFS: three vertices anchored (a = 1) through room for two, the rest: the base
+    if kind == "anchored-map":  # PREFS: three vertices anchored (a = 1) through room for two, the rest: the base
         towers = [key for key in model.cache.entries if key[0] == "tower"]  # the maps share the cache
         assert model.materialized > 2 and len(towers) <= 2
         on_device(model.cache.get(towers[0]).conv1.weight, BF16)
-    if kind in ("feature_map", "anchored_map"):
+    if kind in ("feature-map", "anchored-map"):
         with on_host():
             distinct = family.resolve(PREFS)  # the maps' keys
-        if kind == "feature_map":
+        if kind == "feature-map":
             assert model.solved == len(set(distinct))  # solved on the device, each on its own
         else:  # the towers share the cache's room with the maps: a map evicted for a tower is solved again
             assert model.solved >= len(set(distinct))
         on_device(model.cache.get(distinct[-1]), torch.float32)
 
 
-@pytest.mark.parametrize("kind", ["lowrank", "point_set", "feature_map", "point_set_at_preference", "anchored_map"])
+@pytest.mark.parametrize("kind", list(MAKERS))
 def test_downloads_are_merged_on_the_device(cuda, families, kind):
     family = families[kind]
-    pref = from_weights([0.1, 0.1, 0.8] if kind == "anchored_map" else [0.2, 0.3, 0.5], family.tasks)  # anchored: a = 0.5
+    pref = from_weights([0.1, 0.1, 0.8] if kind == "anchored-map" else [0.2, 0.3, 0.5], family.tasks)  # anchored: a = 0.5
     with on_host():  # the variant (a pick, a solve, an anchor) is host work; the tensors are merged on the device
         variant = family.variant(pref)
     tensors = dict(family.body.materialize(variant, cuda.device))
@@ -217,7 +222,7 @@ def test_react_features_and_maps_on_the_device(cuda, pool, data, families):
     assert w.shape == c.shape == (z_mtl.shape[0],) * 2
     # and a family's maps of many preferences at once, on the device
     from models_store.kinds.feature_map import map_factors, preference_maps
-    body = families["feature_map"].body
+    body = families["feature-map"].body
     maps = preference_maps(*map_factors(body.W, body.C, cuda.device), PREFS.tolist())
     on_device(maps, torch.float32)
 

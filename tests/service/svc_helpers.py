@@ -21,7 +21,7 @@ from models_store.kinds.lowrank import LowRank, family_files, target_names
 from models_store.preprocess import Preprocess
 from models_store.tower import MICRO, build_tower, head_logits
 from models_store.zoo import Head, TaskInfo
-from service.server import uvicorn_config
+from service.http.server import uvicorn_config
 
 RANK = 4
 TASKS = {"digits": [f"d{i}" for i in range(5)], "fashion": ["shirt", "shoe", "bag"], "letters": ["a", "b", "c", "x"]}

@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from models_store.cli import main
-from service.app import create_app
+from service.http.app import create_app
 from service.client import MULTIPLEXED_MODEL_ID, Client, ClientError
 from service.errors import NotReady
 from service.settings import Settings

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import signal
 import socket
 import threading
@@ -192,7 +191,9 @@ def test_ctrl_c_during_a_download_leaves_nothing(tmp_path):
                       f"content-length: {len(good)}\r\n\r\n").encode() + good[:100])
         time.sleep(3)
     with raw_server(slow) as url:
-        timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+        # to the main thread, as a terminal's Ctrl-C reaches a one-thread CLI: a signal sent to the process
+        # may be taken by any thread (this one has many: earlier tests' pools), leaving the read unbroken
+        timer = threading.Timer(0.5, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
         timer.start()
         with pytest.raises(SystemExit) as exit_info:
             main(["fetch", "--url", url, "--pref", "0.7,0.3", "--out", str(tmp_path / "m.safetensors")])

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from models_store.preprocess import EXIF_ORIENTATION, Preprocess
-from service.app import create_app
-from service.images import decode_image, decode_upload
+from service.http.app import create_app
+from service.engine.images import decode_image, decode_upload
 from service.settings import Settings
 
 from svc_helpers import FAMILY_ID, png_bytes, running_server

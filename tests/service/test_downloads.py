@@ -11,7 +11,7 @@ from models_store.preference import from_weights
 from models_store.tower import build_tower
 from models_store.merged import checkpoint_size
 from models_store.safetensors_stream import stream_chunks
-from service.downloads import DownloadCache, download_key
+from service.engine.downloads import DownloadCache, download_key
 
 
 def test_stream_writer_matches_safetensors(tmp_path):
@@ -149,7 +149,7 @@ def test_pmerge_export_writes_the_bytes_the_service_serves(store, family, tmp_pa
     """`pmerge export` is the download without the service: byte-identical files."""
     import httpx
 
-    from service.app import create_app
+    from service.http.app import create_app
     from service.settings import Settings
     from svc_helpers import running_server
     from models_store.cli import main
@@ -170,7 +170,7 @@ def test_a_cache_filled_by_a_build_that_materialised_otherwise_is_not_served(sto
     import httpx
 
     from models_store import kinds
-    from service.app import create_app
+    from service.http.app import create_app
     from service.settings import Settings
     from svc_helpers import running_server
 

@@ -6,8 +6,8 @@ import torch
 
 from models_store.preference import from_weights
 from models_store.tower import head_logits, load_tower
-from service.engine import Engine, EngineConfig
-from service.images import Decoded
+from service.engine.batching import Engine, EngineConfig
+from service.engine.images import Decoded
 from service.errors import NotReady, Overloaded, PayloadTooLarge
 from models_store.kinds.lowrank import LowRankServable
 

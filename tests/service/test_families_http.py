@@ -14,8 +14,8 @@ from safetensors.torch import load as load_safetensors
 
 from models_store.store import open_family
 from models_store.tower import build_tower, head_logits
-from service.app import create_app
-from service.images import decode_image
+from service.http.app import create_app
+from service.engine.images import decode_image
 from service.settings import Settings
 
 from svc_helpers import (FAMILY_ID, FEATURE_MAP_ID, POINT_SET_ID, make_family, make_feature_map_family,

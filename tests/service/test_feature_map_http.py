@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from models_store.tower import build_tower, head_logits
-from service.app import create_app
-from service.images import decode_image
+from service.http.app import create_app
+from service.engine.images import decode_image
 from service.settings import Settings
 
 from svc_helpers import FEATURE_MAP_ID, make_feature_map_family, png_bytes, running_server

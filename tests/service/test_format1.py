@@ -12,7 +12,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 
 from models_store.family import Family
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 
 from svc_helpers import running_server

@@ -10,7 +10,8 @@ import pytest
 from models_store.cli import main
 from models_store.family import now_iso
 from models_store.fronts import FrontPoint, StoredFront, write_front
-from service.app import create_app
+from service.http.app import create_app
+from service.runtime import base as runtime
 from service.settings import Settings
 
 from svc_helpers import FAMILY_ID, TASKS, make_family, make_point_set_family, png_bytes, running_server
@@ -94,7 +95,6 @@ def test_select_has_bounded_cost(served):
 def test_select_decodes_each_image_once_and_bounds_candidates_times_images(served, monkeypatch):
     """Each image is prepared once, however many candidate preferences it is classified under; a
     request whose candidates x images is over the bound is refused by name before any work."""
-    from service import runtime
     decoded: list[int] = []
     real = runtime.decode_uploads
     monkeypatch.setattr(runtime, "decode_uploads", lambda files, *a: decoded.append(len(files)) or real(files, *a))

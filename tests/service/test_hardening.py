@@ -24,9 +24,9 @@ from models_store.family import MANIFEST
 from models_store.store import family_path, list_families, open_family
 from models_store.preference import PreferenceError, parse_preference
 from models_store.preprocess import MAX_RESIZED, Preprocess
-from service import runtime as runtime_module
-from service.app import create_app
-from service.images import decode_image
+from service.runtime import base as runtime_module
+from service.http.app import create_app
+from service.engine.images import decode_image
 from service.settings import Settings
 
 from svc_helpers import FAMILY_ID, free_port, make_family, png_bytes, running_server

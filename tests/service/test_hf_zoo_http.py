@@ -9,8 +9,8 @@ import httpx
 from hf_helpers import TINY, fine_tuned, save, save_head, vision_model
 from models_store.cli import main
 from models_store.store import open_family
-from service.app import create_app
-from service.images import decode_image
+from service.http.app import create_app
+from service.engine.images import decode_image
 from service.settings import Settings
 
 from svc_helpers import downloaded_probs, png_bytes, running_server

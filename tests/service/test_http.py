@@ -18,9 +18,9 @@ from safetensors.torch import load as load_safetensors
 
 from models_store.preference import parse_preference
 from models_store.tower import build_tower, head_logits, load_tower
-from service.app import create_app
+from service.http.app import create_app
 from models_store.kinds.lowrank import LowRankServable
-from service.images import decode_image
+from service.engine.images import decode_image
 from service.settings import Settings
 
 from svc_helpers import FAMILY_ID, TASKS, png_bytes, running_server

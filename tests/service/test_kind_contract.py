@@ -16,57 +16,32 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors, save_file
 
-from models_store import StoreError, kinds
+from models_store import StoreError
 from models_store.checkpoint import load_state_dict, sha256_file
-from models_store.family import MANIFEST, FamilyManifest, now_iso, publish_family
+from models_store.family import MANIFEST
 from models_store.kinds.base import VariantServable, variant_key
 from models_store.preference import parse_preference
-from models_store.preprocess import Preprocess
 from models_store.store import open_family
-from models_store.tower import MICRO, build_tower, head_logits, load_tower
-from models_store.zoo import Head, TaskInfo
-from service.app import create_app
-from service.images import decode_image
+from models_store.tower import head_logits, load_tower
+from models_store.zoo import Head
+from service.http.app import create_app
+from service.engine.images import decode_image
 from service.settings import Settings
 
-import vertex_kind
-from svc_helpers import TASKS, make_family, make_feature_map_family, make_point_set_family, png_bytes, running_server
+from kind_makers import MAKERS, check_every_kind_has_a_maker, vertex_kind_registered
+from svc_helpers import png_bytes, running_server
 
 PREFS = ["1,0,0", "0,1,0", "0.05,0.05,0.9", "1,1,1", "digits:0.7,fashion:0.3", "0.2,0.3,0.5", "0.2,0.3,0.5"]
 
 
-def make_vertex_family(store: Path) -> Path:
-    g = torch.Generator().manual_seed(5)
-    dim = MICRO["custom"]["embed_dim"]
-    towers = {t: {k: v + 0.2 * torch.randn(v.shape, generator=g) for k, v in build_tower(MICRO).state_dict().items()}
-              for t in TASKS}
-    heads = {t: Head(weight=torch.randn(len(c), dim, generator=g) * 5) for t, c in TASKS.items()}
-    manifest = FamilyManifest(family_id="vertices-test", created=now_iso(), method="test", architecture=MICRO,
-                              preprocess=Preprocess(image_size=16),
-                              tasks=[TaskInfo(name=t, classes=c) for t, c in TASKS.items()], kind=vertex_kind.NAME)
-    return publish_family(store, manifest, vertex_kind.family_files(towers), heads)
-
-
-# every kind of the registry, and the test's own: a kind added to the registry without a maker here fails
-MAKERS = {"lowrank": make_family, "point-set": make_point_set_family,
-          "point-set at-preference": lambda store: make_point_set_family(
-              store, family_id="ta-pref-contract", at_preference={"rule": "task-arithmetic", "scale": 0.3}),
-          "feature-map": make_feature_map_family,
-          "anchored-map": lambda store: make_feature_map_family(store, family_id="anchored-contract", anchor=0.6),
-          vertex_kind.NAME: make_vertex_family}
-
-
 @pytest.fixture(scope="module", autouse=True)
-def vertex_kind_registered():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(kinds.KINDS, vertex_kind.NAME, "vertex_kind:VertexFamily")
-        patch.setitem(kinds.MATERIALIZATION, vertex_kind.NAME, 1)
+def registered():
+    with vertex_kind_registered():
         yield
 
 
 def test_every_registered_kind_is_under_the_contract():
-    assert set(kinds.KINDS) <= {name.split()[0] for name in MAKERS}
-    assert set(kinds.KINDS) == set(kinds.MATERIALIZATION)
+    check_every_kind_has_a_maker()
 
 
 @pytest.fixture(scope="module", params=list(MAKERS))

@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from service import ipc
-from service import messages as m
-from service.engine_server import EngineServer
+from service.runtime import ipc
+from service.runtime import messages as m
+from service.runtime.engine_server import EngineServer
 from service.metrics import Metrics
-from service.runtime import LocalRuntime
+from service.runtime.local import LocalRuntime
 from service.settings import Settings
 
 from svc_helpers import FAMILY_ID

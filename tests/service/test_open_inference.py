@@ -16,7 +16,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from models_store.preference import from_weights
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 
 from svc_helpers import (FAMILY_ID, FEATURE_MAP_ID, POINT_SET_ID, TASKS, make_family, make_feature_map_family,

@@ -10,8 +10,8 @@ import pytest
 
 from models_store.preference import parse_preference
 from models_store.store import open_family
-from service.app import create_app
-from service.images import decode_image
+from service.http.app import create_app
+from service.engine.images import decode_image
 from service.settings import Settings
 
 from svc_helpers import (POINT_SET_ID, POINT_SET_MEMBERS, downloaded_probs, make_point_set_family, png_bytes,

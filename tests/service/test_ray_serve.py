@@ -9,7 +9,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from service.app import create_app
+from service.http.app import create_app
 from service.client import MULTIPLEXED_MODEL_ID as HEADER
 from service.ray_serve import application
 from service.settings import Settings

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from models_store.preprocess import Preprocess
 from models_store.tower import MICRO, build_tower
 from models_store.zoo import Head, TaskInfo, Zoo, ZooManifest, write_zoo
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 from trainer.data import load_dataset
 from trainer.demo import DEMO_LEARNER

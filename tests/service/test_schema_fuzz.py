@@ -6,7 +6,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings as hypothesis_settings
 from schemathesis.checks import not_a_server_error
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 
 from svc_helpers import FAMILY_ID, running_server

@@ -1,4 +1,4 @@
-"""service/families.py without HTTP: loading once, eviction order, nothing evicted in use, the bound."""
+"""service/engine/families.py without HTTP: loading once, eviction order, nothing evicted in use, the bound."""
 from __future__ import annotations
 
 import threading
@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from service.errors import NotReady, UnknownFamily
-from service.families import Families, Served, parse_family_ids
-from service.settings import Settings
+from service.engine.families import Families, Served
+from service.settings import Settings, parse_family_ids
 
 
 class FakeEngine:
@@ -22,7 +22,7 @@ class FakeEngine:
 
 
 def fake_served(family) -> Served:
-    return Served(family, FakeEngine(), None)
+    return Served(family, FakeEngine(), None, SimpleNamespace(digest=""))  # what the routes would see: unused here
 
 
 def publish(store, name: str) -> None:

@@ -18,9 +18,10 @@ from models_store.atomic import atomic_file
 from models_store.family import MANIFEST
 from models_store.merged import checkpoint_chunks
 from models_store.store import open_family, remove_family
-from service import downloads, families as families_module
-from service.app import create_app
-from service.families import STORE_CHECK_S
+from service.engine import downloads
+from service.engine import families as families_module
+from service.http.app import create_app
+from service.engine.families import STORE_CHECK_S
 from service.settings import Settings
 
 from svc_helpers import FAMILY_ID, make_family, png_bytes, running_server

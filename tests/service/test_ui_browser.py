@@ -16,7 +16,7 @@ from models_store.family import now_iso
 from models_store.fronts import FrontPoint, StoredFront, write_front
 from models_store.preference import parse_preference
 from models_store.simplex import simplex_grid
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 
 from svc_helpers import (FAMILY_ID, FEATURE_MAP_ID, POINT_SET_ID, TASKS, make_family, make_feature_map_family,

@@ -382,8 +382,8 @@ def test_a_map_family_from_before_the_typed_search_box_gives_the_same_box():
     typed = SearchBox(c_max=0.8, real_evaluations=42, seed=3)
     new = SimpleNamespace(manifest=SimpleNamespace(metrics=typed.metrics(), hyperparameters={}))
     top = FamilyManifest.model_validate({
-        "family_id": "f", "created": "now", "method": "map", "architecture": {}, "preprocess": Preprocess(),
-        "tasks": [TaskInfo(name="a", classes=["x"])], "metrics": {"r2": 1}, "search": typed.model_dump()})
+        "family_id": "f", "created": "now", "method": "map", "architecture": {}, "preprocess": Preprocess(image_size=16),
+        "tasks": [TaskInfo(name="a", classes=["x", "y"])], "metrics": {"r2": 1}, "search": typed.model_dump()})
     old = SimpleNamespace(manifest=SimpleNamespace(metrics={"real_evaluations": 42},
                                                    hyperparameters={"c_max": 0.8, "seed": 3}))
     plain = SimpleNamespace(manifest=SimpleNamespace(metrics={}, hyperparameters={}))

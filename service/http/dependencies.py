@@ -9,9 +9,10 @@ from typing import Annotated, AsyncIterator, Awaitable, Callable, Optional
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .errors import NotReady, Unauthorized
-from .runtime import FamilyView, Runtime
-from .settings import Settings
+from service.errors import NotReady, Unauthorized
+from service.engine.families import FamilyView
+from service.runtime.base import Runtime
+from service.settings import Settings
 
 
 async def _nothing(family_id: str) -> None:

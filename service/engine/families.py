@@ -23,18 +23,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from models_store import StoreError
-from models_store.family import MANIFEST, is_family_id, shown_id
+from models_store.family import MANIFEST, FamilyManifest, is_family_id, shown_id
+from models_store.preference import Preference, parse_preference
 from models_store.store import published
 
-from .errors import FamilyUnavailable, NotReady, ServiceError, UnknownFamily
+from service.errors import FamilyUnavailable, NotReady, ServiceError, UnknownFamily
 
 if TYPE_CHECKING:
     from models_store.family import Family
 
-    from .downloads import DownloadCache
-    from .engine import Engine
-    from .metrics import Metrics
-    from .runtime import FamilyView
+    from service.engine.downloads import DownloadCache
+    from service.engine.batching import Engine
+    from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,36 @@ def signature(path: Path | str) -> Signature:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
+@dataclass(frozen=True)
+class FamilyView:
+    """What a route knows of a family it holds: the verified manifest and its digest."""
+    manifest: FamilyManifest
+    digest: str
+    device_jpeg: bool = False  # its engine decodes JPEG files on its device
+
+    @property
+    def family_id(self) -> str:
+        return self.manifest.family_id
+
+    @property
+    def tasks(self) -> list[str]:
+        return self.manifest.task_names
+
+    @property
+    def classes(self) -> dict[str, list[str]]:
+        return {t.name: t.classes for t in self.manifest.tasks}
+
+    def preference(self, text: Optional[str]) -> Preference:
+        return parse_preference(text, self.tasks)
+
+
 @dataclass
 class Served:
     """A resident family: what its routes use."""
     family: "Family"
     engine: "Engine"
     downloads: "DownloadCache"
-    view: "Optional[FamilyView]" = None  # what routes see of it
+    view: FamilyView  # what routes see of it
     inflight: int = 0  # requests holding it (guarded by Families' lock)
     last_used: float = field(default_factory=time.monotonic)
     retired: bool = False  # unloaded while held: the last release stops its engine
@@ -95,17 +118,6 @@ class Failure:
 
     def holds(self, now_signature: Signature) -> bool:
         return time.monotonic() - self.at < FAILURE_MEMORY_S and now_signature == self.signature
-
-
-def parse_family_ids(text: Optional[str]) -> Optional[list[str]]:
-    """PMERGE_FAMILIES: comma-separated ids; unset or empty: every family of the store."""
-    if not text or not text.strip():
-        return None
-    ids = [i.strip() for i in text.split(",") if i.strip()]
-    bad = [i for i in ids if not is_family_id(i)]
-    if bad:
-        raise ValueError(f"{shown_id(bad[0])} is not a family id (letters, digits, _ . + -)")
-    return ids
 
 
 class Families:

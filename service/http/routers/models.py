@@ -6,11 +6,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response, StreamingResponse
 
-from ..dependencies import RuntimeDep
-from ..downloads import NotModified
-from ..runtime import FamilyView
-from . import ERRORS, Naming
-from .classify import PREFERENCE_SCHEMA
+from service.http.dependencies import RuntimeDep
+from service.engine.downloads import NotModified
+from service.engine.families import FamilyView
+from service.http.routers import ERRORS, Naming
+from service.http.routers.classify import PREFERENCE_SCHEMA
 
 DOWNLOAD_RESPONSES = {200: {"content": {"application/octet-stream": {}}, "description": "safetensors checkpoint"},
                       304: {"description": "not modified (If-None-Match)"}, **ERRORS}

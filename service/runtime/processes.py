@@ -1,5 +1,5 @@
 """`pmerge serve` with front-end processes: this process becomes the engine process, which owns the
-device, the families and their batching engines; F front-end processes (service/front.py) accept
+device, the families and their batching engines; F front-end processes (service/runtime/front_end.py) accept
 HTTP on one shared listening socket, parse, check and decode, and hand decoded images to it through
 shared memory (vLLM's split of API server and engine core: one Python process cannot feed a GPU).
 Every request still joins the same mixed-preference batches, in the one engine.
@@ -9,7 +9,7 @@ PMERGE_MAX_INFLIGHT_BYTES and PMERGE_SHARED_MEMORY_BYTES. A front that dies is s
 most RESTARTS a minute, then the service stops).
 
 SIGTERM and SIGINT drain (a rolling restart): the listening socket closes at once, so new
-connections are refused; the fronts finish the requests they hold, which the engine, its event loop
+connections are refused; the front ends finish the requests they hold, which the engine, its event loop
 free, still answers; then the engine stops. A front whose engine dies (kill -9) gets SIGTERM from
 the kernel (its parent-death signal) and exits too, freeing the port; a later `pmerge serve` sweeps
 the temporary directories that a dead engine left behind.
@@ -31,12 +31,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .settings import Settings
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 RESTARTS = 5  # front ends started again within a minute before the service gives up
-DRAIN_S = 35  # how long the fronts may take to finish their requests at a stop (uvicorn gives them 30 s)
+DRAIN_S = 35  # how long the front ends may take to finish their requests at a stop (uvicorn gives them 30 s)
 TEMPORARY = re.compile(r"pmerge-(serve|metrics)-(\d+)-")  # a temporary directory of engine process PID
 
 
@@ -80,40 +80,40 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def front_settings(settings: Settings, fronts: int) -> dict:
+def front_end_settings(settings: Settings, front_ends: int) -> dict:
     """What each front end runs with: its share of the totals, and the key in the clear (a private file)."""
-    share = lambda total: max(1, -(-total // fronts))  # noqa: E731
+    share = lambda total: max(1, -(-total // front_ends))  # noqa: E731
     data = settings.model_dump(mode="json") | {
         "max_connections": share(settings.max_connections), "max_inflight_bytes": share(settings.max_inflight_bytes),
-        "fronts": fronts}
+        "front_ends": front_ends}
     data["api_key"] = settings.api_key.get_secret_value() if settings.api_key else None
     return data
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, fronts: int, log_level: str):
-        self.settings, self.fronts, self.log_level = settings, fronts, log_level
+    def __init__(self, settings: Settings, front_ends: int, log_level: str):
+        self.settings, self.front_ends, self.log_level = settings, front_ends, log_level
         self.workdir = temporary_dir("serve")
         self.engine_path = str(self.workdir / "engine.sock")
         self.settings_file = self.workdir / "front.json"
-        self.settings_file.write_text(json.dumps(front_settings(settings, fronts)))
+        self.settings_file.write_text(json.dumps(front_end_settings(settings, front_ends)))
         self.socket = listening_socket(settings.host, settings.port)
-        self.procs: list[Optional[subprocess.Popen]] = [None] * fronts
+        self.procs: list[Optional[subprocess.Popen]] = [None] * front_ends
         self.restarts: list[float] = []
         self.failure: Optional[str] = None
 
     def spawn(self, i: int) -> None:
-        from .remote import arena_bytes
+        from service.runtime.remote import arena_bytes
         fd = self.socket.fileno()
         self.procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "service.front", str(self.settings_file), str(fd), self.engine_path,
-             str(arena_bytes(self.settings, self.fronts)), self.log_level, str(os.getpid())], pass_fds=(fd,))
+            [sys.executable, "-m", "service.runtime.front_end", str(self.settings_file), str(fd), self.engine_path,
+             str(arena_bytes(self.settings, self.front_ends)), self.log_level, str(os.getpid())], pass_fds=(fd,))
 
     async def run(self) -> Optional[str]:
         """Serve until a signal (None) or a failure (its reason)."""
-        from .engine_server import EngineServer
-        from .metrics import Metrics
-        from .runtime import LocalRuntime
+        from service.runtime.engine_server import EngineServer
+        from service.metrics import Metrics
+        from service.runtime.local import LocalRuntime
 
         runtime = LocalRuntime(self.settings, Metrics())
         server = EngineServer(runtime, self.engine_path)
@@ -122,7 +122,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        for i in range(self.fronts):
+        for i in range(self.front_ends):
             self.spawn(i)
         loading = asyncio.create_task(runtime.start())
         try:
@@ -138,8 +138,8 @@ class Supervisor:
                 except asyncio.TimeoutError:
                     pass
         finally:
-            self.socket.close()  # the fronts close theirs as they get the signal: new connections are refused
-            await self._stop_fronts()  # the engine answers their requests in flight meanwhile
+            self.socket.close()  # the front ends close theirs as they get the signal: new connections are refused
+            await self._stop_front_ends()  # the engine answers their requests in flight meanwhile
             loading.cancel()
             await server.close()
             runtime.close()
@@ -161,7 +161,7 @@ class Supervisor:
                 return
             self.spawn(i)
 
-    async def _stop_fronts(self) -> None:
+    async def _stop_front_ends(self) -> None:
         """SIGTERM to every front, then wait for them without blocking the loop: their requests in flight
         are still being answered by this process's engine server."""
         live = [p for p in self.procs if p is not None and p.poll() is None]
@@ -194,7 +194,7 @@ def check_shared_memory(settings: Settings, path: str = SHM) -> Optional[str]:
             f"shm_size)")
 
 
-def serve_with_fronts(settings: Settings, fronts: int, log_level: str) -> Optional[str]:
+def serve_with_front_ends(settings: Settings, front_ends: int, log_level: str) -> Optional[str]:
     """Run the engine process and its front ends; the reason of a failure, or None after a signal."""
     problem = check_shared_memory(settings)
     if problem:
@@ -202,8 +202,8 @@ def serve_with_fronts(settings: Settings, fronts: int, log_level: str) -> Option
     for stale in sweep_stale_dirs():
         log.info("removed %s, left by an engine process that is gone", stale)
     metrics_dir = str(temporary_dir("metrics"))
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any metric exists, here and in the fronts
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any metric exists, here and in the front ends
     try:
-        return asyncio.run(Supervisor(settings, fronts, log_level).run())
+        return asyncio.run(Supervisor(settings, front_ends, log_level).run())
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

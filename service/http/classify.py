@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import InvalidParameter
+from service.errors import InvalidParameter
 
 MAX_TOP_K = 100
 

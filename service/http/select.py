@@ -11,8 +11,9 @@ import numpy as np
 
 from models_store.simplex import selection_candidates
 
-from .errors import InvalidParameter
-from .runtime import FamilyView, Runtime
+from service.errors import InvalidParameter
+from service.engine.families import FamilyView
+from service.runtime.base import Runtime
 
 MAX_SELECT_IMAGES = 32  # images per request: each is classified under every candidate
 MAX_SELECT_SAMPLES = 64  # Dirichlet draws beside the equal preference and the vertices

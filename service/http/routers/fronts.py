@@ -11,13 +11,13 @@ from fastapi.responses import Response
 from models_store import StoreError
 from models_store.fronts import StoredFront, read_front
 
-from ..dependencies import RuntimeDep
-from ..errors import ErrorBody, FrontUnavailable, NoFront, json_bytes
-from ..runtime import FamilyView
-from ..schemas import SelectResponse
-from ..select import MAX_SELECT_IMAGES, MAX_SELECT_SAMPLES, select_preference
-from . import ERRORS, Naming
-from .classify import MULTIPART_DOC, read_uploads
+from service.http.dependencies import RuntimeDep
+from service.errors import ErrorBody, FrontUnavailable, NoFront, json_bytes
+from service.engine.families import FamilyView
+from service.http.schemas import SelectResponse
+from service.http.select import MAX_SELECT_IMAGES, MAX_SELECT_SAMPLES, select_preference
+from service.http.routers import ERRORS, Naming
+from service.http.routers.classify import MULTIPART_DOC, read_uploads
 
 
 def add_routes(routes: APIRouter, naming: Naming) -> None:

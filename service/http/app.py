@@ -28,14 +28,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models_store.preference import PreferenceError
 
-from .dependencies import Hooks, default_family, named_family, require_api_key
-from .errors import ErrorBody, ServiceError, error_code, json_bytes
-from .images import bombs_are_errors
-from .limits import BodyLimitMiddleware
-from .metrics import Metrics, MetricsMiddleware
-from .routers import Naming, classify, families, fronts, models, probes, v2
-from .runtime import LocalRuntime, Runtime
-from .settings import Settings
+from service.http.dependencies import Hooks, default_family, named_family, require_api_key
+from service.errors import ErrorBody, ServiceError, error_code, json_bytes
+from service.engine.images import bombs_are_errors
+from service.http.limits import BodyLimitMiddleware
+from service.metrics import Metrics, MetricsMiddleware
+from service.http.routers import Naming, classify, families, fronts, models, probes, v2
+from service.runtime.base import Runtime
+from service.runtime.local import LocalRuntime
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def add_ui(app: FastAPI) -> None:
     package (no CDN, no build step). The page is public; the data it asks for needs the API key."""
     from importlib.util import find_spec
 
-    here = resources.files("service") / "ui"
+    here = resources.files("service.http") / "ui"
     app.mount("/ui/static", StaticFiles(directory=str(here)), name="ui-static")
     plotly = find_spec("plotly")  # where it is, not imported: the service uses none of its Python
     assert plotly is not None and plotly.submodule_search_locations, "plotly is a dependency of pmerge"

@@ -1,4 +1,4 @@
-"""The Open Inference Protocol's REST routes (service/v2.py): /v2, /v2/health/*, /v2/models/{model},
+"""The Open Inference Protocol's REST routes (service/http/v2.py): /v2, /v2/health/*, /v2/models/{model},
 /v2/models/{model}/ready and /v2/models/{model}/infer, where the model is a family id of the store
 (`default`: the default family). Errors are the protocol's `{"error": "..."}`; an inference joins
 the same engine batches as /classify's."""
@@ -10,10 +10,11 @@ from typing import AsyncIterator, Optional
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..dependencies import RuntimeDep
-from ..errors import BadRequest, ServiceError
-from ..runtime import FamilyView, Runtime
-from ..v2 import HEADER_LENGTH, IMAGE, ProtocolError, infer_response, model_metadata, parse_infer
+from service.http.dependencies import RuntimeDep
+from service.errors import BadRequest, ServiceError
+from service.engine.families import FamilyView
+from service.runtime.base import Runtime
+from service.http.v2 import HEADER_LENGTH, IMAGE, ProtocolError, infer_response, model_metadata, parse_infer
 
 DEFAULT = "default"
 health = APIRouter(tags=["open inference protocol"])  # no key: orchestrators probe them

@@ -4,10 +4,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ..dependencies import RuntimeDep
-from ..errors import ErrorBody, NotReady
-from ..metrics import CONTENT_TYPE_LATEST
-from ..schemas import Health
+from service.http.dependencies import RuntimeDep
+from service.errors import ErrorBody, NotReady
+from service.metrics import CONTENT_TYPE_LATEST
+from service.http.schemas import Health
 
 probes = APIRouter(tags=["probes"])  # no key: orchestrators probe them
 

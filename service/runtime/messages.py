@@ -1,4 +1,4 @@
-"""The messages between a front-end process and the engine process of `pmerge serve` (service/ipc.py
+"""The messages between a front-end process and the engine process of `pmerge serve` (service/runtime/ipc.py
 carries them as a JSON header and an optional payload): one class per request and per answer, and
 the operation each request names. Both ends build and read these classes, never bare dicts, so a
 field renamed on one side fails in mypy and the tests rather than in a request.

@@ -29,7 +29,7 @@ from typing import AsyncIterator, BinaryIO, Callable, Iterator, Optional
 from models_store.atomic import TMP_PREFIX
 from models_store.preference import Preference
 
-from .errors import InsufficientStorage
+from service.errors import InsufficientStorage
 
 log = logging.getLogger(__name__)
 

@@ -5,11 +5,11 @@ from pathlib import PurePath
 
 from fastapi import APIRouter, Depends
 
-from ..dependencies import RuntimeDep
-from ..errors import ErrorBody
-from ..runtime import FamilyView
-from ..schemas import FamilyOut, FamilySummary, TaskOut
-from . import Naming
+from service.http.dependencies import RuntimeDep
+from service.errors import ErrorBody
+from service.engine.families import FamilyView
+from service.http.schemas import FamilyOut, FamilySummary, TaskOut
+from service.http.routers import Naming
 
 async def families(runtime: RuntimeDep) -> list[FamilySummary]:
     """Every family this service serves (newest first): which is the default, which are resident."""

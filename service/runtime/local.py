@@ -1,137 +1,28 @@
-"""What the routes talk to: a `Runtime`, which holds families, classifies images and builds
-checkpoints. Two of them, one contract:
-
-- `LocalRuntime` (this module): the engines in this process, as `create_app(settings)` makes it
-  (the tests, Ray Serve's replicas, `--fronts 0`);
-- `RemoteRuntime` (service/remote.py): a front-end process of `pmerge serve`, which parses, checks
-  and decodes here and hands the decoded images to the engine process through shared memory.
-
-Decoding runs in a pool of `PMERGE_DECODE_THREADS` threads, never on the event loop; queue places
-are held before a body is decoded, so a request the queue cannot take is refused undecoded.
-"""
+"""`LocalRuntime` (service/runtime/base.py says what a runtime is): the families and their engines
+in this process."""
 from __future__ import annotations
 
 import asyncio
-import time
 import logging
-from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncContextManager, AsyncIterator, Optional, Sequence
+from typing import AsyncIterator, Optional, Sequence
 
 import numpy as np
 
-from models_store.family import FamilyManifest
-from models_store.preference import Preference, parse_preference
+from models_store.preference import Preference
 
-from .downloads import CachedFile, NotModified
-from .errors import NotReady
-from .families import parse_family_ids
-from .images import Decoded, decode_uploads
-from .metrics import Metrics
-from .settings import Settings
+from service.engine.downloads import CachedFile, NotModified
+from service.errors import NotReady
+from service.engine.families import Families, FamilyView, Served
+from service.engine.images import Decoded
+from service.metrics import Metrics
+from service.settings import Settings, parse_family_ids
 
-if TYPE_CHECKING:
-    from .families import Families, Served
+
+from service.runtime.base import Logits, Readiness, Runtime
 
 log = logging.getLogger(__name__)
-
-Logits = dict[str, np.ndarray]  # task -> [N, C_task] float32
-Prepared = Any  # a runtime's own handle on decoded images: Decoded images here, shared-memory places in a front
-
-
-@dataclass(frozen=True)
-class FamilyView:
-    """What a route knows of a family it holds: the verified manifest and its digest."""
-    manifest: FamilyManifest
-    digest: str
-    device_jpeg: bool = False  # its engine decodes JPEG files on its device
-
-    @property
-    def family_id(self) -> str:
-        return self.manifest.family_id
-
-    @property
-    def tasks(self) -> list[str]:
-        return self.manifest.task_names
-
-    @property
-    def classes(self) -> dict[str, list[str]]:
-        return {t.name: t.classes for t in self.manifest.tasks}
-
-    def preference(self, text: Optional[str]) -> Preference:
-        return parse_preference(text, self.tasks)
-
-
-@dataclass(frozen=True)
-class Readiness:
-    ready: bool
-    family_id: Optional[str] = None
-    detail: Optional[str] = None
-
-
-class Runtime(ABC):
-    def __init__(self, settings: Settings, metrics: Metrics):
-        self.settings, self.metrics = settings, metrics
-        self._decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="pmerge-decode")
-
-    # --- lifecycle: the lifespan calls these ---------------------------------------------------
-
-    @abstractmethod
-    async def start(self) -> None:
-        """Load (or connect to what loads) the default family; raises when it cannot."""
-
-    def close(self) -> None:
-        self._decoder.shutdown(wait=False, cancel_futures=True)
-
-    @abstractmethod
-    async def readiness(self) -> Readiness:
-        ...
-
-    # --- what the routes use -----------------------------------------------------------------
-
-    @abstractmethod
-    def hold(self, family_id: Optional[str]) -> AsyncContextManager[FamilyView]:
-        """`async with runtime.hold(id) as family`: the family (None: the default), loaded on first use,
-        not evicted while held; UnknownFamily (404) or FamilyUnavailable (503) otherwise."""
-
-    @abstractmethod
-    async def admit(self, family: FamilyView, n: int) -> None:
-        """Overloaded (503) now, before a body is read, when the family's queue cannot take n images."""
-
-    @abstractmethod
-    async def classify(self, family: FamilyView, files: Sequence[tuple[str, bytes]], prefs: np.ndarray) -> Logits:
-        """Decode `files` and classify them, image i under prefs[i] ([N, K], or one [K] for all)."""
-
-    @abstractmethod
-    def prepared(self, family: FamilyView, files: Sequence[tuple[str, bytes]]) -> "AsyncContextManager[Prepared]":
-        """`async with runtime.prepared(family, files) as images`: the files decoded once (queue room
-        checked first), for several `run`s of them under other preferences (POST /select)."""
-
-    @abstractmethod
-    async def run(self, family: FamilyView, images: "Prepared", prefs: np.ndarray, background: bool = False) -> Logits:
-        """Classify prepared images, image i under prefs[i] ([N, K], or one [K] for all); `background`
-        work is served where foreground requests leave room in a batch."""
-
-    @abstractmethod
-    async def checkpoint(self, family: FamilyView, pref: Preference, if_none_match: Optional[str] = None
-                         ) -> CachedFile | NotModified:
-        """The checkpoint of the variant serving `pref`, or NotModified when `if_none_match` names its ETag."""
-
-    @abstractmethod
-    async def list_families(self) -> list[dict]:
-        """Every family served: manifest summary, default, resident (newest first)."""
-
-    async def decode(self, family: FamilyView, files: Sequence[tuple[str, bytes]]) -> list[Decoded]:
-        def timed() -> list[Decoded]:
-            start = time.thread_time()
-            try:
-                return decode_uploads(files, family.manifest.preprocess, self.settings.max_image_pixels,
-                                      family.device_jpeg)
-            finally:
-                self.metrics.cpu.labels("decode").inc(time.thread_time() - start)
-        return await asyncio.get_running_loop().run_in_executor(self._decoder, timed)
 
 
 def device_jpeg(settings: Settings, device) -> bool:
@@ -143,10 +34,9 @@ class LocalRuntime(Runtime):
     """The families and their engines in this process."""
 
     def __init__(self, settings: Settings, metrics: Metrics):
-        from .families import Families
         super().__init__(settings, metrics)
         allowed = parse_family_ids(settings.families)
-        self.families: "Families" = Families(settings.store, allowed, settings.max_families, open=self._open,
+        self.families: Families = Families(settings.store, allowed, settings.max_families, open=self._open,
                                              serve=self._served, metrics=metrics)
         self.error: Optional[str] = None  # why loading failed, for /readyz
         self._downloader = ThreadPoolExecutor(2, thread_name_prefix="pmerge-download")
@@ -164,7 +54,7 @@ class LocalRuntime(Runtime):
         """The default family: PMERGE_FAMILY, else the first of PMERGE_FAMILIES, else the newest."""
         from models_store.store import open_family
         s = self.settings
-        default = s.family or (self.families.allowed or [None])[0]
+        default = s.family or (self.families.allowed[0] if self.families.allowed else None)
         served = self._served(open_family(s.store, default))  # verifies the sha256 of every file
         self.metrics.track_queue(self.families.queued)
         self.families.set_default(served)
@@ -173,10 +63,9 @@ class LocalRuntime(Runtime):
         from models_store.store import open_family
         return open_family(self.settings.store, family_id)
 
-    def _served(self, family) -> "Served":
-        from .downloads import DownloadCache
-        from .engine import Engine, EngineConfig
-        from .families import Served
+    def _served(self, family) -> Served:
+        from service.engine.downloads import DownloadCache
+        from service.engine.batching import Engine, EngineConfig
         s = self.settings
         device = s.torch_device()
         config = EngineConfig(device=device, dtype=s.torch_dtype(device), max_batch=s.max_batch,
@@ -217,7 +106,7 @@ class LocalRuntime(Runtime):
         finally:
             self.families.release(served)
 
-    async def _acquire(self, family_id: Optional[str]) -> "Served":
+    async def _acquire(self, family_id: Optional[str]) -> Served:
         if self.families.default_id is None:  # the default family is still loading (or failed to)
             ready = await self.readiness()
             raise NotReady(ready.detail or "model is loading", retry_after=5)
@@ -225,7 +114,7 @@ class LocalRuntime(Runtime):
         served = self.families.try_acquire(family_id)  # a resident family: no thread hop
         return served if served is not None else await asyncio.to_thread(self.families.acquire, family_id)
 
-    def _resident(self, family: FamilyView) -> "Served":
+    def _resident(self, family: FamilyView) -> Served:
         served = self.families.resident.get(family.family_id)
         if served is None or served.view.digest != family.digest:
             raise NotReady(f"family {family.family_id!r} was unloaded meanwhile; retry", retry_after=1)
@@ -243,7 +132,7 @@ class LocalRuntime(Runtime):
         return await future
 
     @staticmethod
-    async def _resolve(served: "Served", prefs: np.ndarray) -> None:
+    async def _resolve(served: Served, prefs: np.ndarray) -> None:
         """Where a family's new preferences cost a solve (`slow_resolution`), resolve them in a thread
         first: the submit that follows finds them remembered, and the event loop never solves."""
         if served.family.body.slow_resolution:

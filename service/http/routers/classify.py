@@ -10,12 +10,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models_store.preference import PREFERENCE_PATTERN
 
-from ..classify import MAX_TOP_K, classification, select_tasks
-from ..dependencies import RuntimeDep
-from ..errors import ErrorBody, InvalidParameter, PayloadTooLarge, json_bytes
-from ..runtime import FamilyView
-from ..schemas import ClassifyResponse
-from . import ERRORS, Naming
+from service.http.classify import MAX_TOP_K, classification, select_tasks
+from service.http.dependencies import RuntimeDep
+from service.errors import ErrorBody, InvalidParameter, PayloadTooLarge, json_bytes
+from service.engine.families import FamilyView
+from service.http.schemas import ClassifyResponse
+from service.http.routers import ERRORS, Naming
 
 FILE_FIELDS = ("files", "file", "images", "image")
 MULTIPART_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {

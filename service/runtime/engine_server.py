@@ -1,5 +1,5 @@
 """The engine process of `pmerge serve`: its families and engines (a LocalRuntime), answering the
-front-end processes on a Unix socket (service/ipc.py says how, service/messages.py what). Each
+front-end processes on a Unix socket (service/runtime/ipc.py says how, service/runtime/messages.py what). Each
 connection carries one request at a time; a front end keeps a few open.
 """
 from __future__ import annotations
@@ -15,12 +15,13 @@ import numpy as np
 
 from models_store.preference import parse_preference
 
-from . import ipc
-from . import messages as m
-from .downloads import NotModified
-from .errors import BadRequest, NotReady, ServiceError
-from .images import Decoded
-from .runtime import FamilyView, LocalRuntime
+from service.runtime import ipc
+from service.runtime import messages as m
+from service.engine.downloads import NotModified
+from service.errors import BadRequest, NotReady, ServiceError
+from service.engine.images import Decoded
+from service.engine.families import FamilyView
+from service.runtime.local import LocalRuntime
 
 log = logging.getLogger(__name__)
 

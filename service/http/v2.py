@@ -20,7 +20,7 @@ import numpy as np
 
 from models_store.preference import PreferenceError, from_weights
 
-from .classify import softmax
+from service.http.classify import softmax
 
 IMAGE, PREFERENCE = "IMAGE", "PREFERENCE"
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the binary tensor data extension's header

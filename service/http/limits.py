@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import Overloaded, PayloadTooLarge, ServiceError, json_body
+from service.errors import Overloaded, PayloadTooLarge, ServiceError, json_body
 
 DRAIN_BYTES = 64 << 20
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from models_store.preprocess import EXIF_ORIENTATION, Preprocess
 
-from .errors import PayloadTooLarge, UnsupportedImage
+from service.errors import PayloadTooLarge, UnsupportedImage
 
 # Formats we decode; others (PDF, EPS via Ghostscript, ...) are refused before any parsing.
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "PPM")

@@ -1,4 +1,4 @@
-"""`pmerge serve --fronts 2` as a user runs it: a real subprocess whose front-end processes parse and
+"""`pmerge serve --front-ends 2` as a user runs it: a real subprocess whose front-end processes parse and
 decode, and one engine process that classifies. It answers what the one-process server answers,
 batches requests from both fronts together, keeps the bounds, key and errors, survives a front that
 dies, and stops cleanly on SIGTERM."""
@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 from safetensors.torch import load as load_safetensors
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 
 from svc_helpers import FAMILY_ID, free_port, png_bytes, running_server
@@ -36,10 +36,10 @@ def shm_segments() -> set[str]:
 
 
 def start_split(store: Path, port: int, **env: str) -> tuple[subprocess.Popen, str]:
-    """`pmerge serve --fronts 2` as a user starts it, once it is ready: the process and its URL."""
+    """`pmerge serve --front-ends 2` as a user starts it, once it is ready: the process and its URL."""
     env = os.environ | {"PMERGE_API_KEY": KEY} | env
     proc = subprocess.Popen([sys.executable, "-m", "models_store.cli", "serve", "--store", str(store), "--family",
-                             FAMILY_ID, "--device", "cpu", "--port", str(port), "--fronts", "2", "--max-batch", "64",
+                             FAMILY_ID, "--device", "cpu", "--port", str(port), "--front-ends", "2", "--max-batch", "64",
                              "--log-level", "warning"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -49,7 +49,7 @@ def start_split(store: Path, port: int, **env: str) -> tuple[subprocess.Popen, s
                 return proc, url
         except httpx.TransportError:
             pass
-        assert proc.poll() is None and time.monotonic() < deadline, "pmerge serve --fronts 2 never became ready"
+        assert proc.poll() is None and time.monotonic() < deadline, "pmerge serve --front-ends 2 never became ready"
         time.sleep(0.1)
 
 
@@ -163,12 +163,12 @@ def test_errors_come_back_through_the_fronts(split_server, path, params, files, 
 
 def test_a_front_that_dies_is_started_again(split_server):
     url, proc, _ = split_server
-    fronts = [pid for pid in children(proc.pid) if "service.front" in Path(f"/proc/{pid}/cmdline").read_text()]
+    fronts = [pid for pid in children(proc.pid) if "service.runtime.front_end" in Path(f"/proc/{pid}/cmdline").read_text()]
     assert len(fronts) == 2
     os.kill(fronts[0], signal.SIGKILL)
     deadline = time.monotonic() + 60
     while True:
-        alive = [pid for pid in children(proc.pid) if "service.front" in Path(f"/proc/{pid}/cmdline").read_text()]
+        alive = [pid for pid in children(proc.pid) if "service.runtime.front_end" in Path(f"/proc/{pid}/cmdline").read_text()]
         if len(alive) == 2 and fronts[0] not in alive:
             break
         assert time.monotonic() < deadline, "the front was not started again"
@@ -197,13 +197,14 @@ def test_sigterm_stops_fronts_and_engine_and_leaves_nothing(split_server):
 
 def test_too_little_shared_memory_is_said_before_anything_starts(store, tmp_path):
     """A container's /dev/shm is 64 MiB unless it is given more: the arenas would not fit."""
-    from service.processes import check_shared_memory
+    from service.runtime.processes import check_shared_memory
     free = os.statvfs("/dev/shm").f_bavail * os.statvfs("/dev/shm").f_frsize
     too_much = Settings(store=store, shared_memory_bytes=free + (64 << 20))
     assert "PMERGE_SHARED_MEMORY_BYTES" in check_shared_memory(too_much) and "shm_size" in check_shared_memory(too_much)
     assert check_shared_memory(Settings(store=store, shared_memory_bytes=1 << 20)) is None
     done = subprocess.run([sys.executable, "-m", "models_store.cli", "serve", "--store", str(store), "--device", "cpu",
-                           "--port", str(free_port()), "--fronts", "1"], cwd=ROOT, capture_output=True, text=True,
+                           "--port", str(free_port()), "--fronts", "1"],  # the old name of --front-ends
+                          cwd=ROOT, capture_output=True, text=True,
                           timeout=60, env=os.environ | {"PMERGE_SHARED_MEMORY_BYTES": str(free + (64 << 20))})
     assert done.returncode == 1 and "MiB free: lower it" in done.stderr, done.stderr[-2000:]
 
@@ -240,7 +241,7 @@ def test_fronts_exit_when_the_engine_is_killed_and_a_restart_sweeps_what_it_left
     and removes the temporary directories the dead engine left."""
     port = free_port()
     proc, url = start_split(store, port, TMPDIR=str(tmp_path))
-    fronts = [pid for pid in children(proc.pid) if "service.front" in Path(f"/proc/{pid}/cmdline").read_text()]
+    fronts = [pid for pid in children(proc.pid) if "service.runtime.front_end" in Path(f"/proc/{pid}/cmdline").read_text()]
     assert len(fronts) == 2
     left = {p.name for p in tmp_path.glob("pmerge-*")}
     assert {n.split("-")[1] for n in left} == {"serve", "metrics"}
@@ -259,3 +260,17 @@ def test_fronts_exit_when_the_engine_is_killed_and_a_restart_sweeps_what_it_left
     finally:
         again.send_signal(signal.SIGTERM)
         assert again.wait(timeout=30) == 0
+
+
+def test_the_old_names_of_front_ends_are_read_for_one_release(monkeypatch, tmp_path):
+    """`--fronts` and PMERGE_FRONTS, the names before "front" meant a Pareto front only."""
+    import argparse
+
+    from service.cli import add_serve_arguments
+    monkeypatch.setenv("PMERGE_FRONTS", "3")
+    assert Settings(store=tmp_path).front_end_count() == 3
+    monkeypatch.setenv("PMERGE_FRONT_ENDS", "2")
+    assert Settings(store=tmp_path).front_end_count() == 2
+    assert Settings(store=tmp_path, front_ends=0).front_end_count() == 0
+    parser = add_serve_arguments(argparse.ArgumentParser())
+    assert parser.parse_args(["--fronts", "1"]).front_ends == parser.parse_args(["--front-ends", "1"]).front_ends == 1

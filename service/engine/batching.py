@@ -12,7 +12,7 @@ Background work (POST /select's candidates) waits in a queue of its own: a batch
 where the foreground's images leave room, so a /select never makes a /classify wait behind it
 for more than the one batch that is running.
 
-Images arrive as a front end made them (service/images.py, `Decoded`): 8-bit pixels [C, S, S],
+Images arrive as a front end made them (service/engine/images.py, `Decoded`): 8-bit pixels [C, S, S],
 or JPEG files that the worker decodes on the device, the batch's together. The worker moves the
 batch's pixels to the device in one copy from pinned memory, and normalises them there
 (`forward`): the host never handles float images. Logits come back as numpy arrays, one copy.
@@ -37,8 +37,8 @@ from models_store.family import Family
 from models_store.kinds.base import BUCKETS, Servable, Variant
 from models_store.preprocess import Preprocess
 
-from .errors import NotReady, Overloaded, PayloadTooLarge, ServiceError, UnsupportedImage
-from .images import Decoded, decode_image
+from service.errors import NotReady, Overloaded, PayloadTooLarge, ServiceError, UnsupportedImage
+from service.engine.images import Decoded, decode_image
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """`RemoteRuntime`: the runtime of a front-end process of `pmerge serve`. It parses, checks and
 decodes here, writes the decoded images into its shared memory arena, and asks the engine process
-(service/engine_server.py) for the rest; it imports no torch, so a front end costs tens of MB.
+(service/runtime/engine_server.py) for the rest; it imports no torch, so a front end costs tens of MB.
 
 A family's manifest is parsed once per digest. What the engine said of a family is reused for
 HOLD_S (one round trip per request, the classification, is what a request costs on the socket):
@@ -21,13 +21,14 @@ import numpy as np
 from models_store.family import FamilyManifest
 from models_store.preference import Preference
 
-from . import ipc
-from . import messages as m
-from .downloads import CachedFile, NotModified
-from .errors import NotReady, Overloaded
-from .metrics import Metrics
-from .runtime import FamilyView, Logits, Readiness, Runtime
-from .settings import Settings
+from service.runtime import ipc
+from service.runtime import messages as m
+from service.engine.downloads import CachedFile, NotModified
+from service.errors import NotReady, Overloaded
+from service.metrics import Metrics
+from service.engine.families import FamilyView
+from service.runtime.base import Logits, Readiness, Runtime
+from service.settings import Settings
 
 MAX_CONNECTIONS = 64  # to the engine, per front end
 HOLD_S = 1.0
@@ -218,6 +219,6 @@ class RemoteRuntime(Runtime):
         return reply.families
 
 
-def arena_bytes(settings: Settings, fronts: int) -> int:
-    return max(1 << 20, settings.shared_memory_bytes // max(1, fronts))
+def arena_bytes(settings: Settings, front_ends: int) -> int:
+    return max(1 << 20, settings.shared_memory_bytes // max(1, front_ends))
 

@@ -18,7 +18,7 @@ import threading
 from multiprocessing import resource_tracker, shared_memory
 from typing import Any, Optional
 
-from .errors import ServiceError
+from service.errors import ServiceError
 
 PREFIX = struct.Struct("<II")
 ALIGN = 64
@@ -106,7 +106,10 @@ class Arena:
             self.free = merged
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
-        self.shm.buf[offset:offset + len(data)] = data
+        buf = self.shm.buf
+        if buf is None:
+            raise ValueError("the arena is closed")
+        buf[offset:offset + len(data)] = data
 
     def close(self) -> None:
         self.shm.close()

@@ -1,9 +1,9 @@
-"""A front-end process of `pmerge serve` (service/processes.py starts them): the HTTP app on the
+"""A front-end process of `pmerge serve` (service/runtime/processes.py starts them): the HTTP app on the
 shared listening socket, over the engine process.
 
-    python -m service.front SETTINGS_JSON SOCKET_FD ENGINE_SOCKET ARENA_BYTES LOG_LEVEL ENGINE_PID
+    python -m service.runtime.front_end SETTINGS_JSON SOCKET_FD ENGINE_SOCKET ARENA_BYTES LOG_LEVEL ENGINE_PID
 
-A front lives no longer than its engine process: the kernel sends it SIGTERM when the engine dies
+A front end lives no longer than its engine process: the kernel sends it SIGTERM when the engine dies
 (Linux's parent-death signal), and uvicorn then stops as it does on any SIGTERM.
 """
 from __future__ import annotations
@@ -35,10 +35,10 @@ def main(argv: list[str]) -> None:
     die_with(int(parent))
     import uvicorn
 
-    from .app import create_app
-    from .remote import RemoteRuntime
-    from .server import uvicorn_config
-    from .settings import Settings
+    from service.http.app import create_app
+    from service.runtime.remote import RemoteRuntime
+    from service.http.server import uvicorn_config
+    from service.settings import Settings
 
     settings = Settings.model_validate_json(Path(settings_file).read_text())
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

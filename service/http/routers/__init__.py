@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import ErrorBody
+from service.errors import ErrorBody
 
 ERRORS = {s: {"model": ErrorBody} for s in (400, 401, 413, 415, 422, 503)}
 

@@ -21,8 +21,8 @@ from typing import Optional
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .errors import json_body
-from .settings import Settings
+from service.errors import json_body
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
