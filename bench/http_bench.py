@@ -34,6 +34,7 @@ import asyncio
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -60,6 +61,7 @@ from models_store.tower import build_tower  # noqa: E402
 from service.engine.images import decode_image  # noqa: E402
 
 NAME = "http"
+PORT = "{port}"  # in a server's command line: the free port it is given
 PEER_READY = {"litserve": "/health", "mlserver": "/v2/health/ready"}  # each peer's readiness route
 MAX_PIXELS = 10 ** 8
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +92,12 @@ def jpeg_images(count: int, size: int, seed: int) -> list[bytes]:
         image.save(buf, format="JPEG", quality=90)
         out.append(buf.getvalue())
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def process_tree(pid: int) -> list[int]:
@@ -188,7 +196,6 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     p.add_argument("--max-batch", type=int, default=64, help="the server's max_batch, and the engine's batches")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--port", type=int, default=8765, help="the first of the servers' ports")
     p.add_argument("--dtype", default=None, help="the server's and the engine's dtype (default: bf16 on CUDA)")
     p.add_argument("--peers", default="", help="peer servers beside pmerge, comma-separated: litserve, mlserver "
                                                "(their environments: bench/peers/setup.sh)")
@@ -216,23 +223,22 @@ def measure(args: argparse.Namespace, device: torch.device, work: Path) -> dict:
     threads = torch.get_num_threads()
     # servers: one intra-op thread, so the forward thread's CPU time is all of the forward's
     env = {"OMP_NUM_THREADS": "1", "PMERGE_DOWNLOAD_CACHE_DIR": str(store / ".downloads")}
-    servers = [Server(f"pmerge-f{f}", [sys.executable, "-m", "models_store.cli", "serve", "--store", str(store),
-                                       "--device", device.type, "--dtype", dtype_name, "--port", str(args.port + i),
-                                       "--max-batch", str(args.max_batch), "--front-ends", str(f), "--log-level",
-                                       "warning"], args.port + i, env)
-               for i, f in enumerate(fronts)]
-    bare = {s: Server(f"bare-{s}", [sys.executable, "bench/bare_endpoint.py", str(args.port + len(fronts) + j),
-                                    str(pre.image_size)], args.port + len(fronts) + j, env)
-            for j, s in enumerate(sizes)}
+    def started(name: str, argv: list[str]) -> Server:  # each on a port the system says is free now
+        port = free_port()
+        return Server(name, [str(port) if a == PORT else a for a in argv], port, env)
+    servers = [started(f"pmerge-f{f}", [sys.executable, "-m", "models_store.cli", "serve", "--store", str(store),
+                                        "--device", device.type, "--dtype", dtype_name, "--port", PORT,
+                                        "--max-batch", str(args.max_batch), "--front-ends", str(f), "--log-level",
+                                        "warning"]) for f in fronts]
+    bare = {s: started(f"bare-{s}", [sys.executable, "bench/bare_endpoint.py", PORT, str(pre.image_size)])
+            for s in sizes}
     servable = family.servable(device, dtype)
     checkpoint = work / "peer.safetensors"  # the one tower a peer serves: the equal preference's download
     write_checkpoint(checkpoint, family, equal_preference(family.tasks))
     names = [p for p in args.peers.split(",") if p]
-    first = args.port + len(fronts) + len(sizes)
-    peers = {s: [Server(name, [str(ROOT / ".venv-peers" / name / "bin" / "python"), f"bench/peers/{name}_peer.py",
-                               str(first + j * len(names) + i), str(checkpoint), str(pre.image_size),
-                               str(args.max_batch)], first + j * len(names) + i, env)
-                 for i, name in enumerate(names)] for j, s in enumerate(sizes)}
+    peers = {s: [started(name, [str(ROOT / ".venv-peers" / name / "bin" / "python"), f"bench/peers/{name}_peer.py",
+                                PORT, str(checkpoint), str(pre.image_size), str(args.max_batch)]) for name in names]
+             for s in sizes}
     rows = {}
     try:
         for server in servers:

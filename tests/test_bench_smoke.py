@@ -74,7 +74,7 @@ def test_react_speed_tiny(tmp_path):
 def test_http_bench_micro(tmp_path):
     from bench import http_bench
     out = http_bench.main(["--arch", "micro", "--tasks", "2", "--images", "6", "--repeats", "2", "--concurrency", "3",
-                           "--max-batch", "4", "--front-ends", "0,1", "--port", str(free_port()), "--out-dir", str(tmp_path)])
+                           "--max-batch", "4", "--front-ends", "0,1", "--out-dir", str(tmp_path)])
     data = json.loads(Path(out["path"]).read_text())
     assert Path(out["path"]).name.startswith("http-cpu-") and "machine" in data
     variants = data["results"]["256"]["variants"]
@@ -90,10 +90,3 @@ def test_http_bench_micro(tmp_path):
     assert all(len(r["rounds"]) == 2 and r["median"] > 0 for r in ratios.values())
     assert {c["variant"] for c in data["target"]["checks"]} == {"pmerge-f0-1", "pmerge-f0-8", "pmerge-f1-1",
                                                                "pmerge-f1-8"}
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -190,6 +190,9 @@ def test_ctrl_c_during_a_download_leaves_nothing(tmp_path):
         conn.sendall(("HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\netag: \"a\"\r\n"
                       f"content-length: {len(good)}\r\n\r\n").encode() + good[:100])
         time.sleep(3)
+    # what a terminal's CLI has, whatever earlier tests in this process left: Python's handler, SIGINT unblocked
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
     with raw_server(slow) as url:
         # to the main thread, as a terminal's Ctrl-C reaches a one-thread CLI: a signal sent to the process
         # may be taken by any thread (this one has many: earlier tests' pools), leaving the read unbroken
@@ -198,4 +201,6 @@ def test_ctrl_c_during_a_download_leaves_nothing(tmp_path):
         with pytest.raises(SystemExit) as exit_info:
             main(["fetch", "--url", url, "--pref", "0.7,0.3", "--out", str(tmp_path / "m.safetensors")])
         timer.join()
-    assert exit_info.value.code == 130 and list(tmp_path.iterdir()) == []
+    signal.signal(signal.SIGINT, previous)
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    assert exit_info.value.code == 130 and list(tmp_path.iterdir()) == [], (previous, blocked)
