@@ -28,7 +28,7 @@ from collections import deque
 from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence, cast
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ class _Request:
 
     def __init__(self, n: int, loop: Optional[asyncio.AbstractEventLoop] = None):
         self.loop = loop
-        self.future = loop.create_future() if loop is not None else Future()
+        self.future: asyncio.Future[Any] | Future[Any] = loop.create_future() if loop is not None else Future()
         self.rows: list[Optional[Logits]] = [None] * n
         self.remaining = n
         self.failed = False
@@ -80,7 +80,8 @@ class _Request:
         self.rows[index] = row
         self.remaining -= 1
         if self.remaining == 0:
-            self._settle({t: np.stack([r[t] for r in self.rows]) for t in self.rows[0]}, None)
+            rows = cast("list[Logits]", self.rows)  # every row is filled now
+            self._settle({t: np.stack([r[t] for r in rows]) for t in rows[0]}, None)
 
     def fail(self, error: BaseException) -> None:
         if not self.failed:
@@ -106,7 +107,8 @@ def _resolve(future, result=None, error: Optional[BaseException] = None) -> None
 def _deliver(requests: list[_Request]) -> None:
     """In the requests' event loop: settle their futures."""
     for request in requests:
-        _resolve(request.future, *request.outcome)
+        if request.outcome is not None:  # always, as deliver_settled picks them
+            _resolve(request.future, *request.outcome)
 
 
 def deliver_settled(requests) -> None:
@@ -329,19 +331,21 @@ class Engine:
         """The batch's JPEG files, decoded on the device together; a file the device refuses is
         decoded alone, then on the host (Pillow, every hardening guarantee); one neither can decode
         is an error for its request."""
-        files = [torch.from_numpy(np.frombuffer(it.image.jpeg, dtype=np.uint8).copy()) for it in items]
+        jpegs = [it.image.jpeg or b"" for it in items]  # every item here has its file
+        files = [torch.from_numpy(np.frombuffer(jpeg, dtype=np.uint8).copy()) for jpeg in jpegs]
         device = self.config.device
         try:
-            return self.preprocess.decode_jpegs(files, device)
+            together: list[torch.Tensor | ServiceError] = list(self.preprocess.decode_jpegs(files, device))
+            return together
         except Exception:  # noqa: BLE001  (one bad file fails the batch call: find it)
             pass
         out: list[torch.Tensor | ServiceError] = []
-        for it, file in zip(items, files):
+        for it, jpeg, file in zip(items, jpegs, files):
             try:
                 out.append(self.preprocess.decode_jpegs([file], device)[0])
             except Exception:  # noqa: BLE001
                 try:
-                    pixels = decode_image(bytes(it.image.jpeg), self.preprocess, 1 << 62, it.image.name)
+                    pixels = decode_image(bytes(jpeg), self.preprocess, 1 << 62, it.image.name)
                     out.append(torch.from_numpy(pixels).to(device))
                 except ServiceError as e:
                     out.append(e)
@@ -361,15 +365,15 @@ class Engine:
                 else:
                     decoded[id(it)] = out
         items = [it for it in items if not it.request.failed]
-        host = [it for it in items if it.image.pixels is not None]
+        host = [(i, it.image.pixels) for i, it in enumerate(items) if it.image.pixels is not None]
         if not decoded:
-            return (self._staged([it.image.pixels for it in host]) if host else torch.empty(0)), items
+            return (self._staged([p for _, p in host]) if host else torch.empty(0)), items
         pre = self.preprocess
         batch = torch.empty((len(items), pre.channels, pre.image_size, pre.image_size), dtype=torch.uint8,
                             device=self.config.device)
         if host:
-            rows = torch.tensor([i for i, it in enumerate(items) if it.image.pixels is not None], device=batch.device)
-            batch[rows] = self._staged([it.image.pixels for it in host]).to(batch.device, non_blocking=True)
+            at = torch.tensor([i for i, _ in host], device=batch.device)
+            batch[at] = self._staged([p for _, p in host]).to(batch.device, non_blocking=True)
         rows = [i for i, it in enumerate(items) if id(it) in decoded]
         if rows:
             batch[torch.tensor(rows, device=batch.device)] = torch.stack([decoded[id(items[i])] for i in rows])
@@ -414,8 +418,7 @@ class Engine:
             pixels, items = self._gather(items)
             if not items:
                 return
-            logits = self.forward(pixels, [it.variant for it in items])
-            logits = {t: v.numpy() for t, v in logits.items()}
+            logits = {t: v.numpy() for t, v in self.forward(pixels, [it.variant for it in items]).items()}
         except Exception as e:  # fail this batch's requests; the engine keeps serving
             log.exception("forward pass failed for a batch of %d images", len(items))
             for request in {id(it.request): it.request for it in items}.values():

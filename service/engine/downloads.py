@@ -84,15 +84,20 @@ class CachedFile:
     built: bool  # False: a cache hit
     variant: str  # the key of the variant written
     file: Optional[BinaryIO] = None
-    stream: Optional[Iterator[bytes] | AsyncIterator[bytes]] = None  # sync, or async from an engine process
+    stream: Optional[Iterator[bytes | memoryview] | AsyncIterator[bytes]] = None  # sync, or async from an engine process
     on_close: Optional[Callable[[], None]] = None
 
-    def chunks(self) -> Iterator[bytes] | AsyncIterator[bytes]:
-        return self.stream if self.file is None else self._read()
+    def chunks(self) -> Iterator[bytes | memoryview] | AsyncIterator[bytes]:
+        if self.file is not None:
+            return self._read(self.file)
+        if self.stream is None:
+            raise ValueError("a checkpoint with neither a file nor a stream")
+        return self.stream
 
-    def _read(self) -> Iterator[bytes]:
-        with self.file:
-            while block := self.file.read(CHUNK):
+    @staticmethod
+    def _read(file: BinaryIO) -> Iterator[bytes]:
+        with file:
+            while block := file.read(CHUNK):
                 yield block
 
     def close(self) -> None:

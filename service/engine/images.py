@@ -33,7 +33,7 @@ class Decoded:
 
     @property
     def nbytes(self) -> int:
-        return self.pixels.nbytes if self.pixels is not None else len(self.jpeg)
+        return self.pixels.nbytes if self.pixels is not None else len(self.jpeg or b"")
 
 
 def bombs_are_errors() -> None:

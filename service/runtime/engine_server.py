@@ -150,7 +150,7 @@ class EngineServer:
             await ipc.send(writer, replace(reply, path=path).to_wire())
             return
         await ipc.send(writer, replace(reply, stream=True).to_wire())  # larger than the cache: made as it is sent
-        chunks = cast(Iterator[bytes], cached.chunks())  # this process's downloads are made here, in threads
+        chunks = cast(Iterator[bytes | memoryview], cached.chunks())  # this process's downloads are made here, in threads
         while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:  # merging is blocking work
             await ipc.send(writer, m.Chunk().to_wire(), chunk)
         await ipc.send(writer, m.Chunk(end=True).to_wire())
