@@ -36,7 +36,7 @@ class Command:
     flag's name, `_` for `-`; the choice under `choice_name`); flags given override the file."""
     name: str
     help: str
-    add_arguments: Callable[..., None]
+    add_arguments: Callable[..., object]  # what it returns (the parser, for `python -m service`) is not read
     run: Callable[[argparse.Namespace], None]
     description: Optional[str] = None
     check: Callable[[argparse.Namespace], None] = lambda args: None  # cheap checks before long work

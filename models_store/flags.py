@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import types
 import typing
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
@@ -106,12 +106,13 @@ def model_values(args: argparse.Namespace, model: type[BaseModel], exclude: tupl
     return out
 
 
-def describe_flags(error: ValidationError, env_prefix: Optional[str] = None) -> str:
+def describe_flags(error: ValidationError, env_prefix: Optional[str] = None, groups: Collection[str] = ()) -> str:
     """A config built from flags (or `env_prefix` variables) failed: each problem as `--flag: message,
-    got VALUE`, on one line."""
+    got VALUE`, on one line. A field of one of `groups` (nested models) is named by its own flag."""
     problems = []
     for e in error.errors():
-        flag, *inner = e["loc"] or ("value",)
+        loc = e["loc"][1:] if len(e["loc"]) > 1 and e["loc"][0] in groups else e["loc"]
+        flag, *inner = loc or ("value",)
         env = f" / {env_prefix}{str(flag).upper()}" if env_prefix else ""
         where = "--" + str(flag).replace("_", "-") + env + "".join(f": {x}" for x in inner)
         got = "" if isinstance(e.get("input"), dict) else f", got {e.get('input')!r}"

@@ -10,18 +10,22 @@ import signal
 import sys
 from typing import Any
 
+from pydantic import BaseModel
+
 from models_store.cli import Command
 from models_store.flags import add_model_flags, describe_flags, model_values
 
-from service.settings import ENV_PREFIX, Settings
+from service.settings import ENV_PREFIX, GROUPS, Settings
 
 # the settings that are also flags; the others are environment variables only (README, Settings)
 SERVE_FLAGS = ("store", "family", "device", "dtype", "host", "port", "max_batch", "max_wait_ms", "queue_size",
                "device_cache_bytes", "cuda_graphs", "families", "max_families", "front_ends", "decode")
+SETTINGS_MODELS: tuple[type[BaseModel], ...] = (Settings, *GROUPS.values())  # the flags' fields: top level and groups
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    add_model_flags(parser, {"serve": Settings}, include=SERVE_FLAGS, env_prefix=ENV_PREFIX)
+    for model in SETTINGS_MODELS:
+        add_model_flags(parser, {"serve": model}, include=SERVE_FLAGS, env_prefix=ENV_PREFIX)
     parser.add_argument("--fronts", dest="front_ends", type=int, default=None, help=argparse.SUPPRESS)  # the old
     # name of --front-ends ("front" means a Pareto front everywhere else), accepted until the next release
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -73,7 +77,7 @@ def serve_on_ray(settings: Settings, options: dict) -> None:
     # SIGTERM (docker stop, Kubernetes) ends the deployment as Ctrl-C does, not leaving Ray's processes behind
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.start(http_options={"host": settings.topology.host, "port": settings.topology.port})
         serve.run(application(settings, **options), name="pmerge", route_prefix="/", blocking=True)
     except KeyboardInterrupt:
         pass
@@ -83,7 +87,8 @@ def serve_on_ray(settings: Settings, options: dict) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
-    return Settings(**model_values(args, Settings))  # init values win over PMERGE_* variables
+    given = {k: v for model in SETTINGS_MODELS for k, v in model_values(args, model).items()}
+    return Settings(**given)  # init values win over PMERGE_* variables
 
 
 def check(args: argparse.Namespace) -> None:
@@ -94,9 +99,9 @@ def check(args: argparse.Namespace) -> None:
     try:
         settings = settings_from_args(args)
     except ValidationError as e:
-        raise SystemExit(f"pmerge serve: error: {describe_flags(e, ENV_PREFIX)}") from None
+        raise SystemExit(f"pmerge serve: error: {describe_flags(e, ENV_PREFIX, GROUPS)}") from None
     try:
-        check_port_free(settings.host, settings.port)
+        check_port_free(settings.topology.host, settings.topology.port)
     except OSError as e:
         raise ValueError(e.strerror or str(e)) from None
 
@@ -112,23 +117,23 @@ def serve(args: argparse.Namespace) -> None:
     try:
         settings = settings_from_args(args)
     except ValidationError as e:
-        raise SystemExit(f"pmerge serve: error: {describe_flags(e, ENV_PREFIX)}") from None
+        raise SystemExit(f"pmerge serve: error: {describe_flags(e, ENV_PREFIX, GROUPS)}") from None
     options = ray_options(args)
     try:  # fail fast on a wrong store or family id, or a taken port; hashes are checked while loading
         path = family_path(settings.store, settings.family)
-        check_port_free(settings.host, settings.port)
+        check_port_free(settings.topology.host, settings.topology.port)
     except (StoreError, OSError) as e:
         raise SystemExit(f"pmerge serve: error: {e.strerror if isinstance(e, OSError) and e.strerror else e}") from None
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger(__name__).info("serving %s on http://%s:%d", path, settings.host, settings.port)
+    logging.getLogger(__name__).info("serving %s on http://%s:%d", path, settings.topology.host, settings.topology.port)
     if args.ray:  # each replica serves in its own process, Ray's proxies parse HTTP
         return serve_on_ray(settings, options)
-    front_ends = settings.front_end_count()
+    front_ends = settings.topology.front_end_count()
     if front_ends:
         from service.runtime.processes import serve_with_front_ends
-        failure = serve_with_front_ends(settings, front_ends, args.log_level)
-        if failure:
-            raise SystemExit(f"pmerge serve: error: {failure}")
+        stopped = serve_with_front_ends(settings, front_ends, args.log_level)
+        if stopped:
+            raise SystemExit(f"pmerge serve: error: {stopped}")
         return
     import uvicorn
 
@@ -148,7 +153,7 @@ def serve(args: argparse.Namespace) -> None:
     if failure:
         raise SystemExit(f"pmerge serve: error: could not load the family: {failure[0]}")
     if not server.started:
-        raise SystemExit(f"pmerge serve: error: the server did not start on {settings.host}:{settings.port}")
+        raise SystemExit(f"pmerge serve: error: the server did not start on {settings.topology.host}:{settings.topology.port}")
 
 
 COMMANDS = [Command("serve", "serve a family over HTTP (classify, download merged checkpoints)", add_serve_arguments,

@@ -50,7 +50,7 @@ class Replica:
         self.fastapi = create_app(self.settings)
         self.fastapi.state.hooks.load_before_serving = True
 
-        @serve.multiplexed(max_num_models_per_replica=self.settings.max_families)
+        @serve.multiplexed(max_num_models_per_replica=self.settings.caches.max_families)
         async def hold(family_id: str) -> str:  # the app calls it once the family is acquired: a known id
             return family_id
         self.fastapi.state.hooks.on_named_family = hold
@@ -68,21 +68,21 @@ def application(settings: Settings, replicas: int = 1, autoscale: Optional[tuple
     options: dict[str, Any] = {
         "ray_actor_options": {"num_gpus": gpus_per_replica, "num_cpus": cpus_per_replica},
         # a replica must be sent at least a whole batch to fill it; beyond its queue it answers 503 itself
-        "max_ongoing_requests": settings.max_batch + settings.queue_size}
+        "max_ongoing_requests": settings.engine.max_batch + settings.engine.queue_size}
     if autoscale is None:
         options["num_replicas"] = replicas
     else:
         low, high = autoscale
         options["autoscaling_config"] = {"min_replicas": low, "max_replicas": high,
-                                         "target_ongoing_requests": settings.max_batch}
-    return serve.deployment(Replica, name="pmerge", **options).bind(settings)
+                                         "target_ongoing_requests": settings.engine.max_batch}
+    return serve.deployment(name="pmerge", **options)(Replica).bind(settings)
 
 
 def build(args: dict[str, Any]) -> serve.Application:
     """`serve run service.ray_serve:build store=... family=...`: the settings from the args (and
     PMERGE_* variables); replicas, autoscaling and GPUs come from the config's deployment options."""
-    unknown = sorted(set(args) - set(Settings.model_fields))
+    unknown = sorted(set(args) - set(Settings.fields()))
     if unknown:
         raise ValueError(f"unknown pmerge settings in the Serve config's args: {unknown} (settings: "
-                         f"{', '.join(Settings.model_fields)})")
+                         f"{', '.join(Settings.fields())})")
     return application(Settings(**args))

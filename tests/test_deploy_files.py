@@ -344,7 +344,7 @@ def test_the_service_has_room_for_its_shared_memory(compose):
     size = str(compose["services"]["service"]["shm_size"]).lower()
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     nbytes = int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
-    assert nbytes >= Settings.model_fields["shared_memory_bytes"].default + (64 << 20)
+    assert nbytes >= Settings.fields()["shared_memory_bytes"].default + (64 << 20)
 
 
 def test_a_stop_leaves_the_service_time_to_drain(compose):
@@ -390,7 +390,7 @@ def test_the_kserve_inferenceservice_runs_the_service_on_its_port_with_its_probe
     assert container["ports"] == [{"containerPort": port, "protocol": "TCP"}]
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": port}
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": port}
-    settings = {f"PMERGE_{name.upper()}" for name in Settings.model_fields}
+    settings = {f"PMERGE_{name.upper()}" for name in Settings.fields()}
     assert {e["name"] for e in container["env"]} <= settings
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}

@@ -167,18 +167,19 @@ class FrontReport:
 
     def trade_offs(self) -> dict[str, TradeOff]:
         """Per model with a point at the equal preference and at every vertex (none without references)."""
-        if self.references is None or not self.references.merges:
+        refs = self.references
+        if refs is None or not refs.merges:
             return {}
-        best = max(self.references.merges, key=self.references.merges.__getitem__)
+        best = max(refs.merges, key=refs.merges.__getitem__)
         out = {}
         for name, model in self.models.items():
             equal = model.point(self.equal)
-            at_vertex = [(t, model.point(v)) for t, v in zip(self.tasks, vertices(self.tasks))]
-            if equal is None or any(p is None for _, p in at_vertex):
+            at_vertex = {t: model.point(v) for t, v in zip(self.tasks, vertices(self.tasks))}
+            reached = {t: p.accuracy[t] for t, p in at_vertex.items() if p is not None}
+            if equal is None or len(reached) < len(at_vertex):
                 continue
-            task, point = min(at_vertex, key=lambda tp: tp[1].accuracy[tp[0]] / self.references.finetuned[tp[0]])
-            out[name] = TradeOff(task, point.accuracy[task], self.references.finetuned[task], equal.average,
-                                 best, self.references.merges[best])
+            task = min(reached, key=lambda t: reached[t] / refs.finetuned[t])
+            out[name] = TradeOff(task, reached[task], refs.finetuned[task], equal.average, best, refs.merges[best])
         return out
 
     def priority(self) -> dict[str, Preference]:
@@ -216,12 +217,12 @@ def sweep(name: str, merge: Merger, prefs: list[Preference], evaluator: Evaluato
 
 def ta_pref(ctx: MergeContext, cfg: FrontConfig) -> Merger:
     method = get_method("task-arithmetic")
-    return lambda p: method(ctx, method.config(scale=cfg.ta_scale, preference=p))
+    return lambda p: method(ctx, method.config.model_validate({"scale": cfg.ta_scale, "preference": p}))
 
 
 def adamerging_pref(ctx: MergeContext, cfg: FrontConfig) -> Merger:
     method = get_method("adamerging")
-    return lambda p: method(ctx, method.config(steps=cfg.baseline_steps, preference=p))
+    return lambda p: method(ctx, method.config.model_validate({"steps": cfg.baseline_steps, "preference": p}))
 
 
 BASELINES: dict[str, Callable[[MergeContext, FrontConfig], Merger]] = {
@@ -349,7 +350,7 @@ def compute_front(family: Family, cfg: FrontConfig, device: torch.device, zoo: O
         merge = (lambda m: lambda p: dict(m.iter_materialized(p, device)))(member)  # merged on the device
         report.models[name] = sweep(name, merge, prefs, evaluator, log)
         report.models |= {m.name: m for m in member_fronts(name, member, evaluator, log)}
-    if cfg.baselines or cfg.merges:
+    if pool is not None and (cfg.baselines or cfg.merges):
         # AdaMerging adapts on the tasks' test images without labels (its and the paper's protocol)
         ctx = MergeContext(pool=pool, unlabeled={t: test[t].images for t in tasks}, device=device,
                            seed=cfg.seed, progress=False)
@@ -358,10 +359,10 @@ def compute_front(family: Family, cfg: FrontConfig, device: torch.device, zoo: O
             report.models[name] = sweep(name, BASELINES[name](ctx, cfg), prefs, evaluator, log)
         if cfg.merges:
             report.references = references(ctx, cfg.merges, evaluator, log)
-    if sets:
-        evaluator = CoefficientEvaluator(pool, test, device)
+    if pool is not None and sets:
+        by_coefficients = CoefficientEvaluator(pool, test, device)
         for name, points in sets.items():
-            report.models[name] = coefficient_front(name, points, evaluator, tasks, log)
+            report.models[name] = coefficient_front(name, points, by_coefficients, tasks, log)
     for model in report.models.values():
         mark_front(model, tasks)
     if cfg.grid_steps:

@@ -53,7 +53,8 @@ def _hv(pts: list[Point], ref: Point) -> float:
         return _hv2(pts, ref)
     pts = sorted(pts, key=lambda p: p[-1], reverse=True)
     levels = sorted({p[-1] for p in pts}, reverse=True) + [ref[-1]]
-    volume, section, i = 0.0, [], 0
+    section: list[Point] = []
+    volume, i = 0.0, 0
     for upper, lower in zip(levels, levels[1:]):
         while i < len(pts) and pts[i][-1] >= upper:  # the section only grows as the level falls
             section = _insert(section, pts[i][:-1])

@@ -53,9 +53,9 @@ class ClassificationHead(torch.nn.Linear):
 def stand_in_classes() -> Iterator[None]:
     saved = {name: sys.modules.get(name) for name in ("src", *ORIGINAL_MODULES)}
     shim = types.ModuleType("src.modeling")
-    shim.ImageEncoder, shim.ClassificationHead = ImageEncoder, ClassificationHead
+    vars(shim).update(ImageEncoder=ImageEncoder, ClassificationHead=ClassificationHead)
     package = types.ModuleType("src")
-    package.modeling = shim
+    vars(package).update(modeling=shim)
     sys.modules.update({"src": package, "src.modeling": shim, "modeling": shim})
     try:
         yield
@@ -213,7 +213,7 @@ def fusionbench_files(pool_yaml: Path) -> tuple[Path, dict[str, tuple[Path, Path
         raise ValueError(f"{pool_yaml}: no classification_heads entry for {missing}")
     files = {t: (path(m, f"models.{t}"), path(pool["classification_heads"][t], f"classification_heads.{t}"))
              for t, m in models.items()}
-    names = {m.get("model_name") for m in [pretrained, *models.values()] if isinstance(m, dict)} - {None}
+    names = {str(m["model_name"]) for m in [pretrained, *models.values()] if isinstance(m, dict) and m.get("model_name")}
     if len(names) > 1:
         raise ValueError(f"{pool_yaml}: models of different architectures {sorted(names)}")
     return path(pretrained, "models._pretrained_"), files, next(iter(names), None)

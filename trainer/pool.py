@@ -7,6 +7,7 @@ from __future__ import annotations
 from functools import cached_property
 
 import torch
+from open_clip.transformer import VisionTransformer
 
 from models_store.checkpoint import StateDict
 from models_store.tower import build_tower, float_keys
@@ -53,5 +54,5 @@ class ModelPool:
     def heads(self) -> dict[str, Head]:
         return self.zoo.heads
 
-    def tower(self) -> torch.nn.Module:
+    def tower(self) -> VisionTransformer:
         return build_tower(self.architecture)

@@ -64,4 +64,4 @@ def recorded_specs(tasks: list[TaskInfo], owner: str) -> dict[str, str]:
     missing = [t.name for t in tasks if t.data is None]
     if missing:
         raise ValueError(f"{owner}: tasks {missing} record no dataset spec, so they have no test set to evaluate on")
-    return {t.name: t.data for t in tasks}
+    return {t.name: t.data for t in tasks if t.data is not None}

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import VisionTransformer
 from pydantic import BaseModel, Field
 from .progress import progress_bar
 
@@ -117,7 +118,7 @@ class ZeroShotClassifier(torch.nn.Module):
         return [Head(weight=weight[a:b].clone()) for a, b in zip(self.offsets, self.offsets[1:])]
 
 
-def pretrain(tower: torch.nn.Module, data: list[TaskData], cfg: ZooConfig, generator: torch.Generator) -> list[Head]:
+def pretrain(tower: VisionTransformer, data: list[TaskData], cfg: ZooConfig, generator: torch.Generator) -> list[Head]:
     """Contrastive pretraining plus a few captioned images; returns the zero-shot heads.
 
     InfoNCE draws every batch from ONE task, in turn: with the tasks mixed, telling datasets apart

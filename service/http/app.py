@@ -16,7 +16,7 @@ import logging
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -50,7 +50,7 @@ class JSONBody(JSONResponse):
         return json_bytes(content)
 
 
-def error_response(status: int, error: str, detail, headers: Optional[dict[str, str]] = None) -> JSONResponse:
+def error_response(status: int, error: str, detail, headers: Optional[Mapping[str, str]] = None) -> JSONResponse:
     return JSONBody(ErrorBody(error=error, detail=detail).model_dump(), status_code=status, headers=headers)
 
 
@@ -73,6 +73,12 @@ async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONRe
     if exc.status_code == 400 and request.url.path.endswith("/classify"):
         detail = f"malformed multipart body: {detail}"
     return error_response(exc.status_code, error_code(exc.status_code), detail, exc.headers)
+
+
+# Starlette types a handler as taking any Exception; each of these takes the kind it is registered for
+ERROR_HANDLERS: dict[type[Exception], Any] = {
+    ServiceError: on_service_error, PreferenceError: on_preference_error,
+    RequestValidationError: on_validation_error, StarletteHTTPException: on_http_error}
 
 
 class LastResortMiddleware:
@@ -164,14 +170,12 @@ def create_app(settings: Optional[Settings] = None, runtime: RuntimeFactory = Lo
             resource.add_routes(api, naming)
     keyed = [Depends(require_api_key)] if settings.api_key else []  # no key: nothing to check per request
     app.include_router(api, dependencies=keyed, responses={401: {"model": ErrorBody}} if keyed else None)
-    app.add_exception_handler(ServiceError, on_service_error)
-    app.add_exception_handler(PreferenceError, on_preference_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    for kind, handler in ERROR_HANDLERS.items():
+        app.add_exception_handler(kind, handler)
     # outermost first at run time: metrics see every status, then the body bound, then the last resort
     app.add_middleware(LastResortMiddleware, metrics=app.state.metrics)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes,
-                       max_inflight_bytes=settings.max_inflight_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_upload_bytes,
+                       max_inflight_bytes=settings.limits.max_inflight_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 
@@ -209,15 +213,18 @@ def add_offline_docs(app: FastAPI) -> None:
     app.mount("/docs-static", StaticFiles(directory=str(resources.files("fastapi_offline") / "static")),
               name="docs-static")
 
+    openapi_url = app.openapi_url
+    assert openapi_url, "the app publishes its OpenAPI document"
+
     @app.get("/docs", include_in_schema=False)
     async def swagger() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title="pmerge - Swagger UI",
+        return get_swagger_ui_html(openapi_url=openapi_url, title="pmerge - Swagger UI",
                                    swagger_js_url="/docs-static/swagger-ui-bundle.js",
                                    swagger_css_url="/docs-static/swagger-ui.css",
                                    swagger_favicon_url="/docs-static/favicon.png")
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url=app.openapi_url, title="pmerge - ReDoc",
+        return get_redoc_html(openapi_url=openapi_url, title="pmerge - ReDoc",
                               redoc_js_url="/docs-static/redoc.standalone.js",
                               redoc_favicon_url="/docs-static/favicon.png", with_google_fonts=False)

@@ -38,7 +38,7 @@ async def select_preference(runtime: Runtime, family: FamilyView, files: Sequenc
                                f"{MAX_SELECT_EVALUATIONS} evaluations: lower samples or send fewer images")
     # a few candidates at a time: each is one classify of every image, and together they fill a batch;
     # the images are decoded once, and their batches are background work (a /classify goes first)
-    at_once = max(1, runtime.settings.max_batch // len(files))
+    at_once = max(1, runtime.settings.engine.max_batch // len(files))
     scores: list[float] = []
     async with runtime.prepared(family, files) as images:
         for start in range(0, len(candidates), at_once):

@@ -16,13 +16,13 @@ import asyncio
 import errno
 import logging
 import socket
-from typing import Optional
+from typing import Any, Optional
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.errors import json_body
-from service.settings import Settings
+from service.settings import Limits, Settings
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +96,18 @@ class BoundedProtocol(HttpToolsProtocol):
         self.transport.close()  # connection_lost then tells a waiting app: http.disconnect
 
 
-def protocol_class(settings: Settings) -> type[BoundedProtocol]:
+def protocol_class(limits: Limits) -> type[BoundedProtocol]:
     return type("BoundedProtocol", (BoundedProtocol,), {
-        "header_timeout_s": settings.header_timeout_s, "body_timeout_s": settings.body_timeout_s,
-        "max_connections": settings.max_connections})
+        "header_timeout_s": limits.header_timeout_s, "body_timeout_s": limits.body_timeout_s,
+        "max_connections": limits.max_connections})
 
 
 def uvicorn_config(app, settings: Settings, **overrides) -> uvicorn.Config:
     """The one server configuration, for `pmerge serve` and the end-to-end tests alike."""
-    options = dict(host=settings.host, port=settings.port, http=protocol_class(settings),
-                   timeout_keep_alive=settings.keepalive_timeout_s, timeout_graceful_shutdown=30,
-                   lifespan="on")
+    options: dict[str, Any] = dict(host=settings.topology.host, port=settings.topology.port,
+                                   http=protocol_class(settings.limits),
+                                   timeout_keep_alive=settings.limits.keepalive_timeout_s, timeout_graceful_shutdown=30,
+                                   lifespan="on")
     return uvicorn.Config(app, **(options | overrides))
 
 

@@ -24,7 +24,7 @@ from service.http.classify import softmax
 
 IMAGE, PREFERENCE = "IMAGE", "PREFERENCE"
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the binary tensor data extension's header
-FLOATS = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
+FLOATS: dict[str, np.dtype] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 
 
 class ProtocolError(ValueError):

@@ -46,7 +46,7 @@ class Readiness:
 class Runtime(ABC):
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings, self.metrics = settings, metrics
-        self._decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="pmerge-decode")
+        self._decoder = ThreadPoolExecutor(settings.engine.decode_threads, thread_name_prefix="pmerge-decode")
 
     # --- lifecycle: the lifespan calls these ---------------------------------------------------
 
@@ -99,7 +99,7 @@ class Runtime(ABC):
         def timed() -> list[Decoded]:
             start = time.thread_time()
             try:
-                return decode_uploads(files, family.manifest.preprocess, self.settings.max_image_pixels,
+                return decode_uploads(files, family.manifest.preprocess, self.settings.limits.max_image_pixels,
                                       family.device_jpeg)
             finally:
                 self.metrics.cpu.labels("decode").inc(time.thread_time() - start)

@@ -17,7 +17,7 @@ from service.errors import NotReady
 from service.engine.families import Families, FamilyView, Served
 from service.engine.images import Decoded
 from service.metrics import Metrics
-from service.settings import Settings, parse_family_ids
+from service.settings import EngineSettings, Settings
 
 
 from service.runtime.base import Logits, Readiness, Runtime
@@ -25,9 +25,9 @@ from service.runtime.base import Logits, Readiness, Runtime
 log = logging.getLogger(__name__)
 
 
-def device_jpeg(settings: Settings, device) -> bool:
+def device_jpeg(engine: EngineSettings, device) -> bool:
     """PMERGE_DECODE: `device` decodes JPEGs on the engine's device, `host` never, `auto` on CUDA."""
-    return settings.decode == "device" or (settings.decode == "auto" and device.type == "cuda")
+    return engine.decode == "device" or (engine.decode == "auto" and device.type == "cuda")
 
 
 class LocalRuntime(Runtime):
@@ -35,8 +35,7 @@ class LocalRuntime(Runtime):
 
     def __init__(self, settings: Settings, metrics: Metrics):
         super().__init__(settings, metrics)
-        allowed = parse_family_ids(settings.families)
-        self.families: Families = Families(settings.store, allowed, settings.max_families, open=self._open,
+        self.families: Families = Families(settings.store, settings.families, settings.caches.max_families, open=self._open,
                                              serve=self._served, metrics=metrics)
         self.error: Optional[str] = None  # why loading failed, for /readyz
         self._downloader = ThreadPoolExecutor(2, thread_name_prefix="pmerge-download")
@@ -66,18 +65,18 @@ class LocalRuntime(Runtime):
     def _served(self, family) -> Served:
         from service.engine.downloads import DownloadCache
         from service.engine.batching import Engine, EngineConfig
-        s = self.settings
-        device = s.torch_device()
-        config = EngineConfig(device=device, dtype=s.torch_dtype(device), max_batch=s.max_batch,
-                              max_wait_ms=s.max_wait_ms, queue_size=s.queue_size,
-                              device_cache_bytes=s.device_cache_bytes, graphs=s.cuda_graphs,
-                              device_jpeg=device_jpeg(s, device))
+        s, e = self.settings, self.settings.engine
+        device = e.torch_device()
+        config = EngineConfig(device=device, dtype=e.torch_dtype(device), max_batch=e.max_batch,
+                              max_wait_ms=e.max_wait_ms, queue_size=e.queue_size,
+                              device_cache_bytes=s.caches.device_cache_bytes, graphs=e.cuda_graphs,
+                              device_jpeg=device_jpeg(e, device))
         engine = Engine.from_family(family, config, on_batch=self.metrics.observe_batch,
                                     on_queue_wait=self.metrics.queue_wait.observe)
         engine.start()
         log.info("serving family %s (%s) on %s/%s", family.family_id, ", ".join(family.tasks), device, config.dtype)
         view = FamilyView(family.manifest, family.digest, config.device_jpeg)
-        return Served(family, engine, DownloadCache(s.downloads_dir, s.download_cache_bytes, family, device), view)
+        return Served(family, engine, DownloadCache(s.downloads_dir, s.caches.download_cache_bytes, family, device), view)
 
     def close(self) -> None:
         self.families.close()

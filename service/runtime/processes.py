@@ -83,9 +83,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def front_end_settings(settings: Settings, front_ends: int) -> dict:
     """What each front end runs with: its share of the totals, and the key in the clear (a private file)."""
     share = lambda total: max(1, -(-total // front_ends))  # noqa: E731
-    data = settings.model_dump(mode="json") | {
-        "max_connections": share(settings.max_connections), "max_inflight_bytes": share(settings.max_inflight_bytes),
-        "front_ends": front_ends}
+    mine = settings.replace(max_connections=share(settings.limits.max_connections),
+                            max_inflight_bytes=share(settings.limits.max_inflight_bytes), front_ends=front_ends)
+    data = mine.model_dump(mode="json")
     data["api_key"] = settings.api_key.get_secret_value() if settings.api_key else None
     return data
 
@@ -97,7 +97,7 @@ class Supervisor:
         self.engine_path = str(self.workdir / "engine.sock")
         self.settings_file = self.workdir / "front.json"
         self.settings_file.write_text(json.dumps(front_end_settings(settings, front_ends)))
-        self.socket = listening_socket(settings.host, settings.port)
+        self.socket = listening_socket(settings.topology.host, settings.topology.port)
         self.procs: list[Optional[subprocess.Popen]] = [None] * front_ends
         self.restarts: list[float] = []
         self.failure: Optional[str] = None
@@ -187,9 +187,9 @@ def check_shared_memory(settings: Settings, path: str = SHM) -> Optional[str]:
     except OSError:
         return None  # no such filesystem here: Python's shared memory says what it needs
     free = stat.f_bavail * stat.f_frsize
-    if free >= settings.shared_memory_bytes:
+    if free >= settings.topology.shared_memory_bytes:
         return None
-    return (f"PMERGE_SHARED_MEMORY_BYTES is {settings.shared_memory_bytes >> 20} MiB but {path} has "
+    return (f"PMERGE_SHARED_MEMORY_BYTES is {settings.topology.shared_memory_bytes >> 20} MiB but {path} has "
             f"{free >> 20} MiB free: lower it, or give the container more (docker run --shm-size, compose "
             f"shm_size)")
 

@@ -220,5 +220,5 @@ class RemoteRuntime(Runtime):
 
 
 def arena_bytes(settings: Settings, front_ends: int) -> int:
-    return max(1 << 20, settings.shared_memory_bytes // max(1, front_ends))
+    return max(1 << 20, settings.topology.shared_memory_bytes // max(1, front_ends))
 

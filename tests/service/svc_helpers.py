@@ -74,7 +74,7 @@ def free_port() -> int:
 def running_server(app, ready: bool = True) -> Iterator[str]:
     """A real uvicorn server in a thread on a free port; yields its base URL."""
     port = free_port()
-    settings = app.state.settings.model_copy(update={"host": "127.0.0.1", "port": port})
+    settings = app.state.settings.replace(**{"host": "127.0.0.1", "port": port})
     server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

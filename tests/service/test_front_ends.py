@@ -268,9 +268,9 @@ def test_the_old_names_of_front_ends_are_read_for_one_release(monkeypatch, tmp_p
 
     from service.cli import add_serve_arguments
     monkeypatch.setenv("PMERGE_FRONTS", "3")
-    assert Settings(store=tmp_path).front_end_count() == 3
+    assert Settings(store=tmp_path).topology.front_end_count() == 3
     monkeypatch.setenv("PMERGE_FRONT_ENDS", "2")
-    assert Settings(store=tmp_path).front_end_count() == 2
-    assert Settings(store=tmp_path, front_ends=0).front_end_count() == 0
+    assert Settings(store=tmp_path).topology.front_end_count() == 2
+    assert Settings(store=tmp_path, front_ends=0).topology.front_end_count() == 0
     parser = add_serve_arguments(argparse.ArgumentParser())
     assert parser.parse_args(["--fronts", "1"]).front_ends == parser.parse_args(["--front-ends", "1"]).front_ends == 1

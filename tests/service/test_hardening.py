@@ -208,7 +208,7 @@ def closed_by_server(s: socket.socket, within: float) -> bool:
 
 def test_slow_clients_are_cut_and_do_not_block_others(settings):
     """Clients that never finished their headers or body were kept open forever."""
-    fast = settings.model_copy(update={"header_timeout_s": 1.0, "body_timeout_s": 2.0})
+    fast = settings.replace(**{"header_timeout_s": 1.0, "body_timeout_s": 2.0})
     with running_server(create_app(fast)) as url:
         slow_headers = open_slow(url, 40, b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Ty")
         slow_body = open_slow(url, 10, b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
@@ -227,7 +227,7 @@ def test_slow_clients_are_cut_and_do_not_block_others(settings):
 
 
 def test_open_connections_are_capped(settings):
-    capped = settings.model_copy(update={"max_connections": 4, "header_timeout_s": 30.0})
+    capped = settings.replace(**{"max_connections": 4, "header_timeout_s": 30.0})
     with running_server(create_app(capped)) as url:
         held = open_slow(url, 4, b"")
         try:
@@ -247,7 +247,7 @@ def test_open_connections_are_capped(settings):
 
 def test_bytes_in_flight_are_bounded_before_reading(settings):
     """The body bound was per request: 60 clients x 16 MiB were held at once."""
-    bounded = settings.model_copy(update={"max_upload_bytes": 100_000, "max_inflight_bytes": 150_000,
+    bounded = settings.replace(**{"max_upload_bytes": 100_000, "max_inflight_bytes": 150_000,
                                           "body_timeout_s": 30.0})
     with running_server(create_app(bounded)) as url:
         holder = open_slow(url, 1, b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
@@ -277,7 +277,7 @@ def test_requests_the_queue_cannot_take_are_not_decoded(settings, monkeypatch):
         return real(files, *args)
 
     monkeypatch.setattr(runtime_module, "decode_uploads", counting)
-    tight = settings.model_copy(update={"queue_size": 2, "max_batch": 1, "max_wait_ms": 0})
+    tight = settings.replace(**{"queue_size": 2, "max_batch": 1, "max_wait_ms": 0})
     with running_server(create_app(tight)) as url:
         decoded.clear()  # the warm-up decodes nothing, but be exact
 
@@ -386,7 +386,7 @@ def test_ray_flags_that_cannot_work_are_refused_before_anything_starts(store, fl
 # --- 11. status nits ----------------------------------------------------------------------------
 
 def test_too_many_files_is_413(settings):
-    few = settings.model_copy(update={"max_files": 2})
+    few = settings.replace(**{"max_files": 2})
     with running_server(create_app(few)) as url:
         files = [("files", (f"{i}.png", png_bytes(i), "image/png")) for i in range(3)]
         r = httpx.post(url + "/classify", files=files, timeout=30)
@@ -407,7 +407,7 @@ def test_openapi_documents_the_preference_grammar_and_at_least_one_file(settings
 def test_error_bodies_are_uniform_and_name_the_problem(settings):
     """The 415 detail showed a BytesIO repr; the 413 from the body bound was formatted apart from
     the other errors; JSON bodies had no trailing newline; /family showed the server's zoo path."""
-    small = settings.model_copy(update={"max_upload_bytes": 1000})
+    small = settings.replace(**{"max_upload_bytes": 1000})
     with running_server(create_app(small)) as url:
         r = classify(url, b"hello, text")
         assert r.status_code == 415 and "BytesIO" not in r.text and "none of PNG" in r.json()["detail"]

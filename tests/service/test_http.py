@@ -345,7 +345,7 @@ def test_download_concurrent_same_preference_builds_once(server):
 # --- auth and readiness ---------------------------------------------------------------------------------
 
 def test_api_key(settings):
-    app = create_app(settings.model_copy(update={"api_key": SecretStr("s3cret-key")}))
+    app = create_app(settings.replace(**{"api_key": SecretStr("s3cret-key")}))
     with running_server(app) as url:
         assert httpx.get(url + "/healthz").status_code == 200
         assert httpx.get(url + "/readyz").status_code == 200
@@ -365,7 +365,7 @@ def test_api_key(settings):
 
 
 def test_unknown_family_is_not_ready_but_alive(settings):
-    app = create_app(settings.model_copy(update={"family": "nope"}))
+    app = create_app(settings.replace(**{"family": "nope"}))
     with running_server(app, ready=False) as url:
         for _ in range(100):
             r = httpx.get(url + "/readyz")
@@ -379,7 +379,7 @@ def test_unknown_family_is_not_ready_but_alive(settings):
 
 
 def test_overload_answers_503_with_retry_after(settings):
-    app = create_app(settings.model_copy(update={"queue_size": 2, "max_batch": 1, "max_wait_ms": 0}))
+    app = create_app(settings.replace(**{"queue_size": 2, "max_batch": 1, "max_wait_ms": 0}))
     with running_server(app) as url:
         r = classify(url, [png_bytes(i) for i in range(3)])  # more images than the whole queue
         assert r.status_code == 413 and "at most 2" in r.json()["detail"]

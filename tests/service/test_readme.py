@@ -112,5 +112,5 @@ def test_readme_examples_run_verbatim_against_the_demo(tmp_path):
 
 
 def test_readme_names_every_setting():
-    missing = [f"PMERGE_{name.upper()}" for name in Settings.model_fields if f"PMERGE_{name.upper()}" not in README]
+    missing = [f"PMERGE_{name.upper()}" for name in Settings.fields() if f"PMERGE_{name.upper()}" not in README]
     assert not missing, missing

@@ -78,7 +78,7 @@ LearnFn = Callable[[LearnContext, LearnerConfig], Learned]
 @dataclass(frozen=True)
 class FamilyLearner(Entry[LearnerConfig]):
     def family_id(self, ctx: LearnContext, config: LearnerConfig) -> str:
-        return family_id(self.name, ctx.zoo, config, ctx.unlabeled_specs, set(config.id_exclude))
+        return family_id(self.name, ctx.zoo, config, ctx.unlabeled_specs, config.id_exclude)
 
     def __call__(self, ctx: LearnContext, config: LearnerConfig | None = None) -> Path:
         """Learn and publish the family; returns its path (an identical published family is returned as is)."""

@@ -3,11 +3,16 @@ and under /families/{family_id}/ (`Naming`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from enum import Enum
+from typing import Any, Callable
 
 from service.errors import ErrorBody
 
-ERRORS = {s: {"model": ErrorBody} for s in (400, 401, 413, 415, 422, 503)}
+# FastAPI's own types for a route's tags and documented responses (its parameters are invariant lists and dicts)
+Tags = list[str | Enum]
+Responses = dict[int | str, dict[str, Any]]
+
+ERRORS: Responses = {s: {"model": ErrorBody} for s in (400, 401, 413, 415, 422, 503)}
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from starlette.datastructures import UploadFile
@@ -15,7 +16,7 @@ from service.http.dependencies import RuntimeDep
 from service.errors import ErrorBody, InvalidParameter, PayloadTooLarge, json_bytes
 from service.engine.families import FamilyView
 from service.http.schemas import ClassifyResponse
-from service.http.routers import ERRORS, Naming
+from service.http.routers import ERRORS, Naming, Tags
 
 FILE_FIELDS = ("files", "file", "images", "image")
 MULTIPART_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -54,11 +55,11 @@ async def read_uploads(request: Request, max_files: int) -> list[tuple[str, byte
 def add_routes(routes: APIRouter, naming: Naming) -> None:
     """This resource's routes for one naming of the family, added to `routes` (one router for all of them:
     every included router is one more step of each request's route matching)."""
-    tags = ["inference"]
+    tags: Tags = ["inference"]
     held = Depends(naming.family)
 
-    @routes.post(naming.prefix + "/classify", tags=tags, response_class=Response, responses={200: {"model": ClassifyResponse}} | ERRORS
-                 | {404: {"model": ErrorBody}}, openapi_extra=MULTIPART_DOC, operation_id=naming.op("classify"))
+    @routes.post(naming.prefix + "/classify", tags=tags, response_class=Response, responses=ERRORS | {200: {"model": ClassifyResponse},
+                 404: {"model": ErrorBody}}, openapi_extra=MULTIPART_DOC, operation_id=naming.op("classify"))
     async def classify(
         request: Request,
         runtime: RuntimeDep,
@@ -74,8 +75,8 @@ def add_routes(routes: APIRouter, naming: Naming) -> None:
         preference = family.preference(pref)
         tasks = select_tasks(task, family.tasks)
         await runtime.admit(family, 1)
-        files = await read_uploads(request, runtime.settings.max_files)
-        logits = await runtime.classify(family, files, preference.weights)
+        files = await read_uploads(request, runtime.settings.limits.max_files)
+        logits = await runtime.classify(family, files, np.asarray(preference.weights, dtype=np.float32))
         answer = classification(family.family_id, preference.canonical, preference.as_dict(), logits, tasks,
                                 family.classes, top_k, [name for name, _ in files])
         return Response(json_bytes(answer), media_type="application/json")

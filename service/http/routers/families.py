@@ -9,7 +9,7 @@ from service.http.dependencies import RuntimeDep
 from service.errors import ErrorBody
 from service.engine.families import FamilyView
 from service.http.schemas import FamilyOut, FamilySummary, TaskOut
-from service.http.routers import Naming
+from service.http.routers import Naming, Tags
 
 async def families(runtime: RuntimeDep) -> list[FamilySummary]:
     """Every family this service serves (newest first): which is the default, which are resident."""
@@ -35,7 +35,7 @@ def family_out(m) -> FamilyOut:
 def add_routes(routes: APIRouter, naming: Naming) -> None:
     """This resource's routes for one naming of the family, added to `routes` (one router for all of them:
     every included router is one more step of each request's route matching)."""
-    tags = ["models"]
+    tags: Tags = ["models"]
     held = Depends(naming.family)
 
     @routes.get(naming.prefix + "/family", tags=tags, response_model=FamilyOut, responses={503: {"model": ErrorBody}, 404: {"model": ErrorBody}},

@@ -38,7 +38,7 @@ def add_routes(routes: APIRouter, naming: Naming) -> None:
         return stored
 
     @routes.post(naming.prefix + "/select", tags=["inference"], response_class=Response,
-                 responses={200: {"model": SelectResponse}} | ERRORS | {404: {"model": ErrorBody}},
+                 responses=ERRORS | {200: {"model": SelectResponse}, 404: {"model": ErrorBody}},
                  openapi_extra=MULTIPART_DOC, operation_id=naming.op("select"))
     async def select(
         request: Request,
@@ -51,6 +51,6 @@ def add_routes(routes: APIRouter, naming: Naming) -> None:
         """The preference whose tower is most confident on a new task's unlabeled images: the lowest mean
         prediction entropy over the family's heads (Pareto Merging, section 4.3; `pmerge select`)."""
         await runtime.admit(family, 1)
-        files = await read_uploads(request, min(runtime.settings.max_files, MAX_SELECT_IMAGES))
+        files = await read_uploads(request, min(runtime.settings.limits.max_files, MAX_SELECT_IMAGES))
         answer = await select_preference(runtime, family, files, samples, seed)
         return Response(json_bytes(answer), media_type="application/json")

@@ -9,17 +9,17 @@ from fastapi.responses import Response, StreamingResponse
 from service.http.dependencies import RuntimeDep
 from service.engine.downloads import NotModified
 from service.engine.families import FamilyView
-from service.http.routers import ERRORS, Naming
+from service.http.routers import ERRORS, Naming, Responses, Tags
 from service.http.routers.classify import PREFERENCE_SCHEMA
 
-DOWNLOAD_RESPONSES = {200: {"content": {"application/octet-stream": {}}, "description": "safetensors checkpoint"},
+DOWNLOAD_RESPONSES: Responses = {200: {"content": {"application/octet-stream": {}}, "description": "safetensors checkpoint"},
                       304: {"description": "not modified (If-None-Match)"}, **ERRORS}
 
 
 def add_routes(routes: APIRouter, naming: Naming) -> None:
     """This resource's routes for one naming of the family, added to `routes` (one router for all of them:
     every included router is one more step of each request's route matching)."""
-    tags = ["models"]
+    tags: Tags = ["models"]
     held = Depends(naming.family)
 
     @routes.head(naming.prefix + "/models/{pref:path}", tags=tags, response_class=Response, responses=DOWNLOAD_RESPONSES,

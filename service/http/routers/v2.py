@@ -14,12 +14,13 @@ from service.http.dependencies import RuntimeDep
 from service.errors import BadRequest, ServiceError
 from service.engine.families import FamilyView
 from service.runtime.base import Runtime
+from service.http.routers import Responses, Tags
 from service.http.v2 import HEADER_LENGTH, IMAGE, ProtocolError, infer_response, model_metadata, parse_infer
 
 DEFAULT = "default"
 health = APIRouter(tags=["open inference protocol"])  # no key: orchestrators probe them
 ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
-RESPONSES = {s: ERROR for s in (400, 404, 503)}
+RESPONSES: Responses = {s: ERROR for s in (400, 404, 503)}
 
 
 def refused(e: ServiceError) -> JSONResponse:
@@ -50,7 +51,7 @@ async def ready(request: Request) -> Response:
 
 
 def add_routes(routes: APIRouter) -> None:
-    tags = ["open inference protocol"]
+    tags: Tags = ["open inference protocol"]
 
     @routes.get("/v2", tags=tags)
     async def server_metadata(request: Request) -> dict:
@@ -82,7 +83,7 @@ def add_routes(routes: APIRouter) -> None:
                 body = await request.body()
                 try:
                     parsed = parse_infer(body, request.headers.get(HEADER_LENGTH.lower()), family.tasks,
-                                         runtime.settings.max_files)
+                                         runtime.settings.limits.max_files)
                 except ProtocolError as e:
                     raise BadRequest(str(e)) from None
                 files = [(f"{IMAGE}[{i}]", data) for i, data in enumerate(parsed.images)]

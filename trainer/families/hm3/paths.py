@@ -20,6 +20,7 @@ from pathlib import Path as PathLike
 from typing import Optional, Sequence
 
 import torch
+from open_clip.transformer import VisionTransformer
 
 from models_store.atomic import write_text
 from models_store.kinds.point_set import FINETUNED, MERGE, SKIP
@@ -51,7 +52,8 @@ def validation_parts(val: dict[str, TaskData], search_images: int,
     """Each task's validation data split in two fixed, seeded, disjoint parts: the search part (at
     most `search_images`, at most half) on which every path is scored, and the rest, on which the
     search's finalists are confirmed."""
-    search, confirm = {}, {}
+    search: dict[str, TaskData] = {}
+    confirm: dict[str, TaskData] = {}
     for i, (t, d) in enumerate(val.items()):
         n = len(d.labels)
         if n < 2:
@@ -80,6 +82,8 @@ class Accuracies:
     def gain_over(self, start: "Accuracies", pref: Sequence[float]) -> tuple[float, float]:
         """The objective's gain over `start` on the same images, and its standard error from the
         paired per-image differences."""
+        if self.correct is None or start.correct is None:
+            raise ValueError("a gain needs both paths' per-image results, which are not saved")
         gain, variance = 0.0, 0.0
         for p, mine, theirs in zip(pref, self.correct, start.correct):
             d = mine.float() - theirs.float()
@@ -114,7 +118,7 @@ class PathEvaluator:
         self.cached_bytes = 0
         self.results: dict[tuple[int, Path], Accuracies] = {}
 
-    def _tower(self, pool: ModelPool, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+    def _tower(self, pool: ModelPool, weights: dict[str, torch.Tensor]) -> VisionTransformer:
         tower = pool.tower().to(self.device).eval()
         with torch.no_grad():
             for name, target in tower.state_dict().items():

@@ -141,18 +141,19 @@ def evaluation_log(ctx: LearnContext) -> EvaluationLog:
     return EvaluationLog(ctx.run_dir / "evaluations.json", ctx.resume, ctx.progress)
 
 
-def learn_front(ctx: LearnContext, config: MapConfig, method: str, adaptive: bool) -> Learned:
+def learn_front(ctx: LearnContext, config: MapConfig, method: str) -> Learned:
     """MAP's whole run: the design (all of the budget, or BMAP's initial part and its rounds), the
     evaluations (resumable), then `front_family`."""
     evaluator = CoefficientEvaluator(ctx.pool, validation_sets(ctx, config), ctx.device, config.eval_batch)
     log = evaluation_log(ctx)
     k = len(ctx.zoo.tasks)
     budget = config.budget or default_budget(k)
-    initial = min(budget, config.initial or surrogate_size(k) + k) if adaptive else budget
+    initial = (min(budget, config.initial or surrogate_size(k) + k) if isinstance(config, BayesianMapConfig)
+               else budget)
     points = design_points(k, initial, config.c_max, config.design, config.seed)
     scores = log.evaluate(evaluator, points, f"{method}: evaluate")
     extra: dict = {}
-    if adaptive:
+    if isinstance(config, BayesianMapConfig):
         points, scores, extra = error_driven_rounds(config, points, scores, budget, evaluator, log)
     return front_family(ctx, config, method, points, scores, evaluator, log, extra)
 
@@ -160,7 +161,7 @@ def learn_front(ctx: LearnContext, config: MapConfig, method: str, adaptive: boo
 @register_family("map", MapConfig, "MAP: quadratic surrogates of the task-arithmetic coefficients' metrics and "
                  "their NSGA-III Pareto set, from labelled validation data (kind point-set)")
 def learn(ctx: LearnContext, config: MapConfig):
-    return learn_front(ctx, config, "map", adaptive=False)
+    return learn_front(ctx, config, "map")
 
 
 class BayesianMapConfig(MapConfig):
@@ -175,7 +176,7 @@ def error_driven_rounds(config: BayesianMapConfig, points: np.ndarray, scores: l
                         evaluator: CoefficientEvaluator, log: EvaluationLog) -> tuple[np.ndarray, list[VectorScores], dict]:
     """BMAP's rounds until the budget is spent (trainer/map/adaptive.py)."""
     rng = np.random.default_rng(config.seed)
-    rounds = []
+    rounds: list[dict] = []
     for r in range(config.rounds):
         count = (budget - len(points)) // (config.rounds - r)
         if count <= 0:  # fewer new points than rounds left: they go to the last rounds
@@ -192,7 +193,7 @@ def error_driven_rounds(config: BayesianMapConfig, points: np.ndarray, scores: l
 @register_family("bmap", BayesianMapConfig, "Bayesian MAP: MAP whose evaluations after a smaller initial design go "
                  "where the surrogates' error and bootstrap spread are largest (kind point-set)")
 def learn_bayesian(ctx: LearnContext, config: BayesianMapConfig):
-    return learn_front(ctx, config, "bmap", adaptive=True)
+    return learn_front(ctx, config, "bmap")
 
 
 class NestedMapConfig(MapSearchConfig, PointsConfig):
@@ -234,5 +235,5 @@ def learn_nested(ctx: LearnContext, config: NestedMapConfig):
                                "members": len(prefs),
                                "map_default_design": default_budget(k)},
                "seconds_by_stage": by_stage(evaluator.timer)}
-    search = SearchBox(c_max=config.c_max, real_evaluations=metrics["real_evaluations"], seed=config.seed)
-    return point_set_family(ctx, members, metrics=metrics, search=search)
+    box = SearchBox(c_max=config.c_max, real_evaluations=metrics["real_evaluations"], seed=config.seed)
+    return point_set_family(ctx, members, metrics=metrics, search=box)

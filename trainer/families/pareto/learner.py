@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..registry import register_family
-from .train import BASES, DEFAULT_BASE, ParetoConfig, learn
+from .train import DEFAULT_BASE, BaseName, ParetoConfig, learn
 
 
 def base_field(method: str):
@@ -16,12 +16,12 @@ def base_field(method: str):
 
 class PlusConfig(ParetoConfig):
     method: Literal["pm++"] = "pm++"
-    base: Literal[BASES] = base_field("pm++")
+    base: BaseName = base_field("pm++")
 
 
 class PlainConfig(ParetoConfig):
     method: Literal["pm"] = "pm"
-    base: Literal[BASES] = base_field("pm")
+    base: BaseName = base_field("pm")
 
 
 register_family("pm", PlainConfig, "Pareto Merging: a base merge (--base, default TSV-M) plus a preference-"

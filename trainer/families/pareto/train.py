@@ -50,9 +50,9 @@ from ...pool import ModelPool
 from ..registry import LearnContext, Learned, LearnerConfig
 from .model import Base, FixedBase, LowRankInit, ParetoMerge
 
-BASES = ("adamerging", "adamerging++", "task-arithmetic", "ties", "tsv-m", "iso-c", "iso-cts", "wudi")
+BaseName = Literal["adamerging", "adamerging++", "task-arithmetic", "ties", "tsv-m", "iso-c", "iso-cts", "wudi"]
 LEARNED = {"adamerging": "pm", "adamerging++": "pm++"}  # the learned bases, and whose vectors they merge
-DEFAULT_BASE = {"pm": "tsv-m", "pm++": "adamerging++"}  # pm: the best of bench/results/pm-sweep-* (bases)
+DEFAULT_BASE: dict[str, BaseName] = {"pm": "tsv-m", "pm++": "adamerging++"}  # pm: the best of bench/results/pm-sweep-* (bases)
 
 
 class ParetoConfig(LearnerConfig):
@@ -78,7 +78,7 @@ class ParetoConfig(LearnerConfig):
         "task-vectors: A, B span the task vectors' top-r singular subspaces and G holds task arithmetic + "
         "preference's steering within them (not in the paper); kaiming: the paper's (A, B random, G zero)"))
     ties_k: float = Field(20.0, gt=0, le=100, description="pm++ and the adamerging++ base: TIES trim, percent kept")
-    base: Optional[Literal[BASES]] = Field(None, description=(
+    base: Optional[BaseName] = Field(None, description=(
         "the base merge, as `pmerge merge` makes it with its defaults: task-arithmetic, ties, tsv-m, iso-c, iso-cts, "
         "wudi (fixed), or adamerging / adamerging++, whose lambda pm learns with its low-rank term (on plain / TIES "
         "task vectors); pm and pm++ put their preference term on it, react corrects its features"))
@@ -122,6 +122,7 @@ def optimizer(model: ParetoMerge, cfg: ParetoConfig) -> torch.optim.Adam:
 def base_merge(pool: ModelPool, cfg: ParetoConfig, device: torch.device) -> Base:
     """The learned AdaMerging lambda, or a fixed merge of the method registry with its defaults."""
     name = cfg.base
+    assert name is not None, "ParetoConfig's validator sets the method's default base"
     if name in LEARNED:
         vectors = pool.task_vectors if LEARNED[name] == "pm" else ties_preprocess(pool.task_vectors, cfg.ties_k)
         return LayerwiseMerge(pool.pretrained, vectors, cfg.init, device)
@@ -151,7 +152,7 @@ class Checkpoint:
         with safe_open(str(self.path), "pt") as f:
             meta = f.metadata()
         saved = ParetoConfig.model_validate_json(meta["config"])
-        if saved.model_dump(exclude=cfg.id_exclude) != cfg.model_dump(exclude=cfg.id_exclude):
+        if saved.model_dump(exclude=set(cfg.id_exclude)) != cfg.model_dump(exclude=set(cfg.id_exclude)):
             raise ValueError(f"{self.path} was written with another configuration; rerun without --resume")
         tensors = load_state_dict(self.path)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})

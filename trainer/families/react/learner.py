@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from pydantic import Field
@@ -26,12 +25,12 @@ from models_store.kinds import anchored_map, feature_map
 from models_store.tower import load_tower
 
 from ...methods import MergeContext, get_method
-from ..pareto.train import BASES
+from ..pareto.train import BaseName
 from ..registry import LearnContext, Learned, LearnerConfig, register_family
 
 
 class ReactConfig(LearnerConfig):
-    base: Literal[BASES] = Field("tsv-m", description=(
+    base: BaseName = Field("tsv-m", description=(
         "react: the fixed merged tower the maps correct, a merge of `pmerge merge` with its defaults"))
     beta: float = Field(0.1, gt=0, description="react: the ridge beta, pulling each map towards its rotation")
     calibration: int = Field(2048, ge=1, description="react: unlabeled calibration images per task (at most)")
