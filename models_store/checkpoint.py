@@ -43,6 +43,16 @@ def load_state_dict(path: str | Path, device: "str | torch.device" = "cpu") -> S
         raise StoreError(f"{path} is not a readable safetensors file: {e}") from e
 
 
+def payload_bytes(path: str | Path) -> int:
+    """The bytes of a safetensors file's tensors, from its header alone (no torch, nothing loaded)."""
+    import json
+    import struct
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    return sum(e["data_offsets"][1] - e["data_offsets"][0] for k, e in header.items() if k != "__metadata__")
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from . import StoreError
 from .atomic import atomic_dir
-from .checkpoint import StateDict, load_state_dict, save_state_dict, sha256_file
+from .checkpoint import StateDict, load_state_dict, payload_bytes, save_state_dict, sha256_file
 from .preference import Preference, parse_preference
 from .preprocess import Preprocess
 from .kinds import FORMAT_1_KIND, KINDS, MATERIALIZATION, get_kind
@@ -139,6 +139,14 @@ def read_family_manifest(path: Path) -> tuple[FamilyManifest, str]:
     return manifest, hashlib.sha256(raw).hexdigest()
 
 
+class FileCost(BaseModel):
+    """What one file of a family costs: its bytes on disk, and on the device while it is served."""
+    name: str
+    disk_bytes: int
+    resident_bytes: int = Field(description="kept on the device while served, in the serving dtype, beside the "
+                                            "device cache (PMERGE_DEVICE_CACHE_BYTES) of materialised variants")
+
+
 class Family:
     """A verified family, loaded in memory: its manifest, heads and its kind's tensors (`body`).
 
@@ -183,6 +191,14 @@ class Family:
 
     def preference(self, text: str | None) -> Preference:
         return parse_preference(text, self.tasks)
+
+    def costs(self, dtype: "torch.dtype") -> list[FileCost]:
+        """Each file's bytes on disk and resident on the device when served in `dtype` (the heads as
+        stored; the manifest, read once, none)."""
+        stored = {name: payload_bytes(self.path / name) for name in self.files}
+        resident = self.body.resident_bytes(dtype, stored) | {HEADS: stored[HEADS], MANIFEST: 0}
+        return [FileCost(name=n, disk_bytes=(self.path / n).stat().st_size, resident_bytes=resident[n])
+                for n in (MANIFEST, *self.files)]
 
     def tower_specs(self) -> list[tuple[str, "torch.dtype", tuple[int, ...]]]:
         """(name, dtype, shape) of every tensor of theta(pref), the same for every preference."""

@@ -5,7 +5,6 @@ never families; a directory whose manifest cannot be read is skipped with a warn
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -96,6 +95,11 @@ def remove_family(store: str | Path, family_id: str) -> None:
     front_path(store, family_id).unlink(missing_ok=True)  # its evaluated front goes with it
 
 
+def disk_bytes(path: Path) -> int:
+    """A family directory's files, together (no file is read)."""
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+
+
 def describe_kind(m: FamilyManifest) -> str:
     """`kind=lowrank(rank=16,targets=8)`: the kind and its parameters, lists by their length, a
     rule (a dict with `rule`, point-set's `at_preference`) by its name."""
@@ -105,7 +109,3 @@ def describe_kind(m: FamilyManifest) -> str:
         return len(v) if isinstance(v, (list, dict)) else v
     params = ",".join(f"{k}={short(v)}" for k, v in m.kind_params.items())
     return f"kind={m.kind}({params})"
-
-
-def manifest_json(m: FamilyManifest) -> str:
-    return json.dumps(m.model_dump(), indent=2)

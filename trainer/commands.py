@@ -365,16 +365,18 @@ def store_flags(p: argparse.ArgumentParser) -> None:
 
 def store(args: argparse.Namespace) -> None:
     from models_store.family import Family
-    from models_store.store import describe_kind, family_path, list_families, manifest_json, remove_family
+    from models_store.store import describe_kind, disk_bytes, family_path, list_families, remove_family
     if not Path(args.store).is_dir():
         raise StoreError(f"no store at {args.store} (a directory that `pmerge train --store` writes)")
     if args.action == "ls":
         for m in list_families(args.store):
-            print(f"{m.family_id}\t{m.method}\t{m.created}\ttasks={','.join(m.task_names)}\t{describe_kind(m)}")
+            size = disk_bytes(family_path(args.store, m.family_id)) / 1e6
+            print(f"{m.family_id}\t{m.method}\t{m.created}\ttasks={','.join(m.task_names)}\t{describe_kind(m)}"
+                  f"\tdisk={size:.1f}MB")
     elif args.action in ("show", "run"):
         family = Family(family_path(args.store, args.family))  # verifies every sha256
         if args.action == "show":
-            print(manifest_json(family.manifest))
+            print(json.dumps(family.manifest.model_dump() | {"costs": costs_json(family)}, indent=2))
         else:
             import yaml
             print(yaml.safe_dump(recorded_run(family.manifest), sort_keys=False), end="")
@@ -383,6 +385,15 @@ def store(args: argparse.Namespace) -> None:
             raise ValueError("store rm: give the family id")
         remove_family(args.store, args.family)
         print(f"removed {args.family}")
+
+
+def costs_json(family) -> dict:
+    """Each file's bytes on disk and resident when served in float32 (a CPU) and bfloat16 (a GPU's default)."""
+    import torch
+    by_dtype = {str(d).removeprefix("torch."): {c.name: c for c in family.costs(d)} for d in (torch.float32, torch.bfloat16)}
+    return {name: {"disk_bytes": cost.disk_bytes,
+                   "resident_bytes": {dtype: costs[name].resident_bytes for dtype, costs in by_dtype.items()}}
+            for name, cost in by_dtype["float32"].items()}
 
 
 def export_flags(p: argparse.ArgumentParser) -> None:

@@ -117,6 +117,8 @@ class ModelFront:
     hypervolume: float = 0.0
     per_preference: bool = True  # one point per preference of the report (else a set of candidates)
     igd_plus: Optional[float] = None  # against the ground-truth front, when there is one
+    disk_bytes: Optional[int] = None  # a family's files (None: a baseline, nothing stored)
+    resident_bytes: dict[str, int] = field(default_factory=dict)  # serving dtype -> bytes held on the device
 
     def point(self, pref: Preference) -> Optional[FrontPoint]:
         """The point of that preference (a set of candidates has none)."""
@@ -213,6 +215,13 @@ def sweep(name: str, merge: Merger, prefs: list[Preference], evaluator: Evaluato
     seconds = time.perf_counter() - start
     log(f"{name}: {len(prefs)} preferences in {seconds:.1f} s")
     return ModelFront(name, points, seconds)
+
+
+def family_costs(family: Family) -> tuple[int, dict[str, int]]:
+    """A family's bytes on disk, and on the device when served in float32 (a CPU) and bfloat16 (a GPU)."""
+    resident = {str(d).removeprefix("torch."): sum(c.resident_bytes for c in family.costs(d))
+                for d in (torch.float32, torch.bfloat16)}
+    return sum(c.disk_bytes for c in family.costs(torch.float32)), resident
 
 
 def ta_pref(ctx: MergeContext, cfg: FrontConfig) -> Merger:
@@ -349,6 +358,7 @@ def compute_front(family: Family, cfg: FrontConfig, device: torch.device, zoo: O
         evaluator = Evaluator(member.manifest.architecture, member.heads, test, device)
         merge = (lambda m: lambda p: dict(m.iter_materialized(p, device)))(member)  # merged on the device
         report.models[name] = sweep(name, merge, prefs, evaluator, log)
+        report.models[name].disk_bytes, report.models[name].resident_bytes = family_costs(member)
         report.models |= {m.name: m for m in member_fronts(name, member, evaluator, log)}
     if pool is not None and (cfg.baselines or cfg.merges):
         # AdaMerging adapts on the tasks' test images without labels (its and the paper's protocol)

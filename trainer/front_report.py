@@ -58,7 +58,8 @@ def front_json(report: FrontReport) -> dict[str, Any]:
                                           "equal_over_best_merge": t.equal_over_best_merge}
                        for name, t in report.trade_offs().items()},
         "models": {name: {"hypervolume": m.hypervolume, "igd_plus": m.igd_plus, "per_preference": m.per_preference,
-                          "seconds": round(m.seconds, 2), "points": [point_json(p) for p in m.points]}
+                          "seconds": round(m.seconds, 2), "disk_bytes": m.disk_bytes,
+                          "resident_bytes": m.resident_bytes or None, "points": [point_json(p) for p in m.points]}
                    for name, m in report.models.items()},
     }
 
@@ -90,12 +91,17 @@ def front_markdown(report: FrontReport) -> str:
              + ("; IGD+ against the ground truth's non-dominated accuracies (lower is better)." if igd else "."),
              "Rows named `: members`, `: predicted` and the coefficient sets are sets of points, not one per "
              "preference.", "",
-             "| model | hypervolume |" + (" IGD+ |" if igd else "") + " points on front | seconds |",
-             "|---|---|" + ("---|" if igd else "") + "---|---|"]
+             "A family's cost: its files on disk, and what serving it keeps on a GPU's device in bfloat16 "
+             "(beside its cache of variants).", "",
+             "| model | hypervolume |" + (" IGD+ |" if igd else "") + " points on front | seconds | disk MB | resident MB |",
+             "|---|---|" + ("---|" if igd else "") + "---|---|---|---|"]
     for name, m in report.models.items():
         on = sum(p.on_front for p in m.points)
         igd_cell = (f" {m.igd_plus:.4f} |" if m.igd_plus is not None else " |") if igd else ""
-        lines.append(f"| {name} | {m.hypervolume:.4f} |{igd_cell} {on}/{len(m.points)} | {m.seconds:.1f} |")
+        disk = "" if m.disk_bytes is None else f"{m.disk_bytes / 1e6:.2f}"
+        resident = f"{m.resident_bytes['bfloat16'] / 1e6:.2f}" if m.resident_bytes else ""
+        lines.append(f"| {name} | {m.hypervolume:.4f} |{igd_cell} {on}/{len(m.points)} | {m.seconds:.1f} | {disk} | "
+                     f"{resident} |")
     trade_offs = report.trade_offs()
     if trade_offs:
         lines += ["", "## What each model gives up", "",

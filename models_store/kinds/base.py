@@ -60,6 +60,12 @@ def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def cast_bytes(state: dict[str, torch.Tensor], dtype: torch.dtype) -> int:
+    """A state's bytes with its floating-point tensors in `dtype` (as a servable holds its tower)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return sum(t.numel() * (size if t.is_floating_point() else t.element_size()) for t in state.values())
+
+
 class DeviceCache(Generic[V]):
     """Least recently used objects kept on the device, bounded in bytes (PMERGE_DEVICE_CACHE_BYTES):
     the one cache of every kind (variants' towers, feature-map preference maps). One entry
@@ -295,6 +301,12 @@ class KindFormat(ABC):
     @abstractmethod
     def tower_specs(self) -> list[Spec]:
         """(name, dtype, shape) of every tensor of a variant's tower, the same for every variant."""
+
+    def resident_bytes(self, dtype: torch.dtype, stored: dict[str, int]) -> dict[str, int]:
+        """What the servable keeps on the device for each of the kind's files, beside its cache, when
+        serving in `dtype`; `stored` is each file's tensor bytes. Default: the generic servable, which
+        holds every tensor the kind loaded, as stored."""
+        return {name: stored[name] for name in self.files}
 
     def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype,
                  cache_bytes: int, graphs: bool = False) -> Servable:

@@ -27,7 +27,7 @@ from .. import StoreError
 from ..checkpoint import StateDict, load_state_dict
 from ..tower import check_tower_state, load_tower
 from ..zoo import Head
-from .base import DeviceCache, KindFormat, Servable, Variant
+from .base import DeviceCache, KindFormat, Servable, Variant, cast_bytes
 
 NAME = "feature-map"
 BASE = "base.safetensors"
@@ -180,6 +180,10 @@ class FeatureMapFamily(KindFormat):
         `device` with the first tensor."""
         W = preference_map(self.W, self.C, variant, device)
         yield from folded(((name, w.to(device)) for name, w in self.base.items()), W)
+
+    def resident_bytes(self, dtype: torch.dtype, stored: dict[str, int]) -> dict[str, int]:
+        # the tower in the serving dtype; W C and C in float64, for the solves
+        return {BASE: cast_bytes(self.base, dtype), MAPS: 2 * self.W.numel() * 8}
 
     def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype,
                  cache_bytes: int, graphs: bool = False) -> FeatureMapServable:

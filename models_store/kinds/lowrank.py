@@ -36,7 +36,7 @@ from .. import StoreError
 from ..checkpoint import StateDict, load_state_dict
 from ..tower import check_tower_state, embed, load_tower, pool_project
 from ..zoo import Head
-from .base import KindFormat, Servable, Weights
+from .base import KindFormat, Servable, Weights, cast_bytes
 
 NAME = "lowrank"
 BASE = "base.safetensors"
@@ -255,6 +255,10 @@ class LowRankFamily(KindFormat):
             f = self.lowrank.get(name)
             w = w.to(device)
             yield name, w if f is None else (w.float() + f.to(device).delta(pref)).to(w.dtype)
+
+    def resident_bytes(self, dtype: torch.dtype, stored: dict[str, int]) -> dict[str, int]:
+        factors = {f"{n}.{part}": t for n, f in self.lowrank.items() for part, t in zip("ABG", (f.A, f.B, f.G))}
+        return {BASE: cast_bytes(self.base, dtype), LOWRANK: cast_bytes(factors, dtype)}  # both in the serving dtype
 
     def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype,
                  cache_bytes: int, graphs: bool = False) -> LowRankServable:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from models_store import StoreError
-from models_store.family import MANIFEST, FamilyManifest, is_family_id, shown_id
+from models_store.family import MANIFEST, FamilyManifest, FileCost, is_family_id, shown_id
 from models_store.preference import Preference, parse_preference
 from models_store.store import published
 
@@ -61,6 +61,7 @@ class FamilyView:
     manifest: FamilyManifest
     digest: str
     device_jpeg: bool = False  # its engine decodes JPEG files on its device
+    files: tuple[FileCost, ...] = ()  # each file's bytes on disk and on the device
 
     @property
     def family_id(self) -> str:

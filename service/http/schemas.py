@@ -5,6 +5,8 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, Field
 
+from models_store.family import FileCost
+
 
 class Label(BaseModel):
     label: str
@@ -61,6 +63,11 @@ class FamilyOut(BaseModel):
     image_size: int
     hyperparameters: dict[str, Any]
     metrics: dict[str, Any]
+    files: list[FileCost] = Field(description="each file of the family: its bytes on disk and those it keeps on the "
+                                              "device while served (in the serving dtype)")
+    disk_bytes: int = Field(description="the family's files on disk, together")
+    resident_bytes: int = Field(description="what serving the family keeps on the device, beside the device cache of "
+                                            "materialised variants (PMERGE_DEVICE_CACHE_BYTES, a bound)")
 
 
 class FamilySummary(BaseModel):

@@ -108,8 +108,8 @@ class EngineServer:
 
     async def hold(self, request: m.Hold, writer: asyncio.StreamWriter) -> None:
         async with self.runtime.hold(request.family) as view:
-            await ipc.send(writer, m.HoldReply(view.manifest.model_dump(mode="json"), view.digest,
-                                               view.device_jpeg).to_wire())
+            await ipc.send(writer, m.HoldReply(view.manifest.model_dump(mode="json"), view.digest, view.device_jpeg,
+                                               [f.model_dump() for f in view.files]).to_wire())
 
     async def classify(self, request: m.Classify, writer: asyncio.StreamWriter) -> None:
         shm = self.arenas.get(request.arena)

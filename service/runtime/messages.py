@@ -79,6 +79,7 @@ class HoldReply(Reply):
     manifest: dict[str, Any]
     digest: str
     device_jpeg: bool
+    files: list[dict[str, Any]]  # FileCost, as JSON
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import AsyncIterator, Optional, Sequence, TypeVar
 
 import numpy as np
 
-from models_store.family import FamilyManifest
+from models_store.family import FamilyManifest, FileCost
 from models_store.preference import Preference
 
 from service.runtime import ipc
@@ -109,7 +109,8 @@ class RemoteRuntime(Runtime):
             manifest = self._manifests.get(reply.digest)
             if manifest is None:
                 manifest = self._manifests[reply.digest] = FamilyManifest.model_validate(reply.manifest)
-            view = FamilyView(manifest, reply.digest, reply.device_jpeg)
+            view = FamilyView(manifest, reply.digest, reply.device_jpeg,
+                              tuple(FileCost.model_validate(f) for f in reply.files))
             self._held[family_id] = (time.monotonic() + HOLD_S, view)
         yield view
 

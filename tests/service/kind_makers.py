@@ -37,6 +37,8 @@ MAKERS: dict[str, Callable[[Path], Path]] = {
         store, family_id="ta-pref-contract", at_preference={"rule": "task-arithmetic", "scale": 0.3}),
     "feature-map": make_feature_map_family,
     "anchored-map": lambda store: make_feature_map_family(store, family_id="anchored-contract", anchor=0.6),
+    "anchored-map 4-bit": lambda store: make_feature_map_family(store, family_id="anchored-4bit-contract", anchor=0.6,
+                                                                towards_bits=4),
     vertex_kind.NAME: make_vertex_family}
 
 

@@ -138,9 +138,10 @@ FEATURE_MAP_ID = "react-test"
 
 def make_feature_map_family(store: Path, family_id: str = FEATURE_MAP_ID, seed: int = 0,
                             tasks: dict[str, list[str]] = TASKS, anchor: float | None = None,
-                            ill_conditioned: bool = False) -> Path:
+                            ill_conditioned: bool = False, towards_bits: int = 32) -> Path:
     """A random micro feature-map family whose per-task maps differ visibly; with `anchor`, an
-    anchored-map family whose fine-tuned towers are random too. `ill_conditioned`: each C_t as
+    anchored-map family whose fine-tuned towers are random too, their targets stored in
+    `towards_bits`. `ill_conditioned`: each C_t as
     ReACT's calibration makes it from fewer images than features, rank d/8 plus a 1e-6 ridge
     (condition numbers about 1e6)."""
     from models_store.kinds import anchored_map, feature_map
@@ -158,8 +159,12 @@ def make_feature_map_family(store: Path, family_id: str = FEATURE_MAP_ID, seed: 
                               kind=feature_map.NAME, kind_params={"dim": dim})
     if anchor is None:
         return publish_family(store, manifest, feature_map.family_files(base, W, C), heads)
-    towards = {t: {k: torch.randn(v.shape, generator=g) * 0.2 for k, v in base.items()} for t in tasks}
-    manifest = manifest.model_copy(update={"kind": anchored_map.NAME, "kind_params": {"dim": dim, "anchor": anchor}})
+    towards = {}
+    for t in tasks:
+        delta = {k: torch.randn(v.shape, generator=g) * 0.2 for k, v in base.items()}
+        towards |= anchored_map.target_tensors(t, delta, base, towards_bits)
+    manifest = manifest.model_copy(update={"kind": anchored_map.NAME, "kind_params": {
+        "dim": dim, "anchor": anchor, "towards_bits": towards_bits}})
     return publish_family(store, manifest, anchored_map.family_files(base, W, C, towards), heads)
 
 

@@ -135,3 +135,49 @@ def test_a_family_short_of_a_file_or_a_tensor_is_refused_by_name(served, tmp_pat
             with pytest.raises(StoreError) as refused:
                 open_family(copy.parent, family.family_id)
             assert name in str(refused.value), (kind, how, str(refused.value))
+
+
+def held_bytes(root, skip: tuple = ()) -> int:
+    """Bytes of the distinct tensor storages reachable from `root` (attributes, containers, modules),
+    leaving out the objects in `skip` (the cache of materialised variants)."""
+    seen_objects, storages = set(), {}
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen_objects or any(obj is s for s in skip):
+            continue
+        seen_objects.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(obj, torch.nn.Module):
+            stack.extend(obj.state_dict(keep_vars=True).values())
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif hasattr(obj, "__dict__") and type(obj).__module__.startswith(("models_store", "vertex_kind")):
+            stack.extend(vars(obj).values())
+    return sum(storages.values())
+
+
+def test_what_a_family_costs_is_what_its_files_take_and_its_servable_holds(served):
+    kind, url, family = served
+    body = httpx.get(f"{url}/family", timeout=30).json()
+    files = {f["name"]: f for f in body["files"]}
+    assert set(files) == {MANIFEST, *family.files} and files[MANIFEST]["resident_bytes"] == 0
+    for name, f in files.items():
+        assert f["disk_bytes"] == (family.path / name).stat().st_size, (kind, name)
+    assert body["disk_bytes"] == sum(f["disk_bytes"] for f in files.values())
+    assert body["resident_bytes"] == sum(f["resident_bytes"] for f in files.values())
+    # the figure is the servable's: what it holds beside its cache, served in float32 after a batch
+    model = family.servable(torch.device("cpu"), torch.float32)
+    size = family.manifest.preprocess.image_size
+    variants = family.resolve([parse_preference(p, family.tasks).weights for p in PREFS])
+    model.logits(torch.randn(len(PREFS), 3, size, size), variants)
+    # beside the cache, an anchored servable's family keeps the host's float32 W and C (on a GPU they stay
+    # on the host; the device holds W C and C in float64, counted)
+    family_copy = getattr(model, "family", None)
+    skip = [getattr(model, "cache", None), getattr(family_copy, "W", None), getattr(family_copy, "C", None)]
+    held = held_bytes(model, skip=tuple(x for x in skip if x is not None))
+    assert abs(held - body["resident_bytes"]) <= 0.02 * body["resident_bytes"], (kind, held, body["resident_bytes"])

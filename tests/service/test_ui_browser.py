@@ -168,6 +168,11 @@ def test_every_kind_and_several_families(store, browser, tmp_path):
             page.select_option('[data-testid="family"]', family_id)
             page.wait_for_function(  # the family is loaded: its download link is there
                 f"() => document.querySelector('[data-testid=download]').getAttribute('href').includes('{family_id}')")
+            # what the family costs, as /family says it: on disk and on the device
+            info = httpx.get(f"{url}/families/{family_id}/family", timeout=30).json()
+            cost = page.locator('[data-testid="family-cost"]').inner_text()
+            assert f"on disk {info['disk_bytes'] / 1e6:.2f} MB" in cost and "heads.safetensors" in cost, cost
+            assert f"when served {info['resident_bytes'] / 1e6:.2f} MB" in cost, cost
             page.fill('[data-testid="preference"]', "letters:1")
             page.press('[data-testid="preference"]', "Enter")
             pref = parse_preference("letters:1", list(TASKS)).canonical

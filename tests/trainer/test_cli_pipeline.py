@@ -136,9 +136,18 @@ def test_store_ls_show_rm(zoo_dir, tmp_path, capsys):
     main(["train", "--zoo", str(zoo_dir), "--store", str(tmp_path), "--steps", "2", "--rank", "2"])
     family_id = capsys.readouterr().out.strip().splitlines()[-1]
     main(["store", "ls", "--store", str(tmp_path)])
-    assert capsys.readouterr().out.startswith(family_id)
+    listed = capsys.readouterr().out
+    on_disk = sum(f.stat().st_size for f in (tmp_path / family_id).iterdir())
+    assert listed.startswith(family_id) and listed.rstrip().endswith(f"disk={on_disk / 1e6:.1f}MB")
     main(["store", "show", family_id, "--store", str(tmp_path)])
-    assert json.loads(capsys.readouterr().out)["family_id"] == family_id
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["family_id"] == family_id
+    # each file's bytes on disk, and on the device when served: bfloat16 holds half of float32's tower
+    costs = shown["costs"]
+    assert {n: c["disk_bytes"] for n, c in costs.items()} == {
+        n: (tmp_path / family_id / n).stat().st_size for n in costs}
+    base = costs["base.safetensors"]["resident_bytes"]
+    assert base["bfloat16"] * 2 == base["float32"] > 0
     main(["store", "rm", family_id, "--store", str(tmp_path)])
     main(["store", "ls", "--store", str(tmp_path)])
     assert capsys.readouterr().out.strip() == f"removed {family_id}"

@@ -164,6 +164,13 @@ def test_front_end_to_end(quick_store, tmp_path, capsys):
     assert set(front["equal"]["accuracy"]) == set(front["models"])
     assert front["priority"]["shapes"]["preference"] == "digits:0.15,shapes:0.7,glyphs:0.15"
     assert (out / "front.md").read_text().startswith("# Pareto front of family " + family_id)
+    # beside its quality, what the family costs: its files on disk, its bytes on the device (a baseline: none)
+    family_dir = store / family_id
+    assert front["models"]["family"]["disk_bytes"] == sum(f.stat().st_size for f in family_dir.iterdir())
+    resident = front["models"]["family"]["resident_bytes"]
+    assert 0 < resident["bfloat16"] < resident["float32"]
+    assert front["models"]["ta-pref"]["disk_bytes"] is None and front["models"]["ta-pref"]["resident_bytes"] is None
+    assert f"| {front['models']['family']['disk_bytes'] / 1e6:.2f} | {resident['bfloat16'] / 1e6:.2f} |" in printed
     assert (out / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
     # the family's own points are kept beside it in the store, for GET /families/{id}/front and /ui

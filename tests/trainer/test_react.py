@@ -99,15 +99,27 @@ def test_a_feature_map_family_refuses_maps_that_do_not_fit():
         FeatureMapFamily({k: v for k, v in base.items() if k != "proj"}, good, good, FeatureMapParams(dim=d), 3,
                          MICRO, "f")
     # anchored: every float parameter needs every task's direction, of the base's shape
-    from models_store.kinds.anchored_map import AnchoredMapFamily, AnchoredMapParams
+    from models_store.kinds.anchored_map import AnchoredMapFamily, AnchoredMapParams, Towards, read_towards, target_tensors
     params = AnchoredMapParams(dim=d, anchor=0.7)
     towards = {k: torch.zeros(3, *v.shape) for k, v in base.items() if v.is_floating_point()}
-    AnchoredMapFamily(base, good, good, towards, params, 3, MICRO, "a")
+    AnchoredMapFamily(base, good, good, Towards.dense(towards), params, 3, MICRO, "a")
     with pytest.raises(StoreError, match="towards.safetensors lacks or misshapes some task's tensor of proj"):
-        AnchoredMapFamily(base, good, good, {k: v for k, v in towards.items() if k != "proj"}, params, 3, MICRO, "a")
+        AnchoredMapFamily(base, good, good, Towards.dense({k: v for k, v in towards.items() if k != "proj"}), params,
+                          3, MICRO, "a")
     with pytest.raises(StoreError, match="lacks or misshapes some task's tensor of proj"):
-        AnchoredMapFamily(base, good, good, towards | {"proj": torch.zeros(2, *base["proj"].shape)}, params, 3,
-                          MICRO, "a")
+        AnchoredMapFamily(base, good, good, Towards.dense(towards | {"proj": torch.zeros(2, *base["proj"].shape)}),
+                          params, 3, MICRO, "a")
+    # quantised: each task's codes and scales, of the sizes the base's shapes give; the bits as kind_params say
+    stored = {}
+    for t in "abc":
+        stored |= target_tensors(t, {k: torch.randn(v.shape) for k, v in base.items()}, base, 4)
+    four = AnchoredMapParams(dim=d, anchor=0.7, towards_bits=4)
+    AnchoredMapFamily(base, good, good, read_towards(stored, base, list("abc"), 4), four, 3, MICRO, "a")
+    with pytest.raises(StoreError, match="lacks or misshapes some task's tensor of proj"):
+        AnchoredMapFamily(base, good, good, read_towards({k: v for k, v in stored.items() if k != "b/proj:scale"},
+                                                         base, list("abc"), 4), four, 3, MICRO, "a")
+    with pytest.raises(StoreError, match="holds 4-bit targets, kind_params say 32"):
+        AnchoredMapFamily(base, good, good, read_towards(stored, base, list("abc"), 4), params, 3, MICRO, "a")
     with pytest.raises(ValueError, match="anchor"):
         AnchoredMapParams(dim=d, anchor=0.4)  # below 0.5 two tasks could exceed it
 
@@ -117,7 +129,7 @@ def test_react_anchored_is_react_below_the_anchor_and_the_fine_tuned_tower_at_a_
     common = ["--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--calibration", "64", "--device", "cpu"]
     main(["train", "react", *common])
     react = open_family(tmp_path, capsys.readouterr().out.strip().splitlines()[-1])
-    main(["train", "react-anchored", *common, "--anchor", "0.6"])
+    main(["train", "react-anchored", *common, "--anchor", "0.6", "--towards-bits", "32"])
     family = open_family(tmp_path, capsys.readouterr().out.strip().splitlines()[-1])
     assert family.manifest.kind == "anchored-map" and family.manifest.kind_params["anchor"] == 0.6
     tasks = family.tasks
@@ -147,3 +159,25 @@ def test_react_anchored_is_react_below_the_anchor_and_the_fine_tuned_tower_at_a_
     small = family.servable(torch.device("cpu"), torch.float32, cache_bytes=family.tower_bytes())
     assert_serves_materialised(family, prefs, images, small)
     assert small.towers.cache is small.cache and small.cache.bytes <= family.tower_bytes()
+
+
+def test_react_anchored_stores_its_targets_in_four_bits_within_half_a_step(quick_zoo, tmp_path, capsys):
+    common = ["--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--calibration", "64", "--device", "cpu"]
+    main(["train", "react-anchored", *common, "--anchor", "0.6"])  # the default: 4 bits
+    family = open_family(tmp_path, capsys.readouterr().out.strip().splitlines()[-1])
+    assert family.manifest.kind_params["towards_bits"] == 4
+    main(["train", "react-anchored", *common, "--anchor", "0.6", "--towards-bits", "32"])
+    dense = open_family(tmp_path, capsys.readouterr().out.strip().splitlines()[-1])
+    size = lambda f: (tmp_path / f.family_id / "towards.safetensors").stat().st_size  # noqa: E731
+    # K 4-bit targets with a float16 scale per 64 values: 4.25 / 32 of the dense float32 ones, plus the
+    # headers, which name twice as many tensors (a visible part on this micro tower, nothing on a real one)
+    assert size(family) < 0.2 * size(dense)
+    base = family.materialize(from_weights([1, 1, 1], family.tasks))
+    for t in family.tasks:
+        mine = family.materialize(from_weights([float(u == t) for u in family.tasks], family.tasks))
+        finetuned = quick_zoo.finetuned(t)
+        for k, w in finetuned.items():
+            if not w.is_floating_point() or k == "proj":  # proj: the identity map folded in, as dense
+                continue
+            step = (w.float() - base[k].float()).abs().max() / 7  # the coarsest group's step bounds each
+            assert (mine[k].float() - w.float()).abs().max() <= step / 2 + 1e-6, (t, k)

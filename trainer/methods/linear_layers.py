@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from ..pool import TaskVector
+from ..progress import progress_bar
 
 EMBEDDINGS = ("positional_embedding", "class_embedding")
 MatrixMerge = Callable[[list[torch.Tensor]], torch.Tensor]  # the tasks' deltas of one weight -> merged delta
@@ -22,11 +23,12 @@ def is_linear(name: str, tensor: torch.Tensor) -> bool:
     return tensor.ndim == 2 and not any(e in name for e in EMBEDDINGS)
 
 
-def merge_layers(vectors: dict[str, TaskVector], merge_matrix: MatrixMerge) -> TaskVector:
+def merge_layers(vectors: dict[str, TaskVector], merge_matrix: MatrixMerge, desc: str = "merge",
+                 progress: bool = False) -> TaskVector:
     """One merged task vector, tensor by tensor: `merge_matrix` on linear weights, the mean elsewhere."""
     tasks = list(vectors)
     merged: TaskVector = {}
-    for name in vectors[tasks[0]]:
+    for name in progress_bar(list(vectors[tasks[0]]), desc=desc, unit="tensor", disable=not progress):
         deltas = [vectors[t][name] for t in tasks]
         merged[name] = merge_matrix(deltas) if is_linear(name, deltas[0]) else torch.stack(deltas).mean(0)
     return merged

@@ -36,5 +36,5 @@ def tsv_matrix(deltas: list[torch.Tensor], kept_fraction: float) -> torch.Tensor
 def tsv_m(ctx: MergeContext, config: TsvConfig):
     vectors = ctx.pool.task_vectors
     fraction = config.kept_fraction or 1.0 / len(vectors)
-    merged = merge_layers(vectors, lambda deltas: tsv_matrix(deltas, fraction))
+    merged = merge_layers(vectors, lambda deltas: tsv_matrix(deltas, fraction), "tsv-m", ctx.progress)
     return add_scaled(ctx.pool.pretrained, [merged], [config.scale])

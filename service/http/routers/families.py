@@ -21,7 +21,8 @@ def add_listing(routes: APIRouter) -> None:
                          responses={503: {"model": ErrorBody}})
 
 
-def family_out(m) -> FamilyOut:
+def family_out(family: FamilyView) -> FamilyOut:
+    m = family.manifest
     # the zoo is a path on the server that trained the family: its name is what a client can use
     zoo = PurePath(m.zoo).name if m.zoo else None
     hyperparameters = {k: v for k, v in m.hyperparameters.items() if k != "zoo"}  # format 1 kept it there
@@ -29,7 +30,9 @@ def family_out(m) -> FamilyOut:
                      kind_params=m.kind_params, zoo=zoo,
                      tasks=[TaskOut(name=t.name, classes=t.classes) for t in m.tasks],
                      architecture=m.architecture, image_size=m.preprocess.image_size,
-                     hyperparameters=hyperparameters, metrics=m.metrics)
+                     hyperparameters=hyperparameters, metrics=m.metrics, files=list(family.files),
+                     disk_bytes=sum(f.disk_bytes for f in family.files),
+                     resident_bytes=sum(f.resident_bytes for f in family.files))
 
 
 def add_routes(routes: APIRouter, naming: Naming) -> None:
@@ -41,5 +44,5 @@ def add_routes(routes: APIRouter, naming: Naming) -> None:
     @routes.get(naming.prefix + "/family", tags=tags, response_model=FamilyOut, responses={503: {"model": ErrorBody}, 404: {"model": ErrorBody}},
                 operation_id=naming.op("family_info"))
     async def family_info(family: FamilyView = held) -> FamilyOut:
-        return family_out(family.manifest)
+        return family_out(family)
 

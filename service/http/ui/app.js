@@ -337,6 +337,8 @@ async function loadFamilies() {
   }
 }
 
+function megabytes(n) { return `${(n / 1e6).toFixed(n < 1e7 ? 2 : 1)} MB`; }
+
 async function chooseFamily(id) {
   try {
     state.family = await (await api(familyPath(id) + "/family")).json();
@@ -346,6 +348,9 @@ async function chooseFamily(id) {
   }
   const names = tasks();
   $("family-info").textContent = `${state.family.method}, kind ${state.family.kind}; tasks ${names.join(", ")}`;
+  const files = state.family.files.map((f) => `${f.name} ${megabytes(f.disk_bytes)}, ${megabytes(f.resident_bytes)}`);
+  $("family-cost").textContent = `on disk ${megabytes(state.family.disk_bytes)}, on the device when served `
+    + `${megabytes(state.family.resident_bytes)} (plus its cache of variants): ${files.join("; ")}`;
   $("front-note").textContent = "";
   for (const [axis, pick] of [["axis-x", 0], ["axis-y", 1]]) {
     $(axis).replaceChildren(...names.map((t) => Object.assign(document.createElement("option"), { value: t, textContent: t })));

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -25,6 +26,7 @@ from models_store.kinds import anchored_map, feature_map
 from models_store.tower import load_tower
 
 from ...methods import MergeContext, get_method
+from ...progress import progress_bar
 from ..pareto.train import BaseName
 from ..registry import LearnContext, Learned, LearnerConfig, register_family
 
@@ -63,15 +65,17 @@ class ReactParts:
 
 
 def react_maps(zoo, merged: StateDict, unlabeled: dict[str, torch.Tensor], beta: float, calibration: int, seed: int,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+               device: torch.device, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(W [K, d, d], C [K, d, d]) float32: every task's map and calibration matrix for the base tower
-    `merged`, from at most `calibration` of each task's unlabeled images (drawn with `seed`)."""
+    `merged`, from at most `calibration` of each task's unlabeled images (drawn with `seed`); one
+    fine-tuned tower in memory at a time."""
     base_tower = load_tower(zoo.manifest.architecture, merged).to(device).eval()
     if base_tower.proj is None:
         raise ValueError("ReACT folds its maps into the tower's output projection `proj`; this tower has none")
     generator = torch.Generator().manual_seed(seed)
     maps, grams = [], []
-    for task in zoo.tasks:
+    for task in progress_bar(zoo.tasks, desc="react: calibration features and maps", unit="task",
+                             disable=not progress):
         images = unlabeled[task]
         chosen = torch.randperm(len(images), generator=generator)[:calibration]
         z_mtl = projected_features(base_tower, images[chosen], device)
@@ -85,9 +89,10 @@ def react_maps(zoo, merged: StateDict, unlabeled: dict[str, torch.Tensor], beta:
 
 def react_parts(ctx: LearnContext, config: ReactConfig) -> ReactParts:
     merged = get_method(config.base)(MergeContext(pool=ctx.pool, unlabeled=ctx.unlabeled, device=ctx.device,
-                                                  seed=config.seed, progress=False))
+                                                  seed=config.seed, progress=ctx.progress))
     stage = time.perf_counter()
-    W, C = react_maps(ctx.zoo, merged, ctx.unlabeled, config.beta, config.calibration, config.seed, ctx.device)
+    W, C = react_maps(ctx.zoo, merged, ctx.unlabeled, config.beta, config.calibration, config.seed, ctx.device,
+                      ctx.progress)
     return ReactParts(merged, W, C, time.perf_counter() - stage)
 
 
@@ -107,6 +112,9 @@ class AnchoredConfig(ReactConfig):
     anchor: float = Field(0.7, ge=0.5, lt=1.0, description=(
         "react-anchored: q; where one task weighs more than q the tower moves towards that task's fine-tuned tower, "
         "reaching it at the task's vertex"))
+    towards_bits: Literal[2, 4, 8, 32] = Field(4, description=(
+        "react-anchored: bits per parameter of each task's fine-tuned tower, stored as its difference from the base: "
+        "2, 4 or 8 quantised in groups of 64, 32 dense"))
 
 
 @register_family("react-anchored", AnchoredConfig, "ReACT anchored at the fine-tuned towers: ReACT where no task "
@@ -115,11 +123,16 @@ class AnchoredConfig(ReactConfig):
 def learn_anchored(ctx: LearnContext, config: AnchoredConfig):
     parts = react_parts(ctx, config)
     keys = [k for k, w in parts.merged.items() if w.is_floating_point()]
-    towards = {}
-    for t in ctx.zoo.tasks:
+    towards: StateDict = {}
+    stage = progress_bar(ctx.zoo.tasks, desc=f"react-anchored: {config.towards_bits}-bit targets", unit="task",
+                         disable=not ctx.progress)
+    for t in stage:  # one fine-tuned tower in memory at a time; a quantised target is a fraction of one
         finetuned = ctx.zoo.finetuned(t)
-        towards[t] = {k: finetuned[k].float() - parts.merged[k].float() for k in keys}
-    params = anchored_map.AnchoredMapParams(dim=parts.W.shape[-1], anchor=config.anchor)
+        delta = {k: finetuned[k].float() - parts.merged[k].float() for k in keys}
+        towards |= anchored_map.target_tensors(t, delta, parts.merged, config.towards_bits)
+        del finetuned, delta
+    params = anchored_map.AnchoredMapParams(dim=parts.W.shape[-1], anchor=config.anchor,
+                                            towards_bits=config.towards_bits)
     return Learned(kind=anchored_map.NAME, kind_params=params.model_dump(),
                    files=anchored_map.family_files(parts.merged, parts.W, parts.C, towards),
                    metrics=react_metrics(parts, config))
