@@ -61,13 +61,13 @@ def train(zoo: str, store: Path, bits: int, device: torch.device, calibration) -
 
 
 def resident_bytes(family, prefs, device: torch.device) -> dict[str, int]:
-    """What serving holds on the device after every preference of the grid: base tower, targets, cache."""
+    """What serving in float32 holds on the device after every preference of the grid: each file's
+    part (Family.costs), and the cache of variants (towers and maps) under the default bound."""
     model = family.servable(device, torch.float32)
     images = torch.randn(len(prefs), 3, *[family.manifest.preprocess.image_size] * 2)
-    model.logits(images.to(device), family.resolve(torch.stack([p.tensor() for p in prefs])),
-                 model.plan(family.resolve(torch.stack([p.tensor() for p in prefs]))))
-    base = sum(t.numel() * t.element_size() for t in model.tower.state_dict().values())
-    return {"base": base, "targets": model.family.towards.nbytes, "cache": model.cache.bytes}
+    variants = family.resolve(torch.stack([p.tensor() for p in prefs]))
+    model.logits(images.to(device), variants, model.plan(variants))
+    return {c.name: c.resident_bytes for c in family.costs(torch.float32)} | {"cache": model.cache.bytes}
 
 
 def summary(rows: list[dict], widths: list[int]) -> dict:

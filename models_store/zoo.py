@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -156,6 +156,26 @@ class Zoo:
 
     def pretrained(self) -> StateDict:
         return self.load(PRETRAINED)
+
+    def finetuned_tensor(self, task: str, key: str) -> "torch.Tensor":
+        """One tensor of task's fine-tuned tower, read alone (a learner that streams the zoo); the
+        file is checked as `load` checks it (hashed again only if it changed on disk)."""
+        from safetensors import safe_open
+        with safe_open(str(self._finetuned_file(task)), "pt") as f:  # opened per tensor: no mapping outlives its read
+            return f.get_tensor(key)
+
+    def stream_finetuned(self, task: str) -> "Iterator[tuple[str, torch.Tensor]]":
+        """Task's fine-tuned tower one tensor at a time (checked as `load` checks it)."""
+        from safetensors import safe_open
+        with safe_open(str(self._finetuned_file(task)), "pt") as f:
+            for key in f.keys():
+                yield key, f.get_tensor(key)
+
+    def _finetuned_file(self, task: str) -> Path:
+        self.task(task)
+        name = f"{task}/{FINETUNED}"
+        self.verify([name])
+        return self.root / name
 
     def finetuned(self, task: str) -> StateDict:
         self.task(task)

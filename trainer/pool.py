@@ -5,6 +5,7 @@ Task vectors are computed once and kept; every method reads them from here.
 from __future__ import annotations
 
 from functools import cached_property
+from typing import Iterator, Mapping
 
 import torch
 from open_clip.transformer import VisionTransformer
@@ -32,6 +33,23 @@ def add_scaled(pretrained: StateDict, vectors: list[TaskVector], scales: list[fl
     return out
 
 
+class StreamedTaskVector(Mapping[str, torch.Tensor]):
+    """tau_t[P] = theta_t[P] - theta0[P], read from the zoo when asked for and never kept: a merge that
+    goes tensor by tensor holds K tensors at a time instead of K towers."""
+
+    def __init__(self, pool: "ModelPool", task: str):
+        self.pool, self.task = pool, task
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.pool.zoo.finetuned_tensor(self.task, key).float() - self.pool.pretrained[key].float()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.pool.keys)
+
+    def __len__(self) -> int:
+        return len(self.pool.keys)
+
+
 class ModelPool:
     def __init__(self, zoo: Zoo):
         self.zoo = zoo
@@ -49,6 +67,17 @@ class ModelPool:
     @cached_property
     def task_vectors(self) -> dict[str, TaskVector]:
         return {t: task_vector(self.pretrained, self.zoo.finetuned(t), self.keys) for t in self.tasks}
+
+    def streamed_task_vectors(self) -> "dict[str, Mapping[str, torch.Tensor]]":
+        """The task vectors as kept ones if they are, else read tensor by tensor (StreamedTaskVector)."""
+        if "task_vectors" in self.__dict__:
+            return dict(self.task_vectors)
+        return {t: StreamedTaskVector(self, t) for t in self.tasks}
+
+    def release(self) -> None:
+        """Forget the tensors kept so far (the pretrained tower, the task vectors): a learner done with them."""
+        for name in ("pretrained", "keys", "task_vectors"):
+            self.__dict__.pop(name, None)
 
     @property
     def heads(self) -> dict[str, Head]:

@@ -56,12 +56,12 @@ def iso_cts_matrix(deltas: list[torch.Tensor], common_fraction: float) -> torch.
 
 @register("iso-c", IsoConfig, "Iso-C: the task-arithmetic sum with a flat spectrum. " + FALLBACK_HELP)
 def iso_c(ctx: MergeContext, config: IsoConfig):
-    return add_scaled(ctx.pool.pretrained, [merge_layers(ctx.pool.task_vectors, iso_c_matrix, "iso-c", ctx.progress)], [config.scale])
+    return add_scaled(ctx.pool.pretrained, [merge_layers(ctx.pool.streamed_task_vectors(), iso_c_matrix, "iso-c", ctx.progress)], [config.scale])
 
 
 @register("iso-cts", IsoCtsConfig, "Iso-CTS: Iso-C on a common subspace plus each task's own directions. "
           + FALLBACK_HELP)
 def iso_cts(ctx: MergeContext, config: IsoCtsConfig):
-    merged = merge_layers(ctx.pool.task_vectors, lambda deltas: iso_cts_matrix(deltas, config.common_fraction),
+    merged = merge_layers(ctx.pool.streamed_task_vectors(), lambda deltas: iso_cts_matrix(deltas, config.common_fraction),
                           "iso-cts", ctx.progress)
     return add_scaled(ctx.pool.pretrained, [merged], [config.scale])

@@ -5,7 +5,7 @@ matrix treatment; every other tensor (norms, biases, the patch convolution, the 
 positional embeddings) falls back to task arithmetic's mean, as the papers do."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -23,9 +23,11 @@ def is_linear(name: str, tensor: torch.Tensor) -> bool:
     return tensor.ndim == 2 and not any(e in name for e in EMBEDDINGS)
 
 
-def merge_layers(vectors: dict[str, TaskVector], merge_matrix: MatrixMerge, desc: str = "merge",
+def merge_layers(vectors: Mapping[str, Mapping[str, torch.Tensor]], merge_matrix: MatrixMerge, desc: str = "merge",
                  progress: bool = False) -> TaskVector:
-    """One merged task vector, tensor by tensor: `merge_matrix` on linear weights, the mean elsewhere."""
+    """One merged task vector, tensor by tensor: `merge_matrix` on linear weights, the mean elsewhere.
+    Each tensor is read once from each vector, so streamed vectors (ModelPool.streamed_task_vectors)
+    keep K tensors in memory, not K towers."""
     tasks = list(vectors)
     merged: TaskVector = {}
     for name in progress_bar(list(vectors[tasks[0]]), desc=desc, unit="tensor", disable=not progress):

@@ -34,7 +34,7 @@ def tsv_matrix(deltas: list[torch.Tensor], kept_fraction: float) -> torch.Tensor
 
 @register("tsv-m", TsvConfig, "TSV-M: each task's top singular vectors, orthogonalised across tasks. " + FALLBACK_HELP)
 def tsv_m(ctx: MergeContext, config: TsvConfig):
-    vectors = ctx.pool.task_vectors
+    vectors = ctx.pool.streamed_task_vectors()
     fraction = config.kept_fraction or 1.0 / len(vectors)
     merged = merge_layers(vectors, lambda deltas: tsv_matrix(deltas, fraction), "tsv-m", ctx.progress)
     return add_scaled(ctx.pool.pretrained, [merged], [config.scale])

@@ -45,6 +45,6 @@ def wudi_matrix(deltas: list[torch.Tensor], steps: int, lr: float, device: torch
 @register("wudi", WudiConfig, "WUDI: per linear layer, the delta that least interferes with each task vector's "
           "own subspace (data-free, by Adam). " + FALLBACK_HELP)
 def wudi(ctx: MergeContext, config: WudiConfig):
-    merged = merge_layers(ctx.pool.task_vectors, lambda deltas: wudi_matrix(deltas, config.steps, config.lr, ctx.device),
+    merged = merge_layers(ctx.pool.streamed_task_vectors(), lambda deltas: wudi_matrix(deltas, config.steps, config.lr, ctx.device),
                           "wudi", ctx.progress)
     return add_scaled(ctx.pool.pretrained, [merged], [config.scale])

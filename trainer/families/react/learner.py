@@ -23,9 +23,10 @@ from pydantic import Field
 
 from models_store.checkpoint import StateDict
 from models_store.kinds import anchored_map, feature_map
-from models_store.tower import load_tower
+from models_store.tower import build_tower
 
 from ...methods import MergeContext, get_method
+from ...memory import release_freed_memory
 from ...progress import progress_bar
 from ..pareto.train import BaseName
 from ..registry import LearnContext, Learned, LearnerConfig, register_family
@@ -64,12 +65,24 @@ class ReactParts:
     seconds: float  # the preference stage: features and solves
 
 
+def streamed_tower(zoo, task: str) -> torch.nn.Module:
+    """Task's fine-tuned tower, its tensors copied in one at a time from the zoo's file."""
+    tower = build_tower(zoo.manifest.architecture)
+    params = tower.state_dict()
+    with torch.no_grad():
+        for key, value in zoo.stream_finetuned(task):
+            params[key].copy_(value)
+    return tower
+
+
 def react_maps(zoo, merged: StateDict, unlabeled: dict[str, torch.Tensor], beta: float, calibration: int, seed: int,
                device: torch.device, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(W [K, d, d], C [K, d, d]) float32: every task's map and calibration matrix for the base tower
     `merged`, from at most `calibration` of each task's unlabeled images (drawn with `seed`); one
     fine-tuned tower in memory at a time."""
-    base_tower = load_tower(zoo.manifest.architecture, merged).to(device).eval()
+    base_tower = build_tower(zoo.manifest.architecture)
+    base_tower.load_state_dict(merged, assign=True)  # the merged tensors themselves: no second copy
+    base_tower = base_tower.to(device).eval()
     if base_tower.proj is None:
         raise ValueError("ReACT folds its maps into the tower's output projection `proj`; this tower has none")
     generator = torch.Generator().manual_seed(seed)
@@ -79,8 +92,10 @@ def react_maps(zoo, merged: StateDict, unlabeled: dict[str, torch.Tensor], beta:
         images = unlabeled[task]
         chosen = torch.randperm(len(images), generator=generator)[:calibration]
         z_mtl = projected_features(base_tower, images[chosen], device)
-        finetuned = load_tower(zoo.manifest.architecture, zoo.finetuned(task)).to(device).eval()
+        finetuned = streamed_tower(zoo, task).to(device).eval()
         z_ind = projected_features(finetuned, images[chosen], device)
+        del finetuned
+        release_freed_memory()
         w, c = task_map(z_mtl, z_ind, beta)
         maps.append(w.float())
         grams.append(c.float())
@@ -90,6 +105,8 @@ def react_maps(zoo, merged: StateDict, unlabeled: dict[str, torch.Tensor], beta:
 def react_parts(ctx: LearnContext, config: ReactConfig) -> ReactParts:
     merged = get_method(config.base)(MergeContext(pool=ctx.pool, unlabeled=ctx.unlabeled, device=ctx.device,
                                                   seed=config.seed, progress=ctx.progress))
+    ctx.pool.release()  # the merge is all this learner needs of the pool
+    release_freed_memory()
     stage = time.perf_counter()
     W, C = react_maps(ctx.zoo, merged, ctx.unlabeled, config.beta, config.calibration, config.seed, ctx.device,
                       ctx.progress)
@@ -122,15 +139,16 @@ class AnchoredConfig(ReactConfig):
                  "(kind anchored-map)")
 def learn_anchored(ctx: LearnContext, config: AnchoredConfig):
     parts = react_parts(ctx, config)
-    keys = [k for k, w in parts.merged.items() if w.is_floating_point()]
+    merged = parts.merged
     towards: StateDict = {}
     stage = progress_bar(ctx.zoo.tasks, desc=f"react-anchored: {config.towards_bits}-bit targets", unit="task",
                          disable=not ctx.progress)
-    for t in stage:  # one fine-tuned tower in memory at a time; a quantised target is a fraction of one
-        finetuned = ctx.zoo.finetuned(t)
-        delta = {k: finetuned[k].float() - parts.merged[k].float() for k in keys}
-        towards |= anchored_map.target_tensors(t, delta, parts.merged, config.towards_bits)
-        del finetuned, delta
+    for t in stage:  # one tensor of one fine-tuned tower in memory at a time, beside the targets made so far
+        for key, value in ctx.zoo.stream_finetuned(t):
+            if merged[key].is_floating_point():
+                delta = {key: value.float() - merged[key].float()}
+                towards |= anchored_map.target_tensors(t, delta, merged, config.towards_bits)
+        release_freed_memory()  # the task's temporaries, before the next task's
     params = anchored_map.AnchoredMapParams(dim=parts.W.shape[-1], anchor=config.anchor,
                                             towards_bits=config.towards_bits)
     return Learned(kind=anchored_map.NAME, kind_params=params.model_dump(),
