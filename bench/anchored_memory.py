@@ -10,8 +10,6 @@ tower is the architecture's float32 bytes.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench.common import add_common_args, machine_info, markdown_table, now_iso, run_benchmark, write_result  # noqa: E402
+from bench.common import (add_common_args, machine_info, markdown_table, now_iso, run_benchmark,  # noqa: E402
+                          run_with_peak, write_result)
 from bench.map_speed import random_images, random_zoo  # noqa: E402
 from models_store.store import open_family  # noqa: E402
 
@@ -39,16 +38,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 def train(zoo: Path, store: Path, bits: int, args: argparse.Namespace, device: torch.device) -> tuple[str, int, float]:
     """(family id, peak RSS bytes, seconds) of one `pmerge train react-anchored` in its own process."""
-    import time
     argv = [sys.executable, "-m", "models_store.cli", "train", "react-anchored", "--zoo", str(zoo), "--store",
             str(store), "--towards-bits", str(bits), "--calibration", str(args.calibration), "--device", device.type]
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    out = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({status})")
-    return out.strip().splitlines()[-1], usage.ru_maxrss * 1024, time.perf_counter() - start
+    out, peak, seconds = run_with_peak(argv)
+    return out.strip().splitlines()[-1], peak, seconds
 
 
 def run(args: argparse.Namespace, device: torch.device) -> dict:

@@ -15,8 +15,6 @@ the fine-tuned tower's, and the largest drop of any task's accuracy at any prefe
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from bench.common import (add_common_args, machine_info, markdown_table, now_iso, run_benchmark,  # noqa: E402
-                          temporary_store, write_result)
+                          run_with_peak, temporary_store, write_result)
 from models_store.preference import equal_preference  # noqa: E402
 from models_store.simplex import vertices  # noqa: E402
 from models_store.store import family_path, open_family  # noqa: E402
@@ -52,12 +50,8 @@ def train(zoo: str, store: Path, bits: int, device: torch.device, calibration) -
     argv = [sys.executable, "-m", "models_store.cli", "train", "react-anchored", "--zoo", zoo, "--store", str(store),
             "--towards-bits", str(bits), "--device", device.type]
     argv += ["--calibration", str(calibration)] if calibration else []
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    out = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({status})")
-    return out.strip().splitlines()[-1], usage.ru_maxrss * 1024
+    out, peak, _ = run_with_peak(argv)
+    return out.strip().splitlines()[-1], peak
 
 
 def resident_bytes(family, prefs, device: torch.device) -> dict[str, int]:

@@ -338,3 +338,24 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
 
 def mib(n: float) -> float:
     return n / (1 << 20)
+
+
+# a child's ru_maxrss counts the memory it had between fork and exec, a copy of its parent's: a
+# benchmark holding a zoo would see its own size in every child. A small launcher forks instead.
+_LAUNCHER = ("import os, subprocess, sys\n"
+             "p = subprocess.Popen(sys.argv[1:])\n"
+             "_, status, usage = os.wait4(p.pid, 0)\n"
+             "print(usage.ru_maxrss, file=sys.stderr)\n"
+             "sys.exit(os.waitstatus_to_exitcode(status))")
+
+
+def run_with_peak(argv: list[str]) -> tuple[str, int, float]:
+    """(stdout, peak RSS bytes, seconds) of a command, its peak measured by a small launcher's wait4."""
+    import subprocess
+    import time
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done.stdout, int(done.stderr.strip().splitlines()[-1]) * 1024, seconds
