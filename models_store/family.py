@@ -29,6 +29,8 @@ HEADS = "heads.safetensors"
 # A family id is a directory name of the store and a path segment of the API: never a path, never
 # longer than a file name may be. The one definition, for manifests, stores and routes.
 FAMILY_ID_MAX = 128
+SERVED_TOWERS = 3  # by default, a family keeps on the device at most this many of its towers (serving dtype),
+# what it holds resident and its cache together; its cache has room for one tower at least
 _FAMILY_ID = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.+-]{{0,{FAMILY_ID_MAX - 1}}}")
 
 
@@ -140,11 +142,14 @@ def read_family_manifest(path: Path) -> tuple[FamilyManifest, str]:
 
 
 class FileCost(BaseModel):
-    """What one file of a family costs: its bytes on disk, and on the device while it is served."""
+    """What one file of a family costs: its bytes on disk, on the device and in host memory while it is served."""
     name: str
     disk_bytes: int
     resident_bytes: int = Field(description="kept on the device while served, in the serving dtype, beside the "
                                             "device cache (PMERGE_DEVICE_CACHE_BYTES) of materialised variants")
+    host_bytes: int = Field(0, description="kept in host memory while served on an accelerator, copied to the device "
+                                           "a piece at a time when a batch needs it (on a CPU, host and device are "
+                                           "one memory: count both)")
 
 
 class Family:
@@ -197,8 +202,17 @@ class Family:
         stored; the manifest, read once, none)."""
         stored = {name: payload_bytes(self.path / name) for name in self.files}
         resident = self.body.resident_bytes(dtype, stored) | {HEADS: stored[HEADS], MANIFEST: 0}
-        return [FileCost(name=n, disk_bytes=(self.path / n).stat().st_size, resident_bytes=resident[n])
-                for n in (MANIFEST, *self.files)]
+        host = self.body.host_bytes(stored)
+        return [FileCost(name=n, disk_bytes=(self.path / n).stat().st_size, resident_bytes=resident[n],
+                         host_bytes=host.get(n, 0)) for n in (MANIFEST, *self.files)]
+
+    def device_cache_bytes(self, dtype: "torch.dtype", configured: Optional[int] = None) -> int:
+        """The bound of the servable's device cache: `configured`, else what SERVED_TOWERS of its
+        towers leave beside its resident bytes, one tower at least."""
+        if configured is not None:
+            return configured
+        tower, resident = self.tower_bytes(dtype), sum(c.resident_bytes for c in self.costs(dtype))
+        return max(tower, SERVED_TOWERS * tower - resident)
 
     def tower_specs(self) -> list[tuple[str, "torch.dtype", tuple[int, ...]]]:
         """(name, dtype, shape) of every tensor of theta(pref), the same for every preference."""

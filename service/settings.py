@@ -85,9 +85,11 @@ class Caches(BaseModel):
     """What is kept for reuse: families resident, variants on the device, checkpoints on disk."""
     max_families: int = Field(4, ge=1, description="families resident at once, each with its engine (least "
                                                    "recently used out, never one with requests in flight)")
-    device_cache_bytes: int = Field(GiB, ge=1, description="what a family's servable keeps materialised on the "
-                                                           "device, at most (point-set towers, feature-map maps; "
-                                                           "least recently used out, one always kept)")
+    device_cache_bytes: Optional[int] = Field(None, ge=1, description=(
+        "what a family's servable keeps materialised on the device, at most (point-set and anchored towers, "
+        "feature-map maps; towers out first, least recently used, one entry always kept); default what leaves "
+        "the family at three of its towers on the device, its resident tensors and cache together, one tower at "
+        "least"))
     download_cache_dir: Optional[Path] = None
     download_cache_bytes: int = Field(2 * GiB, ge=0)
 

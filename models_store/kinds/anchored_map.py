@@ -20,7 +20,9 @@ kind_params: `dim`, `anchor` and `towards_bits`.
 
 A variant is (canonical weights, anchor). Serving: the base tower once for the images whose preferences need no anchoring, one anchored
 tower per distinct (k, a) for the others (materialised on the device), then each image's map;
-towers and maps share one DeviceCache, so the family keeps at most its bound, whichever it holds.
+towers and maps share one DeviceCache, so the family keeps at most its bound, whichever it holds,
+towers out first. On an accelerator the targets stay in host memory and a tower's build copies
+task k's piece of each tensor: the device holds the base, the maps and the cache, whatever K.
 A download is tower(p) with its map folded into proj, as feature-map's: a plain open_clip tower.
 """
 from __future__ import annotations
@@ -75,14 +77,25 @@ class Towards:
         return name in self.tensors
 
     def delta(self, name: str, k: int, device: torch.device) -> torch.Tensor:
+        """Task k's target of `name` on `device`, in float32 (only task k's piece is copied there)."""
         if self.bits == DENSE:
-            return self.tensors[name][k].to(device).float()
-        return dequantize(self.tensors[name][k].to(device), self.scales[name][k].to(device), self.bits,
-                          self.shapes[name])
+            return self.tensors[name][k].to(device, non_blocking=True).float()
+        return dequantize(self.tensors[name][k].to(device, non_blocking=True),
+                          self.scales[name][k].to(device, non_blocking=True), self.bits, self.shapes[name])
 
     def to(self, device: torch.device) -> "Towards":
         move = lambda d: {p: v.to(device) for p, v in d.items()}  # noqa: E731
         return Towards(move(self.tensors), move(self.scales), self.shapes, self.bits)
+
+    def held_for(self, device: torch.device) -> "Towards":
+        """Where a servable on `device` keeps the targets: on the CPU, there; on an accelerator, in host
+        memory (pinned where CUDA runs, so a copy does not wait on the host), so the device holds
+        the base and its cache whatever K, and a corner's build copies one task's piece."""
+        if device.type == "cpu":
+            return self.to(device)
+        pin = torch.cuda.is_available()
+        host = lambda d: {p: v.cpu().pin_memory() if pin else v.cpu() for p, v in d.items()}  # noqa: E731
+        return Towards(host(self.tensors), host(self.scales), self.shapes, self.bits)
 
     @property
     def nbytes(self) -> int:
@@ -155,7 +168,7 @@ class AnchoredMapServable(FeatureMapServable):
                          cache_bytes, graphs)
         # the base's tensors are the served tower's own (serving dtype, on the device): no second copy
         self.family: AnchoredMapFamily = family.moved(base=self.tower.state_dict(),
-                                                      towards=family.towards.to(self.device))
+                                                      towards=family.towards.held_for(self.device))
         # one cache for the maps (keyed by variant) and the towers (keyed by TOWER, k, a): the
         # family keeps at most cache_bytes on the device, whichever it holds
         self.towers = TowerCache(family.architecture, family.tower_specs(), self.device, dtype, self.cache, self.graphed)
@@ -261,7 +274,10 @@ class AnchoredMapFamily(FeatureMapFamily):
                            for name, w in self.base.items()), W)
 
     def resident_bytes(self, dtype: torch.dtype, stored: dict[str, int]) -> dict[str, int]:
-        return super().resident_bytes(dtype, stored) | {TOWARDS: self.towards.nbytes}  # targets as stored
+        return super().resident_bytes(dtype, stored) | {TOWARDS: 0}  # the targets stay in host memory
+
+    def host_bytes(self, stored: dict[str, int]) -> dict[str, int]:
+        return {TOWARDS: self.towards.nbytes}  # as stored
 
     def on_device(self, device: torch.device) -> "AnchoredMapFamily":
         return self.moved(base={k: v.to(device) for k, v in self.base.items()}, towards=self.towards.to(device))

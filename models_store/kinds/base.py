@@ -69,13 +69,15 @@ def cast_bytes(state: dict[str, torch.Tensor], dtype: torch.dtype) -> int:
 class DeviceCache(Generic[V]):
     """Least recently used objects kept on the device, bounded in bytes (PMERGE_DEVICE_CACHE_BYTES):
     the one cache of every kind (variants' towers, feature-map preference maps). One entry
-    is always kept, however large, so a batch can be served. Evicted values go to `on_evict`, which
-    may reuse their memory."""
+    is always kept, however large, so a batch can be served. Entries put with `evict_first` (towers
+    that one pass over the family's tensors rebuilds) go before the others, least recently used
+    first within each. Evicted values go to `on_evict`, which may reuse their memory."""
 
     def __init__(self, max_bytes: int, on_evict: Optional[Callable[[V], None]] = None):
         self.max_bytes = max_bytes
         self.on_evict = on_evict or (lambda value: None)
         self.entries: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
+        self.first: set[Hashable] = set()  # the keys put with evict_first
         self.bytes = 0
         self.misses = 0
 
@@ -100,20 +102,24 @@ class DeviceCache(Generic[V]):
         """Evict least recently used entries (never those in `keep`) until `nbytes` more fit; the
         evicted values, for their memory."""
         evicted = []
-        for key in list(self.entries):
+        order = sorted(self.entries, key=lambda key: key not in self.first)  # stable: LRU within each
+        for key in order:
             if self.bytes + nbytes <= self.max_bytes:
                 break
             if key in keep:
                 continue
             value, size = self.entries.pop(key)
+            self.first.discard(key)
             self.bytes -= size
             evicted.append(value)
             self.on_evict(value)
         return evicted
 
-    def put(self, key: Hashable, value: V, nbytes: int) -> V:
+    def put(self, key: Hashable, value: V, nbytes: int, evict_first: bool = False) -> V:
         self.misses += 1
         self.entries[key] = (value, nbytes)
+        if evict_first:
+            self.first.add(key)
         self.bytes += nbytes
         return value
 
@@ -308,6 +314,11 @@ class KindFormat(ABC):
         holds every tensor the kind loaded, as stored."""
         return {name: stored[name] for name in self.files}
 
+    def host_bytes(self, stored: dict[str, int]) -> dict[str, int]:
+        """What the servable keeps in host memory on an accelerator, per file (read from there a piece
+        at a time); default none."""
+        return {}
+
     def servable(self, heads: dict[str, Head], device: torch.device, dtype: torch.dtype,
                  cache_bytes: int, graphs: bool = False) -> Servable:
         """The family on `device` (default: the generic servable)."""
@@ -374,7 +385,7 @@ class TowerCache:
                 if target is not None:
                     targets[target].copy_(value)
         self.built += 1
-        return self.cache.put(key, tower, nbytes)
+        return self.cache.put(key, tower, nbytes, evict_first=True)
 
 
 def _kept(name: str, kept: Optional[list[int]]) -> Optional[str]:

@@ -52,7 +52,8 @@ class EngineConfig:
     max_batch: int = 64
     max_wait_ms: float = 5.0
     queue_size: int = 1024
-    device_cache_bytes: int = 1 << 30  # what the servable may keep materialised on the device
+    device_cache_bytes: Optional[int] = None  # what the servable may keep materialised on the device (None: the
+    # family's default, Family.device_cache_bytes)
     graphs: bool = False  # CUDA graphs (CUDA only)
     device_jpeg: bool = False  # JPEG files are decoded on the device (the front ends send them whole)
 
@@ -178,7 +179,8 @@ class Engine:
     @classmethod
     def from_family(cls, family: Family, config: EngineConfig, **hooks) -> "Engine":
         graphs = config.graphs and config.device.type == "cuda"
-        return cls(family.servable(config.device, config.dtype, config.device_cache_bytes, graphs), config,
+        cache_bytes = family.device_cache_bytes(config.dtype, config.device_cache_bytes)
+        return cls(family.servable(config.device, config.dtype, cache_bytes, graphs), config,
                    tasks=len(family.tasks), preprocess=family.manifest.preprocess, resolve=family.resolve, **hooks)
 
     # --- lifecycle ------------------------------------------------------------------------

@@ -62,6 +62,7 @@ class FamilyView:
     digest: str
     device_jpeg: bool = False  # its engine decodes JPEG files on its device
     files: tuple[FileCost, ...] = ()  # each file's bytes on disk and on the device
+    cache_bytes: int = 0  # the bound of its servable's device cache
 
     @property
     def family_id(self) -> str:

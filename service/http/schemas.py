@@ -67,7 +67,12 @@ class FamilyOut(BaseModel):
                                               "device while served (in the serving dtype)")
     disk_bytes: int = Field(description="the family's files on disk, together")
     resident_bytes: int = Field(description="what serving the family keeps on the device, beside the device cache of "
-                                            "materialised variants (PMERGE_DEVICE_CACHE_BYTES, a bound)")
+                                            "materialised variants (`device_cache_bytes`)")
+    host_bytes: int = Field(description="what serving the family keeps in host memory on an accelerator, copied to "
+                                        "the device a piece at a time (on a CPU, host and device are one memory)")
+    device_cache_bytes: int = Field(description="the bound of the device cache of materialised variants "
+                                                "(PMERGE_DEVICE_CACHE_BYTES; by default, what leaves the family at three of its "
+                                                "towers on the device, one tower at least)")
 
 
 class FamilySummary(BaseModel):

@@ -109,7 +109,7 @@ class EngineServer:
     async def hold(self, request: m.Hold, writer: asyncio.StreamWriter) -> None:
         async with self.runtime.hold(request.family) as view:
             await ipc.send(writer, m.HoldReply(view.manifest.model_dump(mode="json"), view.digest, view.device_jpeg,
-                                               [f.model_dump() for f in view.files]).to_wire())
+                                               [f.model_dump() for f in view.files], view.cache_bytes).to_wire())
 
     async def classify(self, request: m.Classify, writer: asyncio.StreamWriter) -> None:
         shm = self.arenas.get(request.arena)

@@ -75,7 +75,8 @@ class LocalRuntime(Runtime):
                                     on_queue_wait=self.metrics.queue_wait.observe)
         engine.start()
         log.info("serving family %s (%s) on %s/%s", family.family_id, ", ".join(family.tasks), device, config.dtype)
-        view = FamilyView(family.manifest, family.digest, config.device_jpeg, tuple(family.costs(config.dtype)))
+        view = FamilyView(family.manifest, family.digest, config.device_jpeg, tuple(family.costs(config.dtype)),
+                          family.device_cache_bytes(config.dtype, config.device_cache_bytes))
         return Served(family, engine, DownloadCache(s.downloads_dir, s.caches.download_cache_bytes, family, device), view)
 
     def close(self) -> None:

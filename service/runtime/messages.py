@@ -3,7 +3,7 @@ carries them as a JSON header and an optional payload): one class per request an
 the operation each request names. Both ends build and read these classes, never bare dicts, so a
 field renamed on one side fails in mypy and the tests rather than in a request.
 
-    Hold(family)                        -> HoldReply(manifest, digest, device_jpeg)
+    Hold(family)                        -> HoldReply(manifest, digest, device_jpeg, files, cache_bytes)
     Classify(family, digest, arena,
              images, prefs, background)  -> ClassifyReply(tasks, sizes) + logits [N, sum of classes] float32
     Checkpoint(family, digest, pref,     -> CheckpointReply(etag, variant, not_modified | size, filename,
@@ -80,6 +80,7 @@ class HoldReply(Reply):
     digest: str
     device_jpeg: bool
     files: list[dict[str, Any]]  # FileCost, as JSON
+    cache_bytes: int
 
 
 @dataclass(frozen=True)

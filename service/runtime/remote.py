@@ -110,7 +110,7 @@ class RemoteRuntime(Runtime):
             if manifest is None:
                 manifest = self._manifests[reply.digest] = FamilyManifest.model_validate(reply.manifest)
             view = FamilyView(manifest, reply.digest, reply.device_jpeg,
-                              tuple(FileCost.model_validate(f) for f in reply.files))
+                              tuple(FileCost.model_validate(f) for f in reply.files), reply.cache_bytes)
             self._held[family_id] = (time.monotonic() + HOLD_S, view)
         yield view
 

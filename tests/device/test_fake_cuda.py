@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "service"))
 sys.path.insert(0, str(Path(__file__).parents[1] / "trainer"))
 from quick_zoo import make_quick_zoo  # noqa: E402
 from kind_makers import MAKERS, check_every_kind_has_a_maker, vertex_kind_registered  # noqa: E402
-from svc_helpers import make_family  # noqa: E402
+from svc_helpers import held_bytes, make_family, make_feature_map_family  # noqa: E402
 
 BF16 = torch.bfloat16
 PREFS = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0.3, 0.3, 0.4], [0.5, 0.5, 0], [0.9, 0.1, 0]])
@@ -120,18 +120,48 @@ def test_every_kind_serves_a_mixed_batch_on_the_device(cuda, families, kind):
     if kind.startswith(("point-set", "vertices")):  # served by the generic servable
         assert model.materialized > 2 and len(model.cache) <= 2
         on_device(model.cache.get(next(iter(model.cache.entries))).conv1.weight, BF16)
-    if kind == "anchored-map":  # PREFS: three vertices anchored (a = 1) through room for two, the rest: the base
+    if kind.startswith("anchored-map"):  # PREFS: three vertices anchored (a = 1) through room for two, the rest: the base
         towers = [key for key in model.cache.entries if key[0] == "tower"]  # the maps share the cache
         assert model.materialized > 2 and len(towers) <= 2
         on_device(model.cache.get(towers[0]).conv1.weight, BF16)
+        # the targets stay in host memory whatever K: each tower's build copied one task's piece
+        assert all(t.device.type == "cpu" for d in (model.family.towards.tensors, model.family.towards.scales)
+                   for t in d.values())
     if kind in ("feature-map", "anchored-map"):
         with on_host():
             distinct = family.resolve(PREFS)  # the maps' keys
-        if kind == "feature-map":
-            assert model.solved == len(set(distinct))  # solved on the device, each on its own
-        else:  # the towers share the cache's room with the maps: a map evicted for a tower is solved again
-            assert model.solved >= len(set(distinct))
+        # solved on the device, each on its own, once: the anchored towers share the cache's room with
+        # the maps, and go out first
+        assert model.solved == len(set(distinct))
         on_device(model.cache.get(distinct[-1]), torch.float32)
+
+
+@pytest.mark.parametrize("bits", [4, 32])
+def test_an_anchored_family_holds_at_most_three_towers_on_the_device_at_any_k(cuda, tmp_path, bits):
+    """Eight tasks, every vertex served through the default cache: the device holds the base, the
+    maps and the cache, three towers where the maps leave the cache room for two (a ViT's maps are
+    a fifth of a tower at K = 8; the micro tower's, two); the targets stay on the host, whatever K."""
+    with on_host():
+        tasks = {f"task{k}": ["a", "b"] for k in range(8)}
+        family = open_family(tmp_path, make_feature_map_family(tmp_path, family_id="anchored-k8", tasks=tasks,
+                                                               anchor=0.6, towards_bits=bits).name)
+        cache_bytes = family.device_cache_bytes(BF16)
+        vertices = torch.eye(8)
+    tower, resident = family.tower_bytes(BF16), sum(c.resident_bytes for c in family.costs(BF16))
+    assert cache_bytes == max(tower, 3 * tower - resident)
+    model = family.servable(cuda.device, BF16, cache_bytes=cache_bytes)
+    images = cuda.host(family.manifest.preprocess.normalize(pixels(8)))
+    with on_host():
+        variants = family.resolve(vertices)
+        plan = model.plan(variants)
+    model.logits(images, variants, plan)
+    assert model.materialized == 8  # a corner tower per task, built on the device
+    towers = [key for key in model.cache.entries if key[0] == "tower"]
+    assert len(towers) == 1 and model.cache.bytes <= cache_bytes
+    device = held_bytes(model, device="cuda")
+    assert device <= max(3 * tower, resident + tower), (device, tower, resident)
+    assert abs(device - (resident + model.cache.bytes)) <= 0.02 * device  # the costs say what the device holds
+    assert held_bytes(model.family.towards) == sum(c.host_bytes for c in family.costs(BF16))
 
 
 @pytest.mark.parametrize("kind", list(MAKERS))

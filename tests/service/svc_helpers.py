@@ -182,3 +182,29 @@ def downloaded_probs(url: str, pref: str, pixels: torch.Tensor, family) -> dict[
         feats = tower(pixels[None])
     return {t: torch.softmax(head_logits(feats, state[f"heads.{t}.weight"], state.get(f"heads.{t}.bias"))[0], -1)
             for t in family.tasks}
+
+
+def held_bytes(root, skip: tuple = (), device: Optional[str] = None) -> int:
+    """Bytes of the distinct tensor storages reachable from `root` (attributes, containers, modules),
+    leaving out the objects in `skip` (the cache of materialised variants); with `device`, only those
+    on a device of that type (fake ones too: a storage is told by its implementation, not its data)."""
+    seen_objects, storages = set(), {}
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen_objects or any(obj is s for s in skip):
+            continue
+        seen_objects.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            if device is None or obj.device.type == device:
+                storage = obj.untyped_storage()
+                storages[storage._cdata] = storage.nbytes()
+        elif isinstance(obj, torch.nn.Module):
+            stack.extend(obj.state_dict(keep_vars=True).values())
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif hasattr(obj, "__dict__") and type(obj).__module__.startswith(("models_store", "vertex_kind")):
+            stack.extend(vars(obj).values())
+    return sum(storages.values())

@@ -18,7 +18,7 @@ from service.settings import Settings
 from svc_helpers import FAMILY_ID
 
 EXAMPLES = [
-    m.Hold(), m.Hold(FAMILY_ID), m.HoldReply({"family_id": FAMILY_ID}, "abc", True, [{"name": "base.safetensors", "disk_bytes": 9, "resident_bytes": 4}]),
+    m.Hold(), m.Hold(FAMILY_ID), m.HoldReply({"family_id": FAMILY_ID}, "abc", True, [{"name": "base.safetensors", "disk_bytes": 9, "resident_bytes": 4}], 1 << 20),
     m.Classify(FAMILY_ID, "abc", "psm_1", [m.ImagePlace(kind="pixels", at=0, n=768, name="a.png", shape=[3, 16, 16]),
                                            m.ImagePlace(kind="jpeg", at=768, n=100, name="b.jpg")],
                [[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]], background=True),

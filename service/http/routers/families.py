@@ -32,7 +32,8 @@ def family_out(family: FamilyView) -> FamilyOut:
                      architecture=m.architecture, image_size=m.preprocess.image_size,
                      hyperparameters=hyperparameters, metrics=m.metrics, files=list(family.files),
                      disk_bytes=sum(f.disk_bytes for f in family.files),
-                     resident_bytes=sum(f.resident_bytes for f in family.files))
+                     resident_bytes=sum(f.resident_bytes for f in family.files),
+                     host_bytes=sum(f.host_bytes for f in family.files), device_cache_bytes=family.cache_bytes)
 
 
 def add_routes(routes: APIRouter, naming: Naming) -> None:

@@ -348,9 +348,13 @@ async function chooseFamily(id) {
   }
   const names = tasks();
   $("family-info").textContent = `${state.family.method}, kind ${state.family.kind}; tasks ${names.join(", ")}`;
-  const files = state.family.files.map((f) => `${f.name} ${megabytes(f.disk_bytes)}, ${megabytes(f.resident_bytes)}`);
-  $("family-cost").textContent = `on disk ${megabytes(state.family.disk_bytes)}, on the device when served `
-    + `${megabytes(state.family.resident_bytes)} (plus its cache of variants): ${files.join("; ")}`;
+  const f = state.family;
+  const host = f.host_bytes ? `, in host memory ${megabytes(f.host_bytes)}` : "";
+  const files = f.files.map((c) => `${c.name} ${megabytes(c.disk_bytes)}, ${megabytes(c.resident_bytes)}`
+    + (c.host_bytes ? ` (host ${megabytes(c.host_bytes)})` : ""));
+  $("family-cost").textContent = `on disk ${megabytes(f.disk_bytes)}, on the device when served `
+    + `${megabytes(f.resident_bytes)} plus its cache of variants (at most ${megabytes(f.device_cache_bytes)})`
+    + `${host}: ${files.join("; ")}`;
   $("front-note").textContent = "";
   for (const [axis, pick] of [["axis-x", 0], ["axis-y", 1]]) {
     $(axis).replaceChildren(...names.map((t) => Object.assign(document.createElement("option"), { value: t, textContent: t })));
