@@ -66,7 +66,8 @@ from torch.func import functional_call
 
 from bench.common import (add_common_args, machine_info, markdown_table, now_iso, round_ratios, run_benchmark,
                           run_interleaved, spread_text, summarize, write_result)
-from models_store.kinds.anchored_map import AnchoredMapFamily, AnchoredMapParams, Towards
+from models_store.kinds.anchored_map import AnchoredMapFamily, AnchoredMapParams
+from models_store.task_tensors import TaskTensors
 from models_store.kinds.base import VariantServable
 from models_store.kinds.base import GraphedCalls
 from models_store.kinds.feature_map import FeatureMapServable
@@ -166,7 +167,7 @@ class Variants:
                              for g in ((False, True) if graphs else (False,))}
         towards = {k: (torch.randn(tasks, *v.shape, generator=gen) * 0.01).to(dtype) for k, v in self.base.items()
                    if v.is_floating_point()}  # as a family stores them: the zoo's dtype, here the serving one
-        family = AnchoredMapFamily(dict(self.base), maps, grams, Towards.dense(towards),
+        family = AnchoredMapFamily(dict(self.base), maps, grams, TaskTensors.dense(towards),
                                    AnchoredMapParams(dim=d, anchor=0.7), tasks,
                                    self.arch, "bench")
         self.anchored = family.servable({}, device, dtype, 1 << 34)

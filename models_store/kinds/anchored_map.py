@@ -8,13 +8,10 @@ more than `anchor` (q >= 0.5) on task k:
 so for p_k <= q it is the feature-map family (ReACT), and at the vertex of k it is fine-tuned tower
 k itself; in between, both the weights and the map move along a straight line. Files: those of
 feature-map and `towards.safetensors`, each task's target delta_k[P] = theta_k[P] - base[P] for
-every float P of the base, stored one of two ways (kind_params `towards_bits`):
-
-- 32 (dense, the default of a family that does not say): "<task>/<P>" = delta_k[P], in the base's dtype;
-- 2, 4 or 8: delta_k[P] quantised group-wise (models_store/quantize.py): "<task>/<P>" its codes
-  (uint8), "<task>/<P>:scale" its scales (float16). At 4 bits the K targets cost K x 4.25 / 32
-  towers instead of K, and each is decoded on the device, one elementwise pass per tensor, when a
-  batch needs its tower.
+every float P of the base, "<task>/<P>", dense (`towards_bits` 32, the default of a family that does
+not say) or quantised to 2, 4 or 8 bits (models_store/task_tensors.py says how). At 4 bits the K
+targets cost K x 4.25 / 32 towers instead of K, and each is decoded on the device, one elementwise
+pass per tensor, when a batch needs its tower.
 
 kind_params: `dim`, `anchor` and `towards_bits`.
 
@@ -29,14 +26,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from pydantic import Field
 
 from .. import StoreError
 from ..checkpoint import StateDict, load_state_dict
-from ..quantize import dequantize, packed_size, quantize
+from ..task_tensors import DENSE, Bits, TaskTensors
 from ..zoo import Head
 from .base import TowerCache, Variant, Weights, groups
 from .feature_map import (BASE, MAPS, FeatureMapFamily, FeatureMapParams, FeatureMapServable, MapPlan, folded,
@@ -47,8 +44,6 @@ TOWARDS = "towards.safetensors"
 FILES = (BASE, MAPS, TOWARDS)
 ANCHOR_DECIMALS = 3
 TOWER = "tower"  # the first element of a tower's key in the cache (a map's key is its preference)
-DENSE: Literal[32] = 32
-SCALE = ":scale"  # the suffix of a quantised target's scales in TOWARDS
 
 Anchor = Optional[tuple[int, float]]  # (task index k, a > 0), or None: the base tower
 AnchoredVariant = tuple[Weights, Anchor]
@@ -57,66 +52,8 @@ AnchoredVariant = tuple[Weights, Anchor]
 class AnchoredMapParams(FeatureMapParams):
     anchor: float = Field(ge=0.5, lt=1.0, description="q: above this weight on one task, the tower moves towards "
                                                       "that task's fine-tuned tower")
-    towards_bits: Literal[2, 4, 8, 32] = Field(DENSE, description="bits per parameter of each task's target "
+    towards_bits: Bits = Field(DENSE, description="bits per parameter of each task's target "
                                                                   "delta_k: 32 dense, else quantised group-wise")
-
-
-class Towards:
-    """The K targets delta_k[P] = theta_k[P] - base[P], dense ([K, *shape] per P) or quantised
-    (codes [K, bytes] and scales [K, groups] per P); `delta` gives one task's tensor in float32."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor], scales: dict[str, torch.Tensor],
-                 shapes: dict[str, torch.Size], bits: int):
-        self.tensors, self.scales, self.shapes, self.bits = tensors, scales, shapes, bits
-
-    @classmethod
-    def dense(cls, stacked: dict[str, torch.Tensor]) -> "Towards":
-        return cls(stacked, {}, {p: v.shape[1:] for p, v in stacked.items()}, DENSE)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.tensors
-
-    def delta(self, name: str, k: int, device: torch.device) -> torch.Tensor:
-        """Task k's target of `name` on `device`, in float32 (only task k's piece is copied there)."""
-        if self.bits == DENSE:
-            return self.tensors[name][k].to(device, non_blocking=True).float()
-        return dequantize(self.tensors[name][k].to(device, non_blocking=True),
-                          self.scales[name][k].to(device, non_blocking=True), self.bits, self.shapes[name])
-
-    def to(self, device: torch.device) -> "Towards":
-        move = lambda d: {p: v.to(device) for p, v in d.items()}  # noqa: E731
-        return Towards(move(self.tensors), move(self.scales), self.shapes, self.bits)
-
-    def held_for(self, device: torch.device) -> "Towards":
-        """Where a servable on `device` keeps the targets: on the CPU, there; on an accelerator, in host
-        memory (pinned where CUDA runs, so a copy does not wait on the host), so the device holds
-        the base and its cache whatever K, and a corner's build copies one task's piece."""
-        if device.type == "cpu":
-            return self.to(device)
-        pin = torch.cuda.is_available()
-        host = lambda d: {p: v.cpu().pin_memory() if pin else v.cpu() for p, v in d.items()}  # noqa: E731
-        return Towards(host(self.tensors), host(self.scales), self.shapes, self.bits)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(v.numel() * v.element_size() for d in (self.tensors, self.scales) for v in d.values())
-
-    def problem(self, base: StateDict, tasks: int) -> Optional[str]:
-        """The first parameter of `base` whose targets are missing or misshapen, else None."""
-        for p, w in base.items():
-            if not w.is_floating_point():
-                continue
-            if p not in self.tensors or self.shapes[p] != w.shape:
-                return p
-            if self.bits == DENSE:
-                expected = [(tasks, *w.shape)]
-            else:
-                size, groups = packed_size(w.numel(), self.bits)
-                expected = [(tasks, size), (tasks, groups)]
-            found = [tuple(self.tensors[p].shape)] + ([tuple(self.scales[p].shape)] if p in self.scales else [])
-            if found != expected:
-                return p
-        return next((p for p in self.tensors if p not in base), None)
 
 
 def anchor_of(weights: Weights, q: float) -> Anchor:
@@ -126,32 +63,9 @@ def anchor_of(weights: Weights, q: float) -> Anchor:
     return None if a == 0.0 else (k, a)
 
 
-def target_tensors(task: str, delta: StateDict, base: StateDict, bits: int) -> StateDict:
-    """One task's entries of TOWARDS from its delta {P: theta_task[P] - base[P]}: in the base's dtype
-    (dense), or quantised to `bits` (a learner streams the zoo through this, one task at a time)."""
-    if bits == DENSE:
-        return {f"{task}/{p}": v.to(base[p].dtype).contiguous() for p, v in delta.items()}
-    out = {}
-    for p, v in delta.items():
-        codes, scales = quantize(v, bits)
-        out[f"{task}/{p}"], out[f"{task}/{p}{SCALE}"] = codes, scales
-    return out
-
-
 def family_files(base: StateDict, W: torch.Tensor, C: torch.Tensor, towards: StateDict) -> dict[str, StateDict]:
-    """The files of a family; `towards` holds every task's `target_tensors`."""
+    """The files of a family; `towards` holds every task's `stored_tensors` (prefix "")."""
     return {BASE: base, MAPS: {"W": W.float().contiguous(), "C": C.float().contiguous()}, TOWARDS: towards}
-
-
-def read_towards(stored: StateDict, base: StateDict, tasks: list[str], bits: int) -> Towards:
-    """TOWARDS as stacked [K, ...] tensors for the parameters every task has (load checks the rest)."""
-    names = [p for p in base if all(f"{t}/{p}" in stored for t in tasks)]
-    stack = lambda suffix, p: torch.stack([stored[f"{t}/{p}{suffix}"] for t in tasks])  # noqa: E731
-    if bits == DENSE:
-        return Towards.dense({p: stack("", p) for p in names})
-    scaled = [p for p in names if all(f"{t}/{p}{SCALE}" in stored for t in tasks)]
-    return Towards({p: stack("", p) for p in scaled}, {p: stack(SCALE, p) for p in scaled},
-                   {p: base[p].shape for p in scaled}, bits)
 
 
 @dataclass(frozen=True)
@@ -223,12 +137,12 @@ def towards_identity(maps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return (1 - a)[..., None, None] * maps + a[..., None, None] * eye
 
 
-def anchored_tensor(name: str, w: torch.Tensor, towards: Towards, anchor: Anchor) -> torch.Tensor:
+def anchored_tensor(name: str, w: torch.Tensor, towards: TaskTensors, anchor: Anchor) -> torch.Tensor:
     """base[name] + a (theta_k - base)[name], in float32 then the base's dtype; the base's without an anchor."""
     if anchor is None or name not in towards:
         return w
     k, a = anchor
-    return (w.float() + a * towards.delta(name, k, w.device)).to(w.dtype)
+    return (w.float() + a * towards.one(name, k, w.device)).to(w.dtype)
 
 
 class AnchoredMapFamily(FeatureMapFamily):
@@ -236,7 +150,7 @@ class AnchoredMapFamily(FeatureMapFamily):
     files = FILES
     Params = AnchoredMapParams
 
-    def __init__(self, base: StateDict, W: torch.Tensor, C: torch.Tensor, towards: Towards,
+    def __init__(self, base: StateDict, W: torch.Tensor, C: torch.Tensor, towards: TaskTensors,
                  params: AnchoredMapParams, tasks: int, architecture: dict, family_id: str):
         super().__init__(base, W, C, params, tasks, architecture, family_id)
         bad = towards.problem(base, tasks)
@@ -254,7 +168,7 @@ class AnchoredMapFamily(FeatureMapFamily):
             raise StoreError(f"family {family_id}: an anchored-map family needs its `anchor` in kind_params")
         W, C = read_maps(path, family_id)
         base, stored = read_base(path, architecture, family_id), load_state_dict(path / TOWARDS)
-        towards = read_towards(stored, base, tasks, params.towards_bits)
+        towards = TaskTensors.read(stored, base, tasks, params.towards_bits)
         return cls(base, W, C, towards, params, len(tasks), architecture, family_id)
 
     def variant(self, weights: Weights) -> AnchoredVariant:

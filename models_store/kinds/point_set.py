@@ -2,11 +2,13 @@
 tower made for one preference, and a pick rule that maps any preference to one member.
 
 Files: `pretrained.safetensors` (theta0, the zoo's tower), `task_vectors.safetensors`
-("<task>/<param>" = tau_task[param] = finetuned - pretrained, in the zoo's dtype, for every float
-parameter; with `merge_vectors`, also "merge/<task>/<param>" = v_task[param], the vectors that the
-members' merges combine, e.g. HM3's DARE-TIES-processed task vectors) and
-`coefficients.safetensors` ("<member>/<param>" [K], only for per-tensor members).
-kind_params: `pick` (a rule of PICK_RULES), `merge_vectors` (bool) and `members`, each
+("<task>/<param>" = tau_task[param] = finetuned - pretrained for every float parameter; with
+`merge_vectors`, also "merge/<task>/<param>" = v_task[param], the vectors that the members' merges
+combine, e.g. HM3's DARE-TIES-processed task vectors; dense in the zoo's dtype, or quantised to
+`vector_bits`, as models_store/task_tensors.py says) and `coefficients.safetensors`
+("<member>/<param>" [K], only for per-tensor members).
+kind_params: `pick` (a rule of PICK_RULES), `merge_vectors` (bool), `vector_bits` (32: dense, the
+default of a family that does not say; 2, 4 or 8) and `members`, each
 
     preference    [K] the preference it was made for (task order, sums to 1)
     coefficients  [K] task-level lambda, or null when `per_tensor` (then coefficients.safetensors)
@@ -48,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from .. import StoreError
 from ..checkpoint import StateDict, load_state_dict
 from ..surrogate import Metric, Scalarisation, Surrogates, feature_count
+from ..task_tensors import DENSE, Bits, TaskTensors, stored_tensors
 from ..tower import check_tower_state, task_arithmetic
 from .base import KindFormat
 
@@ -175,6 +178,8 @@ class PointSetParams(BaseModel):
     merge_vectors: bool = Field(False, description=(
         f"the members' merges combine the {MERGE_PREFIX}<task>/<param> vectors of {TASK_VECTORS} (a preprocessing "
         "of the task vectors, HM3's DARE-TIES) instead of the task vectors; finetuned:<task> blocks still use tau"))
+    vector_bits: Bits = Field(DENSE, description=f"bits per parameter of the vectors in {TASK_VECTORS}: 32 dense, "
+                                                 "else quantised group-wise")
     sense: Literal["max", "min"] = Field("max", description="whether higher `predicted` metrics are better")
     members: list[Member] = Field(min_length=1)
 
@@ -200,9 +205,9 @@ def block_of(name: str) -> Optional[tuple[int, str]]:
 class Members:
     """The members' weights from theta0 and the task vectors, one tensor at a time, on one device."""
 
-    def __init__(self, pretrained: StateDict, vectors: dict[str, torch.Tensor], params: PointSetParams,
+    def __init__(self, pretrained: StateDict, vectors: TaskTensors, params: PointSetParams,
                  per_tensor: dict[int, dict[str, torch.Tensor]], tasks: list[str],
-                 merge_vectors: Optional[dict[str, torch.Tensor]] = None, table: Optional[MemberTable] = None):
+                 merge_vectors: Optional[TaskTensors] = None, table: Optional[MemberTable] = None):
         self.pretrained, self.vectors, self.params, self.per_tensor, self.tasks = pretrained, vectors, params, per_tensor, tasks
         self.merge_vectors = vectors if merge_vectors is None else merge_vectors
         if table is None:  # on the host, always: picking is host work
@@ -216,8 +221,8 @@ class Members:
 
     def to(self, device: torch.device) -> "Members":
         move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
-        vectors = move(self.vectors)
-        merge_vectors = vectors if self.merge_vectors is self.vectors else move(self.merge_vectors)
+        vectors = self.vectors.to(device)
+        merge_vectors = vectors if self.merge_vectors is self.vectors else self.merge_vectors.to(device)
         return Members(move(self.pretrained), vectors, self.params, {i: move(c) for i, c in self.per_tensor.items()},
                        self.tasks, merge_vectors, self.table)
 
@@ -267,19 +272,19 @@ class Members:
         if source == SKIP and block is not None and block[1] in SKIPPED:
             return torch.zeros_like(w)
         basis = self.vectors if source.startswith(FINETUNED) else self.merge_vectors
-        return task_arithmetic(w, self.coefficients(index, name), basis[name].to(w.device))
+        return task_arithmetic(w, self.coefficients(index, name), basis.stacked(name, w.device))
 
 
 
 def family_files(pretrained: StateDict, task_vectors: dict[str, dict[str, torch.Tensor]],
                  per_tensor: dict[int, dict[str, torch.Tensor]] | None = None,
-                 merge_vectors: dict[str, dict[str, torch.Tensor]] | None = None) -> dict[str, StateDict]:
+                 merge_vectors: dict[str, dict[str, torch.Tensor]] | None = None,
+                 vector_bits: int = DENSE) -> dict[str, StateDict]:
     """The files `publish_family` writes for this kind: task_vectors {task: {param: tau}} (and the
-    merge vectors, same layout, for a family with `merge_vectors`) are stored in theta0's dtype;
-    per_tensor {member index: {param: lambda [K]}} for per-tensor members."""
-    vectors = {f"{prefix}{t}/{k}": v.to(pretrained[k].dtype)
-               for prefix, sets in (("", task_vectors), (MERGE_PREFIX, merge_vectors or {}))
-               for t, tv in sets.items() for k, v in tv.items()}
+    merge vectors, same layout, for a family with `merge_vectors`) are stored in theta0's dtype or
+    quantised to `vector_bits`; per_tensor {member index: {param: lambda [K]}} for per-tensor members."""
+    vectors = {key: v for prefix, sets in (("", task_vectors), (MERGE_PREFIX, merge_vectors or {}))
+               for t, tv in sets.items() for key, v in stored_tensors(prefix, t, tv, pretrained, vector_bits).items()}
     coefficients = {f"{i}/{k}": c.float() for i, cs in (per_tensor or {}).items() for k, c in cs.items()}
     return {PRETRAINED: pretrained, TASK_VECTORS: vectors, COEFFICIENTS: coefficients}
 
@@ -297,9 +302,9 @@ class PointSetFamily(KindFormat):
         self.slow_resolution = isinstance(members.params.at_preference, SurrogateRule)
         tasks, k = members.tasks, len(members.tasks)
         for kind, vectors in (("vector", members.vectors), ("merge vector", members.merge_vectors)):
-            missing = [p for p, w in members.pretrained.items() if w.is_floating_point() and p not in vectors]
-            if missing:
-                raise StoreError(f"family {family_id}: {TASK_VECTORS} lacks some task's {kind} of {missing[0]}")
+            bad = vectors.problem(members.pretrained, k)
+            if bad is not None:
+                raise StoreError(f"family {family_id}: {TASK_VECTORS} lacks or misshapes some task's {kind} of {bad}")
         n_blocks = 1 + max((b[0] for p in members.pretrained if (b := block_of(p))), default=-1)
         for i, m in enumerate(members.params.members):
             where = f"family {family_id}: member {i}"
@@ -335,12 +340,10 @@ class PointSetFamily(KindFormat):
         pretrained = load_state_dict(path / PRETRAINED)
         check_tower_state(pretrained, architecture, f"family {family_id}: {PRETRAINED}")
         stored = load_state_dict(path / TASK_VECTORS)
-
-        def stacked(prefix: str) -> dict[str, torch.Tensor]:
-            return {p: torch.stack([stored.pop(f"{prefix}{t}/{p}") for t in tasks])
-                    for p in pretrained if all(f"{prefix}{t}/{p}" in stored for t in tasks)}
-        vectors = stacked("")
-        merge_vectors = stacked(MERGE_PREFIX) if params.merge_vectors else None
+        vectors = TaskTensors.read(stored, pretrained, tasks, params.vector_bits)
+        merge_vectors = TaskTensors.read(stored, pretrained, tasks, params.vector_bits, MERGE_PREFIX) \
+            if params.merge_vectors else None
+        del stored
         per_tensor: dict[int, dict[str, torch.Tensor]] = {}
         for key, c in load_state_dict(path / COEFFICIENTS).items():
             index, _, p = key.partition("/")

@@ -130,7 +130,7 @@ def test_a_family_that_says_merge_vectors_needs_them(family, tmp_path):
     manifest = json.loads((bad / "manifest.json").read_text())
     manifest["kind_params"]["merge_vectors"] = True
     (bad / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(StoreError, match="lacks some task's merge vector of"):
+    with pytest.raises(StoreError, match="lacks or misshapes some task's merge vector of"):
         Family(bad, verify=False)
 
 

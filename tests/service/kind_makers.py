@@ -35,6 +35,8 @@ MAKERS: dict[str, Callable[[Path], Path]] = {
     "lowrank": make_family, "point-set": make_point_set_family,
     "point-set at-preference": lambda store: make_point_set_family(
         store, family_id="ta-pref-contract", at_preference={"rule": "task-arithmetic", "scale": 0.3}),
+    "point-set 4-bit": lambda store: make_point_set_family(store, family_id="hm3-4bit-contract", merge_vectors=True,
+                                                           vector_bits=4),
     "feature-map": make_feature_map_family,
     "anchored-map": lambda store: make_feature_map_family(store, family_id="anchored-contract", anchor=0.6),
     "anchored-map 4-bit": lambda store: make_feature_map_family(store, family_id="anchored-4bit-contract", anchor=0.6,

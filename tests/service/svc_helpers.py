@@ -19,6 +19,7 @@ from safetensors.torch import load as load_safetensors
 from models_store.family import FamilyManifest, now_iso, publish_family
 from models_store.kinds.lowrank import LowRank, family_files, target_names
 from models_store.preprocess import Preprocess
+from models_store.task_tensors import stored_tensors
 from models_store.tower import MICRO, build_tower, head_logits
 from models_store.zoo import Head, TaskInfo
 from service.http.server import uvicorn_config
@@ -111,9 +112,10 @@ POINT_SET_MEMBERS = [
 
 def make_point_set_family(store: Path, family_id: str = POINT_SET_ID, seed: int = 0,
                           tasks: dict[str, list[str]] = TASKS, merge_vectors: bool = False,
-                          at_preference: dict | None = None) -> Path:
+                          at_preference: dict | None = None, vector_bits: int = 32) -> Path:
     """A random micro point-set family whose members differ visibly; with `merge_vectors`, the merges
-    combine other random vectors than the task vectors (HM3's layout)."""
+    combine other random vectors than the task vectors (HM3's layout); its vectors stored in
+    `vector_bits`."""
     from models_store.kinds import point_set
 
     g = torch.Generator().manual_seed(seed)
@@ -126,10 +128,11 @@ def make_point_set_family(store: Path, family_id: str = POINT_SET_ID, seed: int 
                               preprocess=Preprocess(image_size=16),
                               tasks=[TaskInfo(name=t, classes=c) for t, c in tasks.items()],
                               kind=point_set.NAME, kind_params={"pick": "nearest", "members": POINT_SET_MEMBERS,
-                                                                "merge_vectors": merge_vectors}
+                                                                "merge_vectors": merge_vectors,
+                                                                "vector_bits": vector_bits}
                               | ({"at_preference": at_preference} if at_preference else {}))
     merges = {t: {k: torch.randn(v.shape, generator=g) * 0.2 for k, v in pretrained.items()} for t in tasks}
-    files = point_set.family_files(pretrained, vectors, per_tensor, merges if merge_vectors else None)
+    files = point_set.family_files(pretrained, vectors, per_tensor, merges if merge_vectors else None, vector_bits)
     return publish_family(store, manifest, files, heads)
 
 
@@ -162,7 +165,7 @@ def make_feature_map_family(store: Path, family_id: str = FEATURE_MAP_ID, seed: 
     towards = {}
     for t in tasks:
         delta = {k: torch.randn(v.shape, generator=g) * 0.2 for k, v in base.items()}
-        towards |= anchored_map.target_tensors(t, delta, base, towards_bits)
+        towards |= stored_tensors("", t, delta, base, towards_bits)
     manifest = manifest.model_copy(update={"kind": anchored_map.NAME, "kind_params": {
         "dim": dim, "anchor": anchor, "towards_bits": towards_bits}})
     return publish_family(store, manifest, anchored_map.family_files(base, W, C, towards), heads)

@@ -99,27 +99,28 @@ def test_a_feature_map_family_refuses_maps_that_do_not_fit():
         FeatureMapFamily({k: v for k, v in base.items() if k != "proj"}, good, good, FeatureMapParams(dim=d), 3,
                          MICRO, "f")
     # anchored: every float parameter needs every task's direction, of the base's shape
-    from models_store.kinds.anchored_map import AnchoredMapFamily, AnchoredMapParams, Towards, read_towards, target_tensors
+    from models_store.kinds.anchored_map import AnchoredMapFamily, AnchoredMapParams
+    from models_store.task_tensors import TaskTensors, stored_tensors
     params = AnchoredMapParams(dim=d, anchor=0.7)
     towards = {k: torch.zeros(3, *v.shape) for k, v in base.items() if v.is_floating_point()}
-    AnchoredMapFamily(base, good, good, Towards.dense(towards), params, 3, MICRO, "a")
+    AnchoredMapFamily(base, good, good, TaskTensors.dense(towards), params, 3, MICRO, "a")
     with pytest.raises(StoreError, match="towards.safetensors lacks or misshapes some task's tensor of proj"):
-        AnchoredMapFamily(base, good, good, Towards.dense({k: v for k, v in towards.items() if k != "proj"}), params,
+        AnchoredMapFamily(base, good, good, TaskTensors.dense({k: v for k, v in towards.items() if k != "proj"}), params,
                           3, MICRO, "a")
     with pytest.raises(StoreError, match="lacks or misshapes some task's tensor of proj"):
-        AnchoredMapFamily(base, good, good, Towards.dense(towards | {"proj": torch.zeros(2, *base["proj"].shape)}),
+        AnchoredMapFamily(base, good, good, TaskTensors.dense(towards | {"proj": torch.zeros(2, *base["proj"].shape)}),
                           params, 3, MICRO, "a")
     # quantised: each task's codes and scales, of the sizes the base's shapes give; the bits as kind_params say
     stored = {}
     for t in "abc":
-        stored |= target_tensors(t, {k: torch.randn(v.shape) for k, v in base.items()}, base, 4)
+        stored |= stored_tensors("", t, {k: torch.randn(v.shape) for k, v in base.items()}, base, 4)
     four = AnchoredMapParams(dim=d, anchor=0.7, towards_bits=4)
-    AnchoredMapFamily(base, good, good, read_towards(stored, base, list("abc"), 4), four, 3, MICRO, "a")
+    AnchoredMapFamily(base, good, good, TaskTensors.read(dict(stored), base, list("abc"), 4), four, 3, MICRO, "a")
     with pytest.raises(StoreError, match="lacks or misshapes some task's tensor of proj"):
-        AnchoredMapFamily(base, good, good, read_towards({k: v for k, v in stored.items() if k != "b/proj:scale"},
+        AnchoredMapFamily(base, good, good, TaskTensors.read({k: v for k, v in stored.items() if k != "b/proj:scale"},
                                                          base, list("abc"), 4), four, 3, MICRO, "a")
     with pytest.raises(StoreError, match="holds 4-bit targets, kind_params say 32"):
-        AnchoredMapFamily(base, good, good, read_towards(stored, base, list("abc"), 4), params, 3, MICRO, "a")
+        AnchoredMapFamily(base, good, good, TaskTensors.read(dict(stored), base, list("abc"), 4), params, 3, MICRO, "a")
     with pytest.raises(ValueError, match="anchor"):
         AnchoredMapParams(dim=d, anchor=0.4)  # below 0.5 two tasks could exceed it
 

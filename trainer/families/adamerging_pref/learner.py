@@ -46,4 +46,4 @@ def learn(ctx: LearnContext, config: AdaPrefConfig):
         progress_file.parent.mkdir(parents=True, exist_ok=True)
         save_state_dict(progress_file, done)
     members = [Member(preference=list(p.weights), per_tensor=True) for p in prefs]
-    return point_set_family(ctx, members, per_tensor)
+    return point_set_family(ctx, config, members, per_tensor)

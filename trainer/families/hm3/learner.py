@@ -27,7 +27,7 @@ from models_store.kinds.point_set import Member
 from models_store.preference import Preference, equal_preference
 from models_store.simplex import dirichlet_samples, unique, vertices
 
-from ..point_set import point_set_family
+from ..point_set import VectorsConfig, point_set_family
 from ..registry import LearnContext, register_family
 from ..validation import ValidationConfig, validation_sets
 from .dare_ties import dare_ties
@@ -36,7 +36,7 @@ from .policy import PPOConfig
 from .search import choose_paths, ppo_search, random_search
 
 
-class Hm3Config(ValidationConfig):
+class Hm3Config(ValidationConfig, VectorsConfig):
     id_exclude: ClassVar[frozenset[str]] = frozenset({"cache_mb"})
     members: int = Field(32, ge=1, description="member preferences: the K vertices, the equal preference, then "
                                                "Dirichlet(1) draws")
@@ -126,4 +126,4 @@ def learn(ctx: LearnContext, config: Hm3Config):
                "members_changed": int(sum(s != p for s, p in zip(starts, chosen))),
                "mean_objective_gain": float(np.mean(gains)),
                "seconds_by_stage": by_stage(evaluator.timer)}
-    return point_set_family(ctx, members, metrics=metrics, merge_vectors=vectors)
+    return point_set_family(ctx, config, members, metrics=metrics, merge_vectors=vectors)

@@ -33,7 +33,7 @@ from models_store.kinds.point_set import Member, SurrogateRule
 from ...coefficients import SearchBox, normalised
 from ...evaluate import CoefficientEvaluator, StageTimer, VectorScores
 from ...progress import progress_bar
-from ..point_set import PointsConfig, point_set_family
+from ..point_set import PointsConfig, VectorsConfig, point_set_family
 from ..registry import LearnContext, Learned, register_family
 from ..validation import ValidationConfig, validation_sets
 from .adaptive import next_points
@@ -43,7 +43,7 @@ from .search import fit_surrogates, surrogate_front
 from .surrogate import Metric
 
 
-class MapSearchConfig(ValidationConfig):
+class MapSearchConfig(ValidationConfig, VectorsConfig):
     budget: Optional[int] = Field(None, ge=1, description="real evaluations of the design (default 2 (K+1)(K+2)/2, "
                                                           "at least (K+1)(K+2)/2: the surrogate's parameters; "
                                                           "nmap: of each pairwise merge, K = 2)")
@@ -132,7 +132,7 @@ def front_family(ctx: LearnContext, config: MapConfig, method: str, points: np.n
     search = SearchBox(c_max=config.c_max, real_evaluations=metrics["real_evaluations"], seed=config.seed)
     rule = SurrogateRule(metric=config.metric, scalarisation=config.pick, c_max=config.c_max,
                          weights=[s.weights.tolist() for s in surrogates]) if config.at_preference else None
-    return point_set_family(ctx, members, pick=config.pick, sense="max" if config.metric == "accuracy" else "min",
+    return point_set_family(ctx, config, members, pick=config.pick, sense="max" if config.metric == "accuracy" else "min",
                             metrics=metrics, search=search, at_preference=rule)
 
 
@@ -236,4 +236,4 @@ def learn_nested(ctx: LearnContext, config: NestedMapConfig):
                                "map_default_design": default_budget(k)},
                "seconds_by_stage": by_stage(evaluator.timer)}
     box = SearchBox(c_max=config.c_max, real_evaluations=metrics["real_evaluations"], seed=config.seed)
-    return point_set_family(ctx, members, metrics=metrics, search=box)
+    return point_set_family(ctx, config, members, metrics=metrics, search=box)

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from pydantic import Field
 
 from models_store.checkpoint import StateDict
 from models_store.kinds import anchored_map, feature_map
+from models_store.task_tensors import Bits, stored_tensors
 from models_store.tower import build_tower
 
 from ...methods import MergeContext, get_method
@@ -129,7 +129,7 @@ class AnchoredConfig(ReactConfig):
     anchor: float = Field(0.7, ge=0.5, lt=1.0, description=(
         "react-anchored: q; where one task weighs more than q the tower moves towards that task's fine-tuned tower, "
         "reaching it at the task's vertex"))
-    towards_bits: Literal[2, 4, 8, 32] = Field(4, description=(
+    towards_bits: Bits = Field(4, description=(
         "react-anchored: bits per parameter of each task's fine-tuned tower, stored as its difference from the base: "
         "2, 4 or 8 quantised in groups of 64, 32 dense"))
 
@@ -147,7 +147,7 @@ def learn_anchored(ctx: LearnContext, config: AnchoredConfig):
         for key, value in ctx.zoo.stream_finetuned(t):
             if merged[key].is_floating_point():
                 delta = {key: value.float() - merged[key].float()}
-                towards |= anchored_map.target_tensors(t, delta, merged, config.towards_bits)
+                towards |= stored_tensors("", t, delta, merged, config.towards_bits)
         release_freed_memory()  # the task's temporaries, before the next task's
     params = anchored_map.AnchoredMapParams(dim=parts.W.shape[-1], anchor=config.anchor,
                                             towards_bits=config.towards_bits)

@@ -28,4 +28,4 @@ def members_at(prefs: list[Preference], scale: float, tasks: list[str]) -> list[
 def learn(ctx: LearnContext, config: TaPrefConfig):
     tasks = ctx.zoo.tasks
     rule = TaskArithmeticRule(scale=config.scale) if config.at_preference else None
-    return point_set_family(ctx, members_at(config.points.preferences(tasks), config.scale, tasks), at_preference=rule)
+    return point_set_family(ctx, config, members_at(config.points.preferences(tasks), config.scale, tasks), at_preference=rule)
