@@ -104,3 +104,31 @@ def test_merge_run_file_equals_flags(quick_zoo, tmp_path):
     main(["merge", "ties", "--zoo", str(quick_zoo.root), "--ties-k", "30", "--out", str(tmp_path / "flags.safetensors")])
     a, b = load_state_dict(tmp_path / "file.safetensors"), load_state_dict(tmp_path / "flags.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_a_point_set_learner_stores_its_task_vectors_in_the_bits_asked(quick_zoo, tmp_path, capsys):
+    """`--vector-bits 4`: the same members, the task vectors at 4.25 bits a parameter instead of the
+    zoo's 32, each member within quantisation error of the dense family's."""
+    import torch
+
+    from models_store.family import Family
+    from models_store.preference import from_weights
+    args = ["--zoo", str(quick_zoo.root), "--store", str(tmp_path), "--points", "grid=1,random=0"]
+    ids = {}
+    for bits in ("32", "4"):
+        main(["train", "ta-pref", *args, "--vector-bits", bits])
+        ids[bits] = capsys.readouterr().out.strip().splitlines()[-1]
+    assert ids["32"] != ids["4"]
+    dense, four = (Family(tmp_path / ids[b]) for b in ("32", "4"))
+    assert "vector_bits" not in dense.manifest.kind_params and four.manifest.kind_params["vector_bits"] == 4
+    size = {b: (tmp_path / ids[b] / "task_vectors.safetensors").stat().st_size for b in ids}
+    # 4.25 / 32 = 0.133 on a ViT; the micro tower's many small tensors pad to whole groups of 64
+    assert 4.25 / 32 < size["4"] / size["32"] < 0.2, size
+    theta0 = dense.body.member_weights.pretrained
+    for pref in dense.manifest.kind_params["members"]:
+        variant = dense.variant(from_weights(pref["preference"], dense.tasks))
+        exact, quantised = dict(dense.body.materialize(variant)), dict(four.body.materialize(variant))
+        for name, w in exact.items():
+            if w.is_floating_point() and not torch.equal(w, theta0[name]):
+                error = (quantised[name] - w).norm() / (w - theta0[name]).norm()
+                assert error < 0.15, (pref["preference"], name, float(error))

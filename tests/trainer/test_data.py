@@ -18,7 +18,7 @@ from trainer.data.convert import images_to_tensor
 CLIP = Preprocess(image_size=32)  # CLIP mean/std, 3 channels, upsampled from 28x28 / 8x8
 GRAY = Preprocess(image_size=16, channels=1, mean=(0.5,), std=(0.5,))
 IDENTITY = Preprocess(image_size=8, channels=1, mean=(0.0,), std=(1.0,))  # output = pixels / 255
-PROCEDURAL = ("digits", "glyphs", "shapes", "patterns")
+PROCEDURAL = ("digits", "glyphs", "shapes", "patterns", "numerals")
 
 
 # ---------------------------------------------------------------- helpers that write datasets
@@ -78,6 +78,10 @@ def unnormalize(data: TaskData, preprocess: Preprocess) -> torch.Tensor:
 @pytest.mark.parametrize("name, classes, train, test", [
     ("digits", [str(d) for d in range(10)], 1347, 450),
     ("glyphs", list("ABCDEFGHIJ"), 3000, 600),
+    ("capitals-kt", list("KLMNOPQRST"), 3000, 600),
+    ("lowercase", list("abcdefghij"), 3000, 600),
+    ("lowercase-kt", list("klmnopqrst"), 3000, 600),
+    ("numerals", list("0123456789"), 3000, 600),
     ("shapes", ["circle", "ring", "square", "triangle", "cross", "star", "crescent", "arrow"], 3000, 600),
     ("patterns", ["horizontal", "vertical", "diagonal", "antidiagonal", "checks", "dots", "rings", "grid", "zigzag",
                   "blobs"], 3000, 600),
@@ -134,7 +138,8 @@ def _pixels(images: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name, features", [("digits", _pixels), ("glyphs", _pixels), ("shapes", _spectrum),
-                                             ("patterns", _spectrum)])
+                                             ("patterns", _spectrum), ("capitals-kt", _pixels), ("lowercase", _pixels),
+                                             ("lowercase-kt", _pixels), ("numerals", _pixels)])
 def test_builtin_is_learnable(name: str, features) -> None:
     """A linear classifier far above chance guards against generators that lost the class signal."""
     from sklearn.linear_model import RidgeClassifier
@@ -147,7 +152,8 @@ def test_builtin_is_learnable(name: str, features) -> None:
 
 
 def test_every_builtin_is_covered() -> None:
-    assert set(BUILTINS) == {"digits", "fashion", "glyphs", "patterns", "shapes"}
+    assert set(BUILTINS) == {"digits", "fashion", "glyphs", "patterns", "shapes", "capitals-kt", "lowercase",
+                             "lowercase-kt", "numerals"}
 
 
 # ---------------------------------------------------------------- fashion (Debian package)

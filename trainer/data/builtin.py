@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 from trainer.data.digits import DIGIT_CLASSES, load_digits_split
 from trainer.data.errors import DatasetError
 from trainer.data.fashion import fashion_classes, load_fashion_split
-from trainer.data.glyphs import GLYPH_CLASSES, load_glyphs_split
+from trainer.data.glyphs import GLYPH_SETS, load_glyphs_split
 from trainer.data.patterns import PATTERN_CLASSES, load_patterns_split
 from trainer.data.raw import RawSplit
 from trainer.data.shapes import SHAPE_CLASSES, load_shapes_split
@@ -22,10 +23,9 @@ class Builtin:
 BUILTINS: dict[str, Builtin] = {
     "digits": Builtin(lambda: list(DIGIT_CLASSES), load_digits_split),
     "fashion": Builtin(fashion_classes, load_fashion_split),
-    "glyphs": Builtin(lambda: list(GLYPH_CLASSES), load_glyphs_split),
     "patterns": Builtin(lambda: list(PATTERN_CLASSES), load_patterns_split),
     "shapes": Builtin(lambda: list(SHAPE_CLASSES), load_shapes_split),
-}
+} | {name: Builtin(partial(list, chars), partial(load_glyphs_split, name=name)) for name, chars in GLYPH_SETS.items()}
 
 
 def get_builtin(name: str) -> Builtin:

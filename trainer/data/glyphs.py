@@ -1,4 +1,6 @@
-"""`builtin:glyphs`: capital letters rendered from matplotlib's TTF fonts, with random affine and noise."""
+"""Characters rendered from matplotlib's TTF fonts, with random affine and noise: `builtin:glyphs`
+(capitals A-J) and four more sets of ten classes (GLYPH_SETS), so a zoo of many tasks can be
+built offline."""
 from __future__ import annotations
 
 import math
@@ -13,6 +15,9 @@ from trainer.data.procedural import IMAGE_SIZE, SPLIT_SIZES, add_noise, balanced
 from trainer.data.raw import RawSplit, read_only
 
 GLYPH_CLASSES = list("ABCDEFGHIJ")
+# builtin name -> its characters, each one class; a set's images are drawn from its name's seed
+GLYPH_SETS = {"glyphs": GLYPH_CLASSES, "capitals-kt": list("KLMNOPQRST"), "lowercase": list("abcdefghij"),
+              "lowercase-kt": list("klmnopqrst"), "numerals": list("0123456789")}
 # Text families with ordinary Latin capitals; "Display" fonts are stubs without letters.
 _FONT_PATTERNS = ("DejaVu*.ttf", "STIXGeneral*.ttf")
 _CANVAS = 64  # render large, transform, then downsample: antialiased edges at 28x28
@@ -31,17 +36,17 @@ def glyph_fonts() -> list[Path]:
     return fonts
 
 
-def load_glyphs_split(split: str) -> RawSplit:
-    images, labels = _generate(split)
-    return RawSplit(images, labels, GLYPH_CLASSES)
+def load_glyphs_split(split: str, name: str = "glyphs") -> RawSplit:
+    images, labels = _generate(split, name)
+    return RawSplit(images, labels, GLYPH_SETS[name])
 
 
-@lru_cache(maxsize=2)
-def _generate(split: str) -> tuple[np.ndarray, np.ndarray]:
-    rng = split_rng("glyphs", split)
-    base = _base_glyphs()
+@lru_cache(maxsize=4)
+def _generate(split: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    rng = split_rng(name, split)
+    base = _base_glyphs(name)
     count = SPLIT_SIZES[split]
-    labels = balanced_labels(rng, count, len(GLYPH_CLASSES))
+    labels = balanced_labels(rng, count, len(GLYPH_SETS[name]))
     fonts = rng.integers(0, base.shape[0], size=count)
     clean = np.stack([_distort(base[f, label], rng) for f, label in zip(fonts, labels)])
     # Random contrast and background level, then pixel noise: intensity is not a class cue.
@@ -51,10 +56,10 @@ def _generate(split: str) -> tuple[np.ndarray, np.ndarray]:
     return read_only(images), read_only(labels)
 
 
-@lru_cache(maxsize=1)
-def _base_glyphs() -> np.ndarray:
-    """uint8 [fonts, letters, CANVAS, CANVAS]: each letter centred, scaled to a common height."""
-    return np.stack([np.stack([_render_letter(font, letter) for letter in GLYPH_CLASSES]) for font in glyph_fonts()])
+@lru_cache(maxsize=len(GLYPH_SETS))
+def _base_glyphs(name: str) -> np.ndarray:
+    """uint8 [fonts, characters, CANVAS, CANVAS]: each character centred, scaled to a common height."""
+    return np.stack([np.stack([_render_letter(font, c) for c in GLYPH_SETS[name]]) for font in glyph_fonts()])
 
 
 def _render_letter(font_path: Path, letter: str) -> np.ndarray:
