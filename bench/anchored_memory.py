@@ -2,8 +2,9 @@
 real architecture (bench/map_speed.py's: open_clip's initialisation plus noise; cost, not
 quality), then `pmerge train react-anchored --towards-bits B` for each B, each in its own
 process: its peak resident memory from the kernel, the family's bytes on disk per file, and
-what serving keeps on the device (Family.costs) in bfloat16 and float32. All in towers: one
-tower is the architecture's float32 bytes.
+what serving keeps (Family.costs) in bfloat16 and float32. In towers: one tower is the
+architecture's float32 bytes, except `served`, in towers of the serving dtype: on the device (the
+resident tensors and the default device cache's bound together) and in host memory.
 
     python bench/anchored_memory.py --arch ViT-B-32 --tasks 8 --bits 4,32
 """
@@ -44,6 +45,16 @@ def train(zoo: Path, store: Path, bits: int, args: argparse.Namespace, device: t
     return out.strip().splitlines()[-1], peak, seconds
 
 
+def served(family, dtype: torch.dtype, costs) -> dict:
+    """What serving in `dtype` keeps, in towers of that dtype: on the device (its resident tensors
+    and the default cache's bound together) and in host memory."""
+    tower = family.tower_bytes(dtype)
+    resident, host = sum(c.resident_bytes for c in costs), sum(c.host_bytes for c in costs)
+    cache = family.device_cache_bytes(dtype)
+    return {"tower_bytes": tower, "resident_towers": resident / tower, "cache_towers": cache / tower,
+            "device_towers": (resident + cache) / tower, "host_towers": host / tower}
+
+
 def run(args: argparse.Namespace, device: torch.device) -> dict:
     with tempfile.TemporaryDirectory(prefix="anchored-memory-") as work:
         root = Path(work)
@@ -61,7 +72,8 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
                          "files_bytes": files, "disk_towers": sum(files.values()) / tower,
                          "disk_towers_without_maps": (sum(files.values()) - files["maps.safetensors"]) / tower,
                          "resident_bytes": {d: {c.name: c.resident_bytes for c in cs} for d, cs in costs.items()},
-                         "resident_towers": {d: sum(c.resident_bytes for c in cs) / tower for d, cs in costs.items()}})
+                         "resident_towers": {d: sum(c.resident_bytes for c in cs) / tower for d, cs in costs.items()},
+                         "served": {d: served(family, getattr(torch, d), cs) for d, cs in costs.items()}})
             print(f"bits {bits}: peak RSS {rss / tower:.1f} towers, disk {rows[-1]['disk_towers']:.2f} towers",
                   flush=True)
     payload = {"benchmark": NAME, "created": now_iso(), "machine": machine_info(device),
@@ -70,11 +82,12 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
                "results": rows}
     path = write_result(args.out_dir, NAME, device, payload)
     print(markdown_table(
-        ["bits", "disk (towers)", "disk without maps", "resident bf16", "resident fp32", "train peak RSS (towers)",
-         "train s"],
+        ["bits", "disk (towers)", "disk without maps", "served bf16: device (bf16 towers)", "of it, the cache",
+         "host", "train peak RSS (towers)", "train s"],
         [[r["bits"], f"{r['disk_towers']:.2f}", f"{r['disk_towers_without_maps']:.2f}",
-          f"{r['resident_towers']['bfloat16']:.2f}", f"{r['resident_towers']['float32']:.2f}",
-          f"{r['train_peak_rss_towers']:.1f}", r["train_seconds"]] for r in rows]))
+          f"{r['served']['bfloat16']['device_towers']:.2f}", f"{r['served']['bfloat16']['cache_towers']:.2f}",
+          f"{r['served']['bfloat16']['host_towers']:.2f}", f"{r['train_peak_rss_towers']:.1f}", r["train_seconds"]]
+         for r in rows]))
     print(f"wrote {path}")
     payload["path"] = str(path)
     return payload

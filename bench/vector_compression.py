@@ -77,7 +77,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
         if not ids:
             for learner in args.learners.split(","):
                 out = subprocess.run([sys.executable, "-m", "models_store.cli", "train", learner, "--zoo", args.zoo,
-                                      "--store", str(store), *QUICK.get(learner, [])],
+                                      "--store", str(store), "--vector-bits", "32", *QUICK.get(learner, [])],
                                      check=True, capture_output=True, text=True)
                 ids.append(out.stdout.strip().splitlines()[-1])
         for family_id in ids:

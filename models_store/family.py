@@ -245,12 +245,13 @@ class Family:
         import torch
         return self.body.materialize(self.variant(pref), torch.device(device))
 
-    def servable(self, device: "torch.device", dtype: "torch.dtype", cache_bytes: int = 1 << 30,
+    def servable(self, device: "torch.device", dtype: "torch.dtype", cache_bytes: Optional[int] = None,
                  graphs: bool = False):
         """The kind's model (kinds/base.py, Servable) on `device`, keeping at most `cache_bytes` of
-        materialised objects there (variants' towers, feature-map maps); with `graphs`, its forwards
-        replay CUDA graphs (CUDA only). It serves variants: `resolve` makes them."""
-        return self.body.servable(self.heads, device, dtype, cache_bytes, graphs)
+        materialised objects there (variants' towers, feature-map maps; default: device_cache_bytes);
+        with `graphs`, its forwards replay CUDA graphs (CUDA only). It serves variants: `resolve`
+        makes them."""
+        return self.body.servable(self.heads, device, dtype, self.device_cache_bytes(dtype, cache_bytes), graphs)
 
 
 def publish_family(store: str | Path, manifest: FamilyManifest, files: dict[str, StateDict],

@@ -36,7 +36,10 @@ def quantize(x: torch.Tensor, bits: int, group: int = GROUP) -> tuple[torch.Tens
     flat = x.detach().reshape(-1).float()
     grouped = torch.nn.functional.pad(flat, (0, (-flat.numel()) % group)).reshape(-1, group)
     scales = (grouped.abs().amax(1) / top).half()
-    safe = scales.float().clamp_min(torch.finfo(torch.float16).tiny)  # an all-zero group: codes of 0
+    # quantised against the scale as stored (float16, subnormal for a small group's): a group whose
+    # scale is 0 holds values below float16's range, which become codes of 0
+    stored = scales.float()
+    safe = torch.where(stored > 0, stored, torch.ones_like(stored))
     codes = ((grouped / safe[:, None]).round().clamp(-top, top) + top).to(torch.uint8).reshape(-1, 8 // bits)
     shifts = torch.arange(0, 8, bits, device=x.device, dtype=torch.uint8)
     return (codes << shifts).sum(1, dtype=torch.uint8), scales

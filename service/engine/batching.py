@@ -179,8 +179,7 @@ class Engine:
     @classmethod
     def from_family(cls, family: Family, config: EngineConfig, **hooks) -> "Engine":
         graphs = config.graphs and config.device.type == "cuda"
-        cache_bytes = family.device_cache_bytes(config.dtype, config.device_cache_bytes)
-        return cls(family.servable(config.device, config.dtype, cache_bytes, graphs), config,
+        return cls(family.servable(config.device, config.dtype, config.device_cache_bytes, graphs), config,
                    tasks=len(family.tasks), preprocess=family.manifest.preprocess, resolve=family.resolve, **hooks)
 
     # --- lifecycle ------------------------------------------------------------------------

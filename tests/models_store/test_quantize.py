@@ -19,6 +19,17 @@ def test_each_value_comes_back_within_half_its_groups_step(bits):
     assert ((back - x).abs() <= step / 2 + step * 2 ** -10 * (1 << (bits - 1)) + 1e-7).all()
 
 
+@pytest.mark.parametrize("bits, bound", [(2, 0.75), (4, 0.12), (8, 0.007)])
+def test_a_task_vectors_small_values_keep_their_precision(bits, bound):
+    """A task vector's entries are about 1e-3: a group's scale, absmax / L, is then a float16
+    subnormal at 8 bits. The codes are made against that stored scale (they were made against a
+    scale clamped to float16's smallest normal, and came back at a third of their size)."""
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(bits)) * 1e-3
+    codes, scales = quantize(x, bits)
+    back = dequantize(codes, scales, bits, x.shape)
+    assert (back - x).norm() / x.norm() < bound
+
+
 def test_a_group_of_zeros_stays_zero_and_a_value_on_the_grid_is_exact():
     x = torch.cat([torch.zeros(GROUP), torch.full((GROUP,), 7 / 16)])
     codes, scales = quantize(x, 4)
