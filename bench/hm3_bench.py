@@ -64,7 +64,7 @@ def ta_pref_at(ctx: LearnContext, prefs: list[list[float]]):
     """Task arithmetic + preference at exactly these preferences."""
     tasks = ctx.zoo.tasks
     members = members_at([from_weights(p, tasks) for p in prefs], TaPrefConfig().scale, tasks)
-    at = FamilyLearner(f"ta-pref-at-{len(prefs)}", TaPrefConfig, lambda c, _: point_set_family(c, members), "")
+    at = FamilyLearner(f"ta-pref-at-{len(prefs)}", TaPrefConfig, lambda c, config: point_set_family(c, config, members), "")
     return at(ctx)
 
 

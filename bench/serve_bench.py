@@ -236,7 +236,8 @@ def random_members(tower: torch.nn.Module, tasks: int, count: int, generator: to
                if v.is_floating_point()}
     prefs = torch.distributions.Dirichlet(torch.ones(tasks)).sample((count,))
     members = [Member(preference=p.tolist(), coefficients=(0.3 * tasks * p).tolist()) for p in prefs]
-    return Members(pretrained, vectors, PointSetParams(members=members), {}, [f"t{i}" for i in range(tasks)])
+    return Members(pretrained, TaskTensors.dense(vectors), PointSetParams(members=members), {},
+                   [f"t{i}" for i in range(tasks)])
 
 
 def bench_point_set(v: "Variants", args: argparse.Namespace, device: torch.device, dtype: torch.dtype,

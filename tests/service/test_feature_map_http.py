@@ -26,7 +26,7 @@ def server(tmp_path_factory, request):
     store = tmp_path_factory.mktemp("maps")
     make_feature_map_family(store, anchor=None if request.param == "feature-map" else 0.6)
     settings = Settings(store=store, family=FEATURE_MAP_ID, device="cpu", max_batch=64, max_wait_ms=50,
-                        download_cache_dir=tmp_path_factory.mktemp("downloads"))
+                        device_cache_bytes=1 << 30, download_cache_dir=tmp_path_factory.mktemp("downloads"))
     app = create_app(settings)
     with running_server(app) as url:
         yield url, app

@@ -151,7 +151,7 @@ def test_react_anchored_is_react_below_the_anchor_and_the_fine_tuned_tower_at_a_
     prefs = torch.stack([from_weights(w, tasks).tensor() for w in
                          ([1, 0, 0], [0.8, 0.1, 0.1], [1, 1, 1], [0, 0, 1], [0.8, 0.1, 0.1], [0.1, 0.2, 0.7])])
     images = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    model = family.servable(torch.device("cpu"), torch.float32)
+    model = family.servable(torch.device("cpu"), torch.float32, cache_bytes=8 * family.tower_bytes())
     assert_serves_materialised(family, prefs, images, model)
     assert model.materialized == 4  # (0, 1), (0, 0.5), (2, 1), (2, 0.25): the repeated preference shares its tower
     assert_serves_materialised(family, prefs, images, model)

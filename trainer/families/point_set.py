@@ -14,9 +14,11 @@ from ..coefficients import SearchBox
 from .registry import LearnContext, Learned, LearnerConfig
 
 
+VECTOR_BITS = "bits per parameter of the task vectors the family stores: 32 dense; 8, 4 or 2 quantised group-wise"
+
+
 class VectorsConfig(LearnerConfig):
-    vector_bits: Bits = Field(DENSE, description=(
-        "bits per parameter of the task vectors the family stores: 32 dense; 8, 4 or 2 quantised group-wise"))
+    vector_bits: Bits = Field(4, description=VECTOR_BITS)
 
 
 class PointsConfig(VectorsConfig):
