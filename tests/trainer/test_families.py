@@ -50,7 +50,7 @@ print(loaded())
 def test_ta_pref_family_serves_task_arithmetic_at_each_point(quick_zoo, tmp_path, capsys):
     store, zoo = tmp_path / "store", str(quick_zoo.root)
     main(["train", "ta-pref", "--zoo", zoo, "--store", str(store), "--points", "grid=1,random=2",
-          "--scale", "0.4"])
+          "--scale", "0.4", "--vector-bits", "32"])
     family_id = capsys.readouterr().out.strip().splitlines()[-1]
     family = open_family(store, family_id)
     members = family.manifest.kind_params["members"]
@@ -72,7 +72,7 @@ def test_ta_pref_family_serves_task_arithmetic_at_each_point(quick_zoo, tmp_path
             assert torch.allclose(tower[k], expected[k], atol=1e-6), k
     # the same id again: the family is reused, not trained twice
     main(["train", "ta-pref", "--zoo", zoo, "--store", str(store), "--points", "grid=1,random=2",
-          "--scale", "0.4"])
+          "--scale", "0.4", "--vector-bits", "32"])
     assert capsys.readouterr().out.strip().splitlines()[-1] == family_id
     main(["select", "--store", str(store), "--data", "builtin:digits", "--task", "digits", "--samples", "2",
           "--limit", "20", "--device", "cpu"])
@@ -161,7 +161,8 @@ def test_front_compares_families_of_the_store(quick_store, quick_zoo, tmp_path, 
     store = tmp_path / "store"  # the session's store stays as the other tests expect it
     shutil.copytree(shared, store)
     ctx = LearnContext(quick_zoo, store, progress=False)
-    points = get_family_learner("ta-pref")(ctx, get_family_learner("ta-pref").config(points="grid=1,random=0"))
+    ta_pref = get_family_learner("ta-pref")
+    points = ta_pref(ctx, ta_pref.config(points="grid=1,random=0", vector_bits=32))  # the baseline's own tensors
     main(["front", "--store", str(store), "--family", family_id, "--families", points.name, "--grid", "1",
           "--random", "0", "--baselines", "ta-pref", "--test-limit", "40", "--out", str(tmp_path / "f")])
     report = json.loads((tmp_path / "f" / "front.json").read_text())

@@ -18,7 +18,9 @@ VECTOR_BITS = "bits per parameter of the task vectors the family stores: 32 dens
 
 
 class VectorsConfig(LearnerConfig):
-    vector_bits: Bits = Field(4, description=VECTOR_BITS)
+    # dense by default where a learner records what it measured of its members: its search (MAP's
+    # evaluations, HM3's paths) reads the dense vectors, so its metrics describe dense members
+    vector_bits: Bits = Field(DENSE, description=VECTOR_BITS)
 
 
 class PointsConfig(VectorsConfig):

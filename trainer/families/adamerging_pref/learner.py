@@ -8,11 +8,10 @@ from pydantic import Field
 
 from models_store.checkpoint import load_state_dict, save_state_dict
 from models_store.kinds.point_set import Member
-from models_store.task_tensors import DENSE, Bits
 
 from ...methods import MergeContext
 from ...methods.adamerging import AdaMergingConfig, learn_coefficients
-from ..point_set import VECTOR_BITS, PointsConfig, point_set_family
+from ..point_set import PointsConfig, point_set_family
 from ..registry import LearnContext, register_family
 
 
@@ -22,8 +21,6 @@ class AdaPrefConfig(PointsConfig):
     batch_size: int = Field(16, ge=1, description="unlabeled images per task per step")
     init: float = Field(0.3, ge=0, le=1, description="initial task-vector coefficients")
     seed: int = 0
-    # dense until its members are measured quantised (per-tensor coefficients, one optimisation each)
-    vector_bits: Bits = Field(DENSE, description=VECTOR_BITS)
 
 
 @register_family("adamerging-pref", AdaPrefConfig, "AdaMerging + preference, one optimisation per point "

@@ -7,9 +7,10 @@ from pydantic import Field
 
 from models_store.kinds.point_set import Member, TaskArithmeticRule
 from models_store.preference import Preference
+from models_store.task_tensors import Bits
 
 from ...methods.preference import task_weights
-from ..point_set import PointsConfig, point_set_family
+from ..point_set import VECTOR_BITS, PointsConfig, point_set_family
 from ..registry import LearnContext, register_family
 
 
@@ -17,6 +18,7 @@ class TaPrefConfig(PointsConfig):
     scale: float = Field(0.3, ge=0, description="s in theta0 + s sum_k K p_k tau_k (task arithmetic's, 0.3 for CLIP)")
     at_preference: bool = Field(True, description="serve every preference with its own merge (false: the nearest "
                                                   "of the points)")
+    vector_bits: Bits = Field(4, description=VECTOR_BITS)  # it measures nothing: its members are its formula's
 
 
 def members_at(prefs: list[Preference], scale: float, tasks: list[str]) -> list[Member]:
