@@ -160,6 +160,7 @@ class Family:
 
     def __init__(self, path: str | Path, verify: bool = True):
         self.path = Path(path)
+        self._costs: dict[Any, list[FileCost]] = {}  # Family.costs, by serving dtype
         self.manifest, self.digest = read_family_manifest(self.path)
         self.manifest.check_params(self.path / MANIFEST)
         self.kind = get_kind(self.manifest.kind)
@@ -200,11 +201,16 @@ class Family:
     def costs(self, dtype: "torch.dtype") -> list[FileCost]:
         """Each file's bytes on disk and resident on the device when served in `dtype` (the heads as
         stored; the manifest, read once, none)."""
+        known = self._costs.get(dtype)  # read once per dtype: the verified files do not change
+        if known is not None:
+            return known
         stored = {name: payload_bytes(self.path / name) for name in self.files}
         resident = self.body.resident_bytes(dtype, stored) | {HEADS: stored[HEADS], MANIFEST: 0}
         host = self.body.host_bytes(stored)
-        return [FileCost(name=n, disk_bytes=(self.path / n).stat().st_size, resident_bytes=resident[n],
-                         host_bytes=host.get(n, 0)) for n in (MANIFEST, *self.files)]
+        costs = self._costs[dtype] = [FileCost(name=n, disk_bytes=(self.path / n).stat().st_size,
+                                               resident_bytes=resident[n], host_bytes=host.get(n, 0))
+                                      for n in (MANIFEST, *self.files)]
+        return costs
 
     def device_cache_bytes(self, dtype: "torch.dtype", configured: Optional[int] = None) -> int:
         """The bound of the servable's device cache: `configured`, else what SERVED_TOWERS of its
